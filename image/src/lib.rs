@@ -1,0 +1,5 @@
+//! The image store: references, registry pulls, the content store, layers and image records.
+//!
+//! This crate never sees tonic; errors are typed and mapped to gRPC codes once, in the daemon.
+
+pub mod usage;

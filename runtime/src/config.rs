@@ -1,0 +1,320 @@
+//! The daemon configuration: the TOML file of DESIGN.md "Configuration", flag overrides, defaults.
+//!
+//! Invariants: unknown keys and wrong types are errors that name the key path (`streaming.port`);
+//! [`Config::default_toml`] prints a file that [`Config::from_toml`] loads back to the same value.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default location of the configuration file; a missing default file means built-in defaults.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/config.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Persistent data: the redb database, blobs, layers, container writable layers.
+    pub root: PathBuf,
+    /// Volatile data (tmpfs-like): sockets, pinned namespaces, shim dirs, pod files, mounts.
+    pub state: PathBuf,
+    /// Path of the CRI unix socket.
+    pub listen: PathBuf,
+    /// A tracing filter (`info`, `crius=debug,tonic=info`).
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub cni: CniConfig,
+    pub streaming: StreamingConfig,
+    /// One table per registry host as written in image names (`registry."registry.k8s.io"`).
+    pub registry: BTreeMap<String, RegistryConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// Directory searched for the network configuration (first file in lexical order).
+    pub conf_dir: PathBuf,
+    /// Directories searched, in order, for plugin binaries.
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// Address the exec/attach/port-forward server binds; kubelet proxies, so loopback is safe.
+    pub address: String,
+    /// 0 picks a free port.
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Mirror endpoints tried in order; `http://` means plain HTTP is allowed for that endpoint.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// When false, the registry host itself is never contacted.
+    #[serde(default = "default_true")]
+    pub fallback: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/crius"),
+            state: PathBuf::from("/run/crius"),
+            listen: PathBuf::from("/run/crius/crius.sock"),
+            log_level: "info".to_string(),
+            log_format: LogFormat::Text,
+            cni: CniConfig::default(),
+            streaming: StreamingConfig::default(),
+            registry: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+        }
+    }
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: "127.0.0.1".to_string(),
+            port: 0,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded. The daemon exits with code 2 on any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {message}")]
+    Key {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Values given on the command line; each one that is set wins over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub root: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub listen: Option<PathBuf>,
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Parses a TOML document. `origin` only labels error messages.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: one_line(&e.to_string()),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let message = one_line(&e.inner().to_string());
+            if key.is_empty() || key == "." {
+                ConfigError::Parse {
+                    path: origin.to_path_buf(),
+                    message,
+                }
+            } else {
+                ConfigError::Key {
+                    path: origin.to_path_buf(),
+                    key,
+                    message,
+                }
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads `path`; when `path` is None the default path is used and may be absent.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (file, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let mut config = match std::fs::read_to_string(&file) {
+            Ok(text) => Config::from_toml(&text, &file)?,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+            Err(source) => return Err(ConfigError::Read { path: file, source }),
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.root {
+            self.root = v.clone();
+        }
+        if let Some(v) = &o.state {
+            self.state = v.clone();
+        }
+        if let Some(v) = &o.listen {
+            self.listen = v.clone();
+        }
+        if let Some(v) = &o.log_level {
+            self.log_level = v.clone();
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, p) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("listen", &self.listen),
+        ] {
+            if !p.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "`{name}` must be an absolute path, got {p:?}"
+                )));
+            }
+        }
+        if self.streaming.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "`streaming.address` must be an IP address, got {:?}",
+                self.streaming.address
+            )));
+        }
+        for (host, reg) in &self.registry {
+            for ep in &reg.endpoints {
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "`registry.\"{host}\".endpoints`: {ep:?} must start with http:// or https://"
+                    )));
+                }
+            }
+            if !reg.fallback && reg.endpoints.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "`registry.\"{host}\"`: fallback = false needs at least one endpoint"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The full default configuration as TOML, with the example mirror table commented out.
+    pub fn default_toml() -> String {
+        let body = toml::to_string_pretty(&Config::default()).expect("the default config serializes");
+        format!(
+            "# crius configuration ({DEFAULT_CONFIG_PATH}); every key is shown with its default.\n\
+             # log_format is \"text\" or \"json\"; streaming.port = 0 picks a free port.\n\
+             {body}\n\
+             # Registry mirrors, one table per registry host as written in image names:\n\
+             # [registry.\"registry.k8s.io\"]\n\
+             # endpoints = [\"http://127.0.0.1:5000\"]  # tried in order; http:// allows plain HTTP\n\
+             # fallback = false                         # never contact registry.k8s.io itself\n"
+        )
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn default_toml_round_trips() {
+        assert_eq!(parse(&Config::default_toml()).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_example_loads() {
+        let c = parse(
+            r#"
+            root = "/var/lib/x"
+            log_format = "json"
+            [cni]
+            conf_dir = "/etc/x"
+            [streaming]
+            port = 10010
+            [registry."registry.k8s.io"]
+            endpoints = ["http://127.0.0.1:5000"]
+            fallback = false
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.root, PathBuf::from("/var/lib/x"));
+        assert_eq!(c.state, PathBuf::from("/run/crius"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.streaming.port, 10010);
+        assert!(!c.registry["registry.k8s.io"].fallback);
+        assert_eq!(c.cni.bin_dirs, CniConfig::default().bin_dirs);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[cni]\nconfdir = \"/x\"\n").unwrap_err().to_string();
+        assert!(e.contains("confdir"), "{e}");
+        assert!(e.contains("cni"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = parse("[streaming]\nport = \"ten\"\n").unwrap_err().to_string();
+        assert!(e.contains("streaming.port"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_and_bad_endpoints_are_rejected() {
+        assert!(parse("root = \"rel\"\n").is_err());
+        assert!(parse("[registry.\"a\"]\nendpoints = [\"127.0.0.1:5000\"]\n").is_err());
+        assert!(parse("[registry.\"a\"]\nfallback = false\n").is_err());
+    }
+
+    #[test]
+    fn overrides_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "root = \"/a\"\n").unwrap();
+        let o = Overrides {
+            root: Some("/b".into()),
+            ..Default::default()
+        };
+        assert_eq!(Config::load(Some(&f), &o).unwrap().root, PathBuf::from("/b"));
+    }
+}

@@ -1,0 +1,172 @@
+//! The daemon's process lifecycle: directories, database, socket, serving, recovery, shutdown.
+//!
+//! Invariants: the socket is created only when no live daemon answers on it; the readiness gate
+//! opens only after recovery; a shutdown stops accepting, gives in-flight RPCs a bounded time,
+//! removes the socket and never touches running containers.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::server::{self, Crius};
+use crate::store;
+
+/// How long in-flight RPCs may run after SIGTERM/SIGINT before the daemon exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("another crius daemon is already serving on {0}; refusing to start")]
+    AlreadyServing(PathBuf),
+    #[error("cannot use socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    for dir in [&config.root, &config.state] {
+        create_private_dir(dir)?;
+    }
+    let listener = bind_socket(&config.listen)?;
+    let db = match store::open(&config.root) {
+        Ok(db) => db,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.listen);
+            return Err(e.into());
+        }
+    };
+    let socket = config.listen.clone();
+    let crius = Crius::new(config, db);
+    let (runtime, images) = server::services(crius.clone());
+
+    let recovery = tokio::spawn(recover(crius.clone()));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
+        .trace_fn(server::rpc_span)
+        .add_service(runtime)
+        .add_service(images)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(serve);
+    tracing::info!(socket = %socket.display(), version = env!("CARGO_PKG_VERSION"), "crius serving CRI");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Signal)?;
+    let result = tokio::select! {
+        r = &mut serve => r.map_err(DaemonError::from),
+        _ = sigterm.recv() => shutdown(serve, stop_tx, "SIGTERM").await,
+        _ = tokio::signal::ctrl_c() => shutdown(serve, stop_tx, "SIGINT").await,
+    };
+    recovery.abort();
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("crius stopped; containers keep running");
+    result
+}
+
+async fn shutdown<F>(
+    serve: Pin<&mut F>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    why: &str,
+) -> Result<(), DaemonError>
+where
+    F: std::future::Future<Output = Result<(), tonic::transport::Error>>,
+{
+    tracing::info!(
+        signal = why,
+        "shutting down: no new connections, finishing in-flight RPCs"
+    );
+    let _ = stop.send(());
+    match tokio::time::timeout(SHUTDOWN_GRACE, serve).await {
+        Ok(r) => r.map_err(DaemonError::from),
+        Err(_) => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight RPCs did not finish in time; exiting anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Start-up recovery: reconciles every stored object with the kernel, then opens the gate.
+/// Later issues register their object kinds here; each object is bounded in time on its own.
+async fn recover(crius: Arc<Crius>) {
+    tracing::info!("recovery finished; serving");
+    crius.mark_ready();
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
+        path: dir.into(),
+        source,
+    })?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(|source| DaemonError::Dir {
+        path: dir.into(),
+        source,
+    })
+}
+
+/// Binds the CRI socket (mode 0660). A socket on which a daemon answers is left alone and
+/// refused; a stale socket file (nobody listening) is replaced.
+fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    let sock_err = |source| DaemonError::Socket {
+        path: path.into(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(sock_err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(DaemonError::AlreadyServing(path.into())),
+            Err(_) => {
+                tracing::info!(socket = %path.display(), "removing stale socket");
+                std::fs::remove_file(path).map_err(sock_err)?;
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(sock_err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(sock_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(sock_err)?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced_and_live_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let live = bind_socket(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        assert!(matches!(bind_socket(&path), Err(DaemonError::AlreadyServing(_))));
+        drop(live);
+    }
+}

@@ -1,0 +1,201 @@
+//! Runtime-wide queries that belong to no single object: `Version`, `Status`, `RuntimeConfig`
+//! and `ImageFsInfo`. Plain data in, CRI messages out; no tonic here.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cri_api::v1;
+
+use crate::config::Config;
+
+/// CRI: the kubelet API version this runtime speaks in `VersionResponse.version`.
+pub const KUBELET_API_VERSION: &str = "0.1.0";
+pub const RUNTIME_NAME: &str = "crius";
+pub const RUNTIME_API_VERSION: &str = "v1";
+
+pub fn version() -> v1::VersionResponse {
+    v1::VersionResponse {
+        version: KUBELET_API_VERSION.to_string(),
+        runtime_name: RUNTIME_NAME.to_string(),
+        runtime_version: env!("CARGO_PKG_VERSION").to_string(),
+        runtime_api_version: RUNTIME_API_VERSION.to_string(),
+    }
+}
+
+/// Whether the configured network can be used: a loadable config whose every plugin binary exists.
+/// `Err` carries the operator-facing message for the NetworkReady condition.
+pub fn network_ready(config: &Config) -> Result<(), String> {
+    let net = crius_sandbox::cni::load_network(&config.cni.conf_dir).map_err(|e| e.to_string())?;
+    for plugin in &net.plugins {
+        if find_plugin(&config.cni.bin_dirs, &plugin.plugin_type).is_none() {
+            return Err(format!(
+                "CNI network {:?} ({}) needs plugin {:?}, not found in {:?}",
+                net.name,
+                net.source.display(),
+                plugin.plugin_type,
+                config.cni.bin_dirs
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn find_plugin(dirs: &[PathBuf], name: &str) -> Option<PathBuf> {
+    dirs.iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// CRI: `Status` with the RuntimeReady and NetworkReady conditions; `verbose` adds the
+/// effective configuration as JSON under `info["config"]`.
+pub fn status(config: &Config, runtime_ready: bool, verbose: bool) -> v1::StatusResponse {
+    let runtime = v1::RuntimeCondition {
+        r#type: "RuntimeReady".to_string(),
+        status: runtime_ready,
+        reason: if runtime_ready {
+            String::new()
+        } else {
+            "RuntimeNotReady".to_string()
+        },
+        message: if runtime_ready {
+            String::new()
+        } else {
+            "crius is still recovering its state".to_string()
+        },
+    };
+    let network = match network_ready(config) {
+        Ok(()) => v1::RuntimeCondition {
+            r#type: "NetworkReady".to_string(),
+            status: true,
+            ..Default::default()
+        },
+        Err(message) => v1::RuntimeCondition {
+            r#type: "NetworkReady".to_string(),
+            status: false,
+            reason: "NetworkPluginNotReady".to_string(),
+            message: format!("Network plugin returns error: {message}"),
+        },
+    };
+    let mut info = HashMap::new();
+    if verbose {
+        let json =
+            serde_json::to_string(config).unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+        info.insert("config".to_string(), json);
+    }
+    v1::StatusResponse {
+        status: Some(v1::RuntimeStatus {
+            conditions: vec![runtime, network],
+        }),
+        info,
+        // CRI: critest's default runtime handler is "", so the default handler is listed by that name.
+        runtime_handlers: vec![v1::RuntimeHandler {
+            name: String::new(),
+            features: Some(v1::RuntimeHandlerFeatures::default()),
+        }],
+        features: Some(v1::RuntimeFeatures::default()),
+    }
+}
+
+/// CRI: crius drives cgroups directly through cgroupfs (no systemd on its hosts).
+pub fn runtime_config() -> v1::RuntimeConfigResponse {
+    v1::RuntimeConfigResponse {
+        linux: Some(v1::LinuxRuntimeConfiguration {
+            cgroup_driver: v1::CgroupDriver::Cgroupfs as i32,
+        }),
+    }
+}
+
+/// Directories under `root` holding image data (blobs and unpacked layers).
+pub fn image_dirs(root: &Path) -> [PathBuf; 2] {
+    [root.join("content"), root.join("layers")]
+}
+
+/// Directory under `root` holding the containers' writable layers.
+pub fn container_dir(root: &Path) -> PathBuf {
+    root.join("containers")
+}
+
+/// CRI: `ImageFsInfo`. Measures the disk; never fails (crictl calls it on every connect).
+pub fn image_fs_info(root: &Path) -> v1::ImageFsInfoResponse {
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    let images = image_dirs(root)
+        .iter()
+        .map(|d| crius_image::usage::measure(d))
+        .fold(crius_image::usage::Usage::default(), |a, b| {
+            crius_image::usage::Usage {
+                bytes: a.bytes + b.bytes,
+                inodes: a.inodes + b.inodes,
+            }
+        });
+    let containers = crius_image::usage::measure(&container_dir(root));
+    let fs = |mountpoint: &Path, u: crius_image::usage::Usage| v1::FilesystemUsage {
+        timestamp,
+        fs_id: Some(v1::FilesystemIdentifier {
+            mountpoint: mountpoint.display().to_string(),
+        }),
+        used_bytes: Some(v1::UInt64Value { value: u.bytes }),
+        inodes_used: Some(v1::UInt64Value { value: u.inodes }),
+    };
+    v1::ImageFsInfoResponse {
+        image_filesystems: vec![fs(root, images)],
+        container_filesystems: vec![fs(&container_dir(root), containers)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with_cni(dir: &Path, bin: &Path) -> Config {
+        let mut c = Config::default();
+        c.cni.conf_dir = dir.to_path_buf();
+        c.cni.bin_dirs = vec![bin.to_path_buf()];
+        c
+    }
+
+    #[test]
+    fn network_not_ready_names_what_is_missing() {
+        let conf = tempfile::tempdir().unwrap();
+        let bin = tempfile::tempdir().unwrap();
+        let c = config_with_cni(conf.path(), bin.path());
+        let s = status(&c, true, false);
+        let net = &s.status.unwrap().conditions[1];
+        assert!(!net.status);
+        assert_eq!(net.reason, "NetworkPluginNotReady");
+        assert!(net.message.contains("no CNI network config"), "{}", net.message);
+
+        std::fs::write(
+            conf.path().join("10.conflist"),
+            r#"{"name":"n","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
+        let err = network_ready(&c).unwrap_err();
+        assert!(err.contains("\"bridge\""), "{err}");
+
+        std::fs::write(bin.path().join("bridge"), "").unwrap();
+        assert!(network_ready(&c).is_ok());
+    }
+
+    #[test]
+    fn verbose_status_carries_config_json() {
+        let s = status(&Config::default(), true, true);
+        let v: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
+        assert_eq!(v["root"], "/var/lib/crius");
+        assert!(status(&Config::default(), true, false).info.is_empty());
+    }
+
+    #[test]
+    fn fs_info_measures_image_and_container_dirs() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("content/blobs")).unwrap();
+        std::fs::write(root.path().join("content/blobs/x"), vec![1u8; 8192]).unwrap();
+        let r = image_fs_info(root.path());
+        let img = &r.image_filesystems[0];
+        assert!(img.used_bytes.unwrap().value >= 8192);
+        assert_eq!(img.inodes_used.unwrap().value, 3);
+        assert!(img.timestamp > 0);
+        assert_eq!(r.container_filesystems[0].inodes_used.unwrap().value, 0);
+    }
+}

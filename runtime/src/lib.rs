@@ -1,0 +1,8 @@
+//! The crius daemon: configuration, the CRI gRPC server (the only tonic code), the runtime-wide
+//! queries (version, status, filesystem info), start-up recovery and the process lifecycle.
+
+pub mod config;
+pub mod daemon;
+pub mod info;
+pub mod server;
+pub mod store;

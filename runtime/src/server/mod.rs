@@ -1,0 +1,87 @@
+//! The CRI gRPC layer, and the only code in crius that touches tonic.
+//!
+//! Each RPC converts the request, calls the domain and maps the error (`error.rs`). The readiness
+//! gate and the per-RPC tracing span live here once, not in each handler.
+
+mod error;
+mod image_service;
+mod runtime_service;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cri_api::v1::image_service_server::ImageServiceServer;
+use cri_api::v1::runtime_service_server::RuntimeServiceServer;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::config::Config;
+
+pub use error::unimplemented;
+
+/// CRI: cri-client sends and accepts messages up to 16 MiB; tonic's default is 4 MiB.
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// What the RPC handlers share. Invariant: `ready` goes false → true once, when start-up
+/// recovery has finished; before that every RPC answers UNAVAILABLE.
+pub struct Crius {
+    pub config: Config,
+    pub db: Arc<redb::Database>,
+    ready: AtomicBool,
+}
+
+impl Crius {
+    pub fn new(config: Config, db: Arc<redb::Database>) -> Arc<Crius> {
+        Arc::new(Crius {
+            config,
+            db,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Opens the readiness gate. Called once, after recovery.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+}
+
+/// The readiness gate, applied to every RPC of both services.
+#[derive(Clone)]
+pub struct Gate(Arc<Crius>);
+
+impl tonic::service::Interceptor for Gate {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if self.0.is_ready() {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unavailable(
+                "crius is starting: state recovery has not finished yet",
+            ))
+        }
+    }
+}
+
+pub type RuntimeSvc = InterceptedService<RuntimeServiceServer<runtime_service::Runtime>, Gate>;
+pub type ImageSvc = InterceptedService<ImageServiceServer<image_service::Images>, Gate>;
+
+/// Builds both CRI services over one shared state, gated and with 16 MiB message limits.
+pub fn services(crius: Arc<Crius>) -> (RuntimeSvc, ImageSvc) {
+    let runtime = RuntimeServiceServer::new(runtime_service::Runtime(crius.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let images = ImageServiceServer::new(image_service::Images(crius.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    (
+        InterceptedService::new(runtime, Gate(crius.clone())),
+        InterceptedService::new(images, Gate(crius)),
+    )
+}
+
+/// The tracing span every RPC runs in, named by its gRPC path.
+pub fn rpc_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    tracing::info_span!("rpc", method = %req.uri().path())
+}
