@@ -1,1 +1,11 @@
-//! placeholder
+//! The integration-test harness: a real `crius` daemon with its own directories and socket, a real
+//! local registry (Debian's `docker-registry` on 127.0.0.1), test images built from Debian's
+//! `busybox-static`, and a tonic CRI client. Every fixture cleans up on drop, also after a panic.
+
+pub mod daemon;
+pub mod images;
+pub mod registry;
+pub mod util;
+
+pub use daemon::{Daemon, DaemonOptions};
+pub use registry::Registry;

@@ -85,3 +85,21 @@ pub fn services(crius: Arc<Crius>) -> (RuntimeSvc, ImageSvc) {
 pub fn rpc_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
     tracing::info_span!("rpc", method = %req.uri().path())
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::service::Interceptor;
+
+    use super::*;
+
+    #[test]
+    fn gate_answers_unavailable_until_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let crius = Crius::new(Config::default(), crate::store::open(dir.path()).unwrap());
+        let mut gate = Gate(crius.clone());
+        let err = gate.call(tonic::Request::new(())).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        crius.mark_ready();
+        assert!(gate.call(tonic::Request::new(())).is_ok());
+    }
+}

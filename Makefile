@@ -1,0 +1,37 @@
+# crius: set-up in two commands.
+#   make run   installs what is needed, builds, and runs the daemon on the embedded defaults
+#   make test  installs what is needed, builds, and runs the whole test suite (what CI runs)
+
+DEB_PACKAGES := protobuf-compiler libseccomp-dev pkg-config containernetworking-plugins docker-registry \
+                busybox-static iptables iproute2 util-linux
+CNI_CONF_DIR := /etc/cni/net.d
+
+.PHONY: deps build run test install-cni fmt
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	cargo build --workspace --bins
+
+# Installs the shipped bridge network only when the host has no CNI config of its own.
+install-cni:
+	@mkdir -p $(CNI_CONF_DIR)
+	@if [ -z "$$(ls -A $(CNI_CONF_DIR) 2>/dev/null)" ]; then \
+		cp contrib/cni/10-crius-bridge.conflist $(CNI_CONF_DIR)/ && echo "installed $(CNI_CONF_DIR)/10-crius-bridge.conflist"; \
+	fi
+
+run: build install-cni
+	./target/debug/crius
+
+# The whole suite: unit tests of every crate and the integration tests in tests/ (root needed).
+test: deps
+	cargo build --workspace --bins
+	cargo test --workspace --no-fail-fast
+
+fmt:
+	cargo fmt --all

@@ -1,0 +1,223 @@
+//! A real `crius` daemon for one test: its own root, state, socket, CNI config dir and log file
+//! inside a fresh temp dir, and tonic CRI clients over its unix socket.
+//!
+//! Invariant: dropping a [`Daemon`] kills the daemon (if still running) and every process whose
+//! command line names its directory (shims), detaches every mount below it and removes it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::util;
+
+/// How long a daemon may take to answer its first RPC.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to put in the daemon's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// Extra TOML appended to the generated config (e.g. `[registry."x"]` tables, `[streaming]`).
+    pub extra_config: String,
+    /// A CNI conflist written to the daemon's own `cni.conf_dir` as `10-test.conflist`.
+    pub cni_conflist: Option<String>,
+}
+
+pub struct Daemon {
+    /// The temp dir holding everything this daemon made.
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub conf_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    pub runtime: RuntimeServiceClient<Channel>,
+    pub images: ImageServiceClient<Channel>,
+}
+
+impl Daemon {
+    /// Starts a daemon with default options (no CNI config: NetworkReady is false).
+    pub async fn start() -> Result<Daemon> {
+        Daemon::start_with(DaemonOptions::default()).await
+    }
+
+    pub async fn start_with(opts: DaemonOptions) -> Result<Daemon> {
+        let dir = tempfile::Builder::new().prefix("crius-test.").tempdir_in("/tmp")?.keep();
+        let root = dir.join("root");
+        let state = dir.join("state");
+        let conf_dir = dir.join("net.d");
+        std::fs::create_dir_all(&conf_dir)?;
+        if let Some(conflist) = &opts.cni_conflist {
+            std::fs::write(conf_dir.join("10-test.conflist"), conflist)?;
+        }
+        let socket = state.join("crius.sock");
+        let config_path = dir.join("config.toml");
+        let config = format!(
+            "root = {root:?}\nstate = {state:?}\nlisten = {socket:?}\nlog_level = \"debug\"\n\n\
+             [cni]\nconf_dir = {conf_dir:?}\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n\n{}\n",
+            opts.extra_config
+        );
+        std::fs::write(&config_path, config)?;
+        let log_path = dir.join("crius.log");
+        let mut d = Daemon {
+            dir,
+            root,
+            state,
+            socket: socket.clone(),
+            conf_dir,
+            config_path,
+            log_path,
+            child: None,
+            runtime: RuntimeServiceClient::new(lazy_channel(&socket)?),
+            images: ImageServiceClient::new(lazy_channel(&socket)?),
+        };
+        d.spawn().await?;
+        Ok(d)
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Runs `crius` with this daemon's config plus `args`, without waiting (e.g. a second daemon).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(util::bin("crius"));
+        cmd.arg("--config").arg(&self.config_path);
+        cmd
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning crius")?;
+        self.child = Some(child);
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!("crius exited during start-up ({status}); log:\n{}", self.log());
+                }
+            }
+            // A stale socket from a killed daemon may refuse connections until the new one binds.
+            if let (Ok(rt), Ok(img)) = (connect(&self.socket).await, connect(&self.socket).await) {
+                self.runtime = RuntimeServiceClient::new(rt);
+                self.images = ImageServiceClient::new(img);
+                if self.runtime.version(k8s_cri::v1::VersionRequest::default()).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("crius did not become ready in {START_TIMEOUT:?}; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the daemon to exit.
+    pub async fn stop(&mut self) -> Result<ExitStatus> {
+        self.signal_and_wait(nix::sys::signal::Signal::SIGTERM).await
+    }
+
+    /// Kills the daemon with SIGKILL (a crash) and waits for it.
+    pub async fn kill(&mut self) -> Result<ExitStatus> {
+        self.signal_and_wait(nix::sys::signal::Signal::SIGKILL).await
+    }
+
+    async fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("daemon is not running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("crius did not exit within 30 s of {sig}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the daemon again on the same directories (after stop or kill).
+    pub async fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            self.stop().await?;
+        }
+        self.spawn().await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let needle = self.dir.to_string_lossy().to_string();
+        for pid in util::pids_mentioning(&needle) {
+            if pid as u32 != std::process::id() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            }
+        }
+        util::unmount_all_under(&self.dir);
+        if std::thread::panicking() {
+            eprintln!("--- crius log ({}) ---\n{}", self.log_path.display(), tail(&self.log(), 200));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A channel that connects to the unix socket on first use.
+fn lazy_channel(socket: &Path) -> Result<Channel> {
+    let socket = socket.to_path_buf();
+    Ok(Endpoint::try_from("http://[::1]:50051")?.connect_with_connector_lazy(tower::service_fn(
+        move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+            }
+        },
+    )))
+}
+
+/// Connects a CRI channel to a unix socket now.
+pub async fn connect(socket: &Path) -> Result<Channel> {
+    let socket = socket.to_path_buf();
+    let ch = Endpoint::try_from("http://[::1]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+            }
+        }))
+        .await?;
+    Ok(ch)
+}

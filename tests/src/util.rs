@@ -1,0 +1,73 @@
+//! Small helpers shared by fixtures: locating built binaries, free ports, root checks, mounts.
+
+use std::path::{Path, PathBuf};
+
+/// Directory holding the workspace's built binaries (`crius`, `crius-shim`): `$CRIUS_BIN_DIR`, or
+/// the profile directory this test binary was built into (`target/<profile>/deps/..`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CRIUS_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test binary has a parent dir");
+    deps.parent().map(Path::to_path_buf).unwrap_or_else(|| deps.to_path_buf())
+}
+
+/// Path of a workspace binary; panics with the build command when it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.is_file(), "{} not found: build it first with `cargo build --workspace --bins`", p.display());
+    p
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Mount points at or below `dir`, deepest first (so they can be unmounted in order).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+fn unescape_mount_path(s: &str) -> PathBuf {
+    PathBuf::from(s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\"))
+}
+
+/// Detaches every mount at or below `dir`; returns how many there were.
+pub fn unmount_all_under(dir: &Path) -> usize {
+    let mounts = mounts_under(dir);
+    for m in &mounts {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    mounts.len()
+}
+
+/// Pids of processes whose command line mentions `needle` (used to find shims a test started).
+pub fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return pids };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
