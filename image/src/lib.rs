@@ -2,4 +2,7 @@
 //!
 //! This crate never sees tonic; errors are typed and mapped to gRPC codes once, in the daemon.
 
+pub mod content;
+pub mod reference;
+pub mod unpack;
 pub mod usage;
