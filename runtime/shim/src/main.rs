@@ -1,13 +1,53 @@
-//! `crius-shim`: the per-container process that will own a container's init, stdio, CRI log and
-//! exit file (issue: containers). Until that lands it refuses every mode with a clear message.
+//! `crius-shim`: the per-container process that owns a container's init, stdio, CRI log and exit
+//! file, plus the short-lived exec helper. libcontainer lives in this crate and nowhere else.
+//!
+//! Modes (argv[1]):
+//! - `create --config <shim dir>/shim.json`: started by the daemon per container (see `create`).
+//! - `monitor <hand-off>`: what `create` re-execs into after `start` (see `reexec`).
+//! - `exec-helper --request <json>`: one process per exec (see `exec_helper`).
 
+mod cgroup;
+mod create;
+mod exec_helper;
+mod log;
+mod monitor;
+mod proc_setup;
+mod reexec;
+mod teardown;
+
+use std::path::Path;
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    let mode = std::env::args().nth(1).unwrap_or_default();
+fn usage() -> ExitCode {
     eprintln!(
-        "crius-shim (protocol {}): mode {mode:?} is not implemented yet",
+        "usage: crius-shim create --config <shim.json> | exec-helper --request <json> \
+         (protocol {})",
         crius_shim_api::PROTOCOL_VERSION
     );
     ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |flag: &str| -> Option<&str> {
+        (args.get(2).map(String::as_str) == Some(flag))
+            .then(|| args.get(3).map(String::as_str))
+            .flatten()
+    };
+    let code = match args.get(1).map(String::as_str) {
+        Some("create") => match arg("--config") {
+            Some(path) => create::main(Path::new(path)),
+            None => return usage(),
+        },
+        Some("monitor") => match args.get(2) {
+            Some(handoff) => reexec::main(handoff),
+            None => return usage(),
+        },
+        Some("exec-helper") => match arg("--request") {
+            Some(req) => exec_helper::main(req),
+            None => return usage(),
+        },
+        _ => return usage(),
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -1,0 +1,88 @@
+//! Read-only looks at the container's cgroup from the shim: the OOM-kill counter and the
+//! processes to signal for `kill --all`. Works on cgroup v1 (per-controller hierarchies under
+//! `/sys/fs/cgroup/<controller>`) and v2 (unified at `/sys/fs/cgroup`).
+//!
+//! Invariant: the cgroup path is the container's absolute `linux.cgroupsPath`; it is only ever
+//! joined under the fixed cgroupfs root after dropping its leading `/` and refusing `..`.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// `<root>/<sub>/<cgroup path>` when the path is a plain absolute path.
+fn under(sub: &str, cgroup_path: &str) -> Option<PathBuf> {
+    let rel = Path::new(cgroup_path.trim_start_matches('/'));
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return None;
+    }
+    let base = Path::new(CGROUP_ROOT);
+    Some(if sub.is_empty() {
+        base.join(rel)
+    } else {
+        base.join(sub).join(rel)
+    })
+}
+
+/// Parses `oom_kill <n>` from `memory.oom_control` (v1) or `memory.events` (v2).
+pub fn parse_oom_kills(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .filter_map(|v| v.trim().parse().ok())
+        .next()
+        .unwrap_or(0)
+}
+
+/// True when the kernel OOM-killed a process of the container's memory cgroup.
+pub fn oom_killed(cgroup_path: &str) -> bool {
+    let candidates = [
+        under("memory", cgroup_path).map(|p| p.join("memory.oom_control")),
+        under("", cgroup_path).map(|p| p.join("memory.events")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find_map(|p| fs::read_to_string(p).ok())
+        .map(|t| parse_oom_kills(&t) > 0)
+        .unwrap_or(false)
+}
+
+/// Every pid listed in the container's cgroup (v1 `pids`, `memory` or `freezer`, else v2).
+pub fn pids(cgroup_path: &str) -> Vec<i32> {
+    for sub in ["pids", "memory", "freezer", ""] {
+        let Some(p) = under(sub, cgroup_path) else {
+            return Vec::new();
+        };
+        if let Ok(text) = fs::read_to_string(p.join("cgroup.procs")) {
+            return text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_counter_from_v1_and_v2_files() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(parse_oom_kills(v1), 2);
+        assert_eq!(parse_oom_kills(v2), 1);
+        assert_eq!(parse_oom_kills("oom_kill_disable 0\nunder_oom 0\n"), 0);
+    }
+
+    #[test]
+    fn paths_never_leave_the_cgroup_root() {
+        assert_eq!(
+            under("memory", "/crius/p/c"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/crius/p/c"))
+        );
+        assert_eq!(
+            under("", "/crius/c"),
+            Some(PathBuf::from("/sys/fs/cgroup/crius/c"))
+        );
+        assert_eq!(under("memory", "/crius/../../etc"), None);
+    }
+}

@@ -1,0 +1,165 @@
+//! `crius-shim exec-helper --request <json>`: runs one process inside a running container with
+//! libcontainer's tenant builder, then waits for it and exits with its exit code.
+//!
+//! The process gets the container's own `process` from its `config.json` (user, groups,
+//! capabilities, env, cwd, rlimits, no-new-privileges) with `args` replaced and no terminal; fds
+//! 0/1/2 of the helper become its stdio. libcontainer 0.7 drops `linux.seccomp` for tenants, so
+//! [`SeccompExecutor`] loads the container's filter itself right before `execvp`.
+//!
+//! Invariants: the helper never writes to fds 0/1/2 (they belong to the exec'd process); every
+//! outcome is one or two [`ExecReport`] frames on fd 3; the scratch `process.json` is removed
+//! before the process runs.
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use crius_shim_api::{ExecReport, ExecRequest, ExitStatus, PROTOCOL_VERSION, REPORT_FD, write_frame};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::seccomp::initialize_seccomp;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use nix::sys::wait::{WaitStatus, waitpid};
+use oci_spec::runtime::{LinuxSeccomp, Spec};
+
+use crate::create::error_chain;
+
+/// Loads the container's seccomp filter in the exec'd process, then execs like the default
+/// executor.
+#[derive(Clone)]
+pub struct SeccompExecutor {
+    pub seccomp: Option<LinuxSeccomp>,
+}
+
+impl Executor for SeccompExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(filter) = &self.seccomp {
+            if initialize_seccomp(filter).is_err() {
+                // Without CAP_SYS_ADMIN (dropped by now) the kernel only accepts a filter from a
+                // no-new-privileges process; the init process got the same filter earlier.
+                // SAFETY: prctl with integer arguments only.
+                unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+                initialize_seccomp(filter)
+                    .map_err(|e| ExecutorError::Other(format!("load seccomp filter: {e}")))?;
+            }
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ExecError {
+    #[error("bad exec request: {0}")]
+    Request(String),
+    #[error("cannot load the container's spec {path}: {message}")]
+    Spec { path: PathBuf, message: String },
+    #[error("cannot write {path}: {source}")]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot exec in container {id}: {message}")]
+    Build { id: String, message: String },
+    #[error("cannot wait for the exec'd process: {0}")]
+    Wait(#[source] nix::Error),
+}
+
+/// Entry point of the `exec-helper` mode. Returns the process exit code.
+pub fn main(request: &str) -> i32 {
+    // SAFETY: fd 3 was dup2'ed by the daemon onto its report pipe for this process alone.
+    let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
+    let mut send = |r: &ExecReport| {
+        let _ = write_frame(&mut report, r);
+    };
+    match run(request, &mut send) {
+        Ok(code) => {
+            send(&ExecReport::Exited { exit_code: code });
+            code
+        }
+        Err(e) => {
+            send(&ExecReport::Failed {
+                message: e.to_string(),
+            });
+            126
+        }
+    }
+}
+
+fn run(request: &str, send: &mut dyn FnMut(&ExecReport)) -> Result<i32, ExecError> {
+    let req: ExecRequest = serde_json::from_str(request).map_err(|e| ExecError::Request(e.to_string()))?;
+    if req.version != PROTOCOL_VERSION {
+        return Err(ExecError::Request(format!("protocol version {}", req.version)));
+    }
+    if req.args.is_empty() {
+        return Err(ExecError::Request("empty command".into()));
+    }
+    let spec_path = req.bundle.join("config.json");
+    let spec = Spec::load(&spec_path).map_err(|e| ExecError::Spec {
+        path: spec_path.clone(),
+        message: e.to_string(),
+    })?;
+    let mut process = spec.process().clone().ok_or_else(|| ExecError::Spec {
+        path: spec_path.clone(),
+        message: "no process".into(),
+    })?;
+    process
+        .set_args(Some(req.args.clone()))
+        .set_terminal(Some(false))
+        .set_console_size(None);
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+
+    let scratch = req.scratch_dir.join(format!("exec-{}.json", std::process::id()));
+    let body = serde_json::to_vec(&process).map_err(|e| ExecError::Request(e.to_string()))?;
+    std::fs::write(&scratch, body).map_err(|source| ExecError::Scratch {
+        path: scratch.clone(),
+        source,
+    })?;
+    let built = build(&req, &scratch, seccomp);
+    let _ = std::fs::remove_file(&scratch);
+    let pid = built?;
+    send(&ExecReport::Started { pid: pid.as_raw() });
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                return Ok(ExitStatus::code_from_wait(None, Some(sig as i32)));
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(ExecError::Wait(e)),
+        }
+    }
+}
+
+fn build(
+    req: &ExecRequest,
+    process_file: &std::path::Path,
+    seccomp: Option<LinuxSeccomp>,
+) -> Result<nix::unistd::Pid, ExecError> {
+    let fail = |message: String| ExecError::Build {
+        id: req.id.clone(),
+        message,
+    };
+    let dup = |fd: i32| -> Result<OwnedFd, ExecError> {
+        nix::unistd::dup(fd)
+            .map(|d| unsafe { OwnedFd::from_raw_fd(d) })
+            .map_err(|e| fail(format!("dup fd {fd}: {e}")))
+    };
+    ContainerBuilder::new(req.id.clone(), SyscallType::default())
+        .with_root_path(&req.youki_root)
+        .map_err(|e| fail(error_chain(&e)))?
+        .with_executor(SeccompExecutor { seccomp })
+        .with_stdin(dup(0)?)
+        .with_stdout(dup(1)?)
+        .with_stderr(dup(2)?)
+        .as_tenant()
+        .with_process(Some(process_file))
+        .with_detach(false)
+        .build()
+        .map_err(|e| fail(error_chain(&e)))
+}

@@ -1,0 +1,278 @@
+//! The CRI log writer: turns the container's stdout/stderr bytes into CRI log records
+//! `<RFC3339Nano UTC> <stdout|stderr> <F|P> <text>\n` appended to the log file.
+//!
+//! Invariants: a complete line becomes one `F` record (a trailing `\r` before the `\n` is
+//! dropped, as containerd does for tty output); a line longer than [`MAX_LINE`] is cut into `P`
+//! records of exactly [`MAX_LINE`] bytes followed by the rest; an unterminated fragment left at
+//! end of stream becomes a final `P` record. At most [`MAX_LINE`] bytes are buffered per stream.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// CRI: kubelet's and containerd's default `max_container_log_line_size`.
+pub const MAX_LINE: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn tag(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Splits one stream into records. Holds the unterminated tail of the last read.
+#[derive(Debug)]
+pub struct LineSplitter {
+    stream: Stream,
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    pub fn new(stream: Stream) -> Self {
+        LineSplitter {
+            stream,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Feeds bytes just read; every finished record is written to `out` stamped `ts`.
+    pub fn feed(&mut self, mut data: &[u8], ts: &str, out: &mut impl Write) -> io::Result<()> {
+        while !data.is_empty() {
+            let room = MAX_LINE - self.partial.len();
+            match data.iter().take(room + 1).position(|&b| b == b'\n') {
+                Some(i) if i <= room => {
+                    self.partial.extend_from_slice(&data[..i]);
+                    data = &data[i + 1..];
+                    if self.partial.last() == Some(&b'\r') {
+                        self.partial.pop();
+                    }
+                    self.emit(ts, b'F', out)?;
+                }
+                _ => {
+                    let take = room.min(data.len());
+                    self.partial.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if self.partial.len() == MAX_LINE {
+                        self.emit(ts, b'P', out)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// End of stream: the unterminated fragment, if any, becomes a `P` record.
+    pub fn finish(&mut self, ts: &str, out: &mut impl Write) -> io::Result<()> {
+        if self.partial.is_empty() {
+            return Ok(());
+        }
+        self.emit(ts, b'P', out)
+    }
+
+    fn emit(&mut self, ts: &str, tag: u8, out: &mut impl Write) -> io::Result<()> {
+        let mut rec = Vec::with_capacity(ts.len() + self.partial.len() + 12);
+        rec.extend_from_slice(ts.as_bytes());
+        rec.push(b' ');
+        rec.extend_from_slice(self.stream.tag().as_bytes());
+        rec.push(b' ');
+        rec.push(tag);
+        rec.push(b' ');
+        rec.extend_from_slice(&self.partial);
+        rec.push(b'\n');
+        self.partial.clear();
+        if self.partial.capacity() > 4096 {
+            self.partial.shrink_to(0);
+        }
+        out.write_all(&rec)
+    }
+}
+
+/// The log file, or a sink when the container has no log path. Reopen closes the file and
+/// opens the same path again (`O_APPEND|O_CREAT`, mode 0640), creating a fresh file after the
+/// kubelet rotated the old one away.
+#[derive(Debug)]
+pub struct LogFile {
+    path: Option<PathBuf>,
+    file: Option<File>,
+}
+
+impl LogFile {
+    pub fn open(path: Option<PathBuf>) -> io::Result<Self> {
+        let mut log = LogFile { path, file: None };
+        log.reopen()?;
+        Ok(log)
+    }
+
+    pub fn reopen(&mut self) -> io::Result<()> {
+        self.file = None;
+        if let Some(p) = &self.path {
+            self.file = Some(
+                OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o640)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(p)?,
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.file {
+            Some(f) => f.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Formats nanoseconds since the epoch as RFC 3339 with nine fraction digits in UTC:
+/// `2026-11-27T07:08:09.000000123Z`.
+pub fn rfc3339_nano(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian, H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TS: &str = "2026-01-01T00:00:00.000000000Z";
+
+    fn records(out: &[u8]) -> Vec<(String, String, String)> {
+        String::from_utf8(out.to_vec())
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut p = l.splitn(4, ' ');
+                assert_eq!(p.next().unwrap(), TS);
+                (
+                    p.next().unwrap().to_string(),
+                    p.next().unwrap().to_string(),
+                    p.next().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn complete_lines_are_full_records_across_reads() {
+        let mut s = LineSplitter::new(Stream::Stderr);
+        let mut out = Vec::new();
+        s.feed(b"hello Wo", TS, &mut out).unwrap();
+        assert!(out.is_empty(), "a fragment waits for its newline");
+        s.feed(b"rld\nsecond\r\n\nthi", TS, &mut out).unwrap();
+        s.finish(TS, &mut out).unwrap();
+        let r = records(&out);
+        let want = [("F", "hello World"), ("F", "second"), ("F", ""), ("P", "thi")];
+        assert_eq!(r.len(), want.len());
+        for (got, (tag, text)) in r.iter().zip(want) {
+            assert_eq!(
+                (got.0.as_str(), got.1.as_str(), got.2.as_str()),
+                ("stderr", tag, text)
+            );
+        }
+    }
+
+    #[test]
+    fn long_line_is_split_into_partials_and_reassembles() {
+        let line: Vec<u8> = (0..40 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut input = line.clone();
+        input.push(b'\n');
+        let mut s = LineSplitter::new(Stream::Stdout);
+        let mut out = Vec::new();
+        for chunk in input.chunks(3000) {
+            s.feed(chunk, TS, &mut out).unwrap();
+        }
+        let r = records(&out);
+        let tags: Vec<_> = r.iter().map(|x| x.1.as_str()).collect();
+        assert_eq!(tags, ["P", "P", "F"]);
+        assert_eq!(r[0].2.len(), MAX_LINE);
+        assert_eq!(r[1].2.len(), MAX_LINE);
+        let joined: String = r.iter().map(|x| x.2.as_str()).collect();
+        assert_eq!(joined.as_bytes(), &line[..]);
+    }
+
+    #[test]
+    fn line_of_exactly_max_is_one_full_record() {
+        let mut input = vec![b'x'; MAX_LINE];
+        input.push(b'\n');
+        let mut s = LineSplitter::new(Stream::Stdout);
+        let mut out = Vec::new();
+        s.feed(&input, TS, &mut out).unwrap();
+        let r = records(&out);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].1.as_str(), r[0].2.len()), ("F", MAX_LINE));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_nano_utc() {
+        assert_eq!(rfc3339_nano(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339_nano(951_782_400_000_000_007),
+            "2000-02-29T00:00:00.000000007Z"
+        );
+        assert_eq!(
+            rfc3339_nano(1_795_763_289_123_456_789),
+            "2026-11-27T07:08:09.123456789Z"
+        );
+    }
+
+    #[test]
+    fn reopen_creates_a_new_file_at_the_same_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.log");
+        let mut log = LogFile::open(Some(p.clone())).unwrap();
+        log.write_all(b"one\n").unwrap();
+        std::fs::rename(&p, dir.path().join("c.log.1")).unwrap();
+        log.reopen().unwrap();
+        log.write_all(b"two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("c.log.1")).unwrap(),
+            "one\n"
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! Deleting libcontainer's state for a container: its state dir under the youki root and its
+//! leaf cgroup. Runs when the daemon removes the container, or when a create fails.
+//!
+//! Invariant: idempotent — a container libcontainer no longer knows is already deleted.
+
+use crius_shim_api::ShimConfig;
+use libcontainer::container::Container;
+
+use crate::create::error_chain;
+
+pub fn delete_container(cfg: &ShimConfig) -> Result<(), String> {
+    let dir = cfg.youki_root.join(&cfg.id);
+    if !dir.join("state.json").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
+    let mut container = Container::load(dir.clone())
+        .map_err(|e| format!("load container state {}: {}", dir.display(), error_chain(&e)))?;
+    container
+        .delete(true)
+        .map_err(|e| format!("delete container {}: {}", cfg.id, error_chain(&e)))
+}
