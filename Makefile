@@ -6,7 +6,7 @@ DEB_PACKAGES := protobuf-compiler libseccomp-dev pkg-config containernetworking-
                 busybox-static iptables iproute2 util-linux
 CNI_CONF_DIR := /etc/cni/net.d
 
-.PHONY: deps build run test install-cni fmt
+.PHONY: deps build run test install-cni fmt bench
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -35,3 +35,11 @@ test: deps
 
 fmt:
 	cargo fmt --all
+
+# crius beside containerd 1.6 (Debian) through one CRI client; writes docs/PERFORMANCE.md.
+BENCH_ARGS ?=
+bench: deps
+	@command -v containerd >/dev/null && command -v runc >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc)
+	cargo build --release --workspace --bins
+	./target/release/crius-bench --markdown docs/PERFORMANCE.md $(BENCH_ARGS)

@@ -48,7 +48,10 @@ impl Daemon {
     }
 
     pub async fn start_with(opts: DaemonOptions) -> Result<Daemon> {
-        let dir = tempfile::Builder::new().prefix("crius-test.").tempdir_in("/tmp")?.keep();
+        let dir = tempfile::Builder::new()
+            .prefix("crius-test.")
+            .tempdir_in("/tmp")?
+            .keep();
         let root = dir.join("root");
         let state = dir.join("state");
         let conf_dir = dir.join("net.d");
@@ -99,7 +102,10 @@ impl Daemon {
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
         let child = self
             .command()
             .stdin(Stdio::null())
@@ -124,12 +130,20 @@ impl Daemon {
             if let (Ok(rt), Ok(img)) = (connect(&self.socket).await, connect(&self.socket).await) {
                 self.runtime = RuntimeServiceClient::new(rt);
                 self.images = ImageServiceClient::new(img);
-                if self.runtime.version(k8s_cri::v1::VersionRequest::default()).await.is_ok() {
+                if self
+                    .runtime
+                    .version(k8s_cri::v1::VersionRequest::default())
+                    .await
+                    .is_ok()
+                {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                bail!("crius did not become ready in {START_TIMEOUT:?}; log:\n{}", self.log());
+                bail!(
+                    "crius did not become ready in {START_TIMEOUT:?}; log:\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -184,7 +198,11 @@ impl Drop for Daemon {
         }
         util::unmount_all_under(&self.dir);
         if std::thread::panicking() {
-            eprintln!("--- crius log ({}) ---\n{}", self.log_path.display(), tail(&self.log(), 200));
+            eprintln!(
+                "--- crius log ({}) ---\n{}",
+                self.log_path.display(),
+                tail(&self.log(), 200)
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -198,14 +216,18 @@ fn tail(s: &str, lines: usize) -> String {
 /// A channel that connects to the unix socket on first use.
 fn lazy_channel(socket: &Path) -> Result<Channel> {
     let socket = socket.to_path_buf();
-    Ok(Endpoint::try_from("http://[::1]:50051")?.connect_with_connector_lazy(tower::service_fn(
-        move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
-            }
-        },
-    )))
+    Ok(
+        Endpoint::try_from("http://[::1]:50051")?.connect_with_connector_lazy(tower::service_fn(
+            move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            },
+        )),
+    )
 }
 
 /// Connects a CRI channel to a unix socket now.
@@ -215,7 +237,9 @@ pub async fn connect(socket: &Path) -> Result<Channel> {
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
             }
         }))
         .await?;

@@ -70,13 +70,20 @@ impl ImageSpec {
 
     /// busybox running as `user` (e.g. `1002`, `www-data`, `1003:1003`).
     pub fn busybox_user(user: &str) -> ImageSpec {
-        ImageSpec { user: Some(user.into()), ..ImageSpec::busybox() }
+        ImageSpec {
+            user: Some(user.into()),
+            ..ImageSpec::busybox()
+        }
     }
 
     /// busybox plus one layer of `mb` MiB of random data.
     pub fn busybox_with_random_mb(mb: usize) -> ImageSpec {
         let mut s = ImageSpec::busybox();
-        s.layers.push(Layer::Random { path: "data/random.bin".into(), bytes: mb << 20, seed: mb as u64 });
+        s.layers.push(Layer::Random {
+            path: "data/random.bin".into(),
+            bytes: mb << 20,
+            seed: mb as u64,
+        });
         s
     }
 }
@@ -99,7 +106,10 @@ pub fn sha256_digest(data: &[u8]) -> String {
 
 /// An oci-client speaking plain HTTP (the registry is on loopback).
 pub fn client() -> Client {
-    Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() })
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    })
 }
 
 /// Builds `spec` and pushes it as `<registry>/<repo>:<tag>`.
@@ -116,7 +126,11 @@ pub async fn push(registry: &Registry, repo: &str, tag: &str, spec: &ImageSpec) 
     }
     let config_json = config_json(spec, &diff_ids);
     let config_digest = sha256_digest(&config_json);
-    let config = Config::new(config_json, oci_client::manifest::IMAGE_CONFIG_MEDIA_TYPE.to_string(), None);
+    let config = Config::new(
+        config_json,
+        oci_client::manifest::IMAGE_CONFIG_MEDIA_TYPE.to_string(),
+        None,
+    );
     let resp = client()
         .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
         .await
@@ -128,7 +142,13 @@ pub async fn push(registry: &Registry, repo: &str, tag: &str, spec: &ImageSpec) 
         .filter(|d| d.starts_with("sha256:"))
         .map(str::to_string)
         .context("push response has no manifest digest")?;
-    Ok(Pushed { reference: format!("{repository}:{tag}"), repository, manifest_digest, config_digest, diff_ids })
+    Ok(Pushed {
+        reference: format!("{repository}:{tag}"),
+        repository,
+        manifest_digest,
+        config_digest,
+        diff_ids,
+    })
 }
 
 fn config_json(spec: &ImageSpec, diff_ids: &[String]) -> Vec<u8> {
@@ -167,7 +187,10 @@ pub fn compress(tar: &[u8], c: Compression) -> Result<(Vec<u8>, &'static str)> {
             enc.write_all(tar)?;
             (enc.finish()?, "application/vnd.oci.image.layer.v1.tar+gzip")
         }
-        Compression::Zstd => (zstd::encode_all(tar, 3)?, "application/vnd.oci.image.layer.v1.tar+zstd"),
+        Compression::Zstd => (
+            zstd::encode_all(tar, 3)?,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ),
     })
 }
 
@@ -178,7 +201,10 @@ pub fn layer_tar(layer: &Layer) -> Result<Vec<u8>> {
         Layer::Random { path, bytes, seed } => {
             let mut b = builder();
             let mut data = vec![0u8; *bytes];
-            let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+            let mut x = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+                | 1;
             for chunk in data.chunks_mut(8) {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -219,7 +245,11 @@ fn build_busybox_tar() -> Result<Vec<u8>> {
         add_dir(&mut b, d, if d == "tmp" { 0o1777 } else { 0o755 })?;
     }
     add_file(&mut b, "bin/busybox", &busybox, 0o755)?;
-    for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+    for applet in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
         let mut h = header(tar::EntryType::Symlink, 0o777);
         h.set_size(0);
         b.append_link(&mut h, format!("bin/{applet}"), "busybox")?;
@@ -251,7 +281,11 @@ fn header(kind: tar::EntryType, mode: u32) -> tar::Header {
 fn add_dir(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32) -> Result<()> {
     let mut h = header(tar::EntryType::Directory, mode);
     h.set_size(0);
-    b.append_data(&mut h, format!("{}/", path.trim_end_matches('/')), std::io::empty())?;
+    b.append_data(
+        &mut h,
+        format!("{}/", path.trim_end_matches('/')),
+        std::io::empty(),
+    )?;
     Ok(())
 }
 
@@ -279,5 +313,8 @@ fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) -
 /// Annotations-free helper for tests that want the applet list the busybox layer links.
 pub fn busybox_applets() -> Result<BTreeMap<String, ()>> {
     let list = std::process::Command::new(BUSYBOX).arg("--list").output()?;
-    Ok(String::from_utf8(list.stdout)?.lines().map(|l| (l.to_string(), ())).collect())
+    Ok(String::from_utf8(list.stdout)?
+        .lines()
+        .map(|l| (l.to_string(), ()))
+        .collect())
 }

@@ -17,7 +17,10 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Result<Registry> {
-        let dir = tempfile::Builder::new().prefix("crius-registry.").tempdir_in("/tmp")?.keep();
+        let dir = tempfile::Builder::new()
+            .prefix("crius-registry.")
+            .tempdir_in("/tmp")?
+            .keep();
         let port = crate::util::free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.join("config.yml");
@@ -53,7 +56,11 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("docker-registry did not answer on {}; log:\n{}", self.addr, self.log())
+        bail!(
+            "docker-registry did not answer on {}; log:\n{}",
+            self.addr,
+            self.log()
+        )
     }
 
     /// HTTP status of a GET on the registry (a tiny client: no dependency, loopback only).

@@ -9,14 +9,25 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("test binary has a parent dir");
-    deps.parent().map(Path::to_path_buf).unwrap_or_else(|| deps.to_path_buf())
+    let dir = exe.parent().expect("binary has a parent dir");
+    // Test binaries live in `target/<profile>/deps`, binaries like crius-bench in `target/<profile>`.
+    match dir.file_name() {
+        Some(n) if n == "deps" => dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.to_path_buf()),
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// Path of a workspace binary; panics with the build command when it is missing.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} not found: build it first with `cargo build --workspace --bins`", p.display());
+    assert!(
+        p.is_file(),
+        "{} not found: build it first with `cargo build --workspace --bins`",
+        p.display()
+    );
     p
 }
 
@@ -32,7 +43,9 @@ pub fn is_root() -> bool {
 
 /// Mount points at or below `dir`, deepest first (so they can be unmounted in order).
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
     let mut found: Vec<PathBuf> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
@@ -45,7 +58,12 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn unescape_mount_path(s: &str) -> PathBuf {
-    PathBuf::from(s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\"))
+    PathBuf::from(
+        s.replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\012", "\n")
+            .replace("\\134", "\\"),
+    )
 }
 
 /// Detaches every mount at or below `dir`; returns how many there were.
@@ -60,9 +78,13 @@ pub fn unmount_all_under(dir: &Path) -> usize {
 /// Pids of processes whose command line mentions `needle` (used to find shims a test started).
 pub fn pids_mentioning(needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return pids };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
     for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
             if String::from_utf8_lossy(&cmd).contains(needle) {
                 pids.push(pid);

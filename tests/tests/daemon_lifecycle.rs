@@ -48,7 +48,10 @@ async fn stale_socket_from_a_crash_is_replaced() {
 }
 
 fn run_with_config(contents: Option<&str>) -> (i32, String) {
-    let dir = tempfile::Builder::new().prefix("crius-test-cfg.").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("crius-test-cfg.")
+        .tempdir_in("/tmp")
+        .unwrap();
     let path = dir.path().join("config.toml");
     if let Some(c) = contents {
         std::fs::write(&path, c).unwrap();
@@ -65,7 +68,10 @@ fn run_with_config(contents: Option<&str>) -> (i32, String) {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -91,14 +97,20 @@ fn unreadable_config_exits_2() {
 
 #[test]
 fn default_config_prints_and_loads() {
-    let out = std::process::Command::new(util::bin("crius")).args(["config", "default"]).output().unwrap();
+    let out = std::process::Command::new(util::bin("crius"))
+        .args(["config", "default"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("root = \"/var/lib/crius\""), "{text}");
     assert!(text.contains("[cni]") && text.contains("[streaming]"), "{text}");
 
     // The printed file is a valid config: a daemon starts on it (paths overridden by flags).
-    let dir = tempfile::Builder::new().prefix("crius-test-cfg.").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("crius-test-cfg.")
+        .tempdir_in("/tmp")
+        .unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, &text).unwrap();
     let socket = dir.path().join("state/crius.sock");
@@ -126,7 +138,11 @@ fn default_config_prints_and_loads() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     assert!(up, "daemon did not start on the default config");
     assert!(status.success(), "{status}");

@@ -13,7 +13,13 @@ async fn registry_serves_pushed_test_images() {
         ("busybox", ImageSpec::busybox()),
         ("busybox-user", ImageSpec::busybox_user("1002")),
         ("busybox-random", ImageSpec::busybox_with_random_mb(20)),
-        ("busybox-zstd", ImageSpec { compression: Compression::Zstd, ..ImageSpec::busybox() }),
+        (
+            "busybox-zstd",
+            ImageSpec {
+                compression: Compression::Zstd,
+                ..ImageSpec::busybox()
+            },
+        ),
     ];
     for (repo, spec) in specs {
         let pushed = images::push(&reg, repo, "1.0", &spec).await.unwrap();
@@ -26,24 +32,50 @@ async fn registry_serves_pushed_test_images() {
         assert_eq!(manifest.config.digest, pushed.config_digest, "{repo}");
         assert_eq!(manifest.layers.len(), spec.layers.len(), "{repo}");
         let config: serde_json::Value = serde_json::from_str(&config).unwrap();
-        assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), spec.layers.len());
+        assert_eq!(
+            config["rootfs"]["diff_ids"].as_array().unwrap().len(),
+            spec.layers.len()
+        );
         if let Some(user) = &spec.user {
             assert_eq!(config["config"]["User"], *user);
         }
     }
     // The random layer makes a ~20 MB image: its blob is at least 20 MiB (incompressible data).
-    let tar = images::layer_tar(&images::Layer::Random { path: "x".into(), bytes: 20 << 20, seed: 1 }).unwrap();
+    let tar = images::layer_tar(&images::Layer::Random {
+        path: "x".into(),
+        bytes: 20 << 20,
+        seed: 1,
+    })
+    .unwrap();
     let (gz, _) = images::compress(&tar, Compression::Gzip).unwrap();
-    assert!(gz.len() >= 20 << 20, "random data must not compress: {}", gz.len());
+    assert!(
+        gz.len() >= 20 << 20,
+        "random data must not compress: {}",
+        gz.len()
+    );
 }
 
 #[test]
 fn busybox_layer_links_a_shell() {
     let tar = images::layer_tar(&images::Layer::Busybox).unwrap();
     let mut archive = tar::Archive::new(&tar[..]);
-    let names: Vec<String> =
-        archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
-    for needed in ["bin/busybox", "bin/sh", "bin/sleep", "bin/cat", "bin/echo", "etc/passwd", "etc/group"] {
-        assert!(names.iter().any(|n| n == needed), "{needed} missing from the busybox layer");
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    for needed in [
+        "bin/busybox",
+        "bin/sh",
+        "bin/sleep",
+        "bin/cat",
+        "bin/echo",
+        "etc/passwd",
+        "etc/group",
+    ] {
+        assert!(
+            names.iter().any(|n| n == needed),
+            "{needed} missing from the busybox layer"
+        );
     }
 }

@@ -16,7 +16,12 @@ const BRIDGE_CONFLIST: &str = r#"{
 #[tokio::test]
 async fn version_names_crius_and_v1() {
     let mut d = Daemon::start().await.unwrap();
-    let v = d.runtime.version(VersionRequest::default()).await.unwrap().into_inner();
+    let v = d
+        .runtime
+        .version(VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(v.runtime_name, "crius");
     assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(v.runtime_api_version, "v1");
@@ -24,26 +29,50 @@ async fn version_names_crius_and_v1() {
 }
 
 fn condition(s: &StatusResponse, kind: &str) -> RuntimeCondition {
-    s.status.as_ref().unwrap().conditions.iter().find(|c| c.r#type == kind).cloned().unwrap()
+    s.status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.r#type == kind)
+        .cloned()
+        .unwrap()
 }
 
 #[tokio::test]
 async fn network_not_ready_without_cni_config() {
     let mut d = Daemon::start().await.unwrap();
-    let s = d.runtime.status(StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let s = d
+        .runtime
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(condition(&s, "RuntimeReady").status);
     let net = condition(&s, "NetworkReady");
     assert!(!net.status);
     assert_eq!(net.reason, "NetworkPluginNotReady");
-    assert!(net.message.contains(&d.conf_dir.display().to_string()), "{}", net.message);
+    assert!(
+        net.message.contains(&d.conf_dir.display().to_string()),
+        "{}",
+        net.message
+    );
     assert!(s.info.is_empty(), "info only when verbose");
 }
 
 #[tokio::test]
 async fn network_ready_with_cni_config_and_verbose_info() {
-    let opts = DaemonOptions { cni_conflist: Some(BRIDGE_CONFLIST.into()), ..Default::default() };
+    let opts = DaemonOptions {
+        cni_conflist: Some(BRIDGE_CONFLIST.into()),
+        ..Default::default()
+    };
     let mut d = Daemon::start_with(opts).await.unwrap();
-    let s = d.runtime.status(StatusRequest { verbose: true }).await.unwrap().into_inner();
+    let s = d
+        .runtime
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(condition(&s, "RuntimeReady").status);
     let net = condition(&s, "NetworkReady");
     assert!(net.status, "{net:?}");
@@ -55,17 +84,32 @@ async fn network_ready_with_cni_config_and_verbose_info() {
 #[tokio::test]
 async fn network_goes_ready_when_config_appears() {
     let mut d = Daemon::start().await.unwrap();
-    let s = d.runtime.status(StatusRequest::default()).await.unwrap().into_inner();
+    let s = d
+        .runtime
+        .status(StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!condition(&s, "NetworkReady").status);
     std::fs::write(d.conf_dir.join("10-late.conflist"), BRIDGE_CONFLIST).unwrap();
-    let s = d.runtime.status(StatusRequest::default()).await.unwrap().into_inner();
+    let s = d
+        .runtime
+        .status(StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(condition(&s, "NetworkReady").status);
 }
 
 #[tokio::test]
 async fn runtime_config_reports_cgroupfs() {
     let mut d = Daemon::start().await.unwrap();
-    let r = d.runtime.runtime_config(RuntimeConfigRequest::default()).await.unwrap().into_inner();
+    let r = d
+        .runtime
+        .runtime_config(RuntimeConfigRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.linux.unwrap().cgroup_driver, CgroupDriver::Cgroupfs as i32);
 }
 
@@ -75,24 +119,46 @@ async fn image_fs_info_measures_root() {
     let blobs = d.root.join("content/blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     std::fs::write(blobs.join("feed"), vec![0x5au8; 64 * 1024]).unwrap();
-    let r = d.images.image_fs_info(ImageFsInfoRequest::default()).await.unwrap().into_inner();
+    let r = d
+        .images
+        .image_fs_info(ImageFsInfoRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let img = &r.image_filesystems[0];
     assert!(img.timestamp > 0);
-    assert_eq!(img.fs_id.as_ref().unwrap().mountpoint, d.root.display().to_string());
+    assert_eq!(
+        img.fs_id.as_ref().unwrap().mountpoint,
+        d.root.display().to_string()
+    );
     assert!(img.used_bytes.unwrap().value >= 64 * 1024, "{img:?}");
     assert!(img.inodes_used.unwrap().value >= 4, "{img:?}");
     let ctr = &r.container_filesystems[0];
     assert!(ctr.timestamp > 0);
-    assert!(ctr.fs_id.as_ref().unwrap().mountpoint.starts_with(&d.root.display().to_string()));
+    assert!(
+        ctr.fs_id
+            .as_ref()
+            .unwrap()
+            .mountpoint
+            .starts_with(&d.root.display().to_string())
+    );
 }
 
 #[tokio::test]
 async fn unbuilt_rpcs_answer_unimplemented_with_their_name() {
     let mut d = Daemon::start().await.unwrap();
-    let e = d.runtime.checkpoint_container(CheckpointContainerRequest::default()).await.unwrap_err();
+    let e = d
+        .runtime
+        .checkpoint_container(CheckpointContainerRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     assert!(e.message().contains("CheckpointContainer"), "{}", e.message());
-    let e = d.runtime.list_metric_descriptors(ListMetricDescriptorsRequest::default()).await.unwrap_err();
+    let e = d
+        .runtime
+        .list_metric_descriptors(ListMetricDescriptorsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     assert!(e.message().contains("ListMetricDescriptors"), "{}", e.message());
 }

@@ -1,0 +1,325 @@
+//! `crius-bench`: measures crius and containerd side by side through one CRI client (issue 3).
+//!
+//! It starts a local registry on 127.0.0.1, pushes its images there (built from busybox-static),
+//! starts each runtime with its own directories and socket, runs the scenarios with the runtimes
+//! alternating run by run, prints a table and writes it as Markdown. Neither runtime can reach any
+//! registry but the local one (crius through `fallback = false` mirrors, containerd through
+//! certs.d hosts.toml files with a `[host]` table).
+
+mod report;
+mod runtimes;
+mod scenarios;
+mod stats;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use crius_tests::Registry;
+use crius_tests::images::{self, ImageSpec};
+
+use report::{Cell, Row};
+use runtimes::Runtime;
+use scenarios::{Outcome, outcome};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark crius against containerd through the same CRI client")]
+struct Args {
+    /// Runtimes to compare, in order.
+    #[arg(long, value_delimiter = ',', default_value = "crius,containerd")]
+    runtimes: Vec<String>,
+    /// Sequential pods in the lifecycle scenario.
+    #[arg(long, default_value_t = 20)]
+    pods: usize,
+    /// Pods started in the concurrent scenario, and how many at once.
+    #[arg(long, default_value_t = 20)]
+    concurrent: usize,
+    #[arg(long, default_value_t = 10)]
+    in_flight: usize,
+    /// Rounds of the concurrent scenario per runtime.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Pulls of the big image per runtime.
+    #[arg(long, default_value_t = 5)]
+    pulls: usize,
+    /// Size of the pulled image in MiB.
+    #[arg(long, default_value_t = 50)]
+    pull_mb: usize,
+    /// Running pods for the memory scenario.
+    #[arg(long, default_value_t = 20)]
+    memory_pods: usize,
+    /// ExecSync round trips.
+    #[arg(long, default_value_t = 50)]
+    execs: usize,
+    /// Where to write the Markdown table.
+    #[arg(long, default_value = "crius-bench.md")]
+    markdown: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let registry = Registry::start()?;
+    let reg = registry.addr.clone();
+    eprintln!("registry on {reg}; pushing images");
+    let small = images::push(&registry, "bench/busybox", "1", &ImageSpec::busybox())
+        .await?
+        .reference;
+    let big = images::push(
+        &registry,
+        "bench/big",
+        "1",
+        &ImageSpec::busybox_with_random_mb(args.pull_mb.saturating_sub(1).max(1)),
+    )
+    .await?
+    .reference;
+    let pause_spec = ImageSpec {
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done".into(),
+        ],
+        ..ImageSpec::busybox()
+    };
+    let pause = images::push(&registry, "pause", "3.9", &pause_spec)
+        .await?
+        .reference;
+
+    let mut rts = Vec::new();
+    for name in &args.runtimes {
+        let r = match name.as_str() {
+            "crius" => Runtime::start_crius(&reg).await?,
+            "containerd" => Runtime::start_containerd(&reg, &pause)
+                .await
+                .context("containerd (apt-get install containerd runc)")?,
+            other => anyhow::bail!("unknown runtime {other:?} (crius, containerd)"),
+        };
+        rts.push(r);
+    }
+    let names: Vec<&'static str> = rts.iter().map(|r| r.name).collect();
+    let mut rows = Vec::new();
+
+    // The image the container scenarios run (untimed). Without PullImage, those scenarios report
+    // "not supported" on their own.
+    for r in rts.iter_mut() {
+        outcome(scenarios::ensure_image(r, &small).await)?;
+    }
+
+    eprintln!("scenario 1: pull a {} MiB image x{}", args.pull_mb, args.pulls);
+    let mut pulls: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = BTreeMap::new();
+    for i in 0..args.pulls {
+        for k in order(rts.len(), i) {
+            let r = &mut rts[k];
+            let entry = pulls.entry(r.name).or_insert_with(|| Ok(Vec::new()));
+            if let Ok(samples) = entry {
+                match outcome(scenarios::pull_once(r, &big).await)? {
+                    Outcome::Done(d) => samples.push(d),
+                    Outcome::Unsupported(m) => *entry = Err(m),
+                }
+            }
+        }
+    }
+    rows.push(times_row(
+        &format!("1. PullImage {} MiB", args.pull_mb),
+        &names,
+        &pulls,
+    ));
+
+    eprintln!("scenario 2: pod lifecycle x{}", args.pods);
+    let mut steps: BTreeMap<&str, BTreeMap<&'static str, Vec<Duration>>> = BTreeMap::new();
+    let mut unsupported: BTreeMap<&str, String> = BTreeMap::new();
+    for i in 0..args.pods {
+        for k in order(rts.len(), i) {
+            let r = &mut rts[k];
+            if unsupported.contains_key(r.name) {
+                continue;
+            }
+            let out = steps.entry(r.name).or_default();
+            if let Outcome::Unsupported(m) =
+                outcome(scenarios::lifecycle_once(r, &format!("seq-{i}"), &small, out).await)?
+            {
+                unsupported.insert(r.name, m);
+            }
+        }
+    }
+    for step in scenarios::STEPS {
+        let per: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = names
+            .iter()
+            .map(|n| {
+                let samples = steps
+                    .get(n)
+                    .and_then(|m| m.get(step))
+                    .cloned()
+                    .unwrap_or_default();
+                let v = match (samples.is_empty(), unsupported.get(n)) {
+                    (true, Some(m)) => Err(m.clone()),
+                    (true, None) => Err("no samples".to_string()),
+                    (false, _) => Ok(samples),
+                };
+                (*n, v)
+            })
+            .collect();
+        rows.push(times_row(&format!("2. {step}"), &names, &per));
+    }
+
+    eprintln!(
+        "scenario 3: {} pods concurrently, {} in flight, x{}",
+        args.concurrent, args.in_flight, args.rounds
+    );
+    let mut conc: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = BTreeMap::new();
+    for round in 0..args.rounds {
+        for k in order(rts.len(), round) {
+            let r = &mut rts[k];
+            let entry = conc.entry(r.name).or_insert_with(|| Ok(Vec::new()));
+            if let Ok(samples) = entry {
+                match outcome(
+                    scenarios::concurrent_start(r, round, args.concurrent, args.in_flight, &small).await,
+                )? {
+                    Outcome::Done(d) => samples.push(d),
+                    Outcome::Unsupported(m) => *entry = Err(m),
+                }
+            }
+        }
+    }
+    rows.push(times_row(
+        &format!(
+            "3. {} pods x 1 container, {} in flight (wall)",
+            args.concurrent, args.in_flight
+        ),
+        &names,
+        &conc,
+    ));
+
+    eprintln!("scenario 4: memory with {} pods", args.memory_pods);
+    let mut mem_rows: Vec<Row> = [
+        "4. daemon RSS idle",
+        "4. daemon RSS with pods",
+        "4. shim PSS per pod",
+        "4. shim RSS per pod",
+    ]
+    .iter()
+    .map(|w| Row {
+        what: w.to_string(),
+        cells: Vec::new(),
+    })
+    .collect();
+    for r in rts.iter_mut() {
+        match outcome(scenarios::memory(r, args.memory_pods, &small).await)? {
+            Outcome::Done(m) => {
+                let values = [
+                    m.daemon_idle_kb as f64,
+                    m.daemon_loaded_kb as f64,
+                    m.shim_pss_kb_per_pod,
+                    m.shim_rss_kb_per_pod,
+                ];
+                for (row, v) in mem_rows.iter_mut().zip(values) {
+                    row.cells.push((r.name.to_string(), Cell::Value(v, "kB")));
+                }
+            }
+            Outcome::Unsupported(m) => {
+                // Idle daemon RSS needs no verb.
+                let idle = r.daemon_pid().map(|p| proc_rss_kb(p as i32)).unwrap_or(0);
+                mem_rows[0]
+                    .cells
+                    .push((r.name.to_string(), Cell::Value(idle as f64, "kB")));
+                for row in mem_rows.iter_mut().skip(1) {
+                    row.cells
+                        .push((r.name.to_string(), Cell::NotSupported(m.clone())));
+                }
+            }
+        }
+    }
+    rows.extend(mem_rows);
+
+    eprintln!("scenario 5: ExecSync `true` x{}", args.execs);
+    let mut execs: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = BTreeMap::new();
+    for r in rts.iter_mut() {
+        let v = match outcome(scenarios::exec_sync(r, args.execs, &small).await)? {
+            Outcome::Done(s) => Ok(s),
+            Outcome::Unsupported(m) => Err(m),
+        };
+        execs.insert(r.name, v);
+    }
+    rows.push(times_row("5. ExecSync `true`", &names, &execs));
+
+    for r in rts {
+        r.shutdown().await;
+    }
+    drop(registry);
+
+    print!("{}", report::text(&rows, &names));
+    let header = format!(
+        "# crius performance\n\nThe latest figures of `crius-bench` (tests/src/bin/crius-bench): crius beside \
+         containerd 1.6 (Debian, with runc) in one run, through the same Rust CRI client, runtimes alternating \
+         run by run, images from a local registry on 127.0.0.1. Reproduce with `make bench` (installs \
+         containerd if missing, builds release binaries). Rows a runtime does not serve yet say \
+         \"not supported\".\n\n## Run of {}\n\nMachine: {} cores, kernel {}. Command: `{}`.\n",
+        now_utc(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel(),
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    std::fs::write(&args.markdown, report::markdown(&rows, &names, &header))?;
+    eprintln!("wrote {}", args.markdown.display());
+    Ok(())
+}
+
+/// Runtime order for run `i`: alternating, so drift hits every runtime alike.
+fn order(n: usize, i: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    if i % 2 == 1 {
+        v.reverse();
+    }
+    v
+}
+
+fn times_row(
+    what: &str,
+    names: &[&str],
+    data: &BTreeMap<&str, std::result::Result<Vec<Duration>, String>>,
+) -> Row {
+    let cells = names
+        .iter()
+        .map(|n| {
+            let cell = match data.get(n) {
+                Some(Ok(s)) => {
+                    stats::summarize(s).map_or(Cell::NotSupported("no samples".into()), Cell::Times)
+                }
+                Some(Err(m)) => Cell::NotSupported(m.clone()),
+                None => Cell::NotSupported("not run".into()),
+            };
+            (n.to_string(), cell)
+        })
+        .collect();
+    Row {
+        what: what.to_string(),
+        cells,
+    }
+}
+
+fn proc_rss_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn kernel() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,212 @@
+//! Starting and stopping the runtimes under comparison, each with its own directories and socket.
+//! crius comes from the build; containerd 1.6 from Debian's package, configured from
+//! `tests/bench/containerd/*.in`. Both are driven through the same tonic CRI client.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use crius_tests::util;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::Channel;
+
+pub struct Runtime {
+    pub name: &'static str,
+    pub rt: RuntimeServiceClient<Channel>,
+    pub img: ImageServiceClient<Channel>,
+    /// Everything this runtime writes lives here.
+    pub dir: PathBuf,
+    child: Option<Child>,
+    /// Process name of its per-container (crius) or per-pod (containerd) shim.
+    pub shim_name: &'static str,
+}
+
+fn bench_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("bench").join(rel)
+}
+
+fn scratch(name: &str) -> Result<PathBuf> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("crius-bench-{name}."))
+        .tempdir_in("/tmp")?
+        .keep())
+}
+
+impl Runtime {
+    pub async fn start_crius(registry: &str) -> Result<Runtime> {
+        let dir = scratch("crius")?;
+        std::fs::create_dir_all(dir.join("net.d"))?;
+        std::fs::copy(
+            bench_file("cni/crius.conflist"),
+            dir.join("net.d/10-bench.conflist"),
+        )?;
+        let config = format!(
+            "root = \"{d}/root\"\nstate = \"{d}/state\"\nlisten = \"{d}/state/crius.sock\"\nlog_level = \"warn\"\n\n\
+             [cni]\nconf_dir = \"{d}/net.d\"\nbin_dirs = [\"/usr/lib/cni\"]\n\n\
+             [registry.\"{registry}\"]\nendpoints = [\"http://{registry}\"]\nfallback = false\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("config.toml"), config)?;
+        let mut cmd = Command::new(util::bin("crius"));
+        cmd.arg("--config").arg(dir.join("config.toml"));
+        let socket = dir.join("state/crius.sock");
+        Runtime::spawn("crius", "crius-shim", dir, cmd, &socket).await
+    }
+
+    pub async fn start_containerd(registry: &str, pause: &str) -> Result<Runtime> {
+        let dir = scratch("containerd")?;
+        let fill = |s: String| {
+            s.replace("@DIR@", &dir.display().to_string())
+                .replace("@PAUSE@", pause)
+        };
+        std::fs::write(
+            dir.join("config.toml"),
+            fill(std::fs::read_to_string(bench_file("containerd/config.toml.in"))?),
+        )?;
+        let hosts =
+            std::fs::read_to_string(bench_file("containerd/hosts.toml.in"))?.replace("@HOST@", registry);
+        std::fs::create_dir_all(dir.join("certs.d").join(registry))?;
+        std::fs::write(dir.join("certs.d").join(registry).join("hosts.toml"), hosts)?;
+        std::fs::create_dir_all(dir.join("net.d"))?;
+        std::fs::copy(
+            bench_file("cni/containerd.conflist"),
+            dir.join("net.d/10-bench.conflist"),
+        )?;
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(dir.join("config.toml"));
+        let socket = dir.join("containerd.sock");
+        Runtime::spawn("containerd", "containerd-shim-runc-v2", dir, cmd, &socket).await
+    }
+
+    async fn spawn(
+        name: &'static str,
+        shim_name: &'static str,
+        dir: PathBuf,
+        mut cmd: Command,
+        socket: &Path,
+    ) -> Result<Runtime> {
+        let log = std::fs::File::create(dir.join("daemon.log"))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last_err = String::new();
+        loop {
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} not ready: {last_err}; log in {}",
+                    dir.join("daemon.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let Ok(ch) = crius_tests::daemon::connect(socket).await else {
+                continue;
+            };
+            let mut rt = RuntimeServiceClient::new(ch.clone());
+            match rt.status(StatusRequest::default()).await {
+                Ok(s) => {
+                    let ready = s.into_inner().status.is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .all(|c| c.status || c.r#type != "RuntimeReady")
+                    });
+                    if ready {
+                        let rt = rt.max_decoding_message_size(16 << 20);
+                        let img = ImageServiceClient::new(ch).max_decoding_message_size(16 << 20);
+                        return Ok(Runtime {
+                            name,
+                            rt,
+                            img,
+                            dir,
+                            child: Some(child),
+                            shim_name,
+                        });
+                    }
+                }
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+    }
+
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// Pids of this runtime's shims (their command lines name our scratch dir).
+    pub fn shim_pids(&self) -> Vec<i32> {
+        let needle = self.dir.display().to_string();
+        util::pids_mentioning(&needle)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == &self.shim_name[..self.shim_name.len().min(15)])
+            })
+            .collect()
+    }
+
+    /// Removes every pod this runtime still has (each stopped first).
+    pub async fn remove_all_pods(&mut self) -> std::result::Result<(), tonic::Status> {
+        let pods = self
+            .rt
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await?
+            .into_inner()
+            .items;
+        for p in pods {
+            let _ = self
+                .rt
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: p.id.clone(),
+                })
+                .await;
+            self.rt
+                .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p.id })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the runtime and removes everything it made.
+    pub async fn shutdown(mut self) {
+        if let Err(e) = self.remove_all_pods().await {
+            eprintln!("{}: removing pods at shutdown: {e}", self.name);
+        }
+        self.kill_and_clean();
+    }
+
+    fn kill_and_clean(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in util::pids_mentioning(&self.dir.display().to_string()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+        util::unmount_all_under(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.kill_and_clean();
+    }
+}
