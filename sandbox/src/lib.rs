@@ -3,3 +3,5 @@
 //! This crate never sees tonic; errors are typed and mapped to gRPC codes once, in the daemon.
 
 pub mod cni;
+pub mod netns;
+pub mod sysctl;

@@ -23,6 +23,9 @@ pub struct NetworkConfig {
     pub plugins: Vec<PluginConfig>,
     /// The file this came from.
     pub source: PathBuf,
+    /// The network as a conflist document (a `.conf` is lifted into one): what the CNI result
+    /// cache stores and what [`parse`] reads back to tear the network down later.
+    pub bytes: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,16 +88,32 @@ pub fn load_file(path: &Path) -> Result<NetworkConfig, ConfigError> {
         reason,
     };
     let bytes = std::fs::read(path).map_err(|e| invalid(format!("cannot read: {e}")))?;
+    parse(&bytes, path)
+}
+
+/// Parses a conflist or single-plugin config; `path` only labels errors and [`NetworkConfig::source`].
+pub fn parse(bytes: &[u8], path: &Path) -> Result<NetworkConfig, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        path: path.into(),
+        reason,
+    };
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
         return Err(invalid("top level is not a JSON object".into()));
     };
     let name = take_str(&obj, "name").ok_or_else(|| invalid("missing string `name`".into()))?;
     let cni_version = take_str(&obj, "cniVersion").unwrap_or_else(|| "0.1.0".to_string());
-    let raw_plugins: Vec<Value> = match obj.remove("plugins") {
-        Some(Value::Array(list)) => list,
+    let (raw_plugins, list_bytes): (Vec<Value>, Vec<u8>) = match obj.remove("plugins") {
+        Some(Value::Array(list)) => (list, bytes.to_vec()),
         Some(_) => return Err(invalid("`plugins` is not an array".into())),
-        None if obj.contains_key("type") => vec![Value::Object(obj.clone())],
+        None if obj.contains_key("type") => {
+            let list = serde_json::json!({
+                "cniVersion": cni_version,
+                "name": name,
+                "plugins": [Value::Object(obj.clone())],
+            });
+            (vec![Value::Object(obj.clone())], list.to_string().into_bytes())
+        }
         None => return Err(invalid("neither `plugins` nor `type` present".into())),
     };
     if raw_plugins.is_empty() {
@@ -119,6 +138,7 @@ pub fn load_file(path: &Path) -> Result<NetworkConfig, ConfigError> {
         cni_version,
         plugins,
         source: path.into(),
+        bytes: list_bytes,
     })
 }
 
@@ -150,6 +170,9 @@ mod tests {
         assert_eq!(net.plugins.len(), 1);
         assert_eq!(net.plugins[0].plugin_type, "bridge");
         assert_eq!(net.plugins[0].raw["bridge"], "x");
+        let lifted = parse(&net.bytes, Path::new("cache")).unwrap();
+        assert_eq!(lifted.plugins, net.plugins);
+        assert_eq!(lifted.cni_version, "0.4.0");
     }
 
     #[test]

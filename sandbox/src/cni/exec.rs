@@ -1,0 +1,146 @@
+//! Running one CNI plugin binary: the CNI exec protocol (environment in, config on stdin, result
+//! or error object on stdout).
+//!
+//! Invariants: a plugin is only ever looked up by plain file name in the configured bin dirs; a
+//! plugin that runs longer than the timeout is killed; a failure carries the plugin's own message.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::CniError;
+
+/// How long one plugin invocation may take before it is killed.
+pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The CNI_* environment of one invocation.
+#[derive(Debug, Clone)]
+pub struct Invocation<'a> {
+    pub command: &'a str,
+    pub container_id: &'a str,
+    /// Empty when the namespace is gone (DEL after the pod's namespace vanished).
+    pub netns: &'a str,
+    pub ifname: &'a str,
+    /// `K=V;K=V` as in CNI_ARGS.
+    pub args: &'a str,
+    pub bin_dirs: &'a [PathBuf],
+}
+
+/// Finds a plugin binary in `bin_dirs`, in order.
+pub fn find_plugin(bin_dirs: &[PathBuf], plugin: &str) -> Option<PathBuf> {
+    bin_dirs.iter().map(|d| d.join(plugin)).find(|p| p.is_file())
+}
+
+/// Runs `plugin` with `config` on stdin. Returns its stdout parsed as JSON (Null when empty).
+pub fn run_plugin(plugin: &str, inv: &Invocation<'_>, config: &Value) -> Result<Value, CniError> {
+    let path = find_plugin(inv.bin_dirs, plugin).ok_or_else(|| CniError::PluginNotFound {
+        plugin: plugin.to_string(),
+        dirs: inv.bin_dirs.to_vec(),
+    })?;
+    let cni_path = std::env::join_paths(inv.bin_dirs).unwrap_or_default();
+    let spawn_err = |source| CniError::Spawn {
+        plugin: plugin.to_string(),
+        path: path.clone(),
+        source,
+    };
+    let mut child = Command::new(&path)
+        .env("CNI_COMMAND", inv.command)
+        .env("CNI_CONTAINERID", inv.container_id)
+        .env("CNI_NETNS", inv.netns)
+        .env("CNI_IFNAME", inv.ifname)
+        .env("CNI_ARGS", inv.args)
+        .env("CNI_PATH", cni_path)
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    let pid = child.id() as i32;
+    let stdin_bytes = config.to_string().into_bytes();
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // The plugin may exit without reading stdin; a broken pipe then is not our error to report.
+    let _ = stdin.write_all(&stdin_bytes);
+    drop(stdin);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(PLUGIN_TIMEOUT) {
+        Ok(out) => out.map_err(spawn_err)?,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            return Err(CniError::Timeout {
+                plugin: plugin.to_string(),
+                command: inv.command.to_string(),
+                after: PLUGIN_TIMEOUT,
+            });
+        }
+    };
+    if !output.status.success() {
+        return Err(CniError::PluginFailed {
+            plugin: plugin.to_string(),
+            command: inv.command.to_string(),
+            message: failure_message(&output.stdout, &output.stderr, output.status),
+        });
+    }
+    if output.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| CniError::BadOutput {
+        plugin: plugin.to_string(),
+        command: inv.command.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The plugin's own error: `msg` (and `details`, `code`) from its CNI error object, else its raw
+/// stderr/stdout.
+fn failure_message(stdout: &[u8], stderr: &[u8], status: std::process::ExitStatus) -> String {
+    if let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(stdout) {
+        if let Some(msg) = obj.get("msg").and_then(Value::as_str) {
+            let mut m = msg.to_string();
+            if let Some(d) = obj
+                .get("details")
+                .and_then(Value::as_str)
+                .filter(|d| !d.is_empty())
+            {
+                m.push_str(": ");
+                m.push_str(d);
+            }
+            if let Some(code) = obj.get("code").and_then(Value::as_u64) {
+                m.push_str(&format!(" (CNI error code {code})"));
+            }
+            return m;
+        }
+    }
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    let (out, err) = (text(stdout), text(stderr));
+    let mut m = [err, out]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if m.is_empty() {
+        m = format!("exited with {status} and no message");
+    }
+    if m.len() > 4096 {
+        let mut cut = 4096;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+    }
+    m
+}
+
+/// Whether a spec version string is at least `major.minor`.
+pub fn version_at_least(version: &str, major: u64, minor: u64) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
+}
