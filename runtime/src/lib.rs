@@ -5,4 +5,5 @@ pub mod config;
 pub mod daemon;
 pub mod info;
 pub mod server;
+pub mod spec;
 pub mod store;

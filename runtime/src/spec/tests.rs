@@ -1,0 +1,269 @@
+//! Unit tests of the whole spec builder on plain data.
+
+use cri_api::v1::{
+    Capability as CriCaps, ContainerConfig, ContainerMetadata, Int64Value, KeyValue, LinuxContainerConfig,
+    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, PodSandboxConfig,
+};
+use oci_spec::runtime::Capability;
+
+use super::*;
+
+fn image() -> ImageProcess {
+    ImageProcess {
+        user: "www-data".into(),
+        env: vec!["PATH=/usr/bin:/bin".into(), "A=image".into(), "B=image".into()],
+        entrypoint: vec!["/entry".into()],
+        cmd: vec!["--serve".into()],
+        working_dir: "/srv".into(),
+    }
+}
+
+fn users() -> UserDb {
+    UserDb {
+        passwd: "root:x:0:0::/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\n".into(),
+        group: "root:x:0:\nwww-data:x:33:\nweb:x:70:www-data\n".into(),
+    }
+}
+
+fn host() -> HostFacts {
+    HostFacts {
+        hugetlb: false,
+        swap_accounting: false,
+        cgroup_v2: false,
+        oom_score_adj_floor: 0,
+    }
+}
+
+fn pod_ns() -> PodNamespaces {
+    PodNamespaces {
+        network: Namespace::Join("/run/crius/ns/p/net".into()),
+        ipc: Namespace::Join("/run/crius/ns/p/ipc".into()),
+        uts: Namespace::Join("/run/crius/ns/p/uts".into()),
+        pid: Namespace::New,
+    }
+}
+
+fn sandbox() -> PodSandboxConfig {
+    PodSandboxConfig {
+        hostname: "web-0".into(),
+        ..Default::default()
+    }
+}
+
+fn ctr(sc: Option<LinuxContainerSecurityContext>) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: "app".into(),
+            attempt: 0,
+        }),
+        envs: vec![KeyValue {
+            key: "B".into(),
+            value: "cri".into(),
+        }],
+        linux: Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 32 << 20,
+                oom_score_adj: -997,
+                ..Default::default()
+            }),
+            security_context: sc,
+        }),
+        ..Default::default()
+    }
+}
+
+fn build_with(cfg: &ContainerConfig, sb: &PodSandboxConfig) -> Result<Spec, SpecError> {
+    let files = PodFiles {
+        hostname: Some("/run/crius/pods/p/hostname".into()),
+        hosts: Some("/run/crius/pods/p/hosts".into()),
+        resolv_conf: Some("/run/crius/pods/p/resolv.conf".into()),
+        shm: None,
+    };
+    build(&SpecInput {
+        id: "c1",
+        sandbox_id: "p1",
+        config: cfg,
+        sandbox: sb,
+        image_name: "docker.io/library/web:1",
+        image: &image(),
+        rootfs: Path::new("/run/crius/containers/c1/rootfs"),
+        users: &users(),
+        pod_files: &files,
+        namespaces: &pod_ns(),
+        target_pid: None,
+        cgroups_path: "/crius/p1/c1",
+        host: &host(),
+    })
+}
+
+#[test]
+fn image_defaults_shape_the_process() {
+    let spec = build_with(&ctr(None), &sandbox()).unwrap();
+    let p = spec.process().as_ref().unwrap();
+    assert_eq!(p.args().as_deref().unwrap(), ["/entry", "--serve"]);
+    assert_eq!(p.cwd(), Path::new("/srv"));
+    let env = p.env().as_ref().unwrap();
+    assert!(env.contains(&"B=cri".to_string()) && env.contains(&"A=image".to_string()));
+    assert!(env.contains(&"HOSTNAME=web-0".to_string()));
+    assert_eq!(env.iter().filter(|e| e.starts_with("B=")).count(), 1);
+    assert_eq!((p.user().uid(), p.user().gid()), (33, 33));
+    assert_eq!(
+        p.user().additional_gids().as_deref(),
+        Some(&[70][..]),
+        "groups from /etc/group"
+    );
+    assert_eq!(p.oom_score_adj(), Some(0), "clamped to the host's floor");
+    assert_eq!(spec.hostname().as_deref(), Some("web-0"));
+    let lx = spec.linux().as_ref().unwrap();
+    assert_eq!(lx.cgroups_path().as_deref(), Some(Path::new("/crius/p1/c1")));
+    assert!(lx.seccomp().is_none(), "no profile asked: unconfined");
+    let json = serde_json::to_value(&spec).unwrap();
+    assert!(
+        json["process"].get("noNewPrivileges").is_none(),
+        "{}",
+        json["process"]
+    );
+    assert_eq!(json["root"]["path"], "/run/crius/containers/c1/rootfs");
+    let dests: Vec<_> = spec
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|m| m.destination().clone())
+        .collect();
+    for d in [
+        "/proc",
+        "/dev/shm",
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/etc/hostname",
+    ] {
+        assert!(dests.contains(&PathBuf::from(d)), "{d} mounted");
+    }
+    let caps = p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
+    assert!(caps.contains(&Capability::Chown) && !caps.contains(&Capability::SysAdmin));
+}
+
+#[test]
+fn cri_command_and_args_replace_the_image_ones() {
+    let mut c = ctr(None);
+    c.args = vec!["-x".into()];
+    let spec = build_with(&c, &sandbox()).unwrap();
+    assert_eq!(
+        spec.process().as_ref().unwrap().args().as_deref().unwrap(),
+        ["/entry", "-x"]
+    );
+    c.command = vec!["/bin/sh".into(), "-c".into()];
+    c.args = vec!["echo hi".into()];
+    let spec = build_with(&c, &sandbox()).unwrap();
+    assert_eq!(
+        spec.process().as_ref().unwrap().args().as_deref().unwrap(),
+        ["/bin/sh", "-c", "echo hi"]
+    );
+}
+
+#[test]
+fn run_as_user_overrides_the_image_and_group_needs_a_user() {
+    let sc = LinuxContainerSecurityContext {
+        run_as_user: Some(Int64Value { value: 1234 }),
+        run_as_group: Some(Int64Value { value: 5678 }),
+        supplemental_groups: vec![9, 9, 10],
+        no_new_privs: true,
+        ..Default::default()
+    };
+    let spec = build_with(&ctr(Some(sc)), &sandbox()).unwrap();
+    let p = spec.process().as_ref().unwrap();
+    assert_eq!((p.user().uid(), p.user().gid()), (1234, 5678));
+    assert_eq!(p.user().additional_gids().as_deref(), Some(&[9, 10][..]));
+    assert_eq!(p.no_new_privileges(), Some(true));
+
+    let bad = LinuxContainerSecurityContext {
+        run_as_group: Some(Int64Value { value: 5 }),
+        ..Default::default()
+    };
+    assert!(matches!(
+        build_with(&ctr(Some(bad)), &sandbox()),
+        Err(SpecError::Invalid(_))
+    ));
+    let unknown = LinuxContainerSecurityContext {
+        run_as_username: "nobody-here".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        build_with(&ctr(Some(unknown)), &sandbox()),
+        Err(SpecError::Invalid(_))
+    ));
+}
+
+#[test]
+fn capabilities_add_drop_and_privileged() {
+    let sc = LinuxContainerSecurityContext {
+        capabilities: Some(CriCaps {
+            add_capabilities: vec!["SYS_ADMIN".into()],
+            drop_capabilities: vec!["CAP_CHOWN".into()],
+            add_ambient_capabilities: vec![],
+        }),
+        ..Default::default()
+    };
+    let spec = build_with(&ctr(Some(sc)), &sandbox()).unwrap();
+    let caps = spec.process().as_ref().unwrap().capabilities().clone().unwrap();
+    let b = caps.bounding().as_ref().unwrap();
+    assert!(b.contains(&Capability::SysAdmin) && !b.contains(&Capability::Chown));
+
+    let drop_all = LinuxContainerSecurityContext {
+        capabilities: Some(CriCaps {
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let spec = build_with(&ctr(Some(drop_all)), &sandbox()).unwrap();
+    let caps = spec.process().as_ref().unwrap().capabilities().clone().unwrap();
+    assert!(caps.bounding().as_ref().unwrap().is_empty());
+
+    let privileged = LinuxContainerSecurityContext {
+        privileged: true,
+        ..Default::default()
+    };
+    assert!(
+        build_with(&ctr(Some(privileged.clone())), &sandbox()).is_err(),
+        "needs a privileged pod"
+    );
+    let mut sb = sandbox();
+    sb.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let spec = build_with(&ctr(Some(privileged)), &sb).unwrap();
+    let lx = spec.linux().as_ref().unwrap();
+    assert!(lx.masked_paths().as_ref().unwrap().is_empty());
+    assert!(lx.resources().as_ref().unwrap().devices().as_ref().unwrap()[0].allow());
+}
+
+#[test]
+fn missing_command_is_invalid() {
+    let mut c = ctr(None);
+    c.linux = None;
+    let files = PodFiles::default();
+    let empty = ImageProcess::default();
+    let r = build(&SpecInput {
+        id: "c1",
+        sandbox_id: "p1",
+        config: &c,
+        sandbox: &sandbox(),
+        image_name: "x",
+        image: &empty,
+        rootfs: Path::new("/r"),
+        users: &UserDb::default(),
+        pod_files: &files,
+        namespaces: &pod_ns(),
+        target_pid: None,
+        cgroups_path: "/crius/p1/c1",
+        host: &host(),
+    });
+    assert!(matches!(r, Err(SpecError::Invalid(m)) if m.contains("no command")));
+}
