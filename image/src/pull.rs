@@ -1,0 +1,298 @@
+//! Pulling an image: resolve the reference through its mirrors, fetch manifest, config and layers
+//! (several layers at once, each streamed to the content store), unpack each layer once per chain
+//! ID, then record the image under the name that was asked for.
+//!
+//! Invariants: a blob is fetched and a layer unpacked by one pull at a time (keyed locks), so two
+//! concurrent pulls of one image download it once. Everything a pull uses is protected from GC
+//! until it is recorded. A failed pull records nothing, leaves no temp file, and frees the content
+//! it fetched that nothing else references; the next pull starts clean.
+//! Callers that must survive their client going away run [`ImageStore::pull`] in a spawned task.
+
+use std::sync::Arc;
+
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::manifest::OciDescriptor;
+
+use crate::record::{ImageRecord, LayerRecord};
+use crate::reference::{ImageRef, ReferenceError};
+use crate::registry::{Credentials, RegistryError, Remote};
+use crate::store::{ImageStore, StoreError};
+use crate::unpack::{LayerError, chain_ids};
+
+/// How many layers of one image are fetched and unpacked at once.
+pub const PARALLEL_LAYERS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error("pulling {reference} from {endpoint}: {source}")]
+    Registry {
+        reference: String,
+        endpoint: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("image {reference}: invalid config {digest}: {why}")]
+    InvalidConfig {
+        reference: String,
+        digest: String,
+        why: String,
+    },
+    #[error("image {reference}: layer {digest}: {source}")]
+    Layer {
+        reference: String,
+        digest: String,
+        #[source]
+        source: LayerError,
+    },
+    #[error("image {reference}: {source}")]
+    Store {
+        reference: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("image {reference}: no registry endpoint is configured")]
+    NoEndpoint { reference: String },
+    #[error("image {reference}: the pull task failed: {why}")]
+    Task { reference: String, why: String },
+}
+
+/// The parts of an image config a pull needs; the full config stays in the content store.
+#[derive(serde::Deserialize)]
+struct ConfigView {
+    #[serde(default)]
+    config: Option<ConfigInner>,
+    rootfs: RootFs,
+}
+
+#[derive(serde::Deserialize)]
+struct ConfigInner {
+    #[serde(rename = "User", default)]
+    user: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RootFs {
+    #[serde(rename = "type")]
+    kind: String,
+    diff_ids: Vec<String>,
+}
+
+impl ImageStore {
+    /// CRI: `PullImage`. Returns the image id (config digest). Endpoints are tried in order
+    /// (mirrors, then the registry unless `fallback = false`).
+    pub async fn pull(self: &Arc<Self>, reference: &str, creds: &Credentials) -> Result<String, PullError> {
+        let r = ImageRef::parse(reference)?;
+        let name = r.to_string();
+        let reg = |endpoint: &str, source| PullError::Registry {
+            reference: name.clone(),
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let auth = creds.to_auth().map_err(|e| reg(&r.registry, e))?;
+        let endpoints = self.hosts.endpoints(&r.registry)?;
+        let mut first_definite: Option<PullError> = None;
+        let mut last = None;
+        for (i, ep) in endpoints.iter().enumerate() {
+            let host = ep.host.clone();
+            let result = self.pull_from(&r, Remote::new(ep.clone(), auth.clone())).await;
+            let e = match result {
+                Ok(id) => return Ok(id),
+                Err(PullError::Registry { source, .. }) if source.try_next_endpoint() => reg(&host, source),
+                Err(e) => return Err(e),
+            };
+            tracing::warn!(image = %name, endpoint = %host, error = %e, more = i + 1 < endpoints.len(), "pull failed at endpoint");
+            let network = matches!(
+                &e,
+                PullError::Registry {
+                    source: RegistryError::Network(_) | RegistryError::Timeout(_),
+                    ..
+                }
+            );
+            if !network && first_definite.is_none() {
+                first_definite = Some(e);
+            } else {
+                last = Some(e);
+            }
+        }
+        // A registry's own answer ("manifest unknown") says more than a later unreachable host.
+        Err(first_definite
+            .or(last)
+            .unwrap_or(PullError::NoEndpoint { reference: name }))
+    }
+
+    async fn pull_from(self: &Arc<Self>, r: &ImageRef, remote: Remote) -> Result<String, PullError> {
+        let result = self.pull_inner(r, &remote).await;
+        if result.is_err() {
+            // Free what this attempt fetched that nothing references (its protection is gone).
+            let me = self.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.gc()).await {
+                tracing::warn!(error = %e, "cleanup after a failed pull");
+            }
+        }
+        result
+    }
+
+    async fn pull_inner(self: &Arc<Self>, r: &ImageRef, remote: &Remote) -> Result<String, PullError> {
+        let name = r.to_string();
+        let oref = r.at_host(&remote.endpoint.host);
+        let reg = |source| PullError::Registry {
+            reference: name.clone(),
+            endpoint: remote.endpoint.host.clone(),
+            source,
+        };
+        let store_err = |source| PullError::Store {
+            reference: name.clone(),
+            source,
+        };
+        let resolved = remote.resolve(&oref).await.map_err(reg)?;
+        let m = &resolved.manifest;
+        let mut keys = vec![resolved.manifest_digest.clone(), m.config.digest.clone()];
+        keys.extend(m.layers.iter().map(|l| l.digest.clone()));
+        keys.extend(resolved.index.iter().map(|(d, _)| d.clone()));
+        let _protect = self.protect(keys);
+
+        let content = &self.content;
+        content
+            .put(&resolved.manifest_digest, &resolved.manifest_bytes)
+            .map_err(|e| store_err(e.into()))?;
+        if let Some((d, bytes)) = &resolved.index {
+            content.put(d, bytes).map_err(|e| store_err(e.into()))?;
+        }
+
+        let config_id = m.config.digest.clone();
+        self.fetch(remote, &oref, &m.config).await.map_err(reg)?;
+        let config_raw = content.read(&config_id).map_err(|e| store_err(e.into()))?;
+        let invalid = |why: String| PullError::InvalidConfig {
+            reference: name.clone(),
+            digest: config_id.clone(),
+            why,
+        };
+        let config: ConfigView = serde_json::from_slice(&config_raw).map_err(|e| invalid(e.to_string()))?;
+        if config.rootfs.kind != "layers" {
+            return Err(invalid(format!(
+                "rootfs type {:?} is not \"layers\"",
+                config.rootfs.kind
+            )));
+        }
+        if config.rootfs.diff_ids.len() != m.layers.len() {
+            return Err(invalid(format!(
+                "{} diff IDs for {} layers",
+                config.rootfs.diff_ids.len(),
+                m.layers.len()
+            )));
+        }
+        for d in &config.rootfs.diff_ids {
+            crate::content::digest_hex(d).map_err(|e| invalid(e.to_string()))?;
+        }
+        let chains = chain_ids(&config.rootfs.diff_ids);
+        let _protect_layers = self.protect(chains.clone());
+
+        let jobs = m.layers.iter().zip(&config.rootfs.diff_ids).zip(&chains);
+        let layers: Vec<LayerRecord> = futures_util::stream::iter(jobs)
+            .map(|((desc, diff_id), chain_id)| self.layer(remote, &oref, &name, desc, diff_id, chain_id))
+            .buffered(PARALLEL_LAYERS)
+            .try_collect()
+            .await?;
+
+        let mut blobs = vec![resolved.manifest_digest.clone(), config_id.clone()];
+        blobs.extend(layers.iter().map(|l| l.digest.clone()));
+        let resolved_digest = match &resolved.index {
+            Some((d, _)) => {
+                blobs.push(d.clone());
+                d.clone()
+            }
+            None => resolved.manifest_digest.clone(),
+        };
+        // CRI: a pull by digest records exactly the digest asked for; otherwise the digest the
+        // tag resolved to (the index for multi-platform images).
+        let repo_digest = r.repo_digest(r.digest.as_deref().unwrap_or(&resolved_digest));
+        let size = resolved.manifest_bytes.len() as u64
+            + m.config.size.max(0) as u64
+            + layers.iter().map(|l| l.size).sum::<u64>();
+        let record = ImageRecord {
+            id: config_id.clone(),
+            repo_tags: r.repo_tag().into_iter().collect(),
+            repo_digests: vec![repo_digest],
+            size,
+            manifest_digest: resolved.manifest_digest.clone(),
+            layers,
+            blobs,
+            user: config.config.and_then(|c| c.user).unwrap_or_default(),
+        };
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.record(record))
+            .await
+            .map_err(|e| PullError::Task {
+                reference: name.clone(),
+                why: e.to_string(),
+            })?
+            .map_err(store_err)?;
+        tracing::info!(image = %name, id = %config_id, endpoint = %remote.endpoint.host, "pulled image");
+        Ok(config_id)
+    }
+
+    /// Fetches one blob unless the content store has it; one fetch per digest at a time.
+    async fn fetch(
+        &self,
+        remote: &Remote,
+        oref: &oci_client::Reference,
+        desc: &OciDescriptor,
+    ) -> Result<(), RegistryError> {
+        let _g = self.locks.lock(&desc.digest).await;
+        if !self.content.contains(&desc.digest) {
+            remote.fetch_blob(oref, desc, &self.content).await?;
+        }
+        Ok(())
+    }
+
+    async fn layer(
+        self: &Arc<Self>,
+        remote: &Remote,
+        oref: &oci_client::Reference,
+        name: &str,
+        desc: &OciDescriptor,
+        diff_id: &str,
+        chain_id: &str,
+    ) -> Result<LayerRecord, PullError> {
+        let record = LayerRecord {
+            digest: desc.digest.clone(),
+            diff_id: diff_id.to_string(),
+            chain_id: chain_id.to_string(),
+            size: desc.size.max(0) as u64,
+        };
+        if self.layers.contains(chain_id) {
+            return Ok(record);
+        }
+        self.fetch(remote, oref, desc)
+            .await
+            .map_err(|source| PullError::Registry {
+                reference: name.to_string(),
+                endpoint: remote.endpoint.host.clone(),
+                source,
+            })?;
+        let _g = self.locks.lock(chain_id).await;
+        if self.layers.contains(chain_id) {
+            return Ok(record);
+        }
+        let layer_err = |source| PullError::Layer {
+            reference: name.to_string(),
+            digest: desc.digest.clone(),
+            source,
+        };
+        let blob = self
+            .content
+            .path(&desc.digest)
+            .map_err(|e| layer_err(LayerError::Id(e)))?;
+        let (layers, diff, chain) = (self.layers.clone(), diff_id.to_string(), chain_id.to_string());
+        tokio::task::spawn_blocking(move || layers.unpack(&blob, &diff, &chain))
+            .await
+            .map_err(|e| PullError::Task {
+                reference: name.to_string(),
+                why: e.to_string(),
+            })?
+            .map_err(layer_err)?;
+        Ok(record)
+    }
+}
