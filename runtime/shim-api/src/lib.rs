@@ -25,3 +25,39 @@ pub const EXIT_FILE: &str = "exit.json";
 pub const SHIM_LOG: &str = "shim.log";
 /// The fd on which `crius-shim create` and `crius-shim exec-helper` write their reports.
 pub const REPORT_FD: i32 = 3;
+
+/// A name for `<dir>/<name>` that fits in a unix socket address (108 bytes) however long `dir`
+/// is: `/proc/self/fd/<fd>/<name>`, valid while `dir` stays open in this process.
+pub fn short_socket_path(dir: &std::fs::File, name: &str) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd;
+    std::path::PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))
+}
+
+/// Connects to the control socket in `shim_dir` (any length of path).
+pub fn connect_control(shim_dir: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let dir = std::fs::File::open(shim_dir)?;
+    std::os::unix::net::UnixStream::connect(short_socket_path(&dir, CONTROL_SOCKET))
+}
+
+/// Binds `<dir>/<name>` as a listening unix socket (any length of path), replacing a stale one.
+pub fn bind_socket(dir: &std::path::Path, name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
+    let _ = std::fs::remove_file(dir.join(name));
+    let d = std::fs::File::open(dir)?;
+    std::os::unix::net::UnixListener::bind(short_socket_path(&d, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_bind_and_connect_under_very_long_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let long = tmp.path().join("d".repeat(100)).join("e".repeat(60));
+        std::fs::create_dir_all(&long).unwrap();
+        let l = bind_socket(&long, CONTROL_SOCKET).unwrap();
+        assert!(long.join(CONTROL_SOCKET).exists());
+        let _c = connect_control(&long).unwrap();
+        l.accept().unwrap();
+    }
+}

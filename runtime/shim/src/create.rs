@@ -161,8 +161,8 @@ fn stdio(cfg: &ShimConfig) -> Result<Stdio, CreateError> {
     };
     if cfg.terminal {
         let path = cfg.shim_dir.join("console.sock");
-        let _ = fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(io_err(format!("bind {}", path.display())))?;
+        let listener = crius_shim_api::bind_socket(&cfg.shim_dir, "console.sock")
+            .map_err(io_err(format!("bind {}", path.display())))?;
         return Ok(Stdio {
             container: None,
             stdout: None,
@@ -186,8 +186,8 @@ fn create(config_path: &Path) -> Result<(Monitor, Pid), CreateError> {
     let cfg = load_config(config_path)?;
     fs::create_dir_all(&cfg.youki_root).map_err(io_err(format!("create {}", cfg.youki_root.display())))?;
     let ctl_path = cfg.shim_dir.join(crius_shim_api::CONTROL_SOCKET);
-    let _ = fs::remove_file(&ctl_path);
-    let ctl = UnixListener::bind(&ctl_path).map_err(io_err(format!("bind {}", ctl_path.display())))?;
+    let ctl = crius_shim_api::bind_socket(&cfg.shim_dir, crius_shim_api::CONTROL_SOCKET)
+        .map_err(io_err(format!("bind {}", ctl_path.display())))?;
     let log = LogFile::open(cfg.log_path.clone()).map_err(io_err(format!(
         "open log {}",
         cfg.log_path.as_deref().unwrap_or(Path::new("")).display()

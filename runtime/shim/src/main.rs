@@ -5,12 +5,14 @@
 //! - `create --config <shim dir>/shim.json`: started by the daemon per container (see `create`).
 //! - `monitor <hand-off>`: what `create` re-execs into after `start` (see `reexec`).
 //! - `exec-helper --request <json>`: one process per exec (see `exec_helper`).
+//! - `pause [--net P] [--ipc P] [--uts P]`: PID 1 of a pod-shared PID namespace (see `pause`).
 
 mod cgroup;
 mod create;
 mod exec_helper;
 mod log;
 mod monitor;
+mod pause;
 mod proc_setup;
 mod reexec;
 mod teardown;
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
             Some(handoff) => reexec::main(handoff),
             None => return usage(),
         },
+        Some("pause") => pause::main(&args[2..]),
         Some("exec-helper") => match arg("--request") {
             Some(req) => exec_helper::main(req),
             None => return usage(),

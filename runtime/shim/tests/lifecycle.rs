@@ -5,7 +5,6 @@
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -130,7 +129,7 @@ impl Ctr {
     }
 
     fn call(&self, req: Request) -> Response {
-        let mut s = UnixStream::connect(self.shim_dir().join(CONTROL_SOCKET)).unwrap();
+        let mut s = connect_control(&self.shim_dir()).unwrap();
         write_frame(&mut s, &RequestEnvelope::new(req)).unwrap();
         let env: ResponseEnvelope = read_frame(&mut s).unwrap();
         assert_eq!(env.version, PROTOCOL_VERSION);
@@ -223,7 +222,7 @@ fn proc_alive(pid: i32) -> bool {
 impl Drop for Ctr {
     fn drop(&mut self) {
         if let Some(pid) = self.shim_pid {
-            if UnixStream::connect(self.shim_dir().join(CONTROL_SOCKET)).is_ok() {
+            if connect_control(&self.shim_dir()).is_ok() {
                 let _ =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.call(Request::Shutdown)));
             }
