@@ -30,6 +30,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("cannot open the image store: {0}")]
+    Images(#[from] crius_image::StoreError),
     #[error("another crius daemon is already serving on {0}; refusing to start")]
     AlreadyServing(PathBuf),
     #[error("cannot use socket {path}: {source}")]
@@ -57,8 +59,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
+    let images = match open_images(&config, &config.root, db.clone()) {
+        Ok(images) => images,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.listen);
+            return Err(e.into());
+        }
+    };
     let socket = config.listen.clone();
-    let crius = Crius::new(config, db);
+    let crius = Crius::new(config, db, images);
     let (runtime, images) = server::services(crius.clone());
 
     let recovery = tokio::spawn(recover(crius.clone()));
@@ -114,6 +123,32 @@ where
 async fn recover(crius: Arc<Crius>) {
     tracing::info!("recovery finished; serving");
     crius.mark_ready();
+}
+
+/// Opens the image store under `root` with the configured registry mirrors.
+pub fn open_images(
+    config: &Config,
+    root: &Path,
+    db: Arc<redb::Database>,
+) -> Result<Arc<crius_image::ImageStore>, crius_image::StoreError> {
+    let hosts = config
+        .registry
+        .iter()
+        .map(|(host, r)| {
+            let mirror = crius_image::Mirror {
+                endpoints: r.endpoints.clone(),
+                fallback: r.fallback,
+            };
+            (host.clone(), mirror)
+        })
+        .collect();
+    crius_image::ImageStore::open(
+        db,
+        crius_image::StoreConfig {
+            root: root.to_path_buf(),
+            registries: crius_image::RegistryHosts::new(hosts),
+        },
+    )
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {

@@ -12,3 +12,45 @@ pub fn unimplemented(rpc: &str) -> Status {
 pub fn invalid(e: cri_api::validate::InvalidInput) -> Status {
     Status::invalid_argument(e.to_string())
 }
+
+/// Image store failures (lookups, records, removal, leases).
+pub fn image_store(e: crius_image::StoreError) -> Status {
+    use crius_image::StoreError as E;
+    match &e {
+        E::NotFound(_) => Status::not_found(e.to_string()),
+        E::Db { .. } | E::Corrupt { .. } | E::Content(_) | E::Io { .. } => Status::internal(e.to_string()),
+    }
+}
+
+/// Pull failures: the registry's own answer keeps its meaning (unknown image → NOT_FOUND,
+/// 5xx → UNAVAILABLE, timeout → DEADLINE_EXCEEDED), bad content is DATA_LOSS or INVALID_ARGUMENT.
+pub fn pull(e: crius_image::PullError) -> Status {
+    use crius_image::content::ContentError as C;
+    use crius_image::unpack::{LayerError as L, UnpackError as U};
+    use crius_image::{PullError as P, RegistryError as R};
+    let msg = e.to_string();
+    match e {
+        P::Reference(_) | P::InvalidConfig { .. } => Status::invalid_argument(msg),
+        P::Registry { source, .. } => match source {
+            R::NotFound(_) | R::NoPlatform(_) => Status::not_found(msg),
+            R::Unauthorized(_) => Status::unauthenticated(msg),
+            R::Server { .. } | R::Network(_) => Status::unavailable(msg),
+            R::Timeout(_) => Status::deadline_exceeded(msg),
+            R::DigestMismatch { .. } | R::Content(C::DigestMismatch { .. } | C::SizeMismatch { .. }) => {
+                Status::data_loss(msg)
+            }
+            R::InvalidManifest { .. } | R::BadAuth(_) | R::Content(C::BadDigest(_)) => {
+                Status::invalid_argument(msg)
+            }
+            R::Content(C::Io { .. }) => Status::internal(msg),
+        },
+        P::Layer { source, .. } => match source {
+            L::Unpack(U::DiffIdMismatch { .. }) => Status::data_loss(msg),
+            L::Unpack(U::Io { .. }) | L::Io { .. } => Status::internal(msg),
+            L::Unpack(_) | L::Id(_) => Status::invalid_argument(msg),
+        },
+        P::Store { source, .. } => image_store(source),
+        P::NoEndpoint { .. } => Status::failed_precondition(msg),
+        P::Task { .. } => Status::internal(msg),
+    }
+}

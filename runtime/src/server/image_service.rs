@@ -1,34 +1,100 @@
 //! CRI `ImageService`: each handler converts, calls the domain, maps the error.
+//!
+//! Invariant: mutating work (pull, remove) runs in a spawned task, so it finishes or rolls back
+//! on its own when the client's deadline drops the handler future.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cri_api::v1::image_service_server::ImageService;
 use cri_api::v1::*;
 use tonic::{Request, Response, Status};
 
-use super::{Crius, unimplemented};
+use super::{Crius, error};
 use crate::info;
 
 pub struct Images(pub Arc<Crius>);
 
 type Rpc<T> = Result<Response<T>, Status>;
 
+fn spec_image(spec: Option<ImageSpec>) -> String {
+    spec.map(|s| s.image).unwrap_or_default()
+}
+
+fn task_failed(rpc: &str, e: tokio::task::JoinError) -> Status {
+    Status::internal(format!("{rpc} task failed: {e}"))
+}
+
 #[tonic::async_trait]
 impl ImageService for Images {
-    async fn list_images(&self, _req: Request<ListImagesRequest>) -> Rpc<ListImagesResponse> {
-        Err(unimplemented("ListImages"))
+    /// CRI: the filter names one image in any form ImageStatus accepts.
+    async fn list_images(&self, req: Request<ListImagesRequest>) -> Rpc<ListImagesResponse> {
+        let filter = spec_image(req.into_inner().filter.and_then(|f| f.image));
+        let store = &self.0.images;
+        let records = if filter.is_empty() {
+            store.list().map_err(error::image_store)?
+        } else {
+            store
+                .get(&filter)
+                .map_err(error::image_store)?
+                .into_iter()
+                .collect()
+        };
+        let images = records.iter().map(crius_image::ImageRecord::to_cri).collect();
+        Ok(Response::new(ListImagesResponse { images }))
     }
 
-    async fn image_status(&self, _req: Request<ImageStatusRequest>) -> Rpc<ImageStatusResponse> {
-        Err(unimplemented("ImageStatus"))
+    /// CRI: an unknown image is OK with no image; `verbose` adds `info` (chain ID, image config).
+    async fn image_status(&self, req: Request<ImageStatusRequest>) -> Rpc<ImageStatusResponse> {
+        let req = req.into_inner();
+        let store = &self.0.images;
+        let Some(record) = store.get(&spec_image(req.image)).map_err(error::image_store)? else {
+            return Ok(Response::new(ImageStatusResponse::default()));
+        };
+        let info = if req.verbose {
+            record.verbose_info(&store.config_json(&record.id).map_err(error::image_store)?)
+        } else {
+            HashMap::new()
+        };
+        Ok(Response::new(ImageStatusResponse {
+            image: Some(record.to_cri()),
+            info,
+        }))
     }
 
-    async fn pull_image(&self, _req: Request<PullImageRequest>) -> Rpc<PullImageResponse> {
-        Err(unimplemented("PullImage"))
+    async fn pull_image(&self, req: Request<PullImageRequest>) -> Rpc<PullImageResponse> {
+        let req = req.into_inner();
+        let image = spec_image(req.image);
+        if image.is_empty() {
+            return Err(Status::invalid_argument("PullImage: image reference is empty"));
+        }
+        let creds = req
+            .auth
+            .map(|a| crius_image::Credentials {
+                username: a.username,
+                password: a.password,
+                auth: a.auth,
+                identity_token: a.identity_token,
+                registry_token: a.registry_token,
+            })
+            .unwrap_or_default();
+        let store = self.0.images.clone();
+        let image_ref = tokio::spawn(async move { store.pull(&image, &creds).await })
+            .await
+            .map_err(|e| task_failed("PullImage", e))?
+            .map_err(error::pull)?;
+        Ok(Response::new(PullImageResponse { image_ref }))
     }
 
-    async fn remove_image(&self, _req: Request<RemoveImageRequest>) -> Rpc<RemoveImageResponse> {
-        Err(unimplemented("RemoveImage"))
+    /// CRI: removing an image that does not exist succeeds.
+    async fn remove_image(&self, req: Request<RemoveImageRequest>) -> Rpc<RemoveImageResponse> {
+        let image = spec_image(req.into_inner().image);
+        let store = self.0.images.clone();
+        tokio::task::spawn_blocking(move || store.remove(&image))
+            .await
+            .map_err(|e| task_failed("RemoveImage", e))?
+            .map_err(error::image_store)?;
+        Ok(Response::new(RemoveImageResponse {}))
     }
 
     /// CRI: must never fail (crictl calls it on every connect); the walk runs off the async workers.

@@ -26,14 +26,17 @@ pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 pub struct Crius {
     pub config: Config,
     pub db: Arc<redb::Database>,
+    /// Image records, blobs, layers and container leases on layers (issue 4).
+    pub images: Arc<crius_image::ImageStore>,
     ready: AtomicBool,
 }
 
 impl Crius {
-    pub fn new(config: Config, db: Arc<redb::Database>) -> Arc<Crius> {
+    pub fn new(config: Config, db: Arc<redb::Database>, images: Arc<crius_image::ImageStore>) -> Arc<Crius> {
         Arc::new(Crius {
             config,
             db,
+            images,
             ready: AtomicBool::new(false),
         })
     }
@@ -95,7 +98,9 @@ mod tests {
     #[test]
     fn gate_answers_unavailable_until_ready() {
         let dir = tempfile::tempdir().unwrap();
-        let crius = Crius::new(Config::default(), crate::store::open(dir.path()).unwrap());
+        let db = crate::store::open(dir.path()).unwrap();
+        let images = crate::daemon::open_images(&Config::default(), dir.path(), db.clone()).unwrap();
+        let crius = Crius::new(Config::default(), db, images);
         let mut gate = Gate(crius.clone());
         let err = gate.call(tonic::Request::new(())).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);
