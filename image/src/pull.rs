@@ -189,9 +189,18 @@ impl ImageStore {
         let chains = chain_ids(&config.rootfs.diff_ids);
         let _protect_layers = self.protect(chains.clone());
 
-        let jobs = m.layers.iter().zip(&config.rootfs.diff_ids).zip(&chains);
+        // Owned jobs: futures borrowing per-item references trip higher-ranked lifetime checks
+        // once the pull is spawned.
+        let jobs: Vec<(OciDescriptor, String, String)> = m
+            .layers
+            .iter()
+            .cloned()
+            .zip(config.rootfs.diff_ids.iter().cloned())
+            .zip(chains.iter().cloned())
+            .map(|((d, diff), chain)| (d, diff, chain))
+            .collect();
         let layers: Vec<LayerRecord> = futures_util::stream::iter(jobs)
-            .map(|((desc, diff_id), chain_id)| self.layer(remote, &oref, &name, desc, diff_id, chain_id))
+            .map(|(desc, diff_id, chain_id)| self.layer(remote, &oref, &name, desc, diff_id, chain_id))
             .buffered(PARALLEL_LAYERS)
             .try_collect()
             .await?;
@@ -242,6 +251,7 @@ impl ImageStore {
     ) -> Result<(), RegistryError> {
         let _g = self.locks.lock(&desc.digest).await;
         if !self.content.contains(&desc.digest) {
+            tracing::debug!(digest = %desc.digest, size = desc.size, endpoint = %remote.endpoint.host, "fetching blob");
             remote.fetch_blob(oref, desc, &self.content).await?;
         }
         Ok(())
@@ -252,28 +262,28 @@ impl ImageStore {
         remote: &Remote,
         oref: &oci_client::Reference,
         name: &str,
-        desc: &OciDescriptor,
-        diff_id: &str,
-        chain_id: &str,
+        desc: OciDescriptor,
+        diff_id: String,
+        chain_id: String,
     ) -> Result<LayerRecord, PullError> {
         let record = LayerRecord {
             digest: desc.digest.clone(),
-            diff_id: diff_id.to_string(),
-            chain_id: chain_id.to_string(),
+            diff_id: diff_id.clone(),
+            chain_id: chain_id.clone(),
             size: desc.size.max(0) as u64,
         };
-        if self.layers.contains(chain_id) {
+        if self.layers.contains(&chain_id) {
             return Ok(record);
         }
-        self.fetch(remote, oref, desc)
+        self.fetch(remote, oref, &desc)
             .await
             .map_err(|source| PullError::Registry {
                 reference: name.to_string(),
                 endpoint: remote.endpoint.host.clone(),
                 source,
             })?;
-        let _g = self.locks.lock(chain_id).await;
-        if self.layers.contains(chain_id) {
+        let _g = self.locks.lock(&chain_id).await;
+        if self.layers.contains(&chain_id) {
             return Ok(record);
         }
         let layer_err = |source| PullError::Layer {
@@ -285,8 +295,8 @@ impl ImageStore {
             .content
             .path(&desc.digest)
             .map_err(|e| layer_err(LayerError::Id(e)))?;
-        let (layers, diff, chain) = (self.layers.clone(), diff_id.to_string(), chain_id.to_string());
-        tokio::task::spawn_blocking(move || layers.unpack(&blob, &diff, &chain))
+        let layers = self.layers.clone();
+        tokio::task::spawn_blocking(move || layers.unpack(&blob, &diff_id, &chain_id))
             .await
             .map_err(|e| PullError::Task {
                 reference: name.to_string(),
