@@ -44,6 +44,8 @@ pub struct CniConfig {
     pub conf_dir: PathBuf,
     /// Directories searched, in order, for plugin binaries.
     pub bin_dirs: Vec<PathBuf>,
+    /// Holds the CNI result cache `results/<network>-<sandbox>-eth0` (libcni's layout).
+    pub cache_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +92,7 @@ impl Default for CniConfig {
         CniConfig {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            cache_dir: PathBuf::from("/var/lib/cni"),
         }
     }
 }

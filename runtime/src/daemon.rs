@@ -32,6 +32,8 @@ pub enum DaemonError {
     Store(#[from] store::StoreError),
     #[error("cannot open the image store: {0}")]
     Images(#[from] crius_image::StoreError),
+    #[error("cannot start the pod sandbox manager: {0}")]
+    Sandboxes(#[from] crius_sandbox::SandboxError),
     #[error("another crius daemon is already serving on {0}; refusing to start")]
     AlreadyServing(PathBuf),
     #[error("cannot use socket {path}: {source}")]
@@ -66,8 +68,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
+    let sandboxes = match open_sandboxes(&config, db.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.listen);
+            return Err(e.into());
+        }
+    };
     let socket = config.listen.clone();
-    let crius = Crius::new(config, db, images);
+    let crius = Crius::new(config, db, images, sandboxes);
     let (runtime, images) = server::services(crius.clone());
 
     let recovery = tokio::spawn(recover(crius.clone()));
@@ -148,6 +157,30 @@ pub fn open_images(
             root: root.to_path_buf(),
             registries: crius_image::RegistryHosts::new(hosts),
         },
+    )
+}
+
+/// The pod sandbox manager over the shared database. The infra process binary (`crius-shim`) is
+/// looked up next to this executable.
+pub fn open_sandboxes(
+    config: &Config,
+    db: Arc<redb::Database>,
+) -> Result<Arc<crius_sandbox::SandboxManager>, crius_sandbox::SandboxError> {
+    let shim_path = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("crius-shim")))
+        .unwrap_or_else(|| PathBuf::from("crius-shim"));
+    crius_sandbox::SandboxManager::new(
+        crius_sandbox::ManagerConfig {
+            state_dir: config.state.clone(),
+            cni_conf_dir: config.cni.conf_dir.clone(),
+            cni_bin_dirs: config.cni.bin_dirs.clone(),
+            cni_cache_dir: config.cni.cache_dir.clone(),
+            shim_path,
+            default_cgroup_parent: PathBuf::from("/crius"),
+            host_files: Default::default(),
+        },
+        db,
     )
 }
 

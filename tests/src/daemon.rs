@@ -25,6 +25,8 @@ pub struct DaemonOptions {
     pub extra_config: String,
     /// A CNI conflist written to the daemon's own `cni.conf_dir` as `10-test.conflist`.
     pub cni_conflist: Option<String>,
+    /// Plugin directories searched before the system ones (e.g. a test's fake plugins).
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 pub struct Daemon {
@@ -34,6 +36,8 @@ pub struct Daemon {
     pub state: PathBuf,
     pub socket: PathBuf,
     pub conf_dir: PathBuf,
+    /// The daemon's own CNI result cache dir (`cni.cache_dir`), so tests never share one.
+    pub cni_cache_dir: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     child: Option<Child>,
@@ -61,9 +65,12 @@ impl Daemon {
         }
         let socket = state.join("crius.sock");
         let config_path = dir.join("config.toml");
+        let cni_cache_dir = dir.join("cni-cache");
+        let mut bin_dirs = opts.cni_bin_dirs.clone();
+        bin_dirs.extend([PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")]);
         let config = format!(
             "root = {root:?}\nstate = {state:?}\nlisten = {socket:?}\nlog_level = \"debug\"\n\n\
-             [cni]\nconf_dir = {conf_dir:?}\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n\n{}\n",
+             [cni]\nconf_dir = {conf_dir:?}\nbin_dirs = {bin_dirs:?}\ncache_dir = {cni_cache_dir:?}\n\n{}\n",
             opts.extra_config
         );
         std::fs::write(&config_path, config)?;
@@ -74,6 +81,7 @@ impl Daemon {
             state,
             socket: socket.clone(),
             conf_dir,
+            cni_cache_dir,
             config_path,
             log_path,
             child: None,

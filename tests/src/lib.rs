@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod images;
+pub mod pods;
 pub mod registry;
 pub mod util;
 

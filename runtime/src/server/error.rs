@@ -54,3 +54,27 @@ pub fn pull(e: crius_image::PullError) -> Status {
         P::Task { .. } => Status::internal(msg),
     }
 }
+
+/// Pod sandbox failures. A plugin's or the kernel's refusal of what the request asked for
+/// (an invalid sysctl) is INVALID_ARGUMENT; a missing network config is FAILED_PRECONDITION.
+pub fn sandbox(e: crius_sandbox::SandboxError) -> Status {
+    use crius_sandbox::SandboxError as E;
+    let msg = e.to_string();
+    if e.is_invalid_argument() {
+        return Status::invalid_argument(msg);
+    }
+    match e {
+        E::Invalid(_) => Status::invalid_argument(msg),
+        E::NotFound { .. } => Status::not_found(msg),
+        E::NameReserved { .. } => Status::already_exists(msg),
+        E::NetworkNotReady(_) => Status::failed_precondition(msg),
+        E::Namespaces(_)
+        | E::Network(_)
+        | E::Files(_)
+        | E::Cgroup(_)
+        | E::Pause(_)
+        | E::Store(_)
+        | E::Containers { .. }
+        | E::Task(_) => Status::internal(msg),
+    }
+}

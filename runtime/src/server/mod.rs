@@ -28,15 +28,23 @@ pub struct Crius {
     pub db: Arc<redb::Database>,
     /// Image records, blobs, layers and container leases on layers (issue 4).
     pub images: Arc<crius_image::ImageStore>,
+    /// Pod sandboxes: pinned namespaces, CNI, pod files and cgroups, sandbox records (issue 5).
+    pub sandboxes: Arc<crius_sandbox::SandboxManager>,
     ready: AtomicBool,
 }
 
 impl Crius {
-    pub fn new(config: Config, db: Arc<redb::Database>, images: Arc<crius_image::ImageStore>) -> Arc<Crius> {
+    pub fn new(
+        config: Config,
+        db: Arc<redb::Database>,
+        images: Arc<crius_image::ImageStore>,
+        sandboxes: Arc<crius_sandbox::SandboxManager>,
+    ) -> Arc<Crius> {
         Arc::new(Crius {
             config,
             db,
             images,
+            sandboxes,
             ready: AtomicBool::new(false),
         })
     }
@@ -100,7 +108,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::open(dir.path()).unwrap();
         let images = crate::daemon::open_images(&Config::default(), dir.path(), db.clone()).unwrap();
-        let crius = Crius::new(Config::default(), db, images);
+        let sandboxes = crate::daemon::open_sandboxes(&Config::default(), db.clone()).unwrap();
+        let crius = Crius::new(Config::default(), db, images, sandboxes);
         let mut gate = Gate(crius.clone());
         let err = gate.call(tonic::Request::new(())).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);

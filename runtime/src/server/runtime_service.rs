@@ -8,7 +8,7 @@ use cri_api::v1::*;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{Crius, unimplemented};
+use super::{Crius, error, unimplemented};
 use crate::info;
 
 pub struct Runtime(pub Arc<Crius>);
@@ -60,30 +60,44 @@ impl RuntimeService for Runtime {
     }
 
     // Answer UNIMPLEMENTED, naming the RPC, until their issue lands.
-    async fn run_pod_sandbox(&self, _req: Request<RunPodSandboxRequest>) -> Rpc<RunPodSandboxResponse> {
-        Err(unimplemented("RunPodSandbox"))
+    // Sandbox verbs run detached inside the sandbox manager: a dropped RPC cannot cut them short.
+    async fn run_pod_sandbox(&self, req: Request<RunPodSandboxRequest>) -> Rpc<RunPodSandboxResponse> {
+        let pod_sandbox_id = self.0.sandboxes.run(req.into_inner()).await.map_err(error::sandbox)?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }))
     }
 
-    async fn stop_pod_sandbox(&self, _req: Request<StopPodSandboxRequest>) -> Rpc<StopPodSandboxResponse> {
-        Err(unimplemented("StopPodSandbox"))
+    async fn stop_pod_sandbox(&self, req: Request<StopPodSandboxRequest>) -> Rpc<StopPodSandboxResponse> {
+        let id = req.into_inner().pod_sandbox_id;
+        self.0.sandboxes.stop(id).await.map_err(error::sandbox)?;
+        Ok(Response::new(StopPodSandboxResponse {}))
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _req: Request<RemovePodSandboxRequest>,
+        req: Request<RemovePodSandboxRequest>,
     ) -> Rpc<RemovePodSandboxResponse> {
-        Err(unimplemented("RemovePodSandbox"))
+        let id = req.into_inner().pod_sandbox_id;
+        self.0.sandboxes.remove(id).await.map_err(error::sandbox)?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
     async fn pod_sandbox_status(
         &self,
-        _req: Request<PodSandboxStatusRequest>,
+        req: Request<PodSandboxStatusRequest>,
     ) -> Rpc<PodSandboxStatusResponse> {
-        Err(unimplemented("PodSandboxStatus"))
+        let req = req.into_inner();
+        let (status, info) =
+            self.0.sandboxes.status(req.pod_sandbox_id, req.verbose).await.map_err(error::sandbox)?;
+        Ok(Response::new(PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            ..Default::default()
+        }))
     }
 
-    async fn list_pod_sandbox(&self, _req: Request<ListPodSandboxRequest>) -> Rpc<ListPodSandboxResponse> {
-        Err(unimplemented("ListPodSandbox"))
+    async fn list_pod_sandbox(&self, req: Request<ListPodSandboxRequest>) -> Rpc<ListPodSandboxResponse> {
+        let items = self.0.sandboxes.list(req.into_inner().filter).await.map_err(error::sandbox)?;
+        Ok(Response::new(ListPodSandboxResponse { items }))
     }
 
     async fn create_container(&self, _req: Request<CreateContainerRequest>) -> Rpc<CreateContainerResponse> {

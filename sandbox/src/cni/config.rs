@@ -102,6 +102,10 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<NetworkConfig, ConfigError> {
         return Err(invalid("top level is not a JSON object".into()));
     };
     let name = take_str(&obj, "name").ok_or_else(|| invalid("missing string `name`".into()))?;
+    // The name becomes part of a cache file name.
+    if name.is_empty() || name.contains(['/', '\0']) || name == "." || name == ".." {
+        return Err(invalid(format!("network name {name:?} is not a plain name")));
+    }
     let cni_version = take_str(&obj, "cniVersion").unwrap_or_else(|| "0.1.0".to_string());
     let (raw_plugins, list_bytes): (Vec<Value>, Vec<u8>) = match obj.remove("plugins") {
         Some(Value::Array(list)) => (list, bytes.to_vec()),

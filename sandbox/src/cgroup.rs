@@ -1,0 +1,239 @@
+//! The pod cgroup (cgroupfs driver): one directory per mounted hierarchy (each cgroup v1
+//! controller mount and, when writable, the unified v2 hierarchy) at the pod's cgroup parent.
+//!
+//! Invariants: a cgroup path is absolute, has no `.`/`..`/empty components, and is joined below
+//! each hierarchy's mount point only; in cpuset, new directories get their parent's cpus/mems so
+//! processes can join; [`remove`] is idempotent and only removes the pod's own directory.
+
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup parent {path:?} is not a clean absolute cgroup path")]
+    BadPath { path: String },
+    #[error("cannot read the cgroup mounts: {0}")]
+    Mounts(#[source] std::io::Error),
+    #[error("cannot create cgroup {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot move pid {pid} into cgroup {path}: {source}")]
+    Join {
+        pid: i32,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove cgroup {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The mounted cgroup hierarchies of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchies {
+    /// Mount points of cgroup v1 hierarchies (one per controller mount).
+    pub v1: Vec<PathBuf>,
+    /// Mount point of the cgroup v2 hierarchy, if any.
+    pub unified: Option<PathBuf>,
+}
+
+impl Hierarchies {
+    /// Reads `/proc/self/mountinfo`.
+    pub fn detect() -> Result<Hierarchies, CgroupError> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mounts)?;
+        Ok(Self::parse(&info))
+    }
+
+    fn parse(mountinfo: &str) -> Hierarchies {
+        let mut h = Hierarchies {
+            v1: Vec::new(),
+            unified: None,
+        };
+        for line in mountinfo.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let Some(sep) = fields.iter().position(|f| *f == "-") else {
+                continue;
+            };
+            let (Some(mount_point), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else {
+                continue;
+            };
+            let mp = PathBuf::from(mount_point.replace("\\040", " "));
+            match *fstype {
+                "cgroup" if !h.v1.contains(&mp) => h.v1.push(mp),
+                "cgroup2" if h.unified.is_none() => h.unified = Some(mp),
+                _ => {}
+            }
+        }
+        h
+    }
+
+    fn all(&self) -> impl Iterator<Item = &PathBuf> {
+        self.v1.iter().chain(self.unified.iter())
+    }
+}
+
+/// Checks a cgroup path from the wire (`/kubepods/burstable/pod123`).
+pub fn validate(path: &str) -> Result<PathBuf, CgroupError> {
+    let bad = || CgroupError::BadPath {
+        path: path.to_string(),
+    };
+    let p = Path::new(path);
+    if !p.is_absolute() || path.len() > 1024 || path.contains(['\0', '\n']) || path.ends_with('/') {
+        return Err(bad());
+    }
+    if path
+        .split('/')
+        .skip(1)
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(bad());
+    }
+    if p.components().skip(1).any(|c| !matches!(c, Component::Normal(_))) || p.components().count() < 2 {
+        return Err(bad());
+    }
+    Ok(p.to_path_buf())
+}
+
+fn below(mount: &Path, cgroup: &Path) -> PathBuf {
+    mount.join(cgroup.strip_prefix("/").unwrap_or(cgroup))
+}
+
+/// Whether the cgroup already exists in the first hierarchy (so crius did not create it).
+pub fn exists(h: &Hierarchies, cgroup: &Path) -> bool {
+    h.all().next().is_some_and(|m| below(m, cgroup).is_dir())
+}
+
+/// Creates the cgroup in every hierarchy. The unified hierarchy is skipped when not writable.
+pub fn create(h: &Hierarchies, cgroup: &Path) -> Result<(), CgroupError> {
+    for mount in &h.v1 {
+        create_in(mount, cgroup)?;
+    }
+    if let Some(unified) = &h.unified {
+        if let Err(e) = create_in(unified, cgroup) {
+            tracing::debug!(error = %e, "unified cgroup hierarchy not usable for the pod cgroup");
+        }
+    }
+    Ok(())
+}
+
+fn create_in(mount: &Path, cgroup: &Path) -> Result<(), CgroupError> {
+    let mut dir = mount.to_path_buf();
+    for part in cgroup.components().skip(1) {
+        let parent = dir.clone();
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => inherit_cpuset(&parent, &dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(CgroupError::Create { path: dir, source }),
+        }
+    }
+    Ok(())
+}
+
+/// cgroup v1 cpuset: a new directory starts with empty cpus/mems and refuses processes.
+fn inherit_cpuset(parent: &Path, dir: &Path) {
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let own = dir.join(file);
+        if std::fs::read_to_string(&own).is_ok_and(|v| v.trim().is_empty()) {
+            if let Ok(v) = std::fs::read_to_string(parent.join(file)) {
+                let _ = std::fs::write(&own, v.trim());
+            }
+        }
+    }
+}
+
+/// Moves `pid` into the cgroup in every hierarchy where the cgroup exists.
+pub fn join(h: &Hierarchies, cgroup: &Path, pid: i32) -> Result<(), CgroupError> {
+    for mount in h.all() {
+        let dir = below(mount, cgroup);
+        if !dir.is_dir() {
+            continue;
+        }
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string()).map_err(|source| CgroupError::Join {
+            pid,
+            path: procs,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Removes the cgroup's own directory from every hierarchy. Idempotent; a cgroup that still has
+/// children or processes fails with EBUSY.
+pub fn remove(h: &Hierarchies, cgroup: &Path) -> Result<(), CgroupError> {
+    for mount in h.all() {
+        let dir = below(mount, cgroup);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(CgroupError::Remove { path: dir, source }),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hybrid_mountinfo() {
+        let info = "30 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n\
+            31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+            33 30 0:29 / /sys/fs/cgroup/cpu rw shared:5 - cgroup cgroup rw,cpu\n\
+            34 30 0:30 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset\n";
+        let h = Hierarchies::parse(info);
+        assert_eq!(
+            h.v1,
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu"),
+                PathBuf::from("/sys/fs/cgroup/cpuset")
+            ]
+        );
+        assert_eq!(h.unified, Some(PathBuf::from("/sys/fs/cgroup/unified")));
+    }
+
+    #[test]
+    fn validates_paths() {
+        assert!(validate("/kubepods/burstable/pod1").is_ok());
+        for bad in ["", "/", "rel/x", "/a/../b", "/a//b", "/a/./b", "/a/"] {
+            assert!(validate(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn creates_joins_and_removes_in_fake_hierarchies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("cpuset"), tmp.path().join("unified"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(a.join("cpuset.cpus"), "0-1\n").unwrap();
+        let h = Hierarchies {
+            v1: vec![a.clone()],
+            unified: Some(b.clone()),
+        };
+        let cg = validate("/crius/abc").unwrap();
+        assert!(!exists(&h, &cg));
+        create(&h, &cg).unwrap();
+        assert!(exists(&h, &cg));
+        assert!(b.join("crius/abc").is_dir());
+        join(&h, &cg, 42).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(a.join("crius/abc/cgroup.procs")).unwrap(),
+            "42"
+        );
+        std::fs::remove_file(a.join("crius/abc/cgroup.procs")).unwrap();
+        std::fs::remove_file(b.join("crius/abc/cgroup.procs")).unwrap();
+        remove(&h, &cg).unwrap();
+        assert!(!a.join("crius/abc").exists());
+        assert!(a.join("crius").is_dir(), "the shared parent stays");
+        remove(&h, &cg).unwrap();
+    }
+}

@@ -1,0 +1,206 @@
+//! The sandbox manager: the state every sandbox verb shares (configuration, database, CNI runner,
+//! cgroup hierarchies, per-sandbox locks, the container hook) and the teardown they share.
+//!
+//! Invariants:
+//! - Every verb runs on tokio's blocking pool, in a task the RPC cannot cancel: a client whose
+//!   deadline passes never leaves a half-created or half-removed sandbox behind.
+//! - Mutating verbs on one sandbox are serialised by that sandbox's lock.
+//! - A sandbox being created is invisible to Status and List until it is READY (or rolled back).
+//! - [`SandboxManager::teardown`] is idempotent: every step tolerates its work being done already.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::cgroup::{self, Hierarchies};
+use crate::cni::{self, Cni};
+use crate::error::{InvalidRequest, SandboxError};
+use crate::podfiles::{self, HostFiles};
+use crate::store::{self, Record};
+use crate::{netns, pause};
+
+/// Lets the container code plug into pod teardown (the containers issue implements it).
+pub trait ContainerHook: Send + Sync {
+    /// Stops every container of the sandbox. Idempotent; a sandbox without containers is Ok.
+    fn stop_containers(&self, sandbox_id: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    /// Stops and removes every container of the sandbox. Idempotent.
+    fn remove_containers(&self, sandbox_id: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// Where things live; built by the daemon from its configuration.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// The daemon's `state` dir: `ns/<id>/` and `pods/<id>/` are created below it.
+    pub state_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// Holds the CNI result cache `results/` (`/var/lib/cni` by default, as libcni).
+    pub cni_cache_dir: PathBuf,
+    /// The `crius-shim` binary (its `pause` mode is the pod infra process).
+    pub shim_path: PathBuf,
+    /// Parent of the pod cgroups crius creates when the request names none.
+    pub default_cgroup_parent: PathBuf,
+    pub host_files: HostFiles,
+}
+
+pub struct SandboxManager {
+    pub(crate) config: ManagerConfig,
+    pub(crate) db: Arc<redb::Database>,
+    pub(crate) cni: Cni,
+    pub(crate) cgroups: Hierarchies,
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    creating: Mutex<HashSet<String>>,
+    hook: RwLock<Option<Arc<dyn ContainerHook>>>,
+}
+
+impl SandboxManager {
+    /// Creates the tables and detects the cgroup hierarchies.
+    pub fn new(config: ManagerConfig, db: Arc<redb::Database>) -> Result<Arc<SandboxManager>, SandboxError> {
+        store::init(&db)?;
+        let cgroups = Hierarchies::detect()?;
+        let cni = Cni {
+            bin_dirs: config.cni_bin_dirs.clone(),
+            cache_dir: config.cni_cache_dir.clone(),
+        };
+        Ok(Arc::new(SandboxManager {
+            config,
+            db,
+            cni,
+            cgroups,
+            locks: Mutex::default(),
+            creating: Mutex::default(),
+            hook: RwLock::new(None),
+        }))
+    }
+
+    /// Plugs in container stop/removal. Until then a pod has no containers to stop.
+    pub fn set_container_hook(&self, hook: Arc<dyn ContainerHook>) {
+        *self.hook.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    pub(crate) fn hook(&self) -> Option<Arc<dyn ContainerHook>> {
+        self.hook.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The record of a READY or NOTREADY sandbox (not one being created), by full id. This is
+    /// what the container code reads: namespace paths, pod files, cgroup parent, infra pid.
+    pub fn sandbox(&self, id: &str) -> Result<Option<Record>, SandboxError> {
+        if self.is_creating(id) {
+            return Ok(None);
+        }
+        Ok(store::get(&self.db, id)?)
+    }
+
+    /// Runs `f` on the blocking pool; the task finishes even if the caller is dropped.
+    pub(crate) async fn detached<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&SandboxManager) -> Result<T, SandboxError> + Send + 'static,
+    ) -> Result<T, SandboxError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| SandboxError::Task(e.to_string()))?
+    }
+
+    /// The lock serialising mutating verbs on one sandbox.
+    pub(crate) fn lock_for(&self, id: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(id.to_string()).or_default().clone()
+    }
+
+    pub(crate) fn forget_lock(&self, id: &str) {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    pub(crate) fn set_creating(&self, id: &str, on: bool) {
+        let mut c = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        if on {
+            c.insert(id.to_string());
+        } else {
+            c.remove(id);
+        }
+    }
+
+    pub(crate) fn is_creating(&self, id: &str) -> bool {
+        self.creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    /// Resolves a full id or a unique prefix of one to a full id; None when nothing matches.
+    pub(crate) fn resolve(&self, id_or_prefix: &str) -> Result<Option<String>, SandboxError> {
+        cri_api::validate::object_id("pod sandbox id", id_or_prefix).map_err(InvalidRequest::from)?;
+        let ids = store::ids_with_prefix(&self.db, id_or_prefix, 2)?;
+        match ids.as_slice() {
+            [] => Ok(None),
+            [one] if self.is_creating(one) => Ok(None),
+            [one] => Ok(Some(one.clone())),
+            _ if ids.iter().any(|i| i == id_or_prefix) => Ok(Some(id_or_prefix.to_string())),
+            _ => Err(InvalidRequest::AmbiguousId {
+                prefix: id_or_prefix.to_string(),
+                count: ids.len(),
+            }
+            .into()),
+        }
+    }
+
+    pub(crate) fn ns_dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("ns").join(id)
+    }
+
+    pub(crate) fn pod_dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("pods").join(id)
+    }
+
+    /// Kills the infra process (and with it the pod PID namespace). Idempotent.
+    pub(crate) fn stop_pause(&self, rec: &Record) -> Result<(), SandboxError> {
+        if let Some(p) = &rec.status.pause {
+            pause::kill(p)?;
+        }
+        Ok(())
+    }
+
+    /// CNI DEL for the pod, unless already done. Idempotent.
+    pub(crate) fn network_down(&self, rec: &Record) -> Result<(), SandboxError> {
+        let Some(plan) = &rec.meta.network else {
+            return Ok(());
+        };
+        if rec.status.network_torn_down {
+            return Ok(());
+        }
+        let net =
+            cni::parse(plan.conflist.as_bytes(), Path::new("sandbox record")).map_err(cni::CniError::from)?;
+        self.cni
+            .del(&net, &plan.attachment, rec.status.cni_result.as_ref())?;
+        Ok(())
+    }
+
+    /// Undoes everything a sandbox may own, then deletes its record and name. Every step runs
+    /// even if an earlier one failed; the record stays (for a retry) unless all succeeded.
+    pub(crate) fn teardown(&self, rec: &Record) -> Result<(), SandboxError> {
+        let id = rec.meta.id.as_str();
+        let mut first: Option<SandboxError> = None;
+        let mut note = |step: &str, r: Result<(), SandboxError>| {
+            if let Err(e) = r {
+                tracing::warn!(sandbox = id, step, error = %e, "pod sandbox teardown step failed");
+                first.get_or_insert(e);
+            }
+        };
+        note("infra process", self.stop_pause(rec));
+        note("network", self.network_down(rec));
+        note("namespaces", netns::unpin(&rec.meta.ns_dir).map_err(Into::into));
+        note("files", podfiles::remove(&rec.meta.files.dir).map_err(Into::into));
+        if rec.meta.cgroup_owned {
+            note(
+                "cgroup",
+                cgroup::remove(&self.cgroups, &rec.meta.cgroup_parent).map_err(Into::into),
+            );
+        }
+        if let Some(e) = first {
+            return Err(e);
+        }
+        store::delete(&self.db, id, &rec.meta.name_key)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+//! CRI RemovePodSandbox: remove every container of the pod (through the container hook), then
+//! the shared teardown: infra process, CNI DEL (if Stop did not), namespaces, pod files, the pod
+//! cgroup, and finally the record with its name reservation.
+//!
+//! Invariants: idempotent (an unknown id succeeds); the record is deleted only after every
+//! resource is gone, so a failed removal can be retried and nothing is forgotten.
+
+use std::sync::Arc;
+
+use crate::error::SandboxError;
+use crate::manager::SandboxManager;
+use crate::store;
+
+impl SandboxManager {
+    /// CRI RemovePodSandbox by id or unique id prefix.
+    pub async fn remove(self: &Arc<Self>, id: String) -> Result<(), SandboxError> {
+        self.detached(move |m| m.remove_blocking(&id)).await
+    }
+
+    fn remove_blocking(&self, id_or_prefix: &str) -> Result<(), SandboxError> {
+        // CRI: removing a sandbox that does not exist is not an error.
+        let Some(id) = self.resolve(id_or_prefix)? else {
+            return Ok(());
+        };
+        let lock = self.lock_for(&id);
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rec) = store::get(&self.db, &id)? else {
+            return Ok(());
+        };
+        if let Some(hook) = self.hook() {
+            hook.remove_containers(&id)
+                .map_err(|source| SandboxError::Containers {
+                    id: id.clone(),
+                    source,
+                })?;
+        }
+        self.teardown(&rec)?;
+        drop(guard);
+        self.forget_lock(&id);
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! Sandbox records in the daemon's redb database: immutable metadata, mutable status, and the
+//! name index (name, namespace, uid, attempt → sandbox id).
+//!
+//! Invariants:
+//! - A record's metadata is written once, in the same transaction that reserves its name; a
+//!   second sandbox with the same name fails in that transaction (no racy look-up first).
+//! - Status changes only through [`update`], which commits before it returns.
+//! - [`delete`] removes metadata, status and the name entry together, and only the name entry
+//!   that points at this id.
+
+use std::collections::HashMap;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::record::{SandboxMeta, SandboxStatus};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sandbox_meta");
+const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("sandbox_status");
+const NAMES: TableDefinition<&str, &str> = TableDefinition::new("sandbox_names");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sandbox database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("sandbox record {id} is unreadable: {source}")]
+    Corrupt {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("pod sandbox name {name:?} is reserved by sandbox {holder}")]
+    NameReserved { name: String, holder: String },
+    #[error("pod sandbox {id} not found")]
+    NotFound { id: String },
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+/// A full record: metadata plus current status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub meta: SandboxMeta,
+    pub status: SandboxStatus,
+}
+
+/// Creates the tables so read transactions always find them.
+pub fn init(db: &redb::Database) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(db_err)?;
+    tx.open_table(META).map_err(db_err)?;
+    tx.open_table(STATUS).map_err(db_err)?;
+    tx.open_table(NAMES).map_err(db_err)?;
+    tx.commit().map_err(db_err)
+}
+
+/// Reserves the name and writes metadata and the first status, in one transaction.
+pub fn insert(db: &redb::Database, meta: &SandboxMeta, status: &SandboxStatus) -> Result<(), StoreError> {
+    let meta_json = serde_json::to_vec(meta).expect("sandbox metadata serializes");
+    let status_json = serde_json::to_vec(status).expect("sandbox status serializes");
+    let tx = db.begin_write().map_err(db_err)?;
+    {
+        let mut names = tx.open_table(NAMES).map_err(db_err)?;
+        if let Some(holder) = names.get(meta.name_key.as_str()).map_err(db_err)? {
+            return Err(StoreError::NameReserved {
+                name: meta.display_name(),
+                holder: holder.value().to_string(),
+            });
+        }
+        names
+            .insert(meta.name_key.as_str(), meta.id.as_str())
+            .map_err(db_err)?;
+        let mut m = tx.open_table(META).map_err(db_err)?;
+        m.insert(meta.id.as_str(), meta_json.as_slice()).map_err(db_err)?;
+        let mut s = tx.open_table(STATUS).map_err(db_err)?;
+        s.insert(meta.id.as_str(), status_json.as_slice())
+            .map_err(db_err)?;
+    }
+    tx.commit().map_err(db_err)
+}
+
+/// The one way to change a sandbox's status: `f` edits a copy, which is committed before
+/// this returns. Returns the new status.
+pub fn update(
+    db: &redb::Database,
+    id: &str,
+    f: impl FnOnce(&mut SandboxStatus),
+) -> Result<SandboxStatus, StoreError> {
+    let tx = db.begin_write().map_err(db_err)?;
+    let status = {
+        let mut table = tx.open_table(STATUS).map_err(db_err)?;
+        let mut status: SandboxStatus = match table.get(id).map_err(db_err)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                id: id.to_string(),
+                source,
+            })?,
+            None => return Err(StoreError::NotFound { id: id.to_string() }),
+        };
+        f(&mut status);
+        let json = serde_json::to_vec(&status).expect("sandbox status serializes");
+        table.insert(id, json.as_slice()).map_err(db_err)?;
+        status
+    };
+    tx.commit().map_err(db_err)?;
+    Ok(status)
+}
+
+/// Reads one record.
+pub fn get(db: &redb::Database, id: &str) -> Result<Option<Record>, StoreError> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let meta = tx.open_table(META).map_err(db_err)?;
+    let status = tx.open_table(STATUS).map_err(db_err)?;
+    let (Some(m), Some(s)) = (meta.get(id).map_err(db_err)?, status.get(id).map_err(db_err)?) else {
+        return Ok(None);
+    };
+    decode(id, m.value(), s.value()).map(Some)
+}
+
+fn decode(id: &str, meta: &[u8], status: &[u8]) -> Result<Record, StoreError> {
+    let corrupt = |source| StoreError::Corrupt {
+        id: id.to_string(),
+        source,
+    };
+    Ok(Record {
+        meta: serde_json::from_slice(meta).map_err(corrupt)?,
+        status: serde_json::from_slice(status).map_err(corrupt)?,
+    })
+}
+
+/// Every readable record; unreadable ones are logged and skipped.
+pub fn list(db: &redb::Database) -> Result<Vec<Record>, StoreError> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let meta = tx.open_table(META).map_err(db_err)?;
+    let status = tx.open_table(STATUS).map_err(db_err)?;
+    let mut statuses: HashMap<String, Vec<u8>> = HashMap::new();
+    for entry in status.iter().map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        statuses.insert(k.value().to_string(), v.value().to_vec());
+    }
+    let mut out = Vec::new();
+    for entry in meta.iter().map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        let id = k.value();
+        let Some(s) = statuses.get(id) else { continue };
+        match decode(id, v.value(), s) {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!(error = %e, "skipping sandbox record"),
+        }
+    }
+    Ok(out)
+}
+
+/// Ids starting with `prefix` (at most `limit`).
+pub fn ids_with_prefix(db: &redb::Database, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let meta = tx.open_table(META).map_err(db_err)?;
+    let mut out = Vec::new();
+    for entry in meta.range(prefix..).map_err(db_err)? {
+        let (k, _) = entry.map_err(db_err)?;
+        if !k.value().starts_with(prefix) || out.len() == limit {
+            break;
+        }
+        out.push(k.value().to_string());
+    }
+    Ok(out)
+}
+
+/// Removes a record and its name reservation. Idempotent.
+pub fn delete(db: &redb::Database, id: &str, name_key: &str) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(db_err)?;
+    {
+        let mut names = tx.open_table(NAMES).map_err(db_err)?;
+        let ours = names
+            .get(name_key)
+            .map_err(db_err)?
+            .is_some_and(|v| v.value() == id);
+        if ours {
+            names.remove(name_key).map_err(db_err)?;
+        }
+        tx.open_table(META).map_err(db_err)?.remove(id).map_err(db_err)?;
+        tx.open_table(STATUS)
+            .map_err(db_err)?
+            .remove(id)
+            .map_err(db_err)?;
+    }
+    tx.commit().map_err(db_err)
+}

@@ -1,0 +1,166 @@
+//! Pod-sandbox helpers: a per-test bridge network (own bridge name, own /24 inside 10.85.0.0/16,
+//! own host-local data dir) that is deleted on drop, pod configs, and running code inside a
+//! pod's pinned namespaces from a throw-away thread.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_cri::v1::*;
+use nix::sched::CloneFlags;
+
+/// A test's own CNI network: bridge `crius-t<n>`, subnet `10.85.<n>.0/24`, host-local state in a
+/// temp dir. Dropping it deletes the bridge and the IPAM dir.
+pub struct TestNet {
+    pub n: u8,
+    pub bridge: String,
+    pub name: String,
+    pub ipam_dir: PathBuf,
+}
+
+impl TestNet {
+    pub fn new(n: u8) -> TestNet {
+        let ipam_dir = std::env::temp_dir().join(format!("crius-test-ipam-{n}-{}", std::process::id()));
+        TestNet {
+            n,
+            bridge: format!("crius-t{n}"),
+            name: format!("crius-test-{n}"),
+            ipam_dir,
+        }
+    }
+
+    /// bridge + host-local, portmap (portMappings capability), loopback; `extra` plugins are
+    /// appended (JSON objects, comma-separated).
+    pub fn conflist(&self, extra: &str) -> String {
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(",{extra}")
+        };
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"{}","plugins":[
+              {{"type":"bridge","bridge":"{}","isGateway":true,"ipMasq":true,"hairpinMode":true,
+                "ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"10.85.{}.0/24"}}]],
+                         "routes":[{{"dst":"10.85.{}.0/24"}}]}}}},
+              {{"type":"portmap","capabilities":{{"portMappings":true}},"snat":true}},
+              {{"type":"loopback"}}{extra}]}}"#,
+            self.name,
+            self.bridge,
+            self.ipam_dir.display(),
+            self.n,
+            self.n
+        )
+    }
+
+    /// Addresses host-local currently has allocated (one file per IP in its data dir).
+    pub fn allocated_ips(&self) -> Vec<String> {
+        let dir = self.ipam_dir.join(&self.name);
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect()
+    }
+
+    /// Host-side veth interfaces attached to this test's bridge.
+    pub fn veths(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        out.lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|s| s.split('@').next().unwrap_or(s).to_string())
+            .collect()
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = std::fs::remove_dir_all(&self.ipam_dir);
+    }
+}
+
+/// iptables rules (nat and filter) whose text mentions `needle` (CNI tags rules with the id).
+pub fn iptables_rules_mentioning(needle: &str) -> Vec<String> {
+    let out = Command::new("iptables-save")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    out.lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A pod config with the given name and uid, namespace `crius-test`, attempt 0.
+pub fn pod_config(name: &str, uid: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: uid.into(),
+            namespace: "crius-test".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: String::new(),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Pod as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pinned namespace file of a pod: `<state>/ns/<id>/<kind>`.
+pub fn ns_path(state: &Path, id: &str, kind: &str) -> PathBuf {
+    state.join("ns").join(id).join(kind)
+}
+
+/// Runs `f` on a fresh thread that joined the namespace at `path` (`kind`: net, ipc or uts).
+pub fn in_namespace<T: Send + 'static>(path: &Path, kind: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let flag = match kind {
+        "net" => CloneFlags::CLONE_NEWNET,
+        "ipc" => CloneFlags::CLONE_NEWIPC,
+        "uts" => CloneFlags::CLONE_NEWUTS,
+        other => panic!("unknown namespace kind {other}"),
+    };
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, flag).expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread panicked")
+}
+
+/// Whether `path` is a mounted namespace file.
+pub fn is_pinned(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+/// Cgroup directories named `name` below `/crius` in any mounted hierarchy.
+pub fn pod_cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path().join("crius").join(id))
+        .filter(|p| p.exists())
+        .collect()
+}
