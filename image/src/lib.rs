@@ -4,6 +4,8 @@
 //! Entry point: [`store::ImageStore`] (open, pull, get, list, remove, lease, release, layer_dirs).
 
 pub mod content;
+#[cfg(test)]
+mod fake_registry;
 mod keyed;
 pub mod pull;
 pub mod record;

@@ -306,3 +306,6 @@ impl ImageStore {
         Ok(record)
     }
 }
+
+#[cfg(test)]
+mod tests;

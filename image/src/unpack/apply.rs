@@ -51,11 +51,12 @@ struct Meta {
 
 fn meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
     let h = entry.header();
+    let old = h.as_old();
     let mut m = Meta {
-        mode: h.mode()? & 0o7777,
-        uid: h.uid()? as u32,
-        gid: h.gid()? as u32,
-        mtime: h.mtime()? as i64,
+        mode: numeric(&old.mode, h.mode().map(u64::from))? as u32 & 0o7777,
+        uid: numeric(&old.uid, h.uid())? as u32,
+        gid: numeric(&old.gid, h.gid())? as u32,
+        mtime: numeric(&old.mtime, h.mtime())? as i64,
         xattrs: Vec::new(),
     };
     if let Some(exts) = entry.pax_extensions()? {
@@ -81,6 +82,16 @@ fn meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
         }
     }
     Ok(m)
+}
+
+/// A numeric header field; an empty one (all NUL or spaces) is 0, as Go's archive/tar reads it
+/// (images built by Go tools may leave fields empty).
+fn numeric(raw: &[u8], parsed: io::Result<u64>) -> io::Result<u64> {
+    if raw.iter().all(|b| *b == 0 || *b == b' ') {
+        Ok(0)
+    } else {
+        parsed
+    }
 }
 
 /// Writes one layer into `root`. Not reentrant: one applier per (private, fresh) directory.
