@@ -141,3 +141,41 @@ async fn corrupted_blob_is_rejected_and_leaves_nothing() {
         good.config_digest
     );
 }
+
+#[tokio::test]
+async fn a_pull_cut_by_the_client_deadline_completes_or_rolls_back_on_its_own() {
+    let reg = Registry::start().unwrap();
+    let p = images::push(&reg, "deadline", "1", &ImageSpec::busybox_with_random_mb(20))
+        .await
+        .unwrap();
+    let mut d = Daemon::start().await.unwrap();
+    let mut req = tonic::Request::new(PullImageRequest {
+        image: Some(k8s_cri::v1::ImageSpec {
+            image: p.reference.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    req.set_timeout(std::time::Duration::from_millis(1));
+    // Whether or not the deadline beat the pull, the daemon must end in a clean state.
+    let _ = d.images.pull_image(req).await;
+    assert_eq!(pull(&mut d.images, &p.reference).await.unwrap(), p.config_digest);
+    let temps: Vec<String> = files(&d.root.join("content"))
+        .into_iter()
+        .chain(files(&d.root.join("layers")))
+        .filter(|f| f.contains(".tmp-"))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
+    // Layer dirs are keyed by chain ID: c1 = d1, c2 = sha256(c1 + " " + d2).
+    let c1 = p.diff_ids[0].clone();
+    let c2 = images::sha256_digest(format!("{c1} {}", p.diff_ids[1]).as_bytes());
+    for chain in [c1, c2] {
+        assert!(
+            d.root
+                .join("layers")
+                .join(chain.trim_start_matches("sha256:"))
+                .is_dir(),
+            "{chain}"
+        );
+    }
+}
