@@ -54,7 +54,8 @@ pub struct SandboxManager {
 }
 
 impl SandboxManager {
-    /// Creates the tables and detects the cgroup hierarchies.
+    /// Creates the tables, detects the cgroup hierarchies and reconciles existing records with
+    /// the kernel (see `recover`). Runs before the daemon serves.
     pub fn new(config: ManagerConfig, db: Arc<redb::Database>) -> Result<Arc<SandboxManager>, SandboxError> {
         store::init(&db)?;
         let cgroups = Hierarchies::detect()?;
@@ -62,7 +63,7 @@ impl SandboxManager {
             bin_dirs: config.cni_bin_dirs.clone(),
             cache_dir: config.cni_cache_dir.clone(),
         };
-        Ok(Arc::new(SandboxManager {
+        let manager = Arc::new(SandboxManager {
             config,
             db,
             cni,
@@ -70,7 +71,9 @@ impl SandboxManager {
             locks: Mutex::default(),
             creating: Mutex::default(),
             hook: RwLock::new(None),
-        }))
+        });
+        manager.recover()?;
+        Ok(manager)
     }
 
     /// Plugs in container stop/removal. Until then a pod has no containers to stop.

@@ -1,0 +1,104 @@
+//! Start-up reconciliation of sandbox records with the kernel (run once by
+//! [`SandboxManager::new`], before the daemon serves).
+//!
+//! Invariants: a READY sandbox whose pinned namespaces are gone (a reboot cleared `state`) or
+//! whose infra process died is marked NOTREADY; namespace and pod directories under `state` that
+//! no record owns are unpinned and removed; one unreadable or failing record never stops the
+//! others or the daemon. Network state is left alone: Stop/Remove still run CNI DEL from the
+//! record.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::error::SandboxError;
+use crate::manager::SandboxManager;
+use crate::record::SandboxState;
+use crate::store::{self, Record};
+use crate::{netns, pause, podfiles};
+
+/// What recovery found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub sandboxes: usize,
+    pub marked_not_ready: usize,
+    pub orphans_removed: usize,
+}
+
+impl SandboxManager {
+    pub(crate) fn recover(&self) -> Result<Recovered, SandboxError> {
+        let records = store::list(&self.db)?;
+        let mut out = Recovered {
+            sandboxes: records.len(),
+            ..Default::default()
+        };
+        for rec in &records {
+            let Some(why) = lost(rec) else { continue };
+            tracing::warn!(sandbox = %rec.meta.id, reason = why, "pod sandbox is no longer ready");
+            let alive = rec.status.pause.filter(pause::is_alive);
+            match store::update(&self.db, &rec.meta.id, |s| {
+                s.state = SandboxState::NotReady;
+                s.pause = alive;
+            }) {
+                Ok(_) => out.marked_not_ready += 1,
+                Err(e) => tracing::error!(sandbox = %rec.meta.id, error = %e, "cannot update sandbox status"),
+            }
+        }
+        let known: HashSet<&str> = records.iter().map(|r| r.meta.id.as_str()).collect();
+        for (dir, ns) in [
+            (self.config.state_dir.join("ns"), true),
+            (self.config.state_dir.join("pods"), false),
+        ] {
+            out.orphans_removed += remove_orphans(&dir, &known, ns);
+        }
+        tracing::info!(
+            sandboxes = out.sandboxes,
+            not_ready = out.marked_not_ready,
+            orphans = out.orphans_removed,
+            "pod sandboxes recovered"
+        );
+        Ok(out)
+    }
+}
+
+/// Why a READY sandbox cannot be READY any more, if so.
+fn lost(rec: &Record) -> Option<&'static str> {
+    if rec.status.state != SandboxState::Ready {
+        return None;
+    }
+    let ns = &rec.meta.namespaces;
+    if [&ns.net, &ns.ipc, &ns.uts]
+        .into_iter()
+        .flatten()
+        .any(|p| !netns::is_pinned(p))
+    {
+        return Some("its pinned namespaces are gone");
+    }
+    if rec.meta.pid_namespace && !rec.status.pause.as_ref().is_some_and(pause::is_alive) {
+        return Some("its infra process exited");
+    }
+    None
+}
+
+fn remove_orphans(dir: &Path, known: &HashSet<&str>, namespaces: bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if known.contains(name.as_str()) || cri_api::validate::object_id("sandbox id", &name).is_err() {
+            continue;
+        }
+        let path = entry.path();
+        let r = if namespaces {
+            netns::unpin(&path).map_err(SandboxError::from)
+        } else {
+            podfiles::remove(&path).map_err(SandboxError::from)
+        };
+        match r {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove orphaned pod state"),
+        }
+    }
+    removed
+}

@@ -1,0 +1,164 @@
+//! Sandboxes across a daemon restart, and a RunPodSandbox whose client deadline expires while a
+//! CNI plugin is still working: the work finishes in the background and nothing leaks.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use crius_tests::pods::{self, TestNet};
+use crius_tests::{Daemon, DaemonOptions};
+use k8s_cri::v1::*;
+
+#[tokio::test]
+async fn sandbox_survives_a_daemon_restart_and_is_torn_down_after_it() {
+    let net = TestNet::new(21);
+    let mut d = Daemon::start_with(DaemonOptions {
+        cni_conflist: Some(net.conflist("")),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let req = RunPodSandboxRequest {
+        config: Some(pods::pod_config("survivor", "uid-sv")),
+        runtime_handler: String::new(),
+    };
+    let id = d
+        .runtime
+        .run_pod_sandbox(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let status = |id: &str| PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: false,
+    };
+    let before = d
+        .runtime
+        .pod_sandbox_status(status(&id))
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+
+    d.kill().await.unwrap();
+    // Pod networking does not depend on the daemon.
+    assert!(pods::is_pinned(&pods::ns_path(&d.state, &id, "net")));
+    assert_eq!(net.veths().len(), 1);
+    d.restart().await.unwrap();
+
+    let after = d
+        .runtime
+        .pod_sandbox_status(status(&id))
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(after.state, PodSandboxState::SandboxReady as i32);
+    assert_eq!(after.network, before.network);
+    assert_eq!(after.created_at, before.created_at);
+    // The name is still reserved.
+    let req = RunPodSandboxRequest {
+        config: Some(pods::pod_config("survivor", "uid-sv")),
+        runtime_handler: String::new(),
+    };
+    let e = d.runtime.run_pod_sandbox(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+
+    // Teardown after the restart uses the recorded network and CNI result.
+    let req = StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    };
+    d.runtime.stop_pod_sandbox(req).await.unwrap();
+    assert!(net.allocated_ips().is_empty());
+    assert!(net.veths().is_empty());
+    let req = RemovePodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    };
+    d.runtime.remove_pod_sandbox(req).await.unwrap();
+    assert!(!d.state.join("ns").join(&id).exists());
+}
+
+#[tokio::test]
+async fn expired_client_deadline_does_not_leave_a_half_created_pod() {
+    let net = TestNet::new(22);
+    let bin = tempfile::tempdir().unwrap();
+    let gate = bin.path().join("open");
+    // A plugin that holds ADD until the test opens the gate, then passes the previous result on.
+    let plugin = bin.path().join("crius-test-gate");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\nin=$(cat)\nif [ \"$CNI_COMMAND\" = ADD ]; then\n\
+             while [ ! -e {gate} ]; do sleep 0.02; done\n\
+             printf '%s' \"$in\" | jq -c .prevResult\nfi\n",
+            gate = gate.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut d = Daemon::start_with(DaemonOptions {
+        cni_conflist: Some(net.conflist(r#"{"type":"crius-test-gate"}"#)),
+        cni_bin_dirs: vec![bin.path().into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(RunPodSandboxRequest {
+        config: Some(pods::pod_config("late", "uid-late")),
+        runtime_handler: String::new(),
+    });
+    req.set_timeout(Duration::from_millis(300));
+    let e = d.runtime.run_pod_sandbox(req).await.unwrap_err();
+    // tonic's client reports its own timer as Cancelled, the server's as DeadlineExceeded.
+    assert!(
+        matches!(e.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+        "{e:?}"
+    );
+    // Still being created: invisible, and its name is held.
+    let listed = d
+        .runtime
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(listed.is_empty(), "{listed:?}");
+    std::fs::write(&gate, "").unwrap();
+    // The detached RunPodSandbox finishes on its own; wait for the pod to appear.
+    let mut found = None;
+    for _ in 0..600 {
+        let items = d
+            .runtime
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        if let Some(p) = items.into_iter().next() {
+            found = Some(p);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pod = found.expect("the detached RunPodSandbox completed");
+    assert_eq!(pod.state, PodSandboxState::SandboxReady as i32);
+    assert!(pods::is_pinned(&pods::ns_path(&d.state, &pod.id, "net")));
+    assert_eq!(net.allocated_ips().len(), 1);
+    // The kubelet's retry with the same name learns who holds it.
+    let req = RunPodSandboxRequest {
+        config: Some(pods::pod_config("late", "uid-late")),
+        runtime_handler: String::new(),
+    };
+    let e = d.runtime.run_pod_sandbox(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    assert!(e.message().contains(&pod.id));
+    let req = RemovePodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    };
+    d.runtime.remove_pod_sandbox(req).await.unwrap();
+    assert!(net.allocated_ips().is_empty());
+    assert!(net.veths().is_empty());
+    assert!(pods::iptables_rules_mentioning(&pod.id).is_empty());
+}
