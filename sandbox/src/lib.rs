@@ -29,3 +29,6 @@ pub use manager::{ContainerHook, ManagerConfig, SandboxManager};
 pub use record::{SandboxMeta, SandboxState, SandboxStatus};
 pub use recover::Recovered;
 pub use store::Record;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,336 @@
+//! Manager-level tests: real namespaces and cgroups (root), a fake CNI plugin script, a temp
+//! redb database. They cover the verbs' bookkeeping; tests/ covers real networking.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use cri_api::v1::*;
+
+use crate::podfiles::HostFiles;
+use crate::{ContainerHook, ManagerConfig, SandboxError, SandboxManager, store};
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    cgroup_root: PathBuf,
+    manager: Arc<SandboxManager>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(self.dir.join("state/ns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = crate::netns::unpin(&entry.path());
+        }
+        for entry in std::fs::read_dir(self.dir.join("state/pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = crate::podfiles::remove(&entry.path());
+        }
+        let _ = crate::cgroup::remove(&self.manager.cgroups, &self.cgroup_root);
+    }
+}
+
+/// A fake plugin: ADD fails when the pod name is `fail`, otherwise returns 10.9.9.9 on eth0.
+fn env() -> Option<Env> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    for d in ["bin", "net.d", "state", "cache"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let plugin = dir.join("bin/fake");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\ncat >/dev/null\necho \"$CNI_COMMAND $CNI_ARGS\" >> \"$(dirname \"$0\")/calls\"\n\
+         case \"$CNI_COMMAND:$CNI_ARGS\" in\n\
+         ADD:*K8S_POD_NAME=fail*) echo '{\"code\":7,\"msg\":\"fake refuses\"}'; exit 1;;\n\
+         ADD:*) printf '{\"cniVersion\":\"1.0.0\",\"interfaces\":[{\"name\":\"eth0\",\"sandbox\":\"%s\"}],\
+         \"ips\":[{\"address\":\"10.9.9.9/24\",\"interface\":0},{\"address\":\"fd09::9/64\",\"interface\":0}]}' \"$CNI_NETNS\";;\n\
+         esac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.join("net.d/10-fake.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"fakenet","plugins":[{"type":"fake"}]}"#,
+    )
+    .unwrap();
+    let cgroup_root = PathBuf::from(format!(
+        "/crius-unit-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let db = Arc::new(redb::Database::create(dir.join("db.redb")).unwrap());
+    let manager = SandboxManager::new(
+        ManagerConfig {
+            state_dir: dir.join("state"),
+            cni_conf_dir: dir.join("net.d"),
+            cni_bin_dirs: vec![dir.join("bin")],
+            cni_cache_dir: dir.join("cache"),
+            shim_path: dir.join("no-shim"),
+            default_cgroup_parent: cgroup_root.clone(),
+            host_files: HostFiles::default(),
+        },
+        db,
+    )
+    .unwrap();
+    Some(Env {
+        _tmp: tmp,
+        dir,
+        cgroup_root,
+        manager,
+    })
+}
+
+fn config(name: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "ns".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        labels: HashMap::from([("name".to_string(), name.to_string())]),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    pid: NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn request(name: &str) -> RunPodSandboxRequest {
+    RunPodSandboxRequest {
+        config: Some(config(name)),
+        runtime_handler: String::new(),
+    }
+}
+
+#[derive(Default)]
+struct RecordingHook(Mutex<Vec<String>>);
+
+impl ContainerHook for RecordingHook {
+    fn stop_containers(&self, id: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.0.lock().unwrap().push(format!("stop {id}"));
+        Ok(())
+    }
+    fn remove_containers(&self, id: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.0.lock().unwrap().push(format!("remove {id}"));
+        Ok(())
+    }
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn run_records_status_and_cni_args_then_stop_and_remove_clean_up() {
+    let Some(env) = env() else { return };
+    let m = &env.manager;
+    let hook = Arc::new(RecordingHook::default());
+    m.set_container_hook(hook.clone());
+    let id = m.run(request("web")).await.unwrap();
+    let (st, info) = m.status(id[..10].to_string(), true).await.unwrap();
+    assert_eq!(st.state, PodSandboxState::SandboxReady as i32);
+    let net = st.network.unwrap();
+    assert_eq!(net.ip, "10.9.9.9");
+    assert_eq!(net.additional_ips, vec![PodIp { ip: "fd09::9".into() }]);
+    assert!(info["info"].contains("fakenet"));
+    let calls = std::fs::read_to_string(env.dir.join("bin/calls")).unwrap();
+    assert_eq!(
+        calls,
+        format!(
+            "ADD IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID={id};K8S_POD_UID=uid-web\n"
+        )
+    );
+    let rec = m.sandbox(&id).unwrap().unwrap();
+    assert_eq!(rec.meta.cgroup_parent, env.cgroup_root.join(&id));
+    assert!(crate::netns::is_pinned(rec.meta.namespaces.net.as_ref().unwrap()));
+
+    m.stop(id.clone()).await.unwrap();
+    m.stop(id.clone()).await.unwrap();
+    let calls = std::fs::read_to_string(env.dir.join("bin/calls")).unwrap();
+    assert_eq!(
+        calls.lines().filter(|l| l.starts_with("DEL")).count(),
+        1,
+        "DEL runs once"
+    );
+    m.remove(id.clone()).await.unwrap();
+    m.remove(id.clone()).await.unwrap();
+    assert_eq!(
+        *hook.0.lock().unwrap(),
+        vec![format!("stop {id}"), format!("stop {id}"), format!("remove {id}")]
+    );
+    assert!(matches!(
+        m.status(id.clone(), false).await,
+        Err(SandboxError::NotFound { .. })
+    ));
+    assert_eq!(count(&env.dir.join("state/ns")), 0);
+    assert_eq!(count(&env.dir.join("state/pods")), 0);
+    assert_eq!(count(&env.dir.join("cache/results")), 0);
+    assert!(
+        crate::cgroup::Hierarchies::detect()
+            .unwrap()
+            .v1
+            .iter()
+            .all(|h| !h.join(&id).exists())
+    );
+}
+
+#[tokio::test]
+async fn failed_cni_add_rolls_everything_back_and_frees_the_name() {
+    let Some(env) = env() else { return };
+    let m = &env.manager;
+    let e = m.run(request("fail")).await.unwrap_err();
+    assert!(matches!(e, SandboxError::Network(_)), "{e}");
+    assert!(e.to_string().contains("fake refuses"), "{e}");
+    assert!(m.list(None).await.unwrap().is_empty());
+    assert_eq!(count(&env.dir.join("state/ns")), 0);
+    assert_eq!(count(&env.dir.join("state/pods")), 0);
+    assert!(store::list(&m.db).unwrap().is_empty());
+    // The rollback ran DEL for the partial ADD.
+    let calls = std::fs::read_to_string(env.dir.join("bin/calls")).unwrap();
+    assert!(calls.lines().any(|l| l.starts_with("DEL")), "{calls}");
+    // Same name again: not AlreadyExists, the reservation went with the rollback.
+    let e = m.run(request("fail")).await.unwrap_err();
+    assert!(!matches!(e, SandboxError::NameReserved { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn names_are_reserved_and_list_filters_apply() {
+    let Some(env) = env() else { return };
+    let m = &env.manager;
+    let a = m.run(request("a")).await.unwrap();
+    let b = m.run(request("b")).await.unwrap();
+    match m.run(request("a")).await.unwrap_err() {
+        SandboxError::NameReserved { holder, .. } => assert_eq!(holder, a),
+        other => panic!("{other}"),
+    }
+    let by_label = PodSandboxFilter {
+        label_selector: HashMap::from([("name".to_string(), "b".to_string())]),
+        ..Default::default()
+    };
+    let got: Vec<String> = m
+        .list(Some(by_label))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(got, vec![b.clone()]);
+    m.stop(b.clone()).await.unwrap();
+    let ready = PodSandboxFilter {
+        state: Some(PodSandboxStateValue {
+            state: PodSandboxState::SandboxReady as i32,
+        }),
+        ..Default::default()
+    };
+    let got: Vec<String> = m
+        .list(Some(ready))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(got, vec![a.clone()]);
+    // A prefix shared by both ids (the empty-ish one-char prefix may be) is ambiguous for
+    // status and matches nothing in list; ids that are not hex are refused.
+    let common: String = a
+        .chars()
+        .zip(b.chars())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect();
+    if !common.is_empty() {
+        assert!(matches!(
+            m.status(common.clone(), false).await,
+            Err(SandboxError::Invalid(_))
+        ));
+        let f = PodSandboxFilter {
+            id: common,
+            ..Default::default()
+        };
+        assert!(m.list(Some(f)).await.unwrap().is_empty());
+    }
+    assert!(matches!(
+        m.status("../x".into(), false).await,
+        Err(SandboxError::Invalid(_))
+    ));
+    m.remove(a).await.unwrap();
+    m.remove(b).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_anything_is_created() {
+    let Some(env) = env() else { return };
+    let m = &env.manager;
+    let mut no_meta = request("x");
+    no_meta.config.as_mut().unwrap().metadata = None;
+    let mut handler = request("x");
+    handler.runtime_handler = "kata".into();
+    let mut long_host = request("x");
+    long_host.config.as_mut().unwrap().hostname = "h".repeat(65);
+    let mut sysctl = request("x");
+    sysctl.config.as_mut().unwrap().linux.as_mut().unwrap().sysctls =
+        HashMap::from([("vm.swappiness".to_string(), "1".to_string())]);
+    let mut cgroup = request("x");
+    cgroup
+        .config
+        .as_mut()
+        .unwrap()
+        .linux
+        .as_mut()
+        .unwrap()
+        .cgroup_parent = "/a/../../b".into();
+    for req in [no_meta, handler, long_host, sysctl, cgroup] {
+        let e = m.run(req).await.unwrap_err();
+        assert!(e.is_invalid_argument(), "{e}");
+    }
+    std::fs::remove_file(env.dir.join("net.d/10-fake.conflist")).unwrap();
+    assert!(matches!(
+        m.run(request("x")).await,
+        Err(SandboxError::NetworkNotReady(_))
+    ));
+    assert_eq!(count(&env.dir.join("state/ns")), 0);
+    assert!(store::list(&m.db).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn recovery_marks_pods_with_lost_namespaces_not_ready() {
+    let Some(env) = env() else { return };
+    let id = env.manager.run(request("r")).await.unwrap();
+    let rec = env.manager.sandbox(&id).unwrap().unwrap();
+    // What a reboot does to `state`: the pinned namespaces are gone.
+    crate::netns::unpin(&rec.meta.ns_dir).unwrap();
+    let orphan = env.dir.join("state/pods").join("ab".repeat(32));
+    std::fs::create_dir_all(&orphan).unwrap();
+    let found = env.manager.recover().unwrap();
+    assert_eq!(found.sandboxes, 1);
+    assert_eq!(found.marked_not_ready, 1);
+    assert_eq!(found.orphans_removed, 1);
+    assert!(!orphan.exists());
+    let (st, _) = env.manager.status(id.clone(), false).await.unwrap();
+    assert_eq!(st.state, PodSandboxState::SandboxNotready as i32);
+    // Removal still works: DEL with the recorded result, no namespace to pass.
+    env.manager.remove(id).await.unwrap();
+    assert_eq!(count(&env.dir.join("cache/results")), 0);
+}
