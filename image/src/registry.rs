@@ -350,10 +350,10 @@ fn classify_io(e: std::io::Error, what: &str) -> RegistryError {
                 actual: actual.clone(),
             };
         }
-        if let Some(re) = inner.downcast_ref::<reqwest::Error>() {
-            if re.is_timeout() {
-                return RegistryError::Timeout(format!("{what}: {re}"));
-            }
+        if let Some(re) = inner.downcast_ref::<reqwest::Error>()
+            && re.is_timeout()
+        {
+            return RegistryError::Timeout(format!("{what}: {re}"));
         }
     }
     if e.kind() == std::io::ErrorKind::TimedOut {

@@ -163,13 +163,22 @@ impl ImageStore {
     /// Accepts: id, bare hex id, repo tag, repo digest, short names (`busybox`, `busybox:1`),
     /// and a unique id prefix.
     fn resolve(&self, query: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("begin read"))?;
+        let images = txn.open_table(IMAGES).map_err(db("open images"))?;
+        let names = txn.open_table(NAMES).map_err(db("open names"))?;
+        Self::resolve_in(&images, &names, query)
+    }
+
+    /// [`ImageStore::resolve`] inside a transaction the caller holds (read or write).
+    fn resolve_in(
+        images: &impl ReadableTable<&'static str, &'static [u8]>,
+        names: &impl ReadableTable<&'static str, &'static str>,
+        query: &str,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
         let query = query.trim();
         if query.is_empty() {
             return Ok(None);
         }
-        let txn = self.db.begin_read().map_err(db("begin read"))?;
-        let images = txn.open_table(IMAGES).map_err(db("open images"))?;
-        let names = txn.open_table(NAMES).map_err(db("open names"))?;
         let id = if is_hex64(query) {
             format!("sha256:{query}")
         } else {
@@ -279,12 +288,12 @@ impl ImageStore {
                     .insert(name.as_str(), new.id.as_str())
                     .map_err(db("insert name"))?;
                 let old = old.map(|v| v.value().to_string());
-                if let Some(old_id) = old.filter(|o| *o != new.id) {
-                    if let Some(mut o) = Self::load(&images, &old_id)? {
-                        o.repo_tags.retain(|n| n != name);
-                        o.repo_digests.retain(|n| n != name);
-                        dropped |= Self::put_or_drop(&mut images, &mut names, o)?;
-                    }
+                if let Some(old_id) = old.filter(|o| *o != new.id)
+                    && let Some(mut o) = Self::load(&images, &old_id)?
+                {
+                    o.repo_tags.retain(|n| n != name);
+                    o.repo_digests.retain(|n| n != name);
+                    dropped |= Self::put_or_drop(&mut images, &mut names, o)?;
                 }
             }
             for t in &new.repo_tags {
@@ -339,13 +348,13 @@ impl ImageStore {
     /// and the image with it when no repo tag is left. Unknown images succeed (idempotent).
     /// Unreferenced blobs and layers are freed; layers leased by containers stay.
     pub fn remove(&self, query: &str) -> Result<(), StoreError> {
-        let Some((id, by_name)) = self.resolve(query)? else {
-            return Ok(());
-        };
         let txn = self.db.begin_write().map_err(db("begin"))?;
         {
             let mut images = txn.open_table(IMAGES).map_err(db("open images"))?;
             let mut names = txn.open_table(NAMES).map_err(db("open names"))?;
+            let Some((id, by_name)) = Self::resolve_in(&images, &names, query)? else {
+                return Ok(());
+            };
             if let Some(mut r) = Self::load(&images, &id)? {
                 match by_name {
                     Some(name) => {
@@ -370,23 +379,30 @@ impl ImageStore {
     /// Pins the layers of `image` (any form [`ImageStore::get`] accepts) for `container_id` and
     /// returns their directories, top first. Taking the same lease twice is harmless.
     pub fn lease(&self, image: &str, container_id: &str) -> Result<Vec<PathBuf>, StoreError> {
-        let r = self
-            .get(image)?
-            .ok_or_else(|| StoreError::NotFound(image.into()))?;
-        let lease = Lease {
-            image_id: r.id.clone(),
-            chain_ids: r.layers.iter().map(|l| l.chain_id.clone()).collect(),
-        };
+        // Resolved and leased in one write transaction: a concurrent RemoveImage either commits
+        // first (NotFound here) or sees the lease when its GC runs.
         let txn = self.db.begin_write().map_err(db("begin"))?;
-        {
+        let chain_ids = {
+            let images = txn.open_table(IMAGES).map_err(db("open images"))?;
+            let names = txn.open_table(NAMES).map_err(db("open names"))?;
             let mut leases = txn.open_table(LEASES).map_err(db("open leases"))?;
+            let record = match Self::resolve_in(&images, &names, image)? {
+                Some((id, _)) => Self::load(&images, &id)?,
+                None => None,
+            };
+            let r = record.ok_or_else(|| StoreError::NotFound(image.into()))?;
+            let lease = Lease {
+                image_id: r.id.clone(),
+                chain_ids: r.layers.iter().map(|l| l.chain_id.clone()).collect(),
+            };
             let json = serde_json::to_vec(&lease).expect("leases serialize");
             leases
                 .insert(container_id, json.as_slice())
                 .map_err(db("insert lease"))?;
-        }
+            lease.chain_ids
+        };
         txn.commit().map_err(db("commit"))?;
-        self.dirs_of(&lease.chain_ids)
+        self.dirs_of(&chain_ids)
     }
 
     /// Drops `container_id`'s lease (idempotent) and frees layers nothing else uses.
@@ -406,6 +422,8 @@ impl ImageStore {
         let mut blobs = BTreeSet::new();
         let mut chains = BTreeSet::new();
         {
+            // One snapshot for leases and records: a lease taken and an image removed between
+            // two reads must not make its layers look unreferenced.
             let txn = self.db.begin_read().map_err(db("begin read"))?;
             let leases = txn.open_table(LEASES).map_err(db("open leases"))?;
             for item in leases.iter().map_err(db("scan leases"))? {
@@ -414,11 +432,18 @@ impl ImageStore {
                     chains.extend(l.chain_ids);
                 }
             }
-        }
-        for r in self.list()? {
-            blobs.extend(r.blobs.iter().cloned());
-            blobs.insert(r.id.clone());
-            chains.extend(r.layers.iter().map(|l| l.chain_id.clone()));
+            let images = txn.open_table(IMAGES).map_err(db("open images"))?;
+            for item in images.iter().map_err(db("scan images"))? {
+                let (k, v) = item.map_err(db("scan images"))?;
+                let r: ImageRecord =
+                    serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                        id: k.value().to_string(),
+                        source,
+                    })?;
+                blobs.extend(r.blobs.iter().cloned());
+                blobs.insert(r.id.clone());
+                chains.extend(r.layers.iter().map(|l| l.chain_id.clone()));
+            }
         }
         for d in self.content.list() {
             if !blobs.contains(&d) && !protect.contains_key(&d) {

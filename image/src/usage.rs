@@ -37,10 +37,10 @@ pub fn measure(dir: &Path) -> Usage {
         };
         for entry in entries.flatten() {
             let child = entry.path();
-            if let Ok(m) = std::fs::symlink_metadata(&child) {
-                if m.dev() == dev {
-                    stack.push((child, m));
-                }
+            if let Ok(m) = std::fs::symlink_metadata(&child)
+                && m.dev() == dev
+            {
+                stack.push((child, m));
             }
         }
     }

@@ -239,7 +239,7 @@ fn hardlinks_cannot_reach_outside() {
     let c = case();
     let secret = c.outside.join("secret");
     std::fs::write(&secret, b"s").unwrap();
-    let rel = format!("../../../outside/secret");
+    let rel = "../../../outside/secret".to_string();
     for tar in [
         Tar::new().add(hardlink("h", &rel)).bytes(),
         Tar::new().add(hardlink("h", secret.to_str().unwrap())).bytes(),
