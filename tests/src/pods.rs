@@ -81,8 +81,101 @@ impl TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
+        remove_iptables_rules_of(&self.name);
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
         let _ = std::fs::remove_dir_all(&self.ipam_dir);
+    }
+}
+
+/// Deletes the nat rules the bridge and portmap plugins tagged with network `name`, and the
+/// per-pod chains they jump to. Only needed when a test failed before its pods were removed.
+fn remove_iptables_rules_of(name: &str) {
+    let Ok(out) = Command::new("iptables-save").args(["-t", "nat"]).output() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tag = format!("name: \\\"{name}\\\"");
+    let mine: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("-A ") && l.contains(&tag))
+        .collect();
+    if mine.is_empty() {
+        return;
+    }
+    let pod_chains: Vec<&str> = mine
+        .iter()
+        .filter_map(|l| l.split(" -j ").nth(1))
+        .map(|t| t.split_whitespace().next().unwrap_or(""))
+        .filter(|c| c.starts_with("CNI-") && !c.starts_with("CNI-HOSTPORT"))
+        .collect();
+    let mut script = String::from("*nat\n");
+    for l in &mine {
+        let chain = l.split_whitespace().nth(1).unwrap_or("");
+        if !pod_chains.contains(&chain) {
+            script.push_str(&format!("-D {}\n", &l[3..]));
+        }
+    }
+    for c in &pod_chains {
+        script.push_str(&format!("-F {c}\n-X {c}\n"));
+    }
+    script.push_str("COMMIT\n");
+    let child = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .spawn();
+    if let Ok(mut child) = child {
+        use std::io::Write;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        let _ = child.wait();
+    }
+}
+
+/// Removes every pod of a daemon when dropped (declare it after the [`crate::Daemon`], so it
+/// runs first): a failed test then leaves no netns, veth, IP, iptables rule or cgroup behind.
+pub struct PodCleanup {
+    socket: PathBuf,
+}
+
+impl PodCleanup {
+    pub fn new(d: &crate::Daemon) -> PodCleanup {
+        PodCleanup {
+            socket: d.socket.clone(),
+        }
+    }
+}
+
+impl Drop for PodCleanup {
+    fn drop(&mut self) {
+        let socket = self.socket.clone();
+        // A fresh runtime on its own thread: Drop may run inside the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async move {
+                let ch = crate::daemon::connect(&socket).await.ok()?;
+                let mut client = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(ch);
+                let pods = client
+                    .list_pod_sandbox(ListPodSandboxRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .items;
+                for p in pods {
+                    let req = RemovePodSandboxRequest { pod_sandbox_id: p.id };
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(30),
+                        client.remove_pod_sandbox(req),
+                    )
+                    .await;
+                }
+                Some(())
+            })
+        })
+        .join();
     }
 }
 

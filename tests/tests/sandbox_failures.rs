@@ -58,6 +58,7 @@ async fn failing_cni_plugin_fails_the_rpc_and_leaves_nothing() {
     })
     .await
     .unwrap();
+    let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("doomed", "uid-doomed");
     // A host port, so portmap installs rules before the failing plugin runs.
     cfg.port_mappings = vec![PortMapping {
@@ -108,6 +109,7 @@ async fn twenty_concurrent_pods_leave_no_leak() {
     })
     .await
     .unwrap();
+    let _cleanup = pods::PodCleanup::new(&d);
     let mut tasks = Vec::new();
     for i in 0..20 {
         let mut client = d.runtime.clone();

@@ -59,6 +59,7 @@ async fn remove(d: &mut Daemon, id: &str) {
 async fn run_status_list_stop_remove_round_trip() {
     let net = TestNet::new(11);
     let mut d = daemon(&net).await;
+    let _cleanup = pods::PodCleanup::new(&d);
     let a = run(&mut d, pods::pod_config("alpha", "uid-a")).await.unwrap();
     let mut cfg_b = pods::pod_config("beta", "uid-b");
     cfg_b.labels.insert("tier".into(), "backend".into());
@@ -183,6 +184,7 @@ async fn run_status_list_stop_remove_round_trip() {
 async fn same_metadata_twice_is_already_exists_naming_the_holder() {
     let net = TestNet::new(12);
     let mut d = daemon(&net).await;
+    let _cleanup = pods::PodCleanup::new(&d);
     let a = run(&mut d, pods::pod_config("dup", "uid-dup")).await.unwrap();
     let e = run(&mut d, pods::pod_config("dup", "uid-dup")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
@@ -203,6 +205,7 @@ async fn same_metadata_twice_is_already_exists_naming_the_holder() {
 async fn host_network_pod_has_no_netns_and_the_hosts_files() {
     let net = TestNet::new(13);
     let mut d = daemon(&net).await;
+    let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("hostnet", "uid-h");
     let ns = cfg
         .linux
@@ -243,6 +246,7 @@ async fn host_network_pod_has_no_netns_and_the_hosts_files() {
 async fn hostname_resolv_conf_and_hosts_come_from_the_config() {
     let net = TestNet::new(14);
     let mut d = daemon(&net).await;
+    let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("files", "uid-f");
     cfg.hostname = "test-hostname".into();
     cfg.dns_config = Some(DnsConfig {
@@ -296,6 +300,7 @@ async fn hostname_resolv_conf_and_hosts_come_from_the_config() {
 async fn safe_and_unsafe_sysctls_are_set_inside_the_pod() {
     let net = TestNet::new(15);
     let mut d = daemon(&net).await;
+    let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("sysctl", "uid-s");
     cfg.linux.as_mut().unwrap().sysctls = HashMap::from([
         ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
@@ -373,6 +378,7 @@ async fn safe_and_unsafe_sysctls_are_set_inside_the_pod() {
 async fn pod_pid_namespace_has_an_infra_process_as_pid_1() {
     let net = TestNet::new(16);
     let mut d = daemon(&net).await;
+    let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("pidpod", "uid-p");
     cfg.linux
         .as_mut()

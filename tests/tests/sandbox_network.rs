@@ -69,6 +69,7 @@ fn fetch(addr: &str) -> String {
 async fn pod_ip_answers_from_the_host() {
     let net = TestNet::new(17);
     let mut d = daemon(&net).await;
+    let _cleanup = pods::PodCleanup::new(&d);
     let (id, ip) = run(&mut d, pods::pod_config("web", "uid-web")).await;
     assert!(ip.starts_with("10.85.17."), "{ip}");
     let server = serve_once_in_pod(&pods::ns_path(&d.state, &id, "net"), 8080, b"hello from the pod");
@@ -86,6 +87,7 @@ async fn pod_ip_answers_from_the_host() {
 async fn host_port_is_reachable_through_loopback() {
     let net = TestNet::new(18);
     let mut d = daemon(&net).await;
+    let _cleanup = pods::PodCleanup::new(&d);
     let host_port = util::free_port();
     let mut cfg = pods::pod_config("hostport", "uid-hp");
     cfg.port_mappings = vec![

@@ -17,6 +17,7 @@ async fn sandbox_survives_a_daemon_restart_and_is_torn_down_after_it() {
     })
     .await
     .unwrap();
+    let _cleanup = pods::PodCleanup::new(&d);
     let req = RunPodSandboxRequest {
         config: Some(pods::pod_config("survivor", "uid-sv")),
         runtime_handler: String::new(),
@@ -80,6 +81,14 @@ async fn sandbox_survives_a_daemon_restart_and_is_torn_down_after_it() {
     assert!(!d.state.join("ns").join(&id).exists());
 }
 
+struct OpenGate(std::path::PathBuf);
+
+impl Drop for OpenGate {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "");
+    }
+}
+
 #[tokio::test]
 async fn expired_client_deadline_does_not_leave_a_half_created_pod() {
     let net = TestNet::new(22);
@@ -105,6 +114,9 @@ async fn expired_client_deadline_does_not_leave_a_half_created_pod() {
     })
     .await
     .unwrap();
+    let _cleanup = pods::PodCleanup::new(&d);
+    // On failure, let a held plugin finish so the cleanup's RemovePodSandbox is not stuck.
+    let _open = OpenGate(gate.clone());
     let mut req = tonic::Request::new(RunPodSandboxRequest {
         config: Some(pods::pod_config("late", "uid-late")),
         runtime_handler: String::new(),
