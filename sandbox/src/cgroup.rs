@@ -114,10 +114,10 @@ pub fn create(h: &Hierarchies, cgroup: &Path) -> Result<(), CgroupError> {
     for mount in &h.v1 {
         create_in(mount, cgroup)?;
     }
-    if let Some(unified) = &h.unified {
-        if let Err(e) = create_in(unified, cgroup) {
-            tracing::debug!(error = %e, "unified cgroup hierarchy not usable for the pod cgroup");
-        }
+    if let Some(unified) = &h.unified
+        && let Err(e) = create_in(unified, cgroup)
+    {
+        tracing::debug!(error = %e, "unified cgroup hierarchy not usable for the pod cgroup");
     }
     Ok(())
 }
@@ -140,10 +140,10 @@ fn create_in(mount: &Path, cgroup: &Path) -> Result<(), CgroupError> {
 fn inherit_cpuset(parent: &Path, dir: &Path) {
     for file in ["cpuset.cpus", "cpuset.mems"] {
         let own = dir.join(file);
-        if std::fs::read_to_string(&own).is_ok_and(|v| v.trim().is_empty()) {
-            if let Ok(v) = std::fs::read_to_string(parent.join(file)) {
-                let _ = std::fs::write(&own, v.trim());
-            }
+        if std::fs::read_to_string(&own).is_ok_and(|v| v.trim().is_empty())
+            && let Ok(v) = std::fs::read_to_string(parent.join(file))
+        {
+            let _ = std::fs::write(&own, v.trim());
         }
     }
 }

@@ -107,10 +107,10 @@ pub fn pin(req: NsRequest) -> Result<PinnedNamespaces, NsError> {
         .map_err(|e| NsError::Thread(e.to_string()))?
         .join()
         .unwrap_or_else(|_| Err(NsError::Thread("namespace thread panicked".into())));
-    if result.is_err() {
-        if let Err(e) = unpin(&dir) {
-            tracing::warn!(error = %e, "cleaning up after a failed namespace pin");
-        }
+    if result.is_err()
+        && let Err(e) = unpin(&dir)
+    {
+        tracing::warn!(error = %e, "cleaning up after a failed namespace pin");
     }
     result
 }
@@ -133,13 +133,13 @@ fn pin_on_this_thread(req: &NsRequest) -> Result<PinnedNamespaces, NsError> {
         what: names.join("+"),
         source,
     })?;
-    if req.uts {
-        if let Some(hostname) = &req.hostname {
-            nix::unistd::sethostname(hostname).map_err(|source| NsError::Hostname {
-                hostname: hostname.clone(),
-                source,
-            })?;
-        }
+    if req.uts
+        && let Some(hostname) = &req.hostname
+    {
+        nix::unistd::sethostname(hostname).map_err(|source| NsError::Hostname {
+            hostname: hostname.clone(),
+            source,
+        })?;
     }
     if req.net {
         loopback_up().map_err(|source| NsError::Loopback { source })?;

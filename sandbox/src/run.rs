@@ -205,12 +205,12 @@ fn effective_namespaces(config: &PodSandboxConfig) -> Result<NamespaceOption, In
             "PID namespace mode TARGET applies to containers, not to a pod sandbox".into(),
         ));
     }
-    if let Some(userns) = &opts.userns_options {
-        if userns.mode != NamespaceMode::Node as i32 {
-            return Err(InvalidRequest::Unsupported(
-                "user namespaces are not supported by crius".into(),
-            ));
-        }
+    if let Some(userns) = &opts.userns_options
+        && userns.mode != NamespaceMode::Node as i32
+    {
+        return Err(InvalidRequest::Unsupported(
+            "user namespaces are not supported by crius".into(),
+        ));
     }
     Ok(NamespaceOption {
         network: pod_or_node(opts.network),

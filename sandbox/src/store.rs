@@ -46,6 +46,15 @@ pub struct Record {
     pub status: SandboxStatus,
 }
 
+impl Record {
+    /// The pod's PID namespace for containers to join (`/proc/<infra pid>/ns/pid`), while the
+    /// infra process runs; None when the pod does not share a PID namespace.
+    pub fn pid_namespace(&self) -> Option<std::path::PathBuf> {
+        let p = self.status.pause.filter(crate::pause::is_alive)?;
+        Some(format!("/proc/{}/ns/pid", p.pid).into())
+    }
+}
+
 /// Creates the tables so read transactions always find them.
 pub fn init(db: &redb::Database) -> Result<(), StoreError> {
     let tx = db.begin_write().map_err(db_err)?;

@@ -97,7 +97,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<NetworkConfig, ConfigError> {
         path: path.into(),
         reason,
     };
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
         return Err(invalid("top level is not a JSON object".into()));
     };
@@ -186,6 +186,21 @@ mod tests {
         let e = load_network(dir.path()).unwrap_err().to_string();
         assert!(e.contains("no CNI network config"), "{e}");
         assert!(e.contains("`plugins` is empty"), "{e}");
+    }
+
+    #[test]
+    fn shipped_bridge_network_loads() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/cni/10-crius-bridge.conflist");
+        let net = load_file(&f).unwrap();
+        let types: Vec<&str> = net.plugins.iter().map(|p| p.plugin_type.as_str()).collect();
+        assert_eq!(types, ["bridge", "portmap", "loopback"]);
+        assert_eq!(net.plugins[0].raw["bridge"], "crius0");
+        assert_eq!(net.plugins[0].raw["ipam"]["type"], "host-local");
+        assert_eq!(
+            net.plugins[0].raw["ipam"]["ranges"][0][0]["subnet"],
+            "10.85.0.0/16"
+        );
+        assert_eq!(net.plugins[1].raw["capabilities"]["portMappings"], true);
     }
 
     #[test]

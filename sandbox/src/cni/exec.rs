@@ -101,22 +101,22 @@ pub fn run_plugin(plugin: &str, inv: &Invocation<'_>, config: &Value) -> Result<
 /// The plugin's own error: `msg` (and `details`, `code`) from its CNI error object, else its raw
 /// stderr/stdout.
 fn failure_message(stdout: &[u8], stderr: &[u8], status: std::process::ExitStatus) -> String {
-    if let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(stdout) {
-        if let Some(msg) = obj.get("msg").and_then(Value::as_str) {
-            let mut m = msg.to_string();
-            if let Some(d) = obj
-                .get("details")
-                .and_then(Value::as_str)
-                .filter(|d| !d.is_empty())
-            {
-                m.push_str(": ");
-                m.push_str(d);
-            }
-            if let Some(code) = obj.get("code").and_then(Value::as_u64) {
-                m.push_str(&format!(" (CNI error code {code})"));
-            }
-            return m;
+    if let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(stdout)
+        && let Some(msg) = obj.get("msg").and_then(Value::as_str)
+    {
+        let mut m = msg.to_string();
+        if let Some(d) = obj
+            .get("details")
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+        {
+            m.push_str(": ");
+            m.push_str(d);
         }
+        if let Some(code) = obj.get("code").and_then(Value::as_u64) {
+            m.push_str(&format!(" (CNI error code {code})"));
+        }
+        return m;
     }
     let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
     let (out, err) = (text(stdout), text(stderr));

@@ -189,10 +189,10 @@ fn plugin_config(
     let mut runtime = Map::new();
     if let Some(Value::Object(caps)) = plugin.raw.get("capabilities") {
         for (cap, enabled) in caps {
-            if enabled.as_bool() == Some(true) {
-                if let Some(v) = capability_args.get(cap) {
-                    runtime.insert(cap.clone(), v.clone());
-                }
+            if enabled.as_bool() == Some(true)
+                && let Some(v) = capability_args.get(cap)
+            {
+                runtime.insert(cap.clone(), v.clone());
             }
         }
     }
