@@ -108,7 +108,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::open(dir.path()).unwrap();
         let images = crate::daemon::open_images(&Config::default(), dir.path(), db.clone()).unwrap();
-        let sandboxes = crate::daemon::open_sandboxes(&Config::default(), db.clone()).unwrap();
+        // Never the default state dir: sandbox recovery removes unknown pod state under it.
+        let sandbox_config = Config {
+            state: dir.path().join("state"),
+            ..Config::default()
+        };
+        let sandboxes = crate::daemon::open_sandboxes(&sandbox_config, db.clone()).unwrap();
         let crius = Crius::new(Config::default(), db, images, sandboxes);
         let mut gate = Gate(crius.clone());
         let err = gate.call(tonic::Request::new(())).unwrap_err();
