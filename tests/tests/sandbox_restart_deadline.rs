@@ -174,3 +174,71 @@ async fn expired_client_deadline_does_not_leave_a_half_created_pod() {
     assert!(net.veths().is_empty());
     assert!(pods::iptables_rules_mentioning(&pod.id).is_empty());
 }
+
+#[tokio::test]
+async fn teardown_tolerates_a_vanished_network_namespace() {
+    let net = TestNet::new(23);
+    let mut d = Daemon::start_with(DaemonOptions {
+        cni_conflist: Some(net.conflist("")),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let _cleanup = pods::PodCleanup::new(&d);
+    let mut cfg = pods::pod_config("vanish", "uid-vanish");
+    cfg.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: crius_tests::util::free_port() as i32,
+        host_ip: String::new(),
+    }];
+    let req = RunPodSandboxRequest {
+        config: Some(cfg),
+        runtime_handler: String::new(),
+    };
+    let id = d
+        .runtime
+        .run_pod_sandbox(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    d.kill().await.unwrap();
+    // What a reboot (or an operator) does: the pinned namespace is gone.
+    let netns = pods::ns_path(&d.state, &id, "net");
+    nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_file(&netns).unwrap();
+    d.restart().await.unwrap();
+    let req = PodSandboxStatusRequest {
+        pod_sandbox_id: id.clone(),
+        verbose: false,
+    };
+    let st = d
+        .runtime
+        .pod_sandbox_status(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        st.state,
+        PodSandboxState::SandboxNotready as i32,
+        "recovery noticed the lost netns"
+    );
+    let req = RemovePodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    };
+    d.runtime.remove_pod_sandbox(req).await.unwrap();
+    assert!(net.allocated_ips().is_empty());
+    assert!(net.veths().is_empty());
+    // portmap finds its rules by the sandbox id alone: they must be gone. bridge finds its ipMasq
+    // rules through the pod's addresses inside the namespace, so with the namespace gone bridge
+    // 1.1.1 skips them (a plugin limitation; after a real reboot iptables starts empty anyway).
+    let left = pods::iptables_rules_mentioning(&id);
+    assert!(
+        left.iter().all(|r| !r.contains("dnat") && !r.contains("CNI-DN-")),
+        "{left:#?}"
+    );
+    assert!(!d.state.join("ns").join(&id).exists());
+}
