@@ -2,8 +2,11 @@
 //! queries (version, status, filesystem info), start-up recovery and the process lifecycle.
 
 pub mod config;
+pub mod container;
 pub mod daemon;
 pub mod info;
 pub mod server;
+pub mod shim_client;
 pub mod spec;
 pub mod store;
+pub mod streaming;
