@@ -26,6 +26,8 @@ pub enum InvalidRequest {
     RuntimeHandler(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("port mapping {mapping}: {reason}")]
+    PortMapping { mapping: String, reason: &'static str },
     #[error("sandbox id prefix {prefix:?} is ambiguous ({count} sandboxes match)")]
     AmbiguousId { prefix: String, count: usize },
 }

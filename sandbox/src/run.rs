@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use cri_api::v1::{NamespaceMode, NamespaceOption, PodSandboxConfig, Protocol, RunPodSandboxRequest};
 use cri_api::validate;
@@ -70,6 +71,7 @@ impl SandboxManager {
     /// The side effects, in order. `rec.status` tracks progress for the rollback.
     fn create(&self, plan: &Plan, rec: &mut Record) -> Result<(), SandboxError> {
         let meta = &plan.meta;
+        let start = Instant::now();
         let pinned = netns::pin(NsRequest {
             dir: meta.ns_dir.clone(),
             net: meta.namespaces.net.is_some(),
@@ -79,8 +81,10 @@ impl SandboxManager {
             sysctls: plan.sysctls.clone(),
         })?;
         debug_assert_eq!(pinned, meta.namespaces);
+        let t_ns = start.elapsed();
         let dns = meta.config.dns_config.as_ref();
         podfiles::create(&meta.files, &meta.hostname, dns, &self.config.host_files)?;
+        let t_files = start.elapsed();
         if let (Some(net), Some(plan)) = (&plan.network, &meta.network) {
             rec.status.network_torn_down = false;
             let result = self.cni.add(net, &plan.attachment)?;
@@ -96,6 +100,7 @@ impl SandboxManager {
             pod_ip,
             &self.config.host_files,
         )?;
+        let t_cni = start.elapsed();
         cgroup::create(&self.cgroups, &meta.cgroup_parent)?;
         if meta.pid_namespace {
             let p = pause::spawn(&self.config.shim_path, &meta.namespaces)?;
@@ -104,7 +109,18 @@ impl SandboxManager {
         }
         rec.status.state = SandboxState::Ready;
         let status = rec.status.clone();
+        let t_cgroup_infra = start.elapsed();
         store::update(&self.db, &meta.id, |s| *s = status)?;
+        // Cumulative step times, for benchmark analysis.
+        tracing::debug!(
+            sandbox = %meta.id,
+            namespaces = ?t_ns,
+            files = ?t_files,
+            cni = ?t_cni,
+            cgroup_infra = ?t_cgroup_infra,
+            ready = ?start.elapsed(),
+            "pod sandbox created"
+        );
         Ok(())
     }
 
@@ -132,6 +148,7 @@ impl SandboxManager {
             uts: !host_net,
         };
         let sysctls = sysctl::validate(&linux.sysctls, owned).map_err(InvalidRequest::from)?;
+        validate_ports(&config)?;
         let network = if host_net {
             None
         } else {
@@ -219,6 +236,32 @@ fn effective_namespaces(config: &PodSandboxConfig) -> Result<NamespaceOption, In
         target_id: String::new(),
         userns_options: opts.userns_options,
     })
+}
+
+/// CRI PortMapping: ports in range, host IP an address when given.
+fn validate_ports(config: &PodSandboxConfig) -> Result<(), InvalidRequest> {
+    for p in &config.port_mappings {
+        let bad = |reason| InvalidRequest::PortMapping {
+            mapping: format!(
+                "{}:{}/{} (host IP {:?})",
+                p.host_port, p.container_port, p.protocol, p.host_ip
+            ),
+            reason,
+        };
+        if !(1..=65535).contains(&p.container_port) {
+            return Err(bad("container_port must be 1..=65535"));
+        }
+        if !(0..=65535).contains(&p.host_port) {
+            return Err(bad("host_port must be 0..=65535"));
+        }
+        if Protocol::try_from(p.protocol).is_err() {
+            return Err(bad("unknown protocol"));
+        }
+        if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(bad("host_ip is not an IP address"));
+        }
+    }
+    Ok(())
 }
 
 /// The pod's hostname: the requested one, or the host's for host-network pods and when empty.

@@ -301,7 +301,14 @@ async fn bad_requests_are_refused_before_anything_is_created() {
         .as_mut()
         .unwrap()
         .cgroup_parent = "/a/../../b".into();
-    for req in [no_meta, handler, long_host, sysctl, cgroup] {
+    let mut port = request("x");
+    port.config.as_mut().unwrap().port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: 70000,
+        host_ip: String::new(),
+    }];
+    for req in [no_meta, handler, long_host, sysctl, cgroup, port] {
         let e = m.run(req).await.unwrap_err();
         assert!(e.is_invalid_argument(), "{e}");
     }
