@@ -84,7 +84,7 @@ pub fn spawn(shim: &Path, ns: &PinnedNamespaces) -> Result<PauseProcess, PauseEr
 fn stat(pid: i32) -> Option<(char, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &s[s.rfind(')')? + 2..];
+    let rest = s.get(s.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split(' ').collect();
     let state = fields.first()?.chars().next()?;
     // Field 22 of the full line is index 19 after pid and comm.
