@@ -252,7 +252,9 @@ impl ImageStore {
         let _g = self.locks.lock(&desc.digest).await;
         if !self.content.contains(&desc.digest) {
             tracing::debug!(digest = %desc.digest, size = desc.size, endpoint = %remote.endpoint.host, "fetching blob");
+            let started = std::time::Instant::now();
             remote.fetch_blob(oref, desc, &self.content).await?;
+            tracing::debug!(digest = %desc.digest, elapsed = ?started.elapsed(), "fetched blob");
         }
         Ok(())
     }
@@ -296,6 +298,7 @@ impl ImageStore {
             .path(&desc.digest)
             .map_err(|e| layer_err(LayerError::Id(e)))?;
         let layers = self.layers.clone();
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || layers.unpack(&blob, &diff_id, &chain_id))
             .await
             .map_err(|e| PullError::Task {
@@ -303,6 +306,7 @@ impl ImageStore {
                 why: e.to_string(),
             })?
             .map_err(layer_err)?;
+        tracing::debug!(chain_id = %record.chain_id, elapsed = ?started.elapsed(), "unpacked layer");
         Ok(record)
     }
 }
