@@ -63,11 +63,12 @@ pub fn run_plugin(plugin: &str, inv: &Invocation<'_>, config: &Value) -> Result<
     let pid = child.id() as i32;
     let stdin_bytes = config.to_string().into_bytes();
     let mut stdin = child.stdin.take().expect("stdin is piped");
-    // The plugin may exit without reading stdin; a broken pipe then is not our error to report.
-    let _ = stdin.write_all(&stdin_bytes);
-    drop(stdin);
     let (tx, rx) = mpsc::channel();
+    // Feeding stdin happens under the timeout too: a plugin that never reads cannot hang us.
     std::thread::spawn(move || {
+        // The plugin may exit without reading stdin; a broken pipe then is not our error to report.
+        let _ = stdin.write_all(&stdin_bytes);
+        drop(stdin);
         let _ = tx.send(child.wait_with_output());
     });
     let output = match rx.recv_timeout(PLUGIN_TIMEOUT) {
