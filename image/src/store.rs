@@ -405,6 +405,18 @@ impl ImageStore {
         self.dirs_of(&chain_ids)
     }
 
+    /// Containers holding a lease, for start-up recovery to release those of containers that
+    /// no longer exist.
+    pub fn leased_containers(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("begin read"))?;
+        let leases = txn.open_table(LEASES).map_err(db("open leases"))?;
+        let mut out = Vec::new();
+        for item in leases.iter().map_err(db("scan leases"))? {
+            out.push(item.map_err(db("scan leases"))?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
     /// Drops `container_id`'s lease (idempotent) and frees layers nothing else uses.
     pub fn release(&self, container_id: &str) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db("begin"))?;

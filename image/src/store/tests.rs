@@ -177,12 +177,14 @@ fn leases_keep_layers_until_released() {
     let dirs = f.store.lease("busybox", "ctr1").unwrap();
     assert_eq!(dirs, f.store.layer_dirs(&rec.id).unwrap());
     f.store.lease(&rec.id, "ctr1").unwrap();
+    assert_eq!(f.store.leased_containers().unwrap(), vec!["ctr1"]);
     f.store.remove(&rec.id).unwrap();
     assert!(f.store.get("busybox").unwrap().is_none());
     assert!(dirs.iter().all(|d| d.is_dir()), "leased layers stay");
     f.store.release("ctr1").unwrap();
     assert!(dirs.iter().all(|d| !d.exists()), "released layers go");
     f.store.release("ctr1").unwrap();
+    assert!(f.store.leased_containers().unwrap().is_empty());
     assert!(matches!(
         f.store.lease("busybox", "c2"),
         Err(StoreError::NotFound(_))
@@ -218,4 +220,23 @@ fn gc_spares_in_flight_pulls_and_reopen_cleans_orphans() {
         store.content.list().is_empty(),
         "orphans from a crash are freed at open"
     );
+}
+
+#[test]
+fn docker_schema2_configs_parse_for_the_container_spec() {
+    let f = fixture();
+    // Shape of a Docker Hub config: extra keys, nulls, docker-only fields.
+    let config = br#"{"architecture":"amd64","config":{"Hostname":"","Domainname":"","User":"",
+        "AttachStdin":false,"Tty":false,"Env":["PATH=/usr/bin"],"Cmd":["sh"],"Image":"sha256:x",
+        "Volumes":null,"WorkingDir":"","Entrypoint":null,"OnBuild":null,"Labels":null,
+        "ArgsEscaped":true},"container":"abc","container_config":{"Cmd":["/bin/sh"]},
+        "created":"2023-05-19T20:19:23.980742512Z","docker_version":"20.10.23",
+        "history":[{"created":"2023-05-19T20:19:23Z","created_by":"ADD file:x in / "}],
+        "os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]}}"#;
+    let id = sha256_digest(config);
+    f.store.content.put(&id, config).unwrap();
+    let c = f.store.config(&id).unwrap();
+    let cfg = c.config().as_ref().unwrap();
+    assert_eq!(cfg.cmd().as_deref(), Some(&["sh".to_string()][..]));
+    assert!(cfg.entrypoint().is_none());
 }
