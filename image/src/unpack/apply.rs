@@ -215,6 +215,12 @@ impl Applier {
             if target.starts_with(WHITEOUT_PREFIX.as_bytes()) || target.is_empty() {
                 return Ok(()); // other `.wh..wh.*` markers are meta-data of the tar format.
             }
+            if target == b"." || target == b".." {
+                return Err(UnpackError::Invalid {
+                    path,
+                    why: "whiteout of `.` or `..`",
+                });
+            }
             let target = OsStr::from_bytes(target);
             self.remove_existing(dir, &parent_path.join(target), target, false)?;
             sys::mknod_at(dir, target, libc::S_IFCHR, 0).map_err(io("create whiteout"))?;

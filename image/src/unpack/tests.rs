@@ -318,6 +318,21 @@ fn whiteouts_and_opaque_dirs_become_overlay_markers() {
 }
 
 #[test]
+fn whiteouts_of_dot_and_dot_dot_are_rejected() {
+    for name in ["d/.wh..", "d/.wh..."] {
+        let c = case();
+        let tar = Tar::new()
+            .add(dir("d/"))
+            .add(file("d/keep", b"k"))
+            .add(file(name, b""))
+            .bytes();
+        let err = apply(&c, tar).unwrap_err();
+        assert!(matches!(err, UnpackError::Invalid { .. }), "{name}: {err}");
+        assert!(c.layer.join("d/keep").exists(), "{name}");
+    }
+}
+
+#[test]
 fn later_entries_replace_earlier_ones() {
     let c = case();
     let tar = Tar::new()
