@@ -294,3 +294,67 @@ async fn concurrent_pulls_of_one_image_download_it_once() {
     let mut c = d.images.clone();
     assert_eq!(list(&mut c, None).await.len(), 1);
 }
+
+/// A whiteout and an opaque directory in an upper layer hide lower content once the layer dirs
+/// are stacked by overlayfs, as a container's rootfs will be.
+#[tokio::test]
+async fn whiteouts_hide_lower_files_under_overlayfs() {
+    let reg = Registry::start().unwrap();
+    let lower = images::Layer::Files(vec![
+        ("etc/gone".into(), b"x".to_vec(), 0o644),
+        ("etc/kept".into(), b"k".to_vec(), 0o644),
+        ("opaque/old".into(), b"o".to_vec(), 0o644),
+    ]);
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind) in [
+        ("etc/", tar::EntryType::Directory),
+        ("etc/.wh.gone", tar::EntryType::Regular),
+        ("opaque/", tar::EntryType::Directory),
+        ("opaque/.wh..wh..opq", tar::EntryType::Regular),
+        ("opaque/new", tar::EntryType::Regular),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_size(0);
+        h.set_mtime(1);
+        h.set_cksum();
+        b.append_data(&mut h, name, std::io::empty()).unwrap();
+    }
+    let upper = images::Layer::RawTar(b.into_inner().unwrap());
+    let spec = ImageSpec {
+        layers: vec![lower, upper],
+        ..ImageSpec::busybox()
+    };
+    let p = images::push(&reg, "whiteouts", "1", &spec).await.unwrap();
+    let mut d = Daemon::start().await.unwrap();
+    pull(&mut d.images, &p.reference).await.unwrap();
+
+    let c1 = p.diff_ids[0].clone();
+    let c2 = images::sha256_digest(format!("{c1} {}", p.diff_ids[1]).as_bytes());
+    let dir = |c: &str| d.root.join("layers").join(c.trim_start_matches("sha256:"));
+    let mnt = d.dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // Two lower dirs and no upper dir: a read-only overlay (the Daemon fixture unmounts it).
+    let opts = format!("lowerdir={}:{}", dir(&c2).display(), dir(&c1).display());
+    nix::mount::mount(
+        Some("overlay"),
+        &mnt,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(opts.as_str()),
+    )
+    .unwrap();
+    let seen = (
+        mnt.join("etc/gone").exists(),
+        mnt.join("etc/kept").exists(),
+        mnt.join("opaque/old").exists(),
+        mnt.join("opaque/new").exists(),
+    );
+    nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert_eq!(seen, (false, true, false, true), "(gone, kept, old, new)");
+}
