@@ -106,3 +106,87 @@ impl ImageService for Images {
         Ok(Response::new(resp))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crius_image::content::ContentError;
+    use crius_image::{PullError, RegistryError, StoreError};
+    use tonic::Code;
+
+    use super::error;
+
+    fn registry(source: RegistryError) -> PullError {
+        PullError::Registry {
+            reference: "r".into(),
+            endpoint: "e".into(),
+            source,
+        }
+    }
+
+    #[test]
+    fn pull_failures_keep_distinct_codes() {
+        let cases = [
+            (
+                registry(RegistryError::NotFound("manifest unknown".into())),
+                Code::NotFound,
+            ),
+            (
+                registry(RegistryError::Unauthorized("denied".into())),
+                Code::Unauthenticated,
+            ),
+            (
+                registry(RegistryError::Server {
+                    status: 503,
+                    message: "down".into(),
+                }),
+                Code::Unavailable,
+            ),
+            (
+                registry(RegistryError::Network("refused".into())),
+                Code::Unavailable,
+            ),
+            (
+                registry(RegistryError::Timeout("slow".into())),
+                Code::DeadlineExceeded,
+            ),
+            (
+                registry(RegistryError::DigestMismatch {
+                    expected: "a".into(),
+                    actual: "b".into(),
+                }),
+                Code::DataLoss,
+            ),
+            (
+                registry(RegistryError::InvalidManifest {
+                    digest: "d".into(),
+                    why: "too big".into(),
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                registry(RegistryError::Content(ContentError::BadDigest("x".into()))),
+                Code::InvalidArgument,
+            ),
+            (
+                PullError::Reference(crius_image::ImageRef::parse("Bad Name!").unwrap_err()),
+                Code::InvalidArgument,
+            ),
+            (
+                PullError::NoEndpoint {
+                    reference: "r".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+        ];
+        for (e, code) in cases {
+            let msg = e.to_string();
+            let status = error::pull(e);
+            assert_eq!(status.code(), code, "{msg}");
+            assert_eq!(status.message(), msg, "the message is the domain error's");
+        }
+        assert_eq!(
+            error::image_store(StoreError::NotFound("x".into())).code(),
+            Code::NotFound
+        );
+    }
+}
