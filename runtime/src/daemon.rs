@@ -34,6 +34,8 @@ pub enum DaemonError {
     Images(#[from] crius_image::StoreError),
     #[error("cannot start the pod sandbox manager: {0}")]
     Sandboxes(#[from] crius_sandbox::SandboxError),
+    #[error("cannot start the container manager: {0}")]
+    Containers(#[from] crate::container::ContainerError),
     #[error("another crius daemon is already serving on {0}; refusing to start")]
     AlreadyServing(PathBuf),
     #[error("cannot use socket {path}: {source}")]
@@ -75,8 +77,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
+    let containers =
+        match crate::container::Containers::new(db.clone(), images.clone(), &config.root, &config.state) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                let _ = std::fs::remove_file(&config.listen);
+                return Err(e.into());
+            }
+        };
+    sandboxes.set_container_hook(Arc::new(crate::container::PodHook::new(containers.clone())));
     let socket = config.listen.clone();
-    let crius = Crius::new(config, db, images, sandboxes);
+    let crius = Crius::new(config, db, images, sandboxes, containers);
     let (runtime, images) = server::services(crius.clone());
 
     let recovery = tokio::spawn(recover(crius.clone()));

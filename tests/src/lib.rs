@@ -2,6 +2,7 @@
 //! local registry (Debian's `docker-registry` on 127.0.0.1), test images built from Debian's
 //! `busybox-static`, and a tonic CRI client. Every fixture cleans up on drop, also after a panic.
 
+pub mod containers;
 pub mod daemon;
 pub mod images;
 pub mod pods;

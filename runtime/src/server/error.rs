@@ -78,3 +78,23 @@ pub fn sandbox(e: crius_sandbox::SandboxError) -> Status {
         | E::Task(_) => Status::internal(msg),
     }
 }
+
+/// Container failures. A refused request is INVALID_ARGUMENT, a verb in the wrong state or on a
+/// pod that is not ready FAILED_PRECONDITION, an exec past its timeout DEADLINE_EXCEEDED.
+pub fn container(e: crate::container::ContainerError) -> Status {
+    use crate::container::ContainerError as E;
+    use crate::shim_client::ShimError as S;
+    let msg = e.to_string();
+    match e {
+        E::NotFound(_) | E::PodNotFound(_) | E::ImageNotFound(_) => Status::not_found(msg),
+        E::AlreadyExists { .. } => Status::already_exists(msg),
+        E::Invalid(_) | E::Spec(_) => Status::invalid_argument(msg),
+        E::PodNotReady(_) | E::WrongState { .. } => Status::failed_precondition(msg),
+        E::ExecTimeout { .. } => Status::deadline_exceeded(msg),
+        E::Shim {
+            source: S::Unreachable { .. } | S::Timeout(_),
+            ..
+        } => Status::unavailable(msg),
+        E::Shim { .. } | E::Io { .. } | E::Record(_) | E::Image(_) => Status::internal(msg),
+    }
+}

@@ -30,6 +30,8 @@ pub struct Crius {
     pub images: Arc<crius_image::ImageStore>,
     /// Pod sandboxes: pinned namespaces, CNI, pod files and cgroups, sandbox records (issue 5).
     pub sandboxes: Arc<crius_sandbox::SandboxManager>,
+    /// Containers: records, rootfs, shims, exec, stats (issue 6).
+    pub containers: Arc<crate::container::Containers>,
     ready: AtomicBool,
 }
 
@@ -39,12 +41,14 @@ impl Crius {
         db: Arc<redb::Database>,
         images: Arc<crius_image::ImageStore>,
         sandboxes: Arc<crius_sandbox::SandboxManager>,
+        containers: Arc<crate::container::Containers>,
     ) -> Arc<Crius> {
         Arc::new(Crius {
             config,
             db,
             images,
             sandboxes,
+            containers,
             ready: AtomicBool::new(false),
         })
     }
@@ -114,7 +118,11 @@ mod tests {
             ..Config::default()
         };
         let sandboxes = crate::daemon::open_sandboxes(&sandbox_config, db.clone()).unwrap();
-        let crius = Crius::new(Config::default(), db, images, sandboxes);
+        let containers =
+            crate::container::Containers::new(db.clone(), images.clone(), dir.path(), dir.path())
+                .map(Arc::new)
+                .unwrap();
+        let crius = Crius::new(Config::default(), db, images, sandboxes, containers);
         let mut gate = Gate(crius.clone());
         let err = gate.call(tonic::Request::new(())).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);

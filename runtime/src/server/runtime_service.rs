@@ -100,46 +100,98 @@ impl RuntimeService for Runtime {
         Ok(Response::new(ListPodSandboxResponse { items }))
     }
 
-    async fn create_container(&self, _req: Request<CreateContainerRequest>) -> Rpc<CreateContainerResponse> {
-        Err(unimplemented("CreateContainer"))
+    async fn create_container(&self, req: Request<CreateContainerRequest>) -> Rpc<CreateContainerResponse> {
+        let req = req.into_inner();
+        cri_api::validate::object_id("pod sandbox id", &req.pod_sandbox_id).map_err(error::invalid)?;
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("container config is required"))?;
+        let pod = self.pod(&req.pod_sandbox_id)?;
+        let containers = self.0.containers.clone();
+        // Runs to completion (or full rollback) even if the client gives up.
+        let id = tokio::spawn(async move { containers.create(&pod, config, req.sandbox_config).await })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(error::container)?;
+        Ok(Response::new(CreateContainerResponse { container_id: id }))
     }
 
-    async fn start_container(&self, _req: Request<StartContainerRequest>) -> Rpc<StartContainerResponse> {
-        Err(unimplemented("StartContainer"))
+    async fn start_container(&self, req: Request<StartContainerRequest>) -> Rpc<StartContainerResponse> {
+        let id = container_id(req.into_inner().container_id)?;
+        let c = self.0.containers.clone();
+        detached(async move { c.start(&id).await }).await?;
+        Ok(Response::new(StartContainerResponse {}))
     }
 
-    async fn stop_container(&self, _req: Request<StopContainerRequest>) -> Rpc<StopContainerResponse> {
-        Err(unimplemented("StopContainer"))
+    async fn stop_container(&self, req: Request<StopContainerRequest>) -> Rpc<StopContainerResponse> {
+        let req = req.into_inner();
+        let id = container_id(req.container_id)?;
+        let c = self.0.containers.clone();
+        detached(async move { c.stop(&id, req.timeout).await }).await?;
+        Ok(Response::new(StopContainerResponse {}))
     }
 
-    async fn remove_container(&self, _req: Request<RemoveContainerRequest>) -> Rpc<RemoveContainerResponse> {
-        Err(unimplemented("RemoveContainer"))
+    async fn remove_container(&self, req: Request<RemoveContainerRequest>) -> Rpc<RemoveContainerResponse> {
+        let id = container_id(req.into_inner().container_id)?;
+        let c = self.0.containers.clone();
+        detached(async move { c.remove(&id).await }).await?;
+        Ok(Response::new(RemoveContainerResponse {}))
     }
 
-    async fn list_containers(&self, _req: Request<ListContainersRequest>) -> Rpc<ListContainersResponse> {
-        Err(unimplemented("ListContainers"))
+    async fn list_containers(&self, req: Request<ListContainersRequest>) -> Rpc<ListContainersResponse> {
+        let filter = req.into_inner().filter;
+        let containers = self
+            .0
+            .containers
+            .list(filter.as_ref())
+            .await
+            .map_err(error::container)?;
+        Ok(Response::new(ListContainersResponse { containers }))
     }
 
-    async fn container_status(&self, _req: Request<ContainerStatusRequest>) -> Rpc<ContainerStatusResponse> {
-        Err(unimplemented("ContainerStatus"))
+    async fn container_status(&self, req: Request<ContainerStatusRequest>) -> Rpc<ContainerStatusResponse> {
+        let req = req.into_inner();
+        let id = container_id(req.container_id)?;
+        let status = self
+            .0
+            .containers
+            .status(&id, req.verbose)
+            .await
+            .map_err(error::container)?;
+        Ok(Response::new(status))
     }
 
     async fn update_container_resources(
         &self,
-        _req: Request<UpdateContainerResourcesRequest>,
+        req: Request<UpdateContainerResourcesRequest>,
     ) -> Rpc<UpdateContainerResourcesResponse> {
-        Err(unimplemented("UpdateContainerResources"))
+        let req = req.into_inner();
+        let id = container_id(req.container_id)?;
+        let c = self.0.containers.clone();
+        detached(async move { c.update_resources(&id, req.linux).await }).await?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
         &self,
-        _req: Request<ReopenContainerLogRequest>,
+        req: Request<ReopenContainerLogRequest>,
     ) -> Rpc<ReopenContainerLogResponse> {
-        Err(unimplemented("ReopenContainerLog"))
+        let id = container_id(req.into_inner().container_id)?;
+        self.0
+            .containers
+            .reopen_log(&id)
+            .await
+            .map_err(error::container)?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
     }
 
-    async fn exec_sync(&self, _req: Request<ExecSyncRequest>) -> Rpc<ExecSyncResponse> {
-        Err(unimplemented("ExecSync"))
+    async fn exec_sync(&self, req: Request<ExecSyncRequest>) -> Rpc<ExecSyncResponse> {
+        let req = req.into_inner();
+        let id = container_id(req.container_id)?;
+        let c = self.0.containers.clone();
+        // Detached, so a client that gives up early still gets its exec killed at the timeout.
+        let resp = detached(async move { c.exec_sync(&id, req.cmd, req.timeout).await }).await?;
+        Ok(Response::new(resp))
     }
 
     async fn exec(&self, _req: Request<ExecRequest>) -> Rpc<ExecResponse> {
@@ -154,26 +206,69 @@ impl RuntimeService for Runtime {
         Err(unimplemented("PortForward"))
     }
 
-    async fn container_stats(&self, _req: Request<ContainerStatsRequest>) -> Rpc<ContainerStatsResponse> {
-        Err(unimplemented("ContainerStats"))
+    async fn container_stats(&self, req: Request<ContainerStatsRequest>) -> Rpc<ContainerStatsResponse> {
+        let id = container_id(req.into_inner().container_id)?;
+        let stats = self.0.containers.stats(&id).await.map_err(error::container)?;
+        Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
     }
 
     async fn list_container_stats(
         &self,
-        _req: Request<ListContainerStatsRequest>,
+        req: Request<ListContainerStatsRequest>,
     ) -> Rpc<ListContainerStatsResponse> {
-        Err(unimplemented("ListContainerStats"))
+        let filter = req.into_inner().filter;
+        let stats = self
+            .0
+            .containers
+            .list_stats(filter.as_ref())
+            .await
+            .map_err(error::container)?;
+        Ok(Response::new(ListContainerStatsResponse { stats }))
     }
 
-    async fn pod_sandbox_stats(&self, _req: Request<PodSandboxStatsRequest>) -> Rpc<PodSandboxStatsResponse> {
-        Err(unimplemented("PodSandboxStats"))
+    async fn pod_sandbox_stats(&self, req: Request<PodSandboxStatsRequest>) -> Rpc<PodSandboxStatsResponse> {
+        let id = req.into_inner().pod_sandbox_id;
+        cri_api::validate::object_id("pod sandbox id", &id).map_err(error::invalid)?;
+        let pod = self.pod_stats_input(&id)?;
+        let stats = self
+            .0
+            .containers
+            .pod_stats(&pod)
+            .await
+            .map_err(error::container)?;
+        Ok(Response::new(PodSandboxStatsResponse { stats: Some(stats) }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<ListPodSandboxStatsRequest>,
+        req: Request<ListPodSandboxStatsRequest>,
     ) -> Rpc<ListPodSandboxStatsResponse> {
-        Err(unimplemented("ListPodSandboxStats"))
+        let f = req.into_inner().filter.unwrap_or_default();
+        let filter = PodSandboxFilter {
+            id: f.id,
+            state: None,
+            label_selector: f.label_selector,
+        };
+        let pods = self
+            .0
+            .sandboxes
+            .list(Some(filter))
+            .await
+            .map_err(error::sandbox)?;
+        let mut stats = Vec::new();
+        for p in pods {
+            let Ok(input) = self.pod_stats_input(&p.id) else {
+                continue;
+            };
+            stats.push(
+                self.0
+                    .containers
+                    .pod_stats(&input)
+                    .await
+                    .map_err(error::container)?,
+            );
+        }
+        Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
 
     async fn checkpoint_container(
@@ -196,4 +291,50 @@ impl RuntimeService for Runtime {
     ) -> Rpc<ListPodSandboxMetricsResponse> {
         Err(unimplemented("ListPodSandboxMetrics"))
     }
+}
+
+impl Runtime {
+    /// The pod a container is created in, as the container code needs it.
+    fn pod(&self, id: &str) -> Result<crate::container::PodInfo, Status> {
+        let rec = self
+            .0
+            .sandboxes
+            .sandbox(id)
+            .map_err(error::sandbox)?
+            .ok_or_else(|| error::container(crate::container::ContainerError::PodNotFound(id.into())))?;
+        Ok(crate::container::pod_info(&rec))
+    }
+
+    fn pod_stats_input(&self, id: &str) -> Result<crate::container::PodStatsInput, Status> {
+        let rec = self
+            .0
+            .sandboxes
+            .sandbox(id)
+            .map_err(error::sandbox)?
+            .ok_or_else(|| error::container(crate::container::ContainerError::PodNotFound(id.into())))?;
+        Ok(crate::container::PodStatsInput {
+            id: rec.meta.id.clone(),
+            metadata: rec.meta.config.metadata.clone(),
+            labels: rec.meta.config.labels.clone(),
+            annotations: rec.meta.config.annotations.clone(),
+            cgroup_parent: rec.meta.cgroup_parent.to_string_lossy().into_owned(),
+        })
+    }
+}
+
+/// A container id (or unique prefix) from the wire.
+fn container_id(id: String) -> Result<String, Status> {
+    cri_api::validate::object_id("container id", &id).map_err(error::invalid)?;
+    Ok(id)
+}
+
+/// Runs a mutating container verb in its own task, so a client that goes away mid-call never
+/// cancels it half-way.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, crate::container::ContainerError>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(f)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(error::container)
 }

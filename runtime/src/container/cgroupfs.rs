@@ -1,0 +1,264 @@
+//! The daemon's direct reads and writes of a container's cgroup files: usage for the stats
+//! RPCs, limits for UpdateContainerResources, and a fallback removal. cgroup v1 (one hierarchy
+//! per controller under `/sys/fs/cgroup/<controller>`) and v2 (unified at `/sys/fs/cgroup`).
+//!
+//! Invariants: the cgroup path is absolute and joined under the cgroupfs root only after
+//! refusing `..`; a missing file is "no data", never an error (the container may have exited);
+//! writes go only to files of the container's own cgroup.
+
+use std::path::{Component, Path, PathBuf};
+
+use cri_api::v1::LinuxContainerResources;
+
+use super::ContainerError;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+fn v2() -> bool {
+    Path::new(ROOT).join("cgroup.controllers").exists()
+}
+
+fn dir(controller: &str, cgroup: &str) -> Option<PathBuf> {
+    let rel = Path::new(cgroup.trim_start_matches('/'));
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return None;
+    }
+    Some(if controller.is_empty() {
+        Path::new(ROOT).join(rel)
+    } else {
+        Path::new(ROOT).join(controller).join(rel)
+    })
+}
+
+fn read(controller: &str, cgroup: &str, file: &str) -> Option<String> {
+    std::fs::read_to_string(dir(controller, cgroup)?.join(file)).ok()
+}
+
+fn read_u64(controller: &str, cgroup: &str, file: &str) -> Option<u64> {
+    read(controller, cgroup, file)?.trim().parse().ok()
+}
+
+fn stat_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// One sample of a cgroup's usage. `None` fields: not available.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_ns: Option<u64>,
+    pub memory_usage: Option<u64>,
+    pub working_set: Option<u64>,
+    pub rss: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub major_page_faults: Option<u64>,
+    pub available: Option<u64>,
+}
+
+pub fn usage(cgroup: &str) -> Usage {
+    if v2() {
+        let stat = read("", cgroup, "memory.stat").unwrap_or_default();
+        let current = read_u64("", cgroup, "memory.current");
+        let cpu = read("", cgroup, "cpu.stat")
+            .and_then(|t| stat_field(&t, "usage_usec"))
+            .map(|us| us * 1000);
+        let limit = read_u64("", cgroup, "memory.max");
+        return memory_usage(
+            cpu,
+            current,
+            &stat,
+            "inactive_file",
+            "anon",
+            "pgfault",
+            "pgmajfault",
+            limit,
+        );
+    }
+    let stat = read("memory", cgroup, "memory.stat").unwrap_or_default();
+    let current = read_u64("memory", cgroup, "memory.usage_in_bytes");
+    let cpu = read_u64("cpuacct", cgroup, "cpuacct.usage")
+        .or_else(|| read_u64("cpu,cpuacct", cgroup, "cpuacct.usage"));
+    let limit = read_u64("memory", cgroup, "memory.limit_in_bytes");
+    memory_usage(
+        cpu,
+        current,
+        &stat,
+        "total_inactive_file",
+        "total_rss",
+        "total_pgfault",
+        "total_pgmajfault",
+        limit,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn memory_usage(
+    cpu_ns: Option<u64>,
+    current: Option<u64>,
+    stat: &str,
+    inactive_key: &str,
+    rss_key: &str,
+    fault_key: &str,
+    major_key: &str,
+    limit: Option<u64>,
+) -> Usage {
+    let inactive = stat_field(stat, inactive_key).unwrap_or(0);
+    let working_set = current.map(|c| c.saturating_sub(inactive));
+    // Limits at or above 2^62 mean "unlimited" (v1 reports 0x7ffffffffffff000).
+    let available = match (limit, working_set) {
+        (Some(l), Some(ws)) if l < (1 << 62) => Some(l.saturating_sub(ws)),
+        _ => None,
+    };
+    Usage {
+        cpu_ns,
+        memory_usage: current,
+        working_set,
+        rss: stat_field(stat, rss_key),
+        page_faults: stat_field(stat, fault_key),
+        major_page_faults: stat_field(stat, major_key),
+        available,
+    }
+}
+
+fn write(controller: &str, cgroup: &str, file: &str, value: &str) -> Result<(), ContainerError> {
+    let d =
+        dir(controller, cgroup).ok_or_else(|| ContainerError::Invalid(format!("bad cgroup {cgroup:?}")))?;
+    let path = d.join(file);
+    std::fs::write(&path, value).map_err(|source| ContainerError::Io {
+        what: "write",
+        path,
+        source,
+    })
+}
+
+/// CRI cpu shares (2..262144) → cgroup v2 cpu.weight (1..10000), the kernel's own mapping.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 100;
+    }
+    1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
+}
+
+/// Applies new limits to the container's cgroup. Fields left at 0/empty are not changed.
+pub fn apply(cgroup: &str, r: &LinuxContainerResources) -> Result<(), ContainerError> {
+    if v2() {
+        if r.cpu_shares > 0 {
+            write(
+                "",
+                cgroup,
+                "cpu.weight",
+                &shares_to_weight(r.cpu_shares as u64).to_string(),
+            )?;
+        }
+        if r.cpu_quota != 0 || r.cpu_period > 0 {
+            let quota = if r.cpu_quota > 0 {
+                r.cpu_quota.to_string()
+            } else {
+                "max".into()
+            };
+            let period = if r.cpu_period > 0 { r.cpu_period } else { 100_000 };
+            write("", cgroup, "cpu.max", &format!("{quota} {period}"))?;
+        }
+        if !r.cpuset_cpus.is_empty() {
+            write("", cgroup, "cpuset.cpus", &r.cpuset_cpus)?;
+        }
+        if !r.cpuset_mems.is_empty() {
+            write("", cgroup, "cpuset.mems", &r.cpuset_mems)?;
+        }
+        if r.memory_limit_in_bytes > 0 {
+            write("", cgroup, "memory.max", &r.memory_limit_in_bytes.to_string())?;
+        }
+        return Ok(());
+    }
+    if r.cpu_shares > 0 {
+        write("cpu", cgroup, "cpu.shares", &r.cpu_shares.to_string())?;
+    }
+    if r.cpu_period > 0 {
+        write("cpu", cgroup, "cpu.cfs_period_us", &r.cpu_period.to_string())?;
+    }
+    if r.cpu_quota != 0 {
+        write(
+            "cpu",
+            cgroup,
+            "cpu.cfs_quota_us",
+            &r.cpu_quota.max(-1).to_string(),
+        )?;
+    }
+    if !r.cpuset_cpus.is_empty() {
+        write("cpuset", cgroup, "cpuset.cpus", &r.cpuset_cpus)?;
+    }
+    if !r.cpuset_mems.is_empty() {
+        write("cpuset", cgroup, "cpuset.mems", &r.cpuset_mems)?;
+    }
+    if r.memory_limit_in_bytes > 0 {
+        write(
+            "memory",
+            cgroup,
+            "memory.limit_in_bytes",
+            &r.memory_limit_in_bytes.to_string(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Removes the container's (empty) cgroup in every hierarchy; missing or busy ones are left.
+pub fn remove(cgroup: &str) {
+    let Ok(entries) = std::fs::read_dir(ROOT) else {
+        return;
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter_map(|e| dir(&e.file_name().to_string_lossy(), cgroup))
+        .collect();
+    dirs.extend(dir("", cgroup));
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn working_set_subtracts_inactive_file() {
+        let stat =
+            "cache 10\ntotal_inactive_file 4096\ntotal_rss 8192\ntotal_pgfault 7\ntotal_pgmajfault 1\n";
+        let u = memory_usage(
+            Some(5),
+            Some(20_000),
+            stat,
+            "total_inactive_file",
+            "total_rss",
+            "total_pgfault",
+            "total_pgmajfault",
+            Some(0x7fff_ffff_ffff_f000),
+        );
+        assert_eq!(u.working_set, Some(20_000 - 4096));
+        assert_eq!(
+            (u.rss, u.page_faults, u.major_page_faults),
+            (Some(8192), Some(7), Some(1))
+        );
+        assert_eq!(u.available, None, "unlimited");
+        let limited = memory_usage(None, Some(100), "", "a", "b", "c", "d", Some(1000));
+        assert_eq!(limited.available, Some(900));
+    }
+
+    #[test]
+    fn weight_mapping_matches_the_kernel_formula() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+
+    #[test]
+    fn escaping_cgroup_paths_are_refused() {
+        assert!(dir("memory", "/a/../../x").is_none());
+        assert_eq!(
+            dir("memory", "/crius/p/c"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/crius/p/c"))
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! CreateContainer: resolve the image → lease its layers → overlay rootfs → OCI spec → shim →
+//! record CREATED.
+//!
+//! Invariants: the name `<pod>/<name>/<attempt>` is unique (AlreadyExists, checked up front and
+//! again in the transaction that inserts the record); any failure undoes every earlier step in
+//! reverse order ([`Undo`]); the record is written only after the shim reported the container
+//! created.
+
+use std::path::{Component, Path, PathBuf};
+
+use cri_api::v1::{ContainerConfig, PodSandboxConfig};
+
+use super::record::{Record, RecordError, State, Status, name_key};
+use super::{ContainerError, Containers, PodInfo, io_err, new_id, now_ns, rootfs};
+use crate::spec::{self, ImageProcess, SpecInput, UserDb};
+
+/// What has been done so far, to undo on failure.
+#[derive(Default)]
+struct Undo {
+    id: String,
+    leased: bool,
+    dirs: bool,
+    mounted: bool,
+    shim: bool,
+}
+
+impl Containers {
+    /// CRI: CreateContainer. Returns the new container's id.
+    pub async fn create(
+        &self,
+        pod: &PodInfo,
+        config: ContainerConfig,
+        sandbox_config: Option<PodSandboxConfig>,
+    ) -> Result<String, ContainerError> {
+        let meta = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| ContainerError::Invalid("container metadata is required".into()))?;
+        cri_api::validate::metadata_name("container name", &meta.name)
+            .map_err(|e| ContainerError::Invalid(e.to_string()))?;
+        if !pod.ready {
+            return Err(ContainerError::PodNotReady(pod.id.clone()));
+        }
+        let key = name_key(&pod.id, &meta.name, meta.attempt);
+        if let Some(id) = self.records.name_owner(&key)? {
+            return Err(ContainerError::AlreadyExists { name: key, id });
+        }
+        let id = new_id()?;
+        {
+            let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(other) = creating.get(&key) {
+                return Err(ContainerError::AlreadyExists {
+                    name: key,
+                    id: other.clone(),
+                });
+            }
+            creating.insert(key.clone(), id.clone());
+        }
+        let mut undo = Undo {
+            id: id.clone(),
+            ..Default::default()
+        };
+        let result = self.create_steps(&mut undo, pod, config, sandbox_config).await;
+        if result.is_err() {
+            self.undo(undo).await;
+        }
+        self.creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        result.map(|()| id)
+    }
+
+    async fn create_steps(
+        &self,
+        undo: &mut Undo,
+        pod: &PodInfo,
+        config: ContainerConfig,
+        sandbox_config: Option<PodSandboxConfig>,
+    ) -> Result<(), ContainerError> {
+        let id = undo.id.clone();
+        let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(ContainerError::Invalid("container image is required".into()));
+        }
+        let image = self
+            .images
+            .get(&image_name)
+            .map_err(ContainerError::Image)?
+            .ok_or_else(|| ContainerError::ImageNotFound(image_name.clone()))?;
+        let image_config = self.images.config(&image.id).map_err(ContainerError::Image)?;
+        let process = ImageProcess::from_image_config(&image_config);
+        let stop_signal = image_config
+            .config()
+            .as_ref()
+            .and_then(|c| c.stop_signal().clone());
+
+        let log_path = log_path(&pod.config, &config)?;
+
+        let lowers = self.images.lease(&image.id, &id).map_err(ContainerError::Image)?;
+        undo.leased = true;
+        let bundle = self.bundle_dir(&id);
+        let shim_dir = self.shim_dir(&id);
+        undo.dirs = true;
+        std::fs::create_dir_all(&shim_dir).map_err(io_err("create", &shim_dir))?;
+        std::fs::create_dir_all(self.youki_root()).map_err(io_err("create", &self.youki_root()))?;
+        let rootfs_dir = self.rootfs_dir(&id);
+        rootfs::mount(&lowers, &self.layer_dir(&id), &rootfs_dir)?;
+        undo.mounted = true;
+
+        let users = UserDb::load(&rootfs_dir);
+        let cgroup_path = format!("{}/{id}", pod.cgroup_parent.trim_end_matches('/'));
+        let sandbox_config = sandbox_config.unwrap_or_else(|| pod.config.clone());
+        let oci = spec::build(&SpecInput {
+            id: &id,
+            sandbox_id: &pod.id,
+            config: &config,
+            sandbox: &sandbox_config,
+            image_name: &image_name,
+            image: &process,
+            rootfs: &rootfs_dir,
+            users: &users,
+            pod_files: &pod.files,
+            namespaces: &pod.namespaces,
+            target_pid: None,
+            cgroups_path: &cgroup_path,
+            host: &self.host,
+        })?;
+        let spec_path = bundle.join("config.json");
+        let body = serde_json::to_vec_pretty(&oci).map_err(|e| ContainerError::Io {
+            what: "encode",
+            path: spec_path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&spec_path, body).map_err(io_err("write", &spec_path))?;
+        if let Some(p) = log_path.as_ref().and_then(|p| p.parent()) {
+            std::fs::create_dir_all(p).map_err(io_err("create log directory", p))?;
+        }
+        let user = oci
+            .process()
+            .as_ref()
+            .map(|p| p.user().clone())
+            .unwrap_or_default();
+        let image_ref = image
+            .repo_digests
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone());
+        let resources = config.linux.as_ref().and_then(|l| l.resources.clone());
+        let mut record = Record {
+            id: id.clone(),
+            sandbox_id: pod.id.clone(),
+            config,
+            image_name,
+            image_id: image.id.clone(),
+            image_ref,
+            log_path,
+            cgroup_path,
+            created_at: now_ns(),
+            stop_signal,
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            status: Status {
+                state: State::Created,
+                pid: 0,
+                shim_pid: 0,
+                started_at: 0,
+                finished_at: 0,
+                exit_code: 0,
+                reason: String::new(),
+                message: String::new(),
+                resources,
+            },
+        };
+        let shim_cfg = self.shim_config(&record);
+        undo.shim = true;
+        let (pid, shim_pid) = self
+            .shim
+            .create(&shim_cfg)
+            .await
+            .map_err(ContainerError::shim(&id))?;
+        record.status.pid = pid;
+        record.status.shim_pid = shim_pid;
+        match self.records.insert(&record) {
+            Ok(()) => Ok(()),
+            Err(RecordError::NameTaken { name, id }) => Err(ContainerError::AlreadyExists { name, id }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Undoes a failed create, newest step first. Best effort: every step is tried.
+    async fn undo(&self, u: Undo) {
+        let id = u.id.as_str();
+        if u.shim {
+            if let Err(e) = self
+                .shim
+                .request(&self.shim_dir(id), crius_shim_api::Request::Shutdown)
+                .await
+            {
+                tracing::debug!(id, "rollback: shim shutdown: {e}");
+            }
+        }
+        if u.mounted {
+            if let Err(e) = rootfs::unmount(&self.rootfs_dir(id)) {
+                tracing::warn!(id, "rollback: {e}");
+            }
+        }
+        if u.dirs {
+            for d in [self.bundle_dir(id), self.layer_dir(id)] {
+                if let Err(e) = std::fs::remove_dir_all(&d) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(id, dir = %d.display(), "rollback: {e}");
+                    }
+                }
+            }
+        }
+        if u.leased {
+            if let Err(e) = self.images.release(id) {
+                tracing::warn!(id, "rollback: release image lease: {e}");
+            }
+        }
+    }
+}
+
+/// CRI: the log file is `<pod log_directory>/<container log_path>`; no log when either is empty.
+fn log_path(pod: &PodSandboxConfig, c: &ContainerConfig) -> Result<Option<PathBuf>, ContainerError> {
+    if pod.log_directory.is_empty() || c.log_path.is_empty() {
+        return Ok(None);
+    }
+    let dir = Path::new(&pod.log_directory);
+    let rel = Path::new(&c.log_path);
+    if !dir.is_absolute() {
+        return Err(ContainerError::Invalid(format!(
+            "pod log directory {:?} is not absolute",
+            pod.log_directory
+        )));
+    }
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(ContainerError::Invalid(format!(
+            "container log path {:?} must be relative without `..`",
+            c.log_path
+        )));
+    }
+    Ok(Some(dir.join(rel)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_path_joins_and_refuses_escapes() {
+        let pod = PodSandboxConfig {
+            log_directory: "/var/log/pods/x".into(),
+            ..Default::default()
+        };
+        let mut c = ContainerConfig {
+            log_path: "app/0.log".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            log_path(&pod, &c).unwrap(),
+            Some(PathBuf::from("/var/log/pods/x/app/0.log"))
+        );
+        c.log_path = "../../etc/passwd".into();
+        assert!(log_path(&pod, &c).is_err());
+        c.log_path = "/abs.log".into();
+        assert!(log_path(&pod, &c).is_err());
+        c.log_path = String::new();
+        assert_eq!(log_path(&pod, &c).unwrap(), None);
+    }
+}

@@ -1,0 +1,287 @@
+//! Containers: the CRI container verbs (one file each), their records, the overlay rootfs and
+//! the cgroup reads and writes, on top of `crius-shim` (through `shim_client`).
+//!
+//! Layout: `<root>/containers/<id>/{upper,work}` (writable layer, survives reboot);
+//! `<state>/containers/<id>/` = the OCI bundle (`config.json`, `rootfs/` mount point) and
+//! `shim/` (shim config, control socket, exit file); `<state>/youki/` is libcontainer's root.
+//!
+//! Invariants: verbs on one container are serialised by its lock ([`Containers::lock`]);
+//! a record exists only for a container whose shim reported success; every create failure
+//! undoes what it did; stop and remove of an unknown container succeed.
+
+mod cgroupfs;
+mod create;
+mod exec_sync;
+mod list;
+mod pod;
+mod record;
+mod remove;
+mod reopen_log;
+mod rootfs;
+mod start;
+mod stats;
+mod status;
+mod stop;
+mod update;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crius_shim_api::{ExitStatus, ShimConfig};
+
+use crate::shim_client::{ShimClient, ShimError};
+use crate::spec::{HostFacts, PodFiles, PodNamespaces, SpecError};
+
+pub use pod::{PodHook, pod_info};
+pub use record::{Record, RecordError, State, Status};
+pub use stats::PodStatsInput;
+
+/// What a container needs from its pod, provided by the sandbox manager.
+#[derive(Debug, Clone)]
+pub struct PodInfo {
+    pub id: String,
+    pub config: cri_api::v1::PodSandboxConfig,
+    pub ready: bool,
+    pub namespaces: PodNamespaces,
+    pub files: PodFiles,
+    /// Absolute cgroup of the pod; containers live in `<cgroup_parent>/<id>`.
+    pub cgroup_parent: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("container {0} not found")]
+    NotFound(String),
+    #[error("pod sandbox {0} not found")]
+    PodNotFound(String),
+    #[error("pod sandbox {0} is not ready")]
+    PodNotReady(String),
+    #[error("image {0:?} not found")]
+    ImageNotFound(String),
+    #[error("container name {name:?} is already used by container {id}")]
+    AlreadyExists { name: String, id: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("container {id} is {state:?}: {action} needs {wanted}")]
+    WrongState {
+        id: String,
+        state: State,
+        action: &'static str,
+        wanted: &'static str,
+    },
+    #[error("exec in container {id} did not finish within {seconds}s; it was killed")]
+    ExecTimeout { id: String, seconds: i64 },
+    #[error("container {id}: shim: {source}")]
+    Shim {
+        id: String,
+        #[source]
+        source: ShimError,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("image store: {0}")]
+    Image(#[source] crius_image::StoreError),
+}
+
+impl ContainerError {
+    fn shim(id: &str) -> impl FnOnce(ShimError) -> ContainerError + '_ {
+        move |source| ContainerError::Shim {
+            id: id.into(),
+            source,
+        }
+    }
+}
+
+pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError {
+    let path = path.to_path_buf();
+    move |source| ContainerError::Io { what, path, source }
+}
+
+/// The container manager shared by the RPC handlers.
+pub struct Containers {
+    records: record::Records,
+    images: Arc<crius_image::ImageStore>,
+    shim: ShimClient,
+    host: HostFacts,
+    root: PathBuf,
+    state: PathBuf,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Names being created right now (`<pod>/<name>/<attempt>`), so concurrent creates of one
+    /// name fail fast instead of both doing the work.
+    creating: Mutex<HashMap<String, String>>,
+    /// Last cpu sample per cgroup `(timestamp ns, usage ns)`, for `usage_nano_cores`.
+    cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+}
+
+impl Containers {
+    pub fn new(
+        db: Arc<redb::Database>,
+        images: Arc<crius_image::ImageStore>,
+        root: &Path,
+        state: &Path,
+    ) -> Result<Containers, ContainerError> {
+        Ok(Containers {
+            records: record::Records::new(db)?,
+            images,
+            shim: ShimClient::locate(),
+            host: HostFacts::detect(),
+            root: root.to_path_buf(),
+            state: state.to_path_buf(),
+            locks: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashMap::new()),
+            cpu_samples: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Uses `shim` instead of the one next to the daemon binary (tests).
+    pub fn with_shim(mut self, shim: ShimClient) -> Self {
+        self.shim = shim;
+        self
+    }
+
+    /// The per-container lock; verbs that change a container hold it for their whole run.
+    pub(crate) fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(id.to_string()).or_default().clone()
+    }
+
+    fn forget_lock(&self, id: &str) {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    pub(crate) fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.state.join("containers").join(id)
+    }
+    pub(crate) fn rootfs_dir(&self, id: &str) -> PathBuf {
+        self.bundle_dir(id).join("rootfs")
+    }
+    pub(crate) fn shim_dir(&self, id: &str) -> PathBuf {
+        self.bundle_dir(id).join("shim")
+    }
+    pub(crate) fn layer_dir(&self, id: &str) -> PathBuf {
+        self.root.join("containers").join(id)
+    }
+    pub(crate) fn youki_root(&self) -> PathBuf {
+        self.state.join("youki")
+    }
+
+    pub(crate) fn shim_config(&self, r: &Record) -> ShimConfig {
+        ShimConfig {
+            version: crius_shim_api::PROTOCOL_VERSION,
+            id: r.id.clone(),
+            bundle: self.bundle_dir(&r.id),
+            youki_root: self.youki_root(),
+            shim_dir: self.shim_dir(&r.id),
+            log_path: r.log_path.clone(),
+            terminal: r.config.tty,
+            stdin: r.config.stdin,
+            cgroup_path: r.cgroup_path.clone(),
+        }
+    }
+
+    /// The record, with an exit the shim recorded folded in (the shim writes the exit file;
+    /// the daemon learns of it here).
+    pub(crate) fn refreshed(&self, id: &str) -> Result<Record, ContainerError> {
+        let r = self
+            .records
+            .get(id)?
+            .ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        self.fold_exit(r)
+    }
+
+    pub(crate) fn fold_exit(&self, r: Record) -> Result<Record, ContainerError> {
+        if !matches!(r.status.state, State::Running | State::Created) {
+            return Ok(r);
+        }
+        let path = self.shim_dir(&r.id).join(crius_shim_api::EXIT_FILE);
+        let exit = match ExitStatus::read(&path) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Ok(r),
+            Err(e) => {
+                tracing::warn!(id = %r.id, "{e}");
+                return Ok(r);
+            }
+        };
+        Ok(self.records.update::<ContainerError>(&r.id, |s| {
+            mark_exited(s, &exit);
+            Ok(())
+        })?)
+    }
+
+    /// Every record (exits folded in).
+    pub(crate) fn all(&self) -> Result<Vec<Record>, ContainerError> {
+        self.records
+            .list()?
+            .into_iter()
+            .map(|r| self.fold_exit(r))
+            .collect()
+    }
+
+    /// Ids of the containers of one pod (for StopPodSandbox/RemovePodSandbox).
+    pub fn ids_in_pod(&self, sandbox_id: &str) -> Result<Vec<String>, ContainerError> {
+        Ok(self
+            .records
+            .list()?
+            .into_iter()
+            .filter(|r| r.sandbox_id == sandbox_id)
+            .map(|r| r.id)
+            .collect())
+    }
+}
+
+/// CRI reasons: `OOMKilled` when the memory cgroup killed, `Completed` on 0, else `Error`.
+pub(crate) fn mark_exited(s: &mut Status, exit: &ExitStatus) {
+    s.state = State::Exited;
+    s.exit_code = exit.exit_code;
+    s.finished_at = exit.finished_at;
+    s.reason = if exit.oom_killed {
+        "OOMKilled"
+    } else if exit.exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    }
+    .into();
+}
+
+/// Nanoseconds since the epoch.
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// CRI ids: 64 lowercase hex characters from the kernel's random source.
+pub(crate) fn new_id() -> Result<String, ContainerError> {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(io_err("read", Path::new("/dev/urandom")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Resolves a full id or a unique prefix of one (crictl accepts prefixes).
+pub(crate) fn resolve_id(records: &[Record], query: &str) -> Option<String> {
+    if let Some(r) = records.iter().find(|r| r.id == query) {
+        return Some(r.id.clone());
+    }
+    let mut hits = records
+        .iter()
+        .filter(|r| !query.is_empty() && r.id.starts_with(query));
+    match (hits.next(), hits.next()) {
+        (Some(r), None) => Some(r.id.clone()),
+        _ => None,
+    }
+}

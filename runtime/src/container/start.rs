@@ -1,0 +1,48 @@
+//! StartContainer: asks the shim to let a CREATED container run, then records RUNNING.
+//!
+//! Invariant: only a CREATED container starts (FailedPrecondition otherwise); an exit that
+//! happens right after start is never hidden — the record is refreshed from the exit file after
+//! the update.
+
+use crius_shim_api::Request;
+
+use super::record::State;
+use super::{ContainerError, Containers, now_ns};
+
+impl Containers {
+    /// CRI: StartContainer.
+    pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let r = self.refreshed(id)?;
+        if r.status.state != State::Created {
+            return Err(ContainerError::WrongState {
+                id: id.into(),
+                state: r.status.state,
+                action: "start",
+                wanted: "a created container",
+            });
+        }
+        if let Err(e) = self.shim.request(&self.shim_dir(id), Request::Start).await {
+            let message = format!("start failed: {e}");
+            self.records.update::<ContainerError>(id, |s| {
+                s.message = message;
+                Ok(())
+            })?;
+            return Err(ContainerError::Shim {
+                id: id.into(),
+                source: e,
+            });
+        }
+        let started = now_ns();
+        let rec = self.records.update::<ContainerError>(id, |s| {
+            s.started_at = started;
+            if s.state == State::Created {
+                s.state = State::Running;
+            }
+            Ok(())
+        })?;
+        self.fold_exit(rec)?;
+        Ok(())
+    }
+}

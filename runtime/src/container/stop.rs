@@ -1,0 +1,153 @@
+//! StopContainer: the image's stop signal (or SIGTERM), up to `timeout` seconds, then SIGKILL to
+//! every process of the container.
+//!
+//! Invariants: stopping an unknown or exited container succeeds (CRI idempotence); the call
+//! returns only once the exit is recorded (or the shim is found gone, which records an exit).
+
+use std::time::{Duration, Instant};
+
+use crius_shim_api::Request;
+
+use super::record::{Record, State};
+use super::{ContainerError, Containers, mark_exited, now_ns};
+use crate::shim_client::ShimError;
+
+/// How long to wait for init to die after SIGKILL before giving up.
+const KILL_GRACE: Duration = Duration::from_secs(30);
+
+impl Containers {
+    /// CRI: StopContainer.
+    pub async fn stop(&self, id: &str, timeout_seconds: i64) -> Result<(), ContainerError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let r = match self.refreshed(id) {
+            Ok(r) => r,
+            Err(ContainerError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_locked(r, timeout_seconds).await
+    }
+
+    /// Stops a container whose lock the caller holds.
+    pub(crate) async fn stop_locked(&self, r: Record, timeout_seconds: i64) -> Result<(), ContainerError> {
+        if !matches!(r.status.state, State::Running | State::Created) {
+            return Ok(());
+        }
+        let id = r.id.as_str();
+        if timeout_seconds > 0 && r.status.state == State::Running {
+            let signal = stop_signal(r.stop_signal.as_deref());
+            if self.kill(&r, signal, false).await? {
+                return Ok(());
+            }
+            let deadline = Instant::now() + Duration::from_secs(timeout_seconds as u64);
+            if self.wait_exit(id, deadline).await? {
+                return Ok(());
+            }
+            tracing::info!(
+                id,
+                timeout_seconds,
+                "container ignored its stop signal; killing it"
+            );
+        }
+        if self.kill(&r, libc::SIGKILL, true).await? {
+            return Ok(());
+        }
+        if self.wait_exit(id, Instant::now() + KILL_GRACE).await? {
+            return Ok(());
+        }
+        Err(ContainerError::Shim {
+            id: id.into(),
+            source: ShimError::Timeout(KILL_GRACE),
+        })
+    }
+
+    /// Sends a signal through the shim. `Ok(true)`: the shim is gone, and an exit was recorded.
+    async fn kill(&self, r: &Record, signal: i32, all: bool) -> Result<bool, ContainerError> {
+        match self
+            .shim
+            .request(&self.shim_dir(&r.id), Request::Kill { signal, all })
+            .await
+        {
+            Ok(_) => Ok(false),
+            Err(ShimError::Unreachable { .. }) => {
+                // The shim died: kill what may be left ourselves and record an unknown end.
+                if r.status.pid > 0 {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(r.status.pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                if self.fold_exit(self.refreshed(&r.id)?)?.status.state == State::Exited {
+                    return Ok(true);
+                }
+                let now = now_ns();
+                self.records.update::<ContainerError>(&r.id, |s| {
+                    mark_exited(
+                        s,
+                        &crius_shim_api::ExitStatus {
+                            exit_code: 255,
+                            finished_at: now,
+                            oom_killed: false,
+                        },
+                    );
+                    s.message = "the container's shim is gone; exit status unknown".into();
+                    Ok(())
+                })?;
+                Ok(true)
+            }
+            Err(e) => Err(ContainerError::Shim {
+                id: r.id.clone(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Polls for the exit until `deadline`; true once the record says EXITED.
+    async fn wait_exit(&self, id: &str, deadline: Instant) -> Result<bool, ContainerError> {
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if self.refreshed(id)?.status.state == State::Exited {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The image's `StopSignal` (`SIGQUIT`, `QUIT`, `3`), else SIGTERM.
+pub fn stop_signal(name: Option<&str>) -> i32 {
+    let Some(name) = name.map(str::trim).filter(|n| !n.is_empty()) else {
+        return libc::SIGTERM;
+    };
+    if let Ok(n) = name.parse::<i32>() {
+        return n;
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .unwrap_or(libc::SIGTERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signal_names() {
+        assert_eq!(stop_signal(None), libc::SIGTERM);
+        assert_eq!(stop_signal(Some("SIGQUIT")), libc::SIGQUIT);
+        assert_eq!(stop_signal(Some("quit")), libc::SIGQUIT);
+        assert_eq!(stop_signal(Some("9")), 9);
+        assert_eq!(stop_signal(Some("SIGNOPE")), libc::SIGTERM);
+    }
+}
