@@ -72,6 +72,22 @@ impl World {
         })
     }
 
+    /// Stops and removes the pod (and so its containers), then drops everything else.
+    pub async fn teardown(mut self) -> Result<()> {
+        let id = self.pod.clone();
+        self.d
+            .runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await?;
+        self.d
+            .runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await?;
+        Ok(())
+    }
+
     pub fn pod_config(&self) -> PodSandboxConfig {
         let mut cfg = pods::pod_config("ctr-pod", &format!("uid-ctr-{}", self.net.n));
         cfg.log_directory = self.log_dir.to_string_lossy().into_owned();

@@ -134,6 +134,7 @@ async fn every_state_stops_and_removes_cleanly() {
     let unknown = "0".repeat(64);
     w.stop(&unknown, 0).await.unwrap();
     w.remove(&unknown).await.unwrap();
+    w.teardown().await.unwrap();
 }
 
 #[tokio::test]
@@ -151,6 +152,7 @@ async fn sigkill_from_outside_shows_exit_137() {
     assert_eq!((s.exit_code, s.reason.as_str()), (137, "Error"));
     w.remove(&id).await.unwrap();
     assert_nothing_left(&mut w, &id).await;
+    w.teardown().await.unwrap();
 }
 
 #[tokio::test]
