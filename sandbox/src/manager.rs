@@ -133,7 +133,13 @@ impl SandboxManager {
 
     /// Resolves a full id or a unique prefix of one to a full id; None when nothing matches.
     pub(crate) fn resolve(&self, id_or_prefix: &str) -> Result<Option<String>, SandboxError> {
-        cri_api::validate::object_id("pod sandbox id", id_or_prefix).map_err(InvalidRequest::from)?;
+        match cri_api::validate::object_id("pod sandbox id", id_or_prefix) {
+            Ok(()) => {}
+            // CRI: ids are opaque to clients (critest probes with UUIDs); one crius could never
+            // have issued matches nothing, so Stop/Remove stay idempotent and Status says NotFound.
+            Err(cri_api::validate::InvalidInput::BadId { .. }) => return Ok(None),
+            Err(e) => return Err(InvalidRequest::from(e).into()),
+        }
         let ids = store::ids_with_prefix(&self.db, id_or_prefix, 2)?;
         match ids.as_slice() {
             [] => Ok(None),

@@ -125,6 +125,10 @@ impl RuntimeService for Runtime {
 
     async fn stop_container(&self, req: Request<StopContainerRequest>) -> Rpc<StopContainerResponse> {
         let req = req.into_inner();
+        // CRI: stopping something that does not exist succeeds, whatever its id looks like.
+        if is_foreign_id(&req.container_id) {
+            return Ok(Response::new(StopContainerResponse {}));
+        }
         let id = container_id(req.container_id)?;
         let c = self.0.containers.clone();
         detached(async move { c.stop(&id, req.timeout).await }).await?;
@@ -132,7 +136,12 @@ impl RuntimeService for Runtime {
     }
 
     async fn remove_container(&self, req: Request<RemoveContainerRequest>) -> Rpc<RemoveContainerResponse> {
-        let id = container_id(req.into_inner().container_id)?;
+        let id = req.into_inner().container_id;
+        // CRI: removing something that does not exist succeeds, whatever its id looks like.
+        if is_foreign_id(&id) {
+            return Ok(Response::new(RemoveContainerResponse {}));
+        }
+        let id = container_id(id)?;
         let c = self.0.containers.clone();
         detached(async move { c.remove(&id).await }).await?;
         Ok(Response::new(RemoveContainerResponse {}))
@@ -322,10 +331,19 @@ impl Runtime {
     }
 }
 
-/// A container id (or unique prefix) from the wire.
+/// A container id (or unique prefix) from the wire. An id crius could never have issued names
+/// no container: NotFound; an empty one is InvalidArgument.
 fn container_id(id: String) -> Result<String, Status> {
+    if is_foreign_id(&id) {
+        return Err(Status::not_found(format!("container {id:?} not found")));
+    }
     cri_api::validate::object_id("container id", &id).map_err(error::invalid)?;
     Ok(id)
+}
+
+/// A non-empty id that is not one crius issues (critest probes with UUIDs).
+fn is_foreign_id(id: &str) -> bool {
+    matches!(cri_api::validate::object_id("id", id), Err(cri_api::validate::InvalidInput::BadId { .. }))
 }
 
 /// Runs a mutating container verb in its own task, so a client that goes away mid-call never
