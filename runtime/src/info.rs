@@ -89,9 +89,26 @@ pub fn status(config: &Config, runtime_ready: bool, verbose: bool) -> v1::Status
         // CRI: critest's default runtime handler is "", so the default handler is listed by that name.
         runtime_handlers: vec![v1::RuntimeHandler {
             name: String::new(),
-            features: Some(v1::RuntimeHandlerFeatures::default()),
+            features: Some(handler_features()),
         }],
-        features: Some(v1::RuntimeFeatures::default()),
+        features: Some(v1::RuntimeFeatures {
+            // Merge and Strict are computed from the image's /etc/group (spec::process::user) and
+            // ContainerStatus reports the effective ids.
+            supplemental_groups_policy: true,
+        }),
+    }
+}
+
+/// What the default handler can do. Only what works is advertised:
+/// - recursive read-only mounts: libcontainer applies the `rro` option with
+///   `mount_setattr(AT_RECURSIVE)`, and the spec builder refuses RRO unless read-only + private.
+/// - user namespaces: not supported. The pod's pinned namespaces are created in the host user
+///   namespace, so a pod user namespace would not own them, and the overlay rootfs would need
+///   an id-mapped mount; crius does neither yet (see issue "security context").
+pub fn handler_features() -> v1::RuntimeHandlerFeatures {
+    v1::RuntimeHandlerFeatures {
+        recursive_read_only_mounts: true,
+        user_namespaces: false,
     }
 }
 
@@ -176,6 +193,16 @@ mod tests {
 
         std::fs::write(bin.path().join("bridge"), "").unwrap();
         assert!(network_ready(&c).is_ok());
+    }
+
+    #[test]
+    fn default_handler_advertises_rro_and_groups_policy_only() {
+        let s = status(&Config::default(), true, false);
+        assert_eq!(s.runtime_handlers.len(), 1);
+        assert_eq!(s.runtime_handlers[0].name, "");
+        let f = s.runtime_handlers[0].features.unwrap();
+        assert!(f.recursive_read_only_mounts && !f.user_namespaces);
+        assert!(s.features.unwrap().supplemental_groups_policy);
     }
 
     #[test]

@@ -108,6 +108,7 @@ impl Containers {
         rootfs::mount(&lowers, &self.layer_dir(&id), &rootfs_dir)?;
         undo.mounted = true;
 
+        let target_pid = self.target_pid_namespace(&config)?;
         let users = UserDb::load(&rootfs_dir);
         let cgroup_path = format!("{}/{id}", pod.cgroup_parent.trim_end_matches('/'));
         let sandbox_config = sandbox_config.unwrap_or_else(|| pod.config.clone());
@@ -122,7 +123,7 @@ impl Containers {
             users: &users,
             pod_files: &pod.files,
             namespaces: &pod.namespaces,
-            target_pid: None,
+            target_pid: target_pid.as_deref(),
             cgroups_path: &cgroup_path,
             host: &self.host,
         })?;
@@ -187,6 +188,40 @@ impl Containers {
             Err(RecordError::NameTaken { name, id }) => Err(ContainerError::AlreadyExists { name, id }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// CRI: PID namespace mode TARGET joins the PID namespace of `target_id`, which must be a
+    /// running container (its init pid names the namespace).
+    fn target_pid_namespace(&self, config: &ContainerConfig) -> Result<Option<PathBuf>, ContainerError> {
+        let Some(ns) = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .filter(|n| n.pid == cri_api::v1::NamespaceMode::Target as i32)
+        else {
+            return Ok(None);
+        };
+        if ns.target_id.is_empty() {
+            return Err(ContainerError::Invalid(
+                "PID namespace mode TARGET needs a target_id".into(),
+            ));
+        }
+        let target = self.refreshed(&ns.target_id).map_err(|e| match e {
+            ContainerError::NotFound(id) => {
+                ContainerError::Invalid(format!("PID namespace target container {id} does not exist"))
+            }
+            e => e,
+        })?;
+        if target.status.state != State::Running || target.status.pid <= 0 {
+            return Err(ContainerError::WrongState {
+                id: target.id,
+                state: target.status.state,
+                action: "sharing its PID namespace",
+                wanted: "a running container",
+            });
+        }
+        Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", target.status.pid))))
     }
 
     /// Undoes a failed create, newest step first. Best effort: every step is tried.

@@ -88,6 +88,7 @@ pub fn container(e: crate::container::ContainerError) -> Status {
     match e {
         E::NotFound(_) | E::PodNotFound(_) | E::ImageNotFound(_) => Status::not_found(msg),
         E::AlreadyExists { .. } => Status::already_exists(msg),
+        E::Spec(crate::spec::SpecError::Unsupported(_)) => Status::failed_precondition(msg),
         E::Invalid(_) | E::Spec(_) => Status::invalid_argument(msg),
         E::PodNotReady(_) | E::WrongState { .. } => Status::failed_precondition(msg),
         E::ExecTimeout { .. } => Status::deadline_exceeded(msg),

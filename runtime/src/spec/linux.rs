@@ -26,6 +26,11 @@ pub struct HostFacts {
     /// The lowest oom_score_adj the shim may set: without CAP_SYS_RESOURCE the kernel refuses
     /// values below the daemon's own.
     pub oom_score_adj_floor: i32,
+    /// The daemon's capability bounding set (bit n = capability n). A container can hold no
+    /// capability outside it: privileged and `ALL` mean exactly this set (as containerd does).
+    pub capabilities: u64,
+    /// AppArmor is enabled in the kernel (`/sys/module/apparmor/parameters/enabled` is `Y`).
+    pub apparmor: bool,
 }
 
 impl HostFacts {
@@ -42,19 +47,26 @@ impl HostFacts {
             swap_accounting: root.join("memory/memory.memsw.limit_in_bytes").exists(),
             cgroup_v2,
             oom_score_adj_floor: oom_floor(),
+            capabilities: own_caps("CapBnd:"),
+            apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+                .is_ok_and(|v| v.trim() == "Y"),
         }
     }
 }
 
+/// One capability set of the daemon from `/proc/self/status` (`CapBnd:`, `CapEff:`, ...).
+fn own_caps(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
 fn oom_floor() -> i32 {
     const CAP_SYS_RESOURCE: u32 = 24;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    if cap_eff & (1 << CAP_SYS_RESOURCE) != 0 {
+    if own_caps("CapEff:") & (1 << CAP_SYS_RESOURCE) != 0 {
         return -1000;
     }
     std::fs::read_to_string("/proc/self/oom_score_adj")
@@ -252,6 +264,8 @@ mod tests {
             swap_accounting: false,
             cgroup_v2: false,
             oom_score_adj_floor: 0,
+            capabilities: u64::MAX,
+            apparmor: false,
         }
     }
 

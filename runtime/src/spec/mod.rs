@@ -6,6 +6,7 @@
 //! a non-empty `process.args` and a `PATH` in `process.env`; `noNewPrivileges` is absent unless
 //! true; a refused request is a [`SpecError`], never a partial spec.
 
+mod apparmor;
 mod linux;
 mod mounts;
 mod process;
@@ -27,6 +28,11 @@ pub enum SpecError {
     /// The request asks for something invalid or contradictory (InvalidArgument).
     #[error("{0}")]
     Invalid(String),
+    /// The request is valid but this host cannot do it: AppArmor profile without AppArmor, a
+    /// capability the runtime does not hold, propagation from a source that is not shared
+    /// (FailedPrecondition).
+    #[error("{0}")]
+    Unsupported(String),
     /// A host path the request names does not exist or cannot be read (InvalidArgument).
     #[error("host path {path}: {source}")]
     MountSource {
@@ -90,6 +96,9 @@ pub struct SpecInput<'a> {
     pub host: &'a HostFacts,
 }
 
+// CRI: the deprecated `apparmor_profile`/`seccomp_profile_path` strings are still honoured when
+// the typed profiles are absent (older kubelets send only them).
+#[allow(deprecated)]
 pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let cfg = input.config;
     let sc = cfg.linux.as_ref().and_then(|l| l.security_context.as_ref());
@@ -116,10 +125,16 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let hostname =
         (!host_network && !input.sandbox.hostname.is_empty()).then_some(input.sandbox.hostname.as_str());
 
-    let mut proc = process::process(cfg, input.image, input.users, hostname)?;
+    let mut proc = process::process(cfg, input.image, input.users, hostname, input.host.capabilities)?;
     if let Some(adj) = proc.oom_score_adj() {
         proc.set_oom_score_adj(Some(adj.max(input.host.oom_score_adj_floor)));
     }
+    proc.set_apparmor_profile(apparmor::select(
+        sc.and_then(|s| s.apparmor.as_ref()),
+        sc.map(|s| s.apparmor_profile.as_str()).unwrap_or_default(),
+        privileged,
+        input.host.apparmor,
+    )?);
     let caps: Vec<_> = proc
         .capabilities()
         .as_ref()
@@ -136,8 +151,15 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         mounts::defaults(privileged),
         mounts::pod_files(input.pod_files, readonly_rootfs),
     );
-    let all_mounts = mounts::merge(base, mounts::cri_mounts(&cfg.mounts)?);
-    let (devices, device_rules) = mounts::devices(&cfg.devices)?;
+    let mut mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let all_mounts = mounts::merge(base, mounts::cri_mounts(&cfg.mounts, &mut mountinfo)?);
+    let (mut devices, device_rules) = mounts::devices(&cfg.devices)?;
+    if privileged {
+        // A privileged container sees the host's devices; a CRI device at the same path wins.
+        let mut host = mounts::host_devices(Path::new("/dev"));
+        host.retain(|h| !devices.iter().any(|d| d.path() == h.path()));
+        devices.extend(host);
+    }
 
     let resources = cfg.linux.as_ref().and_then(|l| l.resources.as_ref());
     let (masked, readonly) = linux::masked_and_readonly(sc);
@@ -155,6 +177,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .set_readonly_paths(Some(readonly))
         .set_seccomp(seccomp::select(
             sc.and_then(|s| s.seccomp.as_ref()),
+            sc.map(|s| s.seccomp_profile_path.as_str()).unwrap_or_default(),
             privileged,
             &caps,
         )?)

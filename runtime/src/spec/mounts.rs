@@ -103,21 +103,113 @@ pub fn container_path(p: &str) -> Result<PathBuf, SpecError> {
     Ok(path.to_path_buf())
 }
 
-/// What the propagation of the CRI mounts asks of the rootfs: `rshared` if any mount is
-/// bidirectional, `rslave` if any is host-to-container, else nothing.
+/// What the propagation of the CRI mounts asks of the rootfs (containerd's rule): shared if
+/// any mount is bidirectional, slave if any is host-to-container, else nothing (libcontainer's
+/// default, slave). Spelled `shared`/`slave`: libcontainer 0.7 knows no `r` forms here and
+/// always applies them recursively.
+///
+/// libcontainer 0.7 ignores propagation options on bind mounts (it clones the source with
+/// open_tree), so a bind mount inherits the propagation its source has in the container's
+/// mount namespace after the rootfs propagation was applied to every mount there: this rootfs
+/// propagation is what makes a mount of a shared host source rslave or rshared.
 pub fn rootfs_propagation(mounts: &[CriMount]) -> Option<&'static str> {
     let has = |p: MountPropagation| mounts.iter().any(|m| m.propagation == p as i32);
     if has(MountPropagation::PropagationBidirectional) {
-        Some("rshared")
+        Some("shared")
     } else if has(MountPropagation::PropagationHostToContainer) {
-        Some("rslave")
+        Some("slave")
     } else {
         None
     }
 }
 
-/// CRI mounts as OCI bind mounts, host symlinks resolved, parents first.
-pub fn cri_mounts(mounts: &[CriMount]) -> Result<Vec<Mount>, SpecError> {
+/// The propagation of the host mount holding `path`, from mountinfo text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourcePropagation {
+    pub shared: bool,
+    pub slave: bool,
+}
+
+/// Finds the mount `path` (canonical) lives on in `/proc/self/mountinfo` text: the last listed
+/// mount whose mount point is the longest prefix of `path`.
+pub fn source_propagation(mountinfo: &str, path: &Path) -> Option<SourcePropagation> {
+    let mut best: Option<(usize, SourcePropagation)> = None;
+    for line in mountinfo.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 7 {
+            continue;
+        }
+        let point = unescape(f[4]);
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let opt = f[6..].iter().take_while(|x| **x != "-");
+        let mut prop = SourcePropagation {
+            shared: false,
+            slave: false,
+        };
+        for o in opt {
+            prop.shared |= o.starts_with("shared:");
+            prop.slave |= o.starts_with("master:");
+        }
+        let len = point.components().count();
+        if best.is_none_or(|(l, _)| len >= l) {
+            best = Some((len, prop));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+        out,
+    ))
+}
+
+/// CRI (containerd's checks): a bidirectional mount needs a shared host source, a
+/// host-to-container one a shared or slave source; otherwise nothing would propagate.
+fn check_source(host: &Path, propagation: MountPropagation, mountinfo: &str) -> Result<(), SpecError> {
+    let prop = source_propagation(mountinfo, host);
+    let ok = match propagation {
+        MountPropagation::PropagationPrivate => true,
+        MountPropagation::PropagationBidirectional => prop.is_some_and(|p| p.shared),
+        MountPropagation::PropagationHostToContainer => prop.is_some_and(|p| p.shared || p.slave),
+    };
+    if ok {
+        return Ok(());
+    }
+    let wanted = if propagation == MountPropagation::PropagationBidirectional {
+        "shared"
+    } else {
+        "shared or slave"
+    };
+    Err(SpecError::Unsupported(format!(
+        "mount propagation {} needs the host mount holding {} to be {wanted}",
+        propagation.as_str_name(),
+        host.display()
+    )))
+}
+
+/// CRI mounts as OCI bind mounts, host symlinks resolved, parents first. `mountinfo` is read
+/// (once) only when a mount asks for non-private propagation.
+pub fn cri_mounts(
+    mounts: &[CriMount],
+    mountinfo: &mut dyn FnMut() -> String,
+) -> Result<Vec<Mount>, SpecError> {
+    let mut info: Option<String> = None;
     let mut out = Vec::new();
     for m in mounts {
         let dest = container_path(&m.container_path)?;
@@ -131,17 +223,24 @@ pub fn cri_mounts(mounts: &[CriMount]) -> Result<Vec<Mount>, SpecError> {
             path: m.host_path.clone().into(),
             source,
         })?;
-        let propagation = match MountPropagation::try_from(m.propagation) {
-            Ok(MountPropagation::PropagationHostToContainer) => "rslave",
-            Ok(MountPropagation::PropagationBidirectional) => "rshared",
-            Ok(MountPropagation::PropagationPrivate) => "rprivate",
-            Err(_) => {
-                return Err(SpecError::Invalid(format!(
-                    "unknown mount propagation {}",
-                    m.propagation
-                )));
-            }
+        let kind = MountPropagation::try_from(m.propagation)
+            .map_err(|_| SpecError::Invalid(format!("unknown mount propagation {}", m.propagation)))?;
+        let propagation = match kind {
+            MountPropagation::PropagationHostToContainer => "rslave",
+            MountPropagation::PropagationBidirectional => "rshared",
+            MountPropagation::PropagationPrivate => "rprivate",
         };
+        if m.recursive_read_only && (!m.readonly || kind != MountPropagation::PropagationPrivate) {
+            // CRI: recursive read-only needs readonly and private propagation.
+            return Err(SpecError::Invalid(format!(
+                "recursive read-only mount {} must be read-only with private propagation",
+                dest.display()
+            )));
+        }
+        if kind != MountPropagation::PropagationPrivate {
+            let text = info.get_or_insert_with(&mut *mountinfo);
+            check_source(&host, kind, text)?;
+        }
         let mut om = bind(&dest.to_string_lossy(), &host, m.readonly, propagation);
         if m.recursive_read_only {
             if !m.readonly || propagation != "rprivate" {
@@ -167,6 +266,59 @@ pub fn merge(base: Vec<Mount>, extra: Vec<Mount>) -> Vec<Mount> {
         .filter(|b| !extra.iter().any(|e| e.destination() == b.destination()))
         .collect();
     out.extend(extra);
+    out
+}
+
+/// Every device node under the host's `/dev` (what a privileged container sees, as in
+/// containerd): directories of other mounts (`pts`, `shm`, `mqueue`, `fd`) and `console` are
+/// skipped; unreadable entries are skipped, not fatal.
+pub fn host_devices(dev: &Path) -> Vec<LinuxDevice> {
+    const SKIP_DIRS: &[&str] = &["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+    let mut out = Vec::new();
+    let mut stack = vec![dev.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let name = e.file_name();
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                if !SKIP_DIRS.iter().any(|s| name == *s) {
+                    stack.push(path);
+                }
+                continue;
+            }
+            if name == "console" {
+                continue;
+            }
+            let typ = if ft.is_char_device() {
+                LinuxDeviceType::C
+            } else if ft.is_block_device() {
+                LinuxDeviceType::B
+            } else {
+                continue;
+            };
+            let Ok(rel) = path.strip_prefix(dev) else {
+                continue;
+            };
+            let rdev = meta.rdev();
+            let mut n = LinuxDevice::default();
+            n.set_path(Path::new("/dev").join(rel))
+                .set_typ(typ)
+                .set_major(libc::major(rdev) as i64)
+                .set_minor(libc::minor(rdev) as i64)
+                .set_file_mode(Some(meta.mode() & 0o7777))
+                .set_uid(Some(meta.uid()))
+                .set_gid(Some(meta.gid()));
+            out.push(n);
+        }
+    }
+    out.sort_by(|a, b| a.path().cmp(b.path()));
     out
 }
 
@@ -238,7 +390,7 @@ mod tests {
             readonly: true,
             ..Default::default()
         };
-        let out = cri_mounts(&[m.clone()]).unwrap();
+        let out = cri_mounts(&[m.clone()], &mut String::new).unwrap();
         assert_eq!(out[0].source().as_deref(), Some(real.as_path()));
         assert_eq!(
             out[0].options().as_deref(),
@@ -249,7 +401,7 @@ mod tests {
             ..m
         };
         assert!(matches!(
-            cri_mounts(&[missing]),
+            cri_mounts(&[missing], &mut String::new),
             Err(SpecError::MountSource { .. })
         ));
     }
@@ -282,7 +434,11 @@ mod tests {
             hosts: Some("/pod/hosts".into()),
             ..Default::default()
         };
-        let merged = merge(pod_files(&pod, false), cri_mounts(&ms).unwrap());
+        let info = format!("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n2 1 0:5 / {p} rw master:3 - tmpfs t rw\n");
+        let merged = merge(
+            pod_files(&pod, false),
+            cri_mounts(&ms, &mut || info.clone()).unwrap(),
+        );
         let hosts: Vec<_> = merged
             .iter()
             .filter(|m| m.destination() == Path::new("/etc/hosts"))
@@ -292,7 +448,74 @@ mod tests {
         let dests: Vec<_> = merged.iter().map(|m| m.destination().clone()).collect();
         let pos = |d: &str| dests.iter().position(|x| x == Path::new(d)).unwrap();
         assert!(pos("/etc/hosts") < pos("/a/b/c"));
-        assert_eq!(rootfs_propagation(&ms), Some("rslave"));
+        assert_eq!(rootfs_propagation(&ms), Some("slave"));
+    }
+
+    #[test]
+    fn propagation_needs_a_shared_or_slave_source_and_rro_needs_private_readonly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().to_string_lossy().to_string();
+        let m = |prop: MountPropagation, readonly: bool, rro: bool| CriMount {
+            container_path: "/data".into(),
+            host_path: p.clone(),
+            propagation: prop as i32,
+            readonly,
+            recursive_read_only: rro,
+            ..Default::default()
+        };
+        let private = "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n".to_string();
+        let shared = format!("{private}7 1 0:9 / {p} rw shared:12 - tmpfs t rw\n");
+        let bidi = m(MountPropagation::PropagationBidirectional, false, false);
+        let h2c = m(MountPropagation::PropagationHostToContainer, false, false);
+        for one in [&bidi, &h2c] {
+            assert!(matches!(
+                cri_mounts(std::slice::from_ref(one), &mut || private.clone()),
+                Err(SpecError::Unsupported(_))
+            ));
+            let ok = cri_mounts(std::slice::from_ref(one), &mut || shared.clone()).unwrap();
+            assert_eq!(ok.len(), 1);
+        }
+        assert_eq!(rootfs_propagation(&[h2c.clone(), bidi]), Some("shared"));
+        assert_eq!(
+            rootfs_propagation(&[m(MountPropagation::PropagationPrivate, false, false)]),
+            None
+        );
+
+        let rro = cri_mounts(
+            &[m(MountPropagation::PropagationPrivate, true, true)],
+            &mut || unreachable!("private mounts need no mountinfo"),
+        )
+        .unwrap();
+        assert!(rro[0].options().as_ref().unwrap().contains(&"rro".to_string()));
+        for bad in [
+            m(MountPropagation::PropagationPrivate, false, true),
+            m(MountPropagation::PropagationHostToContainer, true, true),
+        ] {
+            assert!(matches!(
+                cri_mounts(&[bad], &mut || shared.clone()),
+                Err(SpecError::Invalid(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn mountinfo_escapes_and_longest_prefix() {
+        let info = "1 0 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n\
+                    2 1 0:5 / /mnt/my\\040dir rw - tmpfs t rw\n";
+        let at = |p: &str| source_propagation(info, Path::new(p)).unwrap();
+        assert!(at("/var/lib").shared);
+        assert!(!at("/mnt/my dir/x").shared, "the private submount wins");
+    }
+
+    #[test]
+    fn host_devices_lists_nodes_with_numbers() {
+        let devs = host_devices(Path::new("/dev"));
+        let null = devs.iter().find(|d| d.path() == Path::new("/dev/null")).unwrap();
+        assert_eq!(
+            (null.major(), null.minor(), null.typ()),
+            (1, 3, LinuxDeviceType::C)
+        );
+        assert!(devs.iter().all(|d| !d.path().starts_with("/dev/pts")));
     }
 
     #[test]

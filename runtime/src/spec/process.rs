@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 
-use cri_api::v1::{ContainerConfig, LinuxContainerSecurityContext};
+use cri_api::v1::{ContainerConfig, LinuxContainerSecurityContext, SupplementalGroupsPolicy};
 use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, Process, User};
 
 use super::user::UserDb;
@@ -129,6 +129,11 @@ pub fn environment(cfg: &ContainerConfig, image: &ImageProcess, hostname: Option
 }
 
 /// The user: CRI `run_as_user`/`run_as_username` (+ `run_as_group`), else the image's `User`.
+///
+/// Groups as containerd computes them: the primary gid first, then (policy Merge, the
+/// default) the groups the image's `/etc/group` lists the user in, then the request's
+/// `supplemental_groups`; policy Strict leaves out the image's groups. The list always holds
+/// the primary gid, so it is also the effective group list ContainerStatus reports.
 pub fn user(
     sc: Option<&LinuxContainerSecurityContext>,
     image_user: &str,
@@ -143,6 +148,16 @@ pub fn user(
             "run_as_group is set without run_as_user or run_as_username".into(),
         ));
     }
+    let policy = sc.map(|s| s.supplemental_groups_policy).unwrap_or_default();
+    let merge = match SupplementalGroupsPolicy::try_from(policy) {
+        Ok(SupplementalGroupsPolicy::Merge) => true,
+        Ok(SupplementalGroupsPolicy::Strict) => false,
+        Err(_) => {
+            return Err(SpecError::Invalid(format!(
+                "unknown supplemental groups policy {policy}"
+            )));
+        }
+    };
     let (uid, name, mut gid) = if let Some(uid) = run_as_user {
         let uid = id32(uid, "run_as_user")?;
         let entry = db.user_by_uid(uid);
@@ -159,20 +174,17 @@ pub fn user(
         gid = Some(id32(g, "run_as_group")?);
     }
     let gid = gid.unwrap_or(0);
-    let mut extra: Vec<u32> = Vec::new();
-    if let Some(n) = &name {
-        extra.extend(db.member_gids(n));
+    let mut groups: Vec<u32> = vec![gid];
+    if let (true, Some(n)) = (merge, &name) {
+        groups.extend(db.member_gids(n));
     }
     for g in sc.map(|s| s.supplemental_groups.as_slice()).unwrap_or_default() {
-        extra.push(id32(*g, "supplemental_groups")?);
+        groups.push(id32(*g, "supplemental_groups")?);
     }
     let mut seen = HashSet::new();
-    extra.retain(|g| *g != gid && seen.insert(*g));
+    groups.retain(|g| seen.insert(*g));
     let mut u = User::default();
-    u.set_uid(uid).set_gid(gid);
-    if !extra.is_empty() {
-        u.set_additional_gids(Some(extra));
-    }
+    u.set_uid(uid).set_gid(gid).set_additional_gids(Some(groups));
     Ok(u)
 }
 
@@ -218,22 +230,53 @@ fn parse_cap(name: &str) -> Result<Capability, SpecError> {
     Capability::from_str(n).map_err(|_| SpecError::Invalid(format!("unknown capability {name:?}")))
 }
 
+/// The capabilities in the bounding set `available` (bit n = capability n, as in
+/// `/proc/self/status`), in kernel order.
+pub fn available_caps(available: u64) -> Capabilities {
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| available & (1u64 << bit) != 0)
+        .filter_map(|(_, name)| parse_cap(name).ok())
+        .collect()
+}
+
 /// Default set (or all, when privileged) plus CRI adds, minus CRI drops; `ALL` works in both.
-pub fn capabilities(sc: Option<&LinuxContainerSecurityContext>) -> Result<LinuxCapabilities, SpecError> {
+/// "All" is every capability the runtime itself holds (`available`): the kernel refuses to
+/// grant more. The default set is cut to `available` too; an explicit add of a capability
+/// outside it is refused ([`SpecError::Unsupported`]).
+pub fn capabilities(
+    sc: Option<&LinuxContainerSecurityContext>,
+    available: u64,
+) -> Result<LinuxCapabilities, SpecError> {
+    let all = available_caps(available);
     let privileged = sc.is_some_and(|s| s.privileged);
-    let base = if privileged { ALL_CAPS } else { DEFAULT_CAPS };
-    let mut caps: Capabilities = base.iter().map(|c| parse_cap(c)).collect::<Result<_, _>>()?;
+    let mut caps: Capabilities = if privileged {
+        all.clone()
+    } else {
+        let defaults: Capabilities = DEFAULT_CAPS
+            .iter()
+            .map(|c| parse_cap(c))
+            .collect::<Result<_, _>>()?;
+        defaults.intersection(&all).copied().collect()
+    };
     if let Some(c) = sc.and_then(|s| s.capabilities.as_ref()) {
         let is_all = |v: &[String]| v.iter().any(|x| x.eq_ignore_ascii_case("ALL"));
         if is_all(&c.add_capabilities) {
-            caps = ALL_CAPS.iter().map(|c| parse_cap(c)).collect::<Result<_, _>>()?;
+            caps = all.clone();
         }
         for a in c
             .add_capabilities
             .iter()
             .filter(|a| !a.eq_ignore_ascii_case("ALL"))
         {
-            caps.insert(parse_cap(a)?);
+            let cap = parse_cap(a)?;
+            if !all.contains(&cap) {
+                return Err(SpecError::Unsupported(format!(
+                    "capability {a:?} is not in the runtime's own bounding set, so no container can hold it"
+                )));
+            }
+            caps.insert(cap);
         }
         if is_all(&c.drop_capabilities) {
             caps.clear();
@@ -260,6 +303,7 @@ pub fn process(
     image: &ImageProcess,
     db: &UserDb,
     hostname: Option<&str>,
+    available_caps: u64,
 ) -> Result<Process, SpecError> {
     let sc = cfg.linux.as_ref().and_then(|l| l.security_context.as_ref());
     let cwd = [cfg.working_dir.as_str(), image.working_dir.as_str()]
@@ -277,7 +321,7 @@ pub fn process(
         .set_env(Some(environment(cfg, image, hostname)))
         .set_cwd(cwd.into())
         .set_user(user(sc, &image.user, db)?)
-        .set_capabilities(Some(capabilities(sc)?))
+        .set_capabilities(Some(capabilities(sc, available_caps)?))
         .set_rlimits(None)
         .set_no_new_privileges(sc.filter(|s| s.no_new_privs).map(|_| true))
         .set_oom_score_adj(

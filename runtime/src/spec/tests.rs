@@ -32,6 +32,9 @@ fn host() -> HostFacts {
         swap_accounting: false,
         cgroup_v2: false,
         oom_score_adj_floor: 0,
+        // CAP_SYS_RESOURCE (24) missing, as on hosts where the runtime itself runs confined.
+        capabilities: ((1u64 << 41) - 1) & !(1 << 24),
+        apparmor: false,
     }
 }
 
@@ -110,8 +113,8 @@ fn image_defaults_shape_the_process() {
     assert_eq!((p.user().uid(), p.user().gid()), (33, 33));
     assert_eq!(
         p.user().additional_gids().as_deref(),
-        Some(&[70][..]),
-        "groups from /etc/group"
+        Some(&[33, 70][..]),
+        "primary group, then groups from /etc/group"
     );
     assert_eq!(p.oom_score_adj(), Some(0), "clamped to the host's floor");
     assert_eq!(spec.hostname().as_deref(), Some("web-0"));
@@ -175,7 +178,7 @@ fn run_as_user_overrides_the_image_and_group_needs_a_user() {
     let spec = build_with(&ctr(Some(sc)), &sandbox()).unwrap();
     let p = spec.process().as_ref().unwrap();
     assert_eq!((p.user().uid(), p.user().gid()), (1234, 5678));
-    assert_eq!(p.user().additional_gids().as_deref(), Some(&[9, 10][..]));
+    assert_eq!(p.user().additional_gids().as_deref(), Some(&[5678, 9, 10][..]));
     assert_eq!(p.no_new_privileges(), Some(true));
 
     let bad = LinuxContainerSecurityContext {
