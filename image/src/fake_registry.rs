@@ -127,6 +127,20 @@ pub struct TestImage {
 impl TestImage {
     pub fn new(file: &str, contents: &[u8], user: &str) -> TestImage {
         use std::io::Write;
+        let (tar, diff_id) = Self::tar(file, contents);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let layer = gz.finish().unwrap();
+        TestImage::from_parts(layer, diff_id, user)
+    }
+
+    /// An uncompressed layer: its blob digest is its diff ID and its chain ID.
+    pub fn uncompressed(file: &str, contents: &[u8]) -> TestImage {
+        let (tar, diff_id) = Self::tar(file, contents);
+        TestImage::from_parts(tar, diff_id, "")
+    }
+
+    fn tar(file: &str, contents: &[u8]) -> (Vec<u8>, String) {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_size(contents.len() as u64);
@@ -135,10 +149,7 @@ impl TestImage {
         b.append_data(&mut h, file, contents).unwrap();
         let tar = b.into_inner().unwrap();
         let diff_id = crate::content::sha256_digest(&tar);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&tar).unwrap();
-        let layer = gz.finish().unwrap();
-        TestImage::from_parts(layer, diff_id, user)
+        (tar, diff_id)
     }
 
     pub fn from_parts(layer: Vec<u8>, diff_id: String, user: &str) -> TestImage {

@@ -1,6 +1,6 @@
 //! Pulling an image: resolve the reference through its mirrors, fetch manifest, config and layers
-//! (several layers at once, each streamed to the content store), unpack each layer once per chain
-//! ID, then record the image under the name that was asked for.
+//! (several layers at once, each streamed to the content store and unpacked while it downloads,
+//! once per chain ID), then record the image under the name that was asked for.
 //!
 //! Invariants: a blob is fetched and a layer unpacked by one pull at a time (keyed locks), so two
 //! concurrent pulls of one image download it once. Everything a pull uses is protected from GC
@@ -21,6 +21,8 @@ use crate::unpack::{LayerError, chain_ids};
 
 /// How many layers of one image are fetched and unpacked at once.
 pub const PARALLEL_LAYERS: usize = 3;
+/// Chunks in flight between a layer's download and its unpacker (bounds memory per layer).
+const PIPE_CHUNKS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -249,11 +251,11 @@ impl ImageStore {
         oref: &oci_client::Reference,
         desc: &OciDescriptor,
     ) -> Result<(), RegistryError> {
-        let _g = self.locks.lock(&desc.digest).await;
+        let _g = self.locks.lock(&format!("blob {}", desc.digest)).await;
         if !self.content.contains(&desc.digest) {
             tracing::debug!(digest = %desc.digest, size = desc.size, endpoint = %remote.endpoint.host, "fetching blob");
             let started = std::time::Instant::now();
-            remote.fetch_blob(oref, desc, &self.content).await?;
+            remote.fetch_blob(oref, desc, &self.content, None).await?;
             tracing::debug!(digest = %desc.digest, elapsed = ?started.elapsed(), "fetched blob");
         }
         Ok(())
@@ -277,35 +279,53 @@ impl ImageStore {
         if self.layers.contains(&chain_id) {
             return Ok(record);
         }
-        self.fetch(remote, oref, &desc)
-            .await
-            .map_err(|source| PullError::Registry {
-                reference: name.to_string(),
-                endpoint: remote.endpoint.host.clone(),
-                source,
-            })?;
-        let _g = self.locks.lock(&chain_id).await;
-        if self.layers.contains(&chain_id) {
-            return Ok(record);
-        }
+        let registry_err = |source| PullError::Registry {
+            reference: name.to_string(),
+            endpoint: remote.endpoint.host.clone(),
+            source,
+        };
         let layer_err = |source| PullError::Layer {
             reference: name.to_string(),
             digest: desc.digest.clone(),
             source,
         };
-        let blob = self
-            .content
-            .path(&desc.digest)
-            .map_err(|e| layer_err(LayerError::Id(e)))?;
+        let task_err = |e: tokio::task::JoinError| PullError::Task {
+            reference: name.to_string(),
+            why: e.to_string(),
+        };
+        // Lock order, everywhere: blob digest, then chain ID. The keys are namespaced: an
+        // uncompressed first layer's blob digest equals its chain ID.
+        let _blob_lock = self.locks.lock(&format!("blob {}", desc.digest)).await;
+        let _layer_lock = self.locks.lock(&format!("layer {chain_id}")).await;
+        if self.layers.contains(&chain_id) {
+            return Ok(record);
+        }
         let layers = self.layers.clone();
         let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || layers.unpack(&blob, &diff_id, &chain_id))
-            .await
-            .map_err(|e| PullError::Task {
-                reference: name.to_string(),
-                why: e.to_string(),
-            })?
-            .map_err(layer_err)?;
+        if self.content.contains(&desc.digest) {
+            let blob = self
+                .content
+                .path(&desc.digest)
+                .map_err(|e| layer_err(LayerError::Id(e)))?;
+            tokio::task::spawn_blocking(move || layers.unpack(&blob, &diff_id, &chain_id))
+                .await
+                .map_err(task_err)?
+                .map_err(layer_err)?;
+        } else {
+            // Unpack while downloading: the blob goes to the content store and, chunk by chunk,
+            // to the unpacker; the channel bounds what is held in memory.
+            tracing::debug!(digest = %desc.digest, size = desc.size, endpoint = %remote.endpoint.host, "fetching blob");
+            let (tx, rx) = tokio::sync::mpsc::channel(PIPE_CHUNKS);
+            let unpack = tokio::task::spawn_blocking(move || {
+                layers.unpack_from(crate::unpack::ChunkReader::new(rx), &diff_id, &chain_id)
+            });
+            let fetched = remote.fetch_blob(oref, &desc, &self.content, Some(tx)).await;
+            let unpacked = unpack.await;
+            // A failed download explains a failed unpack: report it first.
+            fetched.map_err(registry_err)?;
+            unpacked.map_err(task_err)?.map_err(layer_err)?;
+            tracing::debug!(digest = %desc.digest, "fetched blob");
+        }
         tracing::debug!(chain_id = %record.chain_id, elapsed = ?started.elapsed(), "unpacked layer");
         Ok(record)
     }

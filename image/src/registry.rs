@@ -204,11 +204,14 @@ impl Remote {
     }
 
     /// Streams the blob `desc` into the content store (verified there). Returns its size.
+    /// `tee`, when given, receives every chunk as well (a layer unpacking while it downloads);
+    /// if its receiver goes away the download still completes into the store.
     pub async fn fetch_blob(
         &self,
         r: &oci_client::Reference,
         desc: &OciDescriptor,
         content: &ContentStore,
+        mut tee: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
     ) -> Result<u64, RegistryError> {
         let size = u64::try_from(desc.size).map_err(|_| RegistryError::InvalidManifest {
             digest: desc.digest.clone(),
@@ -223,7 +226,13 @@ impl Remote {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| classify_io(e, &desc.digest))?;
             writer.write(&chunk).await?;
+            if let Some(tx) = &tee
+                && tx.send(chunk).await.is_err()
+            {
+                tee = None;
+            }
         }
+        drop(tee);
         match writer.commit().await {
             Err(ContentError::DigestMismatch { expected, actual }) => {
                 Err(RegistryError::DigestMismatch { expected, actual })

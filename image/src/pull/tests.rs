@@ -335,3 +335,20 @@ async fn mirrors_are_tried_in_order_and_the_requested_name_is_recorded() {
         .unwrap_err();
     assert!(matches!(registry_error(&e), RegistryError::NotFound(_)), "{e}");
 }
+
+#[tokio::test]
+async fn an_uncompressed_layer_whose_digest_is_its_chain_id_pulls() {
+    // Regression: blob and layer locks once shared one key space, and this layer deadlocked.
+    let img = Arc::new(TestImage::uncompressed("raw", b"r"));
+    assert_eq!(crate::content::sha256_digest(&img.layer), img.diff_id);
+    let served = img.clone();
+    let reg = FakeRegistry::start(move |r| served.serve("raw", "1", r).unwrap_or_else(not_found)).await;
+    let f = fixture(BTreeMap::new());
+    let (name, creds) = (format!("{}/raw:1", reg.addr), Credentials::default());
+    // A hang guard, not a speed check: a deadlock fails the test instead of stalling CI.
+    let id = tokio::time::timeout(std::time::Duration::from_secs(120), f.store.pull(&name, &creds))
+        .await
+        .expect("pull deadlocked")
+        .unwrap();
+    assert_eq!(id, img.config_digest());
+}

@@ -79,6 +79,36 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// A blocking reader over chunks that an async task sends; end of stream when the sender is
+/// dropped. Lets a layer be unpacked while it downloads.
+pub struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl ChunkReader {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> ChunkReader {
+        ChunkReader {
+            rx,
+            chunk: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.chunk = c,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
 /// Wraps `r` in the decompressor its first bytes call for.
 pub fn decompress<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
     let mut r = BufReader::with_capacity(128 << 10, r);
@@ -159,6 +189,17 @@ impl Layers {
     /// Unpacks `blob` as the layer `chain_id` whose decompressed tar must hash to `diff_id`.
     /// Already unpacked → nothing to do. Blocking: call from a blocking thread.
     pub fn unpack(&self, blob: &Path, diff_id: &str, chain_id: &str) -> Result<PathBuf, LayerError> {
+        let file = std::fs::File::open(blob).map_err(|source| LayerError::Io {
+            path: blob.to_path_buf(),
+            op: "open blob",
+            source,
+        })?;
+        self.unpack_from(file, diff_id, chain_id)
+    }
+
+    /// [`Layers::unpack`] from a stream (a blob still being downloaded). The stream is read to its
+    /// end; the layer is published only if everything read hashes to `diff_id`.
+    pub fn unpack_from(&self, blob: impl Read, diff_id: &str, chain_id: &str) -> Result<PathBuf, LayerError> {
         let target = self.path(chain_id).map_err(LayerError::Id)?;
         if target.is_dir() {
             return Ok(target);
@@ -174,8 +215,7 @@ impl Layers {
         };
         std::fs::create_dir(&tmp).map_err(io("create temp layer dir", &tmp))?;
         let guard = RemoveDirOnDrop(Some(tmp.clone()));
-        let file = std::fs::File::open(blob).map_err(io("open blob", blob))?;
-        let actual = apply_to_dir(file, &tmp)?;
+        let actual = apply_to_dir(blob, &tmp)?;
         if actual != diff_id {
             return Err(UnpackError::DiffIdMismatch {
                 expected: diff_id.to_string(),
