@@ -8,7 +8,8 @@
 //! - A container lease (`image_leases`, keyed by container id) pins the layer directories it was
 //!   given until it is released, even after the image itself is removed.
 //! - Garbage collection deletes blobs and layer dirs that no record, lease or in-flight pull
-//!   refers to. It holds `protect` throughout, and a pull registers what it is about to use in
+//!   refers to. It holds `protect` while it decides, unlinks blobs and renames layer dirs away
+//!   (deleting those trees comes after), and a pull registers what it is about to use in
 //!   `protect` before it looks for existing content, so GC never deletes what a pull relies on.
 
 use std::collections::{BTreeSet, HashMap};
@@ -463,14 +464,21 @@ impl ImageStore {
                 self.content.remove(&d)?;
             }
         }
+        let mut trash = Vec::new();
         for c in self.layers.list() {
             if !chains.contains(&c) && !protect.contains_key(&c) {
                 tracing::debug!(chain_id = %c, "freeing unreferenced layer");
-                self.layers.remove(&c).map_err(|source| StoreError::Io {
+                let detached = self.layers.detach(&c).map_err(|source| StoreError::Io {
                     path: self.layers.path(&c).unwrap_or_default(),
                     source,
                 })?;
+                trash.extend(detached);
             }
+        }
+        // Deleting trees is slow: do it after pulls may register protection again.
+        drop(protect);
+        for t in trash {
+            std::fs::remove_dir_all(&t).map_err(|source| StoreError::Io { path: t, source })?;
         }
         Ok(())
     }

@@ -179,10 +179,27 @@ impl Layers {
 
     /// Removes a layer directory; a missing one is not an error.
     pub fn remove(&self, chain_id: &str) -> io::Result<()> {
-        let Ok(p) = self.path(chain_id) else { return Ok(()) };
-        match std::fs::remove_dir_all(&p) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        match self.detach(chain_id)? {
+            Some(trash) => std::fs::remove_dir_all(trash),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes a layer out of the store by renaming it to a `.tmp-` name (quick and atomic) and
+    /// returns that path for the caller to delete at leisure; a crash leaves it to [`Layers::open`].
+    /// `None` when the layer is not there.
+    pub fn detach(&self, chain_id: &str) -> io::Result<Option<PathBuf>> {
+        let Ok(p) = self.path(chain_id) else {
+            return Ok(None);
+        };
+        let hex = crate::content::digest_hex(chain_id).unwrap_or_default();
+        let trash = self
+            .dir
+            .join(format!(".tmp-gc-{}-{:016x}", &hex[..12], rand::random::<u64>()));
+        match std::fs::rename(&p, &trash) {
+            Ok(()) => Ok(Some(trash)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
