@@ -111,7 +111,10 @@ impl Containers {
         let target_pid = self.target_pid_namespace(&config)?;
         let users = UserDb::load(&rootfs_dir);
         let cgroup_path = format!("{}/{id}", pod.cgroup_parent.trim_end_matches('/'));
-        let sandbox_config = sandbox_config.unwrap_or_else(|| pod.config.clone());
+        // The pod's recorded config, never the request's copy, decides what the pod allows
+        // (a privileged container needs a pod that was created privileged).
+        drop(sandbox_config);
+        let sandbox_config = pod.config.clone();
         let oci = spec::build(&SpecInput {
             id: &id,
             sandbox_id: &pod.id,
