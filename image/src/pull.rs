@@ -156,12 +156,17 @@ impl ImageStore {
         let _protect = self.protect(keys);
 
         let content = &self.content;
-        content
-            .put(&resolved.manifest_digest, &resolved.manifest_bytes)
+        let mut small = vec![(resolved.manifest_digest.clone(), resolved.manifest_bytes.clone())];
+        small.extend(resolved.index.clone());
+        let store = content.clone();
+        // put() fsyncs: keep it off the async workers.
+        tokio::task::spawn_blocking(move || small.iter().try_for_each(|(d, b)| store.put(d, b)))
+            .await
+            .map_err(|e| PullError::Task {
+                reference: name.clone(),
+                why: e.to_string(),
+            })?
             .map_err(|e| store_err(e.into()))?;
-        if let Some((d, bytes)) = &resolved.index {
-            content.put(d, bytes).map_err(|e| store_err(e.into()))?;
-        }
 
         let config_id = m.config.digest.clone();
         self.fetch(remote, &oref, &m.config).await.map_err(reg)?;
