@@ -101,6 +101,17 @@ pub fn namespaces(
     sc: Option<&LinuxContainerSecurityContext>,
     target_pid: Option<&Path>,
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
+    let userns = sc
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|n| n.userns_options.as_ref());
+    if let Some(u) = userns.filter(|u| u.mode != NamespaceMode::Node as i32) {
+        // CRI: only NODE (the host's user namespace) is supported; never run a pod that asked
+        // for its own user namespace without one (the handler does not advertise them).
+        return Err(SpecError::Unsupported(format!(
+            "user namespace mode {} is not supported: crius runs containers in the host user namespace",
+            NamespaceMode::try_from(u.mode).map_or("unknown", |m| m.as_str_name())
+        )));
+    }
     let pid_mode = sc
         .and_then(|s| s.namespace_options.as_ref())
         .map(|n| n.pid)
@@ -335,6 +346,37 @@ mod tests {
             &None,
             "CONTAINER is the default PID mode"
         );
+    }
+
+    #[test]
+    fn only_the_host_user_namespace_is_accepted() {
+        let pod = PodNamespaces {
+            network: Namespace::Host,
+            ipc: Namespace::Host,
+            uts: Namespace::Host,
+            pid: Namespace::New,
+        };
+        let with = |mode: NamespaceMode| LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                userns_options: Some(cri_api::v1::UserNamespace {
+                    mode: mode as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(namespaces(&pod, Some(&with(NamespaceMode::Node)), None).is_ok());
+        for m in [
+            NamespaceMode::Pod,
+            NamespaceMode::Container,
+            NamespaceMode::Target,
+        ] {
+            assert!(matches!(
+                namespaces(&pod, Some(&with(m)), None),
+                Err(SpecError::Unsupported(_))
+            ));
+        }
     }
 
     #[test]

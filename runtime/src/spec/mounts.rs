@@ -390,7 +390,7 @@ mod tests {
             readonly: true,
             ..Default::default()
         };
-        let out = cri_mounts(&[m.clone()], &mut String::new).unwrap();
+        let out = cri_mounts(std::slice::from_ref(&m), &mut String::new).unwrap();
         assert_eq!(out[0].source().as_deref(), Some(real.as_path()));
         assert_eq!(
             out[0].options().as_deref(),
