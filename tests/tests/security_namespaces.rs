@@ -67,6 +67,24 @@ async fn pid_namespace_modes() {
     let err = w.create(sleeper(&w, "nobody", target)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
+    // A user namespace of the pod's own is not supported: refused, not silently ignored.
+    let mut userns = with_ns(ns(Container, Pod, Pod));
+    userns.namespace_options.as_mut().unwrap().userns_options = Some(UserNamespace {
+        mode: Pod as i32,
+        uids: vec![IdMapping {
+            host_id: 100000,
+            container_id: 0,
+            length: 65536,
+        }],
+        gids: vec![IdMapping {
+            host_id: 100000,
+            container_id: 0,
+            length: 65536,
+        }],
+    });
+    let err = w.create(sleeper(&w, "userns", userns)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+
     // NODE: the host's PID 1.
     let (pod, pod_cfg) = run_pod(&mut w, "hostpid", |sc| {
         sc.namespace_options = Some(ns(Node, Pod, Pod));
