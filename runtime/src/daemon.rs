@@ -87,7 +87,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         };
     sandboxes.set_container_hook(Arc::new(crate::container::PodHook::new(containers.clone())));
     let socket = config.listen.clone();
+    if let Some(step) = crius_sandbox::crash::init() {
+        tracing::warn!(
+            step,
+            "TEST-ONLY crash hook armed: the daemon aborts when a create reaches this step"
+        );
+    }
     let crius = Crius::new(config, db, images, sandboxes, containers);
+    let events = crius
+        .events
+        .start(crius.containers.clone(), crius.sandboxes.clone());
     let (runtime, images) = server::services(crius.clone());
 
     let recovery = tokio::spawn(recover(crius.clone()));
@@ -111,6 +120,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         _ = tokio::signal::ctrl_c() => shutdown(serve, stop_tx, "SIGINT").await,
     };
     recovery.abort();
+    events.abort();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("crius stopped; containers keep running");
     result
@@ -139,9 +149,12 @@ where
 }
 
 /// Start-up recovery: reconciles every stored object with the kernel, then opens the gate.
-/// Later issues register their object kinds here; each object is bounded in time on its own.
+/// Sandboxes were reconciled when their manager opened; containers are reconciled here, each
+/// bounded in time on its own (see `container::recover`).
 async fn recover(crius: Arc<Crius>) {
-    tracing::info!("recovery finished; serving");
+    let started = std::time::Instant::now();
+    crius.containers.recover().await;
+    tracing::info!(elapsed = ?started.elapsed(), "recovery finished; serving");
     crius.mark_ready();
 }
 

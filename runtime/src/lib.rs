@@ -4,6 +4,8 @@
 pub mod config;
 pub mod container;
 pub mod daemon;
+pub mod events;
+pub mod handover;
 pub mod info;
 pub mod server;
 pub mod shim_client;

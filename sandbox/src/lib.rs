@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod cni;
+pub mod crash;
 mod error;
 mod list;
 mod manager;

@@ -92,6 +92,11 @@ pub struct SandboxStatus {
     /// Set once CNI DEL succeeded, so it is not run again.
     pub network_torn_down: bool,
     pub pause: Option<PauseProcess>,
+    /// True from the insert that reserves the name until the sandbox is READY: a record still
+    /// `creating` at start-up belongs to a RunPodSandbox the daemon died in, and recovery
+    /// tears it down. Absent in older records (= false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creating: bool,
 }
 
 impl SandboxStatus {
@@ -102,6 +107,7 @@ impl SandboxStatus {
             ips: Vec::new(),
             network_torn_down: false,
             pause: None,
+            creating: true,
         }
     }
 }

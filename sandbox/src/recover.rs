@@ -4,8 +4,10 @@
 //! Invariants: a READY sandbox whose pinned namespaces are gone (a reboot cleared `state`) or
 //! whose infra process died is marked NOTREADY; namespace and pod directories under `state` that
 //! no record owns are unpinned and removed; one unreadable or failing record never stops the
-//! others or the daemon. Network state is left alone: Stop/Remove still run CNI DEL from the
-//! record.
+//! others or the daemon. A record still marked `creating` (the daemon died inside
+//! RunPodSandbox) is torn down completely — CNI DEL (with the cached ADD result), namespaces,
+//! files, cgroup — and its name freed, so the kubelet's retry succeeds. Network state of other
+//! records is left alone: Stop/Remove still run CNI DEL from the record.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -21,16 +23,35 @@ use crate::{netns, pause, podfiles};
 pub struct Recovered {
     pub sandboxes: usize,
     pub marked_not_ready: usize,
+    /// Half-created sandboxes (crash inside RunPodSandbox) torn down.
+    pub half_created_removed: usize,
     pub orphans_removed: usize,
 }
 
 impl SandboxManager {
     pub(crate) fn recover(&self) -> Result<Recovered, SandboxError> {
-        let records = store::list(&self.db)?;
-        let mut out = Recovered {
-            sandboxes: records.len(),
-            ..Default::default()
-        };
+        let mut records = store::list(&self.db)?;
+        let mut out = Recovered::default();
+        records.retain(|rec| {
+            if !rec.status.creating {
+                return true;
+            }
+            tracing::warn!(sandbox = %rec.meta.id, "RunPodSandbox did not finish before the daemon stopped; removing the half-created pod");
+            match self.teardown(rec) {
+                Ok(()) => {
+                    out.half_created_removed += 1;
+                    false
+                }
+                Err(e) => {
+                    tracing::error!(sandbox = %rec.meta.id, error = %e, "cannot remove a half-created pod sandbox; it stays NOTREADY for RemovePodSandbox");
+                    if let Err(e) = store::update(&self.db, &rec.meta.id, |s| s.creating = false) {
+                        tracing::error!(sandbox = %rec.meta.id, error = %e, "cannot update sandbox status");
+                    }
+                    true
+                }
+            }
+        });
+        out.sandboxes = records.len();
         for rec in &records {
             let Some(why) = lost(rec) else { continue };
             tracing::warn!(sandbox = %rec.meta.id, reason = why, "pod sandbox is no longer ready");
@@ -54,6 +75,7 @@ impl SandboxManager {
             sandboxes = out.sandboxes,
             not_ready = out.marked_not_ready,
             orphans = out.orphans_removed,
+            half_created = out.half_created_removed,
             "pod sandboxes recovered"
         );
         Ok(out)

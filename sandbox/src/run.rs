@@ -52,6 +52,7 @@ impl SandboxManager {
         }
         let lock = self.lock_for(&id);
         let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        crate::crash::point("run-pod-sandbox:after-record");
         // Until CNI ADD is attempted there is no network to tear down.
         rec.status.network_torn_down = true;
         let result = self.create(&plan, &mut rec);
@@ -81,6 +82,7 @@ impl SandboxManager {
             sysctls: plan.sysctls.clone(),
         })?;
         debug_assert_eq!(pinned, meta.namespaces);
+        crate::crash::point("run-pod-sandbox:after-namespaces");
         let t_ns = start.elapsed();
         let dns = meta.config.dns_config.as_ref();
         podfiles::create(&meta.files, &meta.hostname, dns, &self.config.host_files)?;
@@ -90,6 +92,7 @@ impl SandboxManager {
             let result = self.cni.add(net, &plan.attachment)?;
             rec.status.ips = cni::pod_ips(&result, POD_IFNAME);
             rec.status.cni_result = Some(result);
+            crate::crash::point("run-pod-sandbox:after-cni");
         }
         let pod_ip = rec.status.ips.first().map(String::as_str);
         let host_network = meta.namespaces.net.is_none();
@@ -102,12 +105,14 @@ impl SandboxManager {
         )?;
         let t_cni = start.elapsed();
         cgroup::create(&self.cgroups, &meta.cgroup_parent)?;
+        crate::crash::point("run-pod-sandbox:after-cgroup");
         if meta.pid_namespace {
             let p = pause::spawn(&self.config.shim_path, &meta.namespaces)?;
             rec.status.pause = Some(p);
             cgroup::join(&self.cgroups, &meta.cgroup_parent, p.pid)?;
         }
         rec.status.state = SandboxState::Ready;
+        rec.status.creating = false;
         let status = rec.status.clone();
         let t_cgroup_infra = start.elapsed();
         store::update(&self.db, &meta.id, |s| *s = status)?;

@@ -342,3 +342,29 @@ async fn recovery_marks_pods_with_lost_namespaces_not_ready() {
     env.manager.remove(id).await.unwrap();
     assert_eq!(count(&env.dir.join("cache/results")), 0);
 }
+
+#[tokio::test]
+async fn recovery_tears_down_a_pod_whose_run_never_finished() {
+    let Some(env) = env() else { return };
+    let id = env.manager.run(request("half")).await.unwrap();
+    // What a crash just before READY leaves: every side effect done, the record still creating.
+    store::update(&env.manager.db, &id, |s| {
+        s.creating = true;
+        s.state = crate::SandboxState::NotReady;
+        s.cni_result = None;
+    })
+    .unwrap();
+    let found = env.manager.recover().unwrap();
+    assert_eq!(found.half_created_removed, 1);
+    assert_eq!(found.sandboxes, 0);
+    assert!(env.manager.sandbox(&id).unwrap().is_none());
+    let calls = std::fs::read_to_string(env.dir.join("bin/calls")).unwrap();
+    assert_eq!(calls.lines().filter(|l| l.starts_with("DEL")).count(), 1);
+    assert_eq!(count(&env.dir.join("state/ns")), 0);
+    assert_eq!(count(&env.dir.join("state/pods")), 0);
+    assert_eq!(count(&env.dir.join("cache/results")), 0);
+    // The name is free again: the kubelet's retry succeeds.
+    let again = env.manager.run(request("half")).await.unwrap();
+    env.manager.stop(again.clone()).await.unwrap();
+    env.manager.remove(again).await.unwrap();
+}

@@ -41,6 +41,8 @@ pub struct Daemon {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     child: Option<Child>,
+    /// Extra environment for the next (re)start, e.g. the test-only `CRIUS_TEST_CRASH_AT`.
+    pub env: Vec<(String, String)>,
     pub runtime: RuntimeServiceClient<Channel>,
     pub images: ImageServiceClient<Channel>,
 }
@@ -85,6 +87,7 @@ impl Daemon {
             config_path,
             log_path,
             child: None,
+            env: Vec::new(),
             runtime: RuntimeServiceClient::new(lazy_channel(&socket)?),
             images: ImageServiceClient::new(lazy_channel(&socket)?),
         };
@@ -116,6 +119,7 @@ impl Daemon {
             .open(&self.log_path)?;
         let child = self
             .command()
+            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -178,6 +182,23 @@ impl Daemon {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 bail!("crius did not exit within 30 s of {sig}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (up to 60 s) for a daemon that is expected to die on its own (a crash hook).
+    pub async fn wait_exit(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("daemon is not running")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("crius did not exit on its own within 60 s");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

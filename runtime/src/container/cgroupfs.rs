@@ -12,13 +12,13 @@ use cri_api::v1::LinuxContainerResources;
 
 use super::ContainerError;
 
-const ROOT: &str = "/sys/fs/cgroup";
+pub(super) const ROOT: &str = "/sys/fs/cgroup";
 
 fn v2() -> bool {
     Path::new(ROOT).join("cgroup.controllers").exists()
 }
 
-fn dir(controller: &str, cgroup: &str) -> Option<PathBuf> {
+pub(super) fn dir(controller: &str, cgroup: &str) -> Option<PathBuf> {
     let rel = Path::new(cgroup.trim_start_matches('/'));
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return None;

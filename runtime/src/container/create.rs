@@ -61,8 +61,12 @@ impl Containers {
             ..Default::default()
         };
         let result = self.create_steps(&mut undo, pod, config, sandbox_config).await;
-        if result.is_err() {
-            self.undo(undo).await;
+        match &result {
+            Ok(()) => {
+                self.events.send(&id, &pod.id, super::EventKind::Created);
+                self.watch_exit(&id);
+            }
+            Err(_) => self.undo(undo).await,
         }
         self.creating
             .lock()
@@ -99,6 +103,7 @@ impl Containers {
 
         let lowers = self.images.lease(&image.id, &id).map_err(ContainerError::Image)?;
         undo.leased = true;
+        crius_sandbox::crash::point("create-container:after-lease");
         let bundle = self.bundle_dir(&id);
         let shim_dir = self.shim_dir(&id);
         undo.dirs = true;
@@ -107,6 +112,7 @@ impl Containers {
         let rootfs_dir = self.rootfs_dir(&id);
         rootfs::mount(&lowers, &self.layer_dir(&id), &rootfs_dir)?;
         undo.mounted = true;
+        crius_sandbox::crash::point("create-container:after-mount");
 
         let target_pid = self.target_pid_namespace(&config)?;
         let users = UserDb::load(&rootfs_dir);
@@ -137,6 +143,7 @@ impl Containers {
             source: std::io::Error::other(e),
         })?;
         std::fs::write(&spec_path, body).map_err(io_err("write", &spec_path))?;
+        crius_sandbox::crash::point("create-container:after-spec");
         if let Some(p) = log_path.as_ref().and_then(|p| p.parent()) {
             std::fs::create_dir_all(p).map_err(io_err("create log directory", p))?;
         }
@@ -186,6 +193,7 @@ impl Containers {
             .map_err(ContainerError::shim(&id))?;
         record.status.pid = pid;
         record.status.shim_pid = shim_pid;
+        crius_sandbox::crash::point("create-container:after-shim");
         match self.records.insert(&record) {
             Ok(()) => Ok(()),
             Err(RecordError::NameTaken { name, id }) => Err(ContainerError::AlreadyExists { name, id }),

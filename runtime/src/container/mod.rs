@@ -11,10 +11,12 @@
 
 mod cgroupfs;
 mod create;
+mod events;
 mod exec_sync;
 mod list;
 mod pod;
 mod record;
+mod recover;
 mod remove;
 mod reopen_log;
 mod rootfs;
@@ -23,18 +25,21 @@ mod stats;
 mod status;
 mod stop;
 mod update;
+mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crius_shim_api::{ExitStatus, ShimConfig};
 
 use crate::shim_client::{ShimClient, ShimError};
 use crate::spec::{HostFacts, PodFiles, PodNamespaces, SpecError};
 
+pub use events::{Event, EventKind, Events};
 pub use pod::{PodHook, pod_info};
 pub use record::{Record, RecordError, State, Status};
+pub use recover::Recovered;
 pub use stats::PodStatsInput;
 
 /// What a container needs from its pod, provided by the sandbox manager.
@@ -121,6 +126,10 @@ pub struct Containers {
     creating: Mutex<HashMap<String, String>>,
     /// Last cpu sample per cgroup `(timestamp ns, usage ns)`, for `usage_nano_cores`.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    /// Lifecycle events (see `events.rs`), sent after the record change committed.
+    events: Events,
+    /// Started on first use (it needs the state dir to exist); see `watch.rs`.
+    watcher: OnceLock<watch::ExitWatcher>,
 }
 
 impl Containers {
@@ -140,6 +149,8 @@ impl Containers {
             locks: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashMap::new()),
             cpu_samples: Mutex::new(HashMap::new()),
+            events: Events::default(),
+            watcher: OnceLock::new(),
         })
     }
 
@@ -200,22 +211,49 @@ impl Containers {
     }
 
     pub(crate) fn fold_exit(&self, r: Record) -> Result<Record, ContainerError> {
-        if !matches!(r.status.state, State::Running | State::Created) {
-            return Ok(r);
-        }
-        let path = self.shim_dir(&r.id).join(crius_shim_api::EXIT_FILE);
-        let exit = match ExitStatus::read(&path) {
-            Ok(Some(e)) => e,
-            Ok(None) => return Ok(r),
-            Err(e) => {
-                tracing::warn!(id = %r.id, "{e}");
-                return Ok(r);
+        fold_exit_file(&self.records, &self.events, &self.shim_dir(&r.id), r, true)
+    }
+
+    /// The container lifecycle events (the daemon's event bus subscribes here).
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Starts watching a CREATED/RUNNING container for its exit (see `watch.rs`).
+    pub(crate) fn watch_exit(&self, id: &str) {
+        self.watcher
+            .get_or_init(|| {
+                watch::ExitWatcher::start(
+                    self.records.clone(),
+                    self.events.clone(),
+                    self.state.join("containers"),
+                )
+            })
+            .watch(id);
+    }
+
+    /// Records an exit that did not come from the shim's exit file (the shim is gone), unless an
+    /// exit is already recorded; publishes STOPPED when it changed the record.
+    pub(crate) fn record_lost_exit(
+        &self,
+        id: &str,
+        exit: &ExitStatus,
+        message: &str,
+    ) -> Result<Record, ContainerError> {
+        let mut changed = false;
+        let _order = self.events.order();
+        let r = self.records.update::<ContainerError>(id, |s| {
+            if matches!(s.state, State::Running | State::Created | State::Unknown) {
+                mark_exited(s, exit);
+                s.message = message.into();
+                changed = true;
             }
-        };
-        Ok(self.records.update::<ContainerError>(&r.id, |s| {
-            mark_exited(s, &exit);
             Ok(())
-        })?)
+        })?;
+        if changed {
+            self.events.send(&r.id, &r.sandbox_id, EventKind::Stopped);
+        }
+        Ok(r)
     }
 
     /// Every record (exits folded in).
@@ -237,6 +275,49 @@ impl Containers {
             .map(|r| r.id)
             .collect())
     }
+}
+
+/// Folds the shim's exit file (in `shim_dir`) into a RUNNING/UNKNOWN (and, with `from_created`,
+/// CREATED) record; publishes STOPPED exactly once, from the update that made the change. The
+/// exit watcher leaves CREATED records to StartContainer, which folds right after recording
+/// RUNNING, so STARTED is always published before STOPPED.
+pub(crate) fn fold_exit_file(
+    records: &record::Records,
+    events: &Events,
+    shim_dir: &Path,
+    r: Record,
+    from_created: bool,
+) -> Result<Record, ContainerError> {
+    let foldable = |s: State| match s {
+        State::Running | State::Unknown => true,
+        State::Created => from_created,
+        State::Exited => false,
+    };
+    if !foldable(r.status.state) {
+        return Ok(r);
+    }
+    let path = shim_dir.join(crius_shim_api::EXIT_FILE);
+    let exit = match ExitStatus::read(&path) {
+        Ok(Some(e)) => e,
+        Ok(None) => return Ok(r),
+        Err(e) => {
+            tracing::warn!(id = %r.id, "{e}");
+            return Ok(r);
+        }
+    };
+    let mut changed = false;
+    let _order = events.order();
+    let r = records.update::<ContainerError>(&r.id, |s| {
+        if foldable(s.state) {
+            mark_exited(s, &exit);
+            changed = true;
+        }
+        Ok(())
+    })?;
+    if changed {
+        events.send(&r.id, &r.sandbox_id, EventKind::Stopped);
+    }
+    Ok(r)
 }
 
 /// CRI reasons: `OOMKilled` when the memory cgroup killed, `Completed` on 0, else `Error`.

@@ -50,6 +50,7 @@ impl Containers {
         }
         self.images.release(id).map_err(ContainerError::Image)?;
         self.records.remove(&r)?;
+        self.events.send(id, &r.sandbox_id, super::EventKind::Deleted);
         drop(_guard);
         self.forget_lock(id);
         Ok(())

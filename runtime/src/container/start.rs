@@ -35,13 +35,20 @@ impl Containers {
             });
         }
         let started = now_ns();
+        let mut started_now = false;
+        let order = self.events.order();
         let rec = self.records.update::<ContainerError>(id, |s| {
             s.started_at = started;
             if s.state == State::Created {
                 s.state = State::Running;
+                started_now = true;
             }
             Ok(())
         })?;
+        if started_now {
+            self.events.send(id, &rec.sandbox_id, super::EventKind::Started);
+        }
+        drop(order);
         self.fold_exit(rec)?;
         Ok(())
     }

@@ -53,7 +53,7 @@ pub(crate) fn image_spec(r: &Record) -> ImageSpec {
     }
 }
 
-fn to_cri(r: &Record) -> ContainerStatus {
+pub(crate) fn to_cri(r: &Record) -> ContainerStatus {
     ContainerStatus {
         id: r.id.clone(),
         metadata: Some(r.config.metadata.clone().unwrap_or(ContainerMetadata::default())),

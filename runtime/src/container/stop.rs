@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crius_shim_api::Request;
 
 use super::record::{Record, State};
-use super::{ContainerError, Containers, mark_exited, now_ns};
+use super::{ContainerError, Containers, now_ns};
 use crate::shim_client::ShimError;
 
 /// How long to wait for init to die after SIGKILL before giving up.
@@ -80,19 +80,12 @@ impl Containers {
                 if self.fold_exit(self.refreshed(&r.id)?)?.status.state == State::Exited {
                     return Ok(true);
                 }
-                let now = now_ns();
-                self.records.update::<ContainerError>(&r.id, |s| {
-                    mark_exited(
-                        s,
-                        &crius_shim_api::ExitStatus {
-                            exit_code: 255,
-                            finished_at: now,
-                            oom_killed: false,
-                        },
-                    );
-                    s.message = "the container's shim is gone; exit status unknown".into();
-                    Ok(())
-                })?;
+                let exit = crius_shim_api::ExitStatus {
+                    exit_code: 255,
+                    finished_at: now_ns(),
+                    oom_killed: false,
+                };
+                self.record_lost_exit(&r.id, &exit, "the container's shim is gone; exit status unknown")?;
                 Ok(true)
             }
             Err(e) => Err(ContainerError::Shim {

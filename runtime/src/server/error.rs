@@ -99,3 +99,8 @@ pub fn container(e: crate::container::ContainerError) -> Status {
         E::Shim { .. } | E::Io { .. } | E::Record(_) | E::Image(_) => Status::internal(msg),
     }
 }
+
+/// A GetContainerEvents subscriber that read too slowly was dropped.
+pub fn events_lagged(e: crate::events::Lagged) -> Status {
+    Status::resource_exhausted(e.to_string())
+}

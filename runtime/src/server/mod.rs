@@ -32,6 +32,10 @@ pub struct Crius {
     pub sandboxes: Arc<crius_sandbox::SandboxManager>,
     /// Containers: records, rootfs, shims, exec, stats (issue 6).
     pub containers: Arc<crate::container::Containers>,
+    /// GetContainerEvents subscribers (issue 9).
+    pub events: Arc<crate::events::EventBus>,
+    /// Creates finished after their client gave up, kept for the retry (issue 9).
+    pub handover: Arc<crate::handover::Handover>,
     ready: AtomicBool,
 }
 
@@ -49,6 +53,8 @@ impl Crius {
             images,
             sandboxes,
             containers,
+            events: Arc::default(),
+            handover: Arc::default(),
             ready: AtomicBool::new(false),
         })
     }

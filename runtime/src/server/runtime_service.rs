@@ -52,17 +52,35 @@ impl RuntimeService for Runtime {
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
+    /// A stream of container events for as long as the client listens; a client that reads
+    /// too slowly gets RESOURCE_EXHAUSTED and the stream ends (it never slows the runtime).
     async fn get_container_events(
         &self,
         _req: Request<GetEventsRequest>,
     ) -> Rpc<Self::GetContainerEventsStream> {
-        Err(unimplemented("GetContainerEvents"))
+        use futures_util::StreamExt;
+        let stream = self.0.events.subscribe().map(|r| r.map_err(error::events_lagged));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     // Answer UNIMPLEMENTED, naming the RPC, until their issue lands.
     // Sandbox verbs run detached inside the sandbox manager: a dropped RPC cannot cut them short.
     async fn run_pod_sandbox(&self, req: Request<RunPodSandboxRequest>) -> Rpc<RunPodSandboxResponse> {
-        let pod_sandbox_id = self.0.sandboxes.run(req.into_inner()).await.map_err(error::sandbox)?;
+        let req = req.into_inner();
+        let sandboxes = self.0.sandboxes.clone();
+        let Some(key) = pod_key(&req) else {
+            let pod_sandbox_id = sandboxes.run(req).await.map_err(error::sandbox)?;
+            return Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }));
+        };
+        // A pod created after an earlier attempt's client gave up is handed to this retry.
+        let probe = self.0.sandboxes.clone();
+        let exists = Box::new(move |id: &str| probe.sandbox(id).ok().flatten().is_some());
+        let pod_sandbox_id = self
+            .0
+            .handover
+            .create(key, exists, async move { sandboxes.run(req).await })
+            .await
+            .map_err(error::sandbox)?;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }))
     }
 
@@ -108,10 +126,19 @@ impl RuntimeService for Runtime {
             .ok_or_else(|| Status::invalid_argument("container config is required"))?;
         let pod = self.pod(&req.pod_sandbox_id)?;
         let containers = self.0.containers.clone();
-        // Runs to completion (or full rollback) even if the client gives up.
-        let id = tokio::spawn(async move { containers.create(&pod, config, req.sandbox_config).await })
+        let meta = config.metadata.clone().unwrap_or_default();
+        let key = format!("container\0{}\0{}\0{}", pod.id, meta.name, meta.attempt);
+        let probe = self.0.containers.clone();
+        let exists = Box::new(move |id: &str| probe.exists(id));
+        // Runs to completion (or full rollback) even if the client gives up; a container
+        // created after an earlier attempt's client gave up is handed to this retry.
+        let id = self
+            .0
+            .handover
+            .create(key, exists, async move {
+                containers.create(&pod, config, req.sandbox_config).await
+            })
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
             .map_err(error::container)?;
         Ok(Response::new(CreateContainerResponse { container_id: id }))
     }
@@ -339,6 +366,15 @@ fn container_id(id: String) -> Result<String, Status> {
     }
     cri_api::validate::object_id("container id", &id).map_err(error::invalid)?;
     Ok(id)
+}
+
+/// The handover key of a RunPodSandbox: its metadata (None when missing; validation rejects it).
+fn pod_key(req: &RunPodSandboxRequest) -> Option<String> {
+    let m = req.config.as_ref()?.metadata.as_ref()?;
+    Some(format!(
+        "pod\0{}\0{}\0{}\0{}",
+        m.name, m.namespace, m.uid, m.attempt
+    ))
 }
 
 /// A non-empty id that is not one crius issues (critest probes with UUIDs).

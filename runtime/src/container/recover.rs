@@ -1,0 +1,444 @@
+//! Start-up recovery of containers (run by the daemon before the readiness gate opens), and the
+//! removal of container state no record owns.
+//!
+//! Per record, each bounded by [`PER_CONTAINER`] and run concurrently: the image lease is taken
+//! again if it is missing; an exit file is folded in (EXITED with its code and time); otherwise
+//! the shim is asked for its state — alive ⇒ reconnected (CREATED/RUNNING kept, the exit watcher
+//! re-armed, a vanished rootfs mount restored); shim gone and the container's init gone ⇒
+//! EXITED, exit code 255, reason `Unknown`; shim gone but init still running in the container's
+//! cgroup ⇒ UNKNOWN (StopContainer then kills it).
+//!
+//! Orphans (a crash between two create steps, or between two remove steps): shim directories
+//! and bundles under `<state>/containers`, libcontainer state under `<state>/youki`, writable
+//! layers under `<root>/containers`, the cgroups named in an orphan bundle, shim processes of an
+//! orphan directory and image leases held by no record are removed.
+//!
+//! Invariants: one broken container is logged and marked (its `message` says why), never stops
+//! start-up; nothing a record owns is removed; only entries named like container ids are touched.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crius_shim_api::{ExitStatus, ProcessStatus, Request, Response};
+
+use super::record::{Record, State};
+use super::{ContainerError, Containers, cgroupfs, now_ns, rootfs};
+
+/// How long recovering one container may take before it is marked and skipped.
+pub const PER_CONTAINER: Duration = Duration::from_secs(15);
+/// How long a shim may take to answer `state` during recovery.
+const PROBE: Duration = Duration::from_secs(5);
+
+/// What recovery found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub containers: usize,
+    pub reconnected: usize,
+    pub exited: usize,
+    pub unknown: usize,
+    pub failed: usize,
+    pub orphans_removed: usize,
+}
+
+enum Outcome {
+    Reconnected,
+    Exited,
+    Unknown,
+    Untouched,
+}
+
+impl Containers {
+    /// Reconciles every container record with the shims and the kernel, then removes orphans.
+    pub async fn recover(self: &Arc<Self>) -> Recovered {
+        let records = match self.records.list() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list container records; skipping container recovery");
+                return Recovered::default();
+            }
+        };
+        let leased: HashSet<String> = match self.images.leased_containers() {
+            Ok(l) => l.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list image leases");
+                HashSet::new()
+            }
+        };
+        let mut out = Recovered {
+            containers: records.len(),
+            ..Default::default()
+        };
+        let known: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
+        let tasks = records.into_iter().map(|r| {
+            let this = self.clone();
+            let has_lease = leased.contains(&r.id);
+            async move {
+                let id = r.id.clone();
+                let res = tokio::time::timeout(PER_CONTAINER, this.recover_one(r, has_lease)).await;
+                (this, id, res)
+            }
+        });
+        for (this, id, res) in futures_util::future::join_all(tasks).await {
+            match res {
+                Ok(Ok(Outcome::Reconnected)) => out.reconnected += 1,
+                Ok(Ok(Outcome::Exited)) => out.exited += 1,
+                Ok(Ok(Outcome::Unknown)) => out.unknown += 1,
+                Ok(Ok(Outcome::Untouched)) => {}
+                Ok(Err(e)) => {
+                    out.failed += 1;
+                    tracing::error!(id, error = %e, "cannot recover container");
+                    this.mark(&id, &format!("recovery failed: {e}"));
+                }
+                Err(_) => {
+                    out.failed += 1;
+                    tracing::error!(id, timeout = ?PER_CONTAINER, "container recovery timed out");
+                    this.mark(&id, "recovery timed out");
+                }
+            }
+        }
+        out.orphans_removed = self.remove_orphans(&known, &leased).await;
+        tracing::info!(
+            containers = out.containers,
+            reconnected = out.reconnected,
+            exited = out.exited,
+            unknown = out.unknown,
+            failed = out.failed,
+            orphans = out.orphans_removed,
+            "containers recovered"
+        );
+        out
+    }
+
+    fn mark(&self, id: &str, message: &str) {
+        let r = self.records.update::<ContainerError>(id, |s| {
+            s.message = message.into();
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!(id, error = %e, "cannot mark container");
+        }
+    }
+
+    async fn recover_one(&self, r: Record, has_lease: bool) -> Result<Outcome, ContainerError> {
+        let id = r.id.clone();
+        if !has_lease {
+            // A crash between the lease and the record, or a lost lease: take it again so image
+            // GC keeps the layers this container's rootfs stands on.
+            if let Err(e) = self.images.lease(&r.image_id, &id) {
+                tracing::warn!(id, error = %e, "cannot take the image lease again");
+            }
+        }
+        let r = self.fold_exit(r)?;
+        if !matches!(r.status.state, State::Running | State::Created | State::Unknown) {
+            return Ok(Outcome::Untouched);
+        }
+        let probe = tokio::time::timeout(PROBE, self.shim.request(&self.shim_dir(&id), Request::State)).await;
+        match probe {
+            Ok(Ok(Response::State(st))) if st.status != ProcessStatus::Exited && st.exit.is_none() => {
+                if r.status.state == State::Unknown {
+                    self.records.update::<ContainerError>(&id, |s| {
+                        s.state = if st.status == ProcessStatus::Running {
+                            State::Running
+                        } else {
+                            State::Created
+                        };
+                        s.message.clear();
+                        Ok(())
+                    })?;
+                }
+                self.ensure_rootfs(&r);
+                self.watch_exit(&id);
+                tracing::debug!(id, pid = st.pid, "reconnected to the container's shim");
+                Ok(Outcome::Reconnected)
+            }
+            Ok(Ok(Response::State(st))) => {
+                // The shim lingers after init exited; its exit file is the truth, else its answer.
+                let r = self.fold_exit(self.refreshed(&id)?)?;
+                if r.status.state != State::Exited {
+                    let exit = st.exit.unwrap_or(ExitStatus {
+                        exit_code: 255,
+                        finished_at: now_ns(),
+                        oom_killed: false,
+                    });
+                    self.record_lost_exit(&id, &exit, "")?;
+                }
+                Ok(Outcome::Exited)
+            }
+            other => {
+                let why = match other {
+                    Ok(Ok(resp)) => format!("unexpected answer {resp:?}"),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {PROBE:?}"),
+                };
+                if init_alive(&r) {
+                    tracing::warn!(
+                        id,
+                        pid = r.status.pid,
+                        "shim is gone but the container still runs: {why}"
+                    );
+                    self.records.update::<ContainerError>(&id, |s| {
+                        s.state = State::Unknown;
+                        s.message = format!("the container's shim is gone ({why}); its processes still run");
+                        Ok(())
+                    })?;
+                    return Ok(Outcome::Unknown);
+                }
+                tracing::warn!(id, "shim and container are gone without an exit file: {why}");
+                let exit = ExitStatus {
+                    exit_code: 255,
+                    finished_at: now_ns(),
+                    oom_killed: false,
+                };
+                self.record_lost_exit(
+                    &id,
+                    &exit,
+                    "the container's shim exited without recording an exit status",
+                )?;
+                self.records.update::<ContainerError>(&id, |s| {
+                    s.reason = "Unknown".into();
+                    Ok(())
+                })?;
+                Ok(Outcome::Exited)
+            }
+        }
+    }
+
+    /// Mounts the rootfs again if its mount vanished while the container is still recorded live.
+    fn ensure_rootfs(&self, r: &Record) {
+        let target = self.rootfs_dir(&r.id);
+        if is_mount_point(&target) {
+            return;
+        }
+        tracing::warn!(id = %r.id, "rootfs mount is missing; mounting it again");
+        let res = self
+            .images
+            .lease(&r.image_id, &r.id)
+            .map_err(ContainerError::Image)
+            .and_then(|lowers| rootfs::mount(&lowers, &self.layer_dir(&r.id), &target));
+        if let Err(e) = res {
+            tracing::error!(id = %r.id, error = %e, "cannot restore the rootfs mount");
+            self.mark(
+                &r.id,
+                &format!("rootfs mount is missing and could not be restored: {e}"),
+            );
+        }
+    }
+
+    /// Removes container state that no record owns; returns how many containers' worth.
+    async fn remove_orphans(&self, known: &HashSet<String>, leased: &HashSet<String>) -> usize {
+        let mut removed = HashSet::new();
+        let bundles = self.state.join("containers");
+        for id in orphan_ids(&bundles, known) {
+            let shim_dir = self.shim_dir(&id);
+            if shim_dir.join(crius_shim_api::CONTROL_SOCKET).exists() {
+                match tokio::time::timeout(PER_CONTAINER, self.shim.request(&shim_dir, Request::Shutdown))
+                    .await
+                {
+                    Ok(Ok(_)) => tracing::info!(id, "shut down an orphaned shim"),
+                    Ok(Err(e)) => tracing::debug!(id, "orphaned shim: {e}"),
+                    Err(_) => tracing::warn!(id, "orphaned shim did not shut down in time"),
+                }
+            }
+            let bundle = self.bundle_dir(&id);
+            for pid in pids_mentioning(&bundle) {
+                tracing::info!(id, pid, "killing an orphaned shim process");
+                kill(pid);
+            }
+            if let Some(cgroup) = bundle_cgroup(&bundle.join("config.json")) {
+                for pid in cgroup_procs(&cgroup) {
+                    kill(pid);
+                }
+                remove_cgroup(&cgroup);
+            }
+            if let Err(e) = rootfs::unmount(&self.rootfs_dir(&id)) {
+                tracing::warn!(id, error = %e, "cannot unmount an orphaned rootfs");
+            }
+            remove_dir(&bundle);
+            removed.insert(id);
+        }
+        for dir in [self.youki_root(), self.root.join("containers")] {
+            for id in orphan_ids(&dir, known) {
+                remove_dir(&dir.join(&id));
+                removed.insert(id);
+            }
+        }
+        for id in leased.iter().filter(|id| !known.contains(*id)) {
+            match self.images.release(id) {
+                Ok(()) => {
+                    removed.insert(id.clone());
+                }
+                Err(e) => tracing::warn!(id, error = %e, "cannot release an orphaned image lease"),
+            }
+        }
+        removed.len()
+    }
+}
+
+/// Entries of `dir` named like container ids that no record owns.
+fn orphan_ids(dir: &Path, known: &HashSet<String>) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_container_id(n) && !known.contains(n))
+        .collect()
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn remove_dir(d: &Path) {
+    match std::fs::remove_dir_all(d) {
+        Ok(()) => tracing::info!(dir = %d.display(), "removed orphaned container state"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot remove orphaned container state"),
+    }
+}
+
+fn kill(pid: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+}
+
+/// The container's init still runs (its pid is in the container's cgroup, so not a reused pid).
+fn init_alive(r: &Record) -> bool {
+    r.status.pid > 0
+        && std::fs::read_to_string(format!("/proc/{}/cgroup", r.status.pid))
+            .is_ok_and(|c| c.lines().any(|l| l.ends_with(r.cgroup_path.as_str())))
+}
+
+/// `linux.cgroupsPath` of an OCI bundle's `config.json`.
+fn bundle_cgroup(config: &Path) -> Option<String> {
+    let body = std::fs::read(config).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    v.pointer("/linux/cgroupsPath")?.as_str().map(str::to_string)
+}
+
+/// Every process of a cgroup, across all hierarchies.
+fn cgroup_procs(cgroup: &str) -> Vec<i32> {
+    let mut pids = HashSet::new();
+    for d in cgroup_dirs(cgroup) {
+        if let Ok(s) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+    }
+    pids.into_iter().collect()
+}
+
+fn cgroup_dirs(cgroup: &str) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(cgroupfs::ROOT)
+        .map(|e| {
+            e.flatten()
+                .filter_map(|e| cgroupfs::dir(&e.file_name().to_string_lossy(), cgroup))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.extend(cgroupfs::dir("", cgroup));
+    dirs.retain(|d| d.is_dir());
+    dirs
+}
+
+/// Removes a cgroup whose processes were just killed (they take a moment to leave it).
+fn remove_cgroup(cgroup: &str) {
+    for _ in 0..50 {
+        cgroupfs::remove(cgroup);
+        if cgroup_dirs(cgroup).is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::warn!(cgroup, "cannot remove an orphaned container cgroup");
+}
+
+/// Processes whose command line names `dir` (a shim started with `--config <dir>/shim/…`).
+fn pids_mentioning(dir: &Path) -> Vec<i32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
+}
+
+/// Whether `path` is a mount point in this mount namespace (`/proc/self/mountinfo`).
+pub(crate) fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| unescape_mountinfo(m) == want)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo(r"/a\040b/c"), "/a b/c");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn root_is_a_mount_point_and_a_fresh_dir_is_not() {
+        assert!(is_mount_point(Path::new("/proc")));
+        let d = tempfile::tempdir().unwrap();
+        assert!(!is_mount_point(d.path()));
+    }
+
+    #[test]
+    fn only_unknown_container_ids_are_orphans() {
+        let d = tempfile::tempdir().unwrap();
+        let a = "a".repeat(64);
+        let b = "b".repeat(64);
+        for n in [a.as_str(), b.as_str(), "not-an-id", "youki"] {
+            std::fs::create_dir(d.path().join(n)).unwrap();
+        }
+        let known: HashSet<String> = [a.clone()].into();
+        assert_eq!(orphan_ids(d.path(), &known), vec![b]);
+    }
+
+    #[test]
+    fn bundle_cgroup_is_read_from_the_spec() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("config.json");
+        std::fs::write(&p, r#"{"linux":{"cgroupsPath":"/crius/pod/ctr"}}"#).unwrap();
+        assert_eq!(bundle_cgroup(&p).as_deref(), Some("/crius/pod/ctr"));
+        assert_eq!(bundle_cgroup(&d.path().join("missing")), None);
+    }
+}

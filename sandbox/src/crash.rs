@@ -1,0 +1,30 @@
+//! TEST-ONLY crash injection. `CRIUS_TEST_CRASH_AT=<step>` in the daemon's environment makes
+//! [`point`] abort the whole process (`std::process::abort`, no unwinding, no clean-up) when a
+//! create reaches the named step, so integration tests can prove that start-up recovery leaves
+//! nothing behind after a crash between two steps. Production deployments never set it.
+//!
+//! Steps: `run-pod-sandbox:after-record`, `:after-namespaces`, `:after-cni`, `:after-cgroup`;
+//! `create-container:after-lease`, `:after-mount`, `:after-spec`, `:after-shim`.
+//!
+//! Invariant: the variable is read once, at start-up ([`init`]); without it [`point`] is a no-op.
+
+use std::sync::OnceLock;
+
+/// The environment variable naming the step to crash at (test-only).
+pub const CRASH_ENV: &str = "CRIUS_TEST_CRASH_AT";
+
+static STEP: OnceLock<Option<String>> = OnceLock::new();
+
+/// Reads [`CRASH_ENV`]; returns the armed step, if any (the daemon logs it loudly).
+pub fn init() -> Option<&'static str> {
+    STEP.get_or_init(|| std::env::var(CRASH_ENV).ok().filter(|s| !s.is_empty()))
+        .as_deref()
+}
+
+/// Aborts the process if the test-only crash hook is armed for `step`.
+pub fn point(step: &str) {
+    if init() == Some(step) {
+        eprintln!("{CRASH_ENV}={step}: aborting the daemon (test-only crash hook)");
+        std::process::abort();
+    }
+}

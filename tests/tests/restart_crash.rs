@@ -1,0 +1,201 @@
+//! A daemon that dies inside RunPodSandbox or CreateContainer (the test-only crash hook
+//! `CRIUS_TEST_CRASH_AT` aborts it at a named step) leaves nothing behind once it restarts —
+//! no namespace, pod files, IP, veth, cgroup, mount, shim process or directory — and the
+//! kubelet's retry of the same RPC succeeds.
+
+use std::path::{Path, PathBuf};
+
+use crius_tests::containers::World;
+use crius_tests::pods::{self, PodCleanup, TestNet};
+use crius_tests::{Daemon, DaemonOptions, util};
+use k8s_cri::v1::*;
+
+const CRASH_ENV: &str = "CRIUS_TEST_CRASH_AT";
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Restarts `d` with the crash hook armed at `step`.
+async fn arm(d: &mut Daemon, step: &str) {
+    d.stop().await.unwrap();
+    d.env = vec![(CRASH_ENV.to_string(), step.to_string())];
+    d.restart().await.unwrap();
+}
+
+/// Waits for the armed daemon to abort, then starts it normally.
+async fn recover_from_crash(d: &mut Daemon, step: &str) {
+    let status = d.wait_exit().await.unwrap();
+    assert!(!status.success(), "{step}: the daemon aborted ({status})");
+    assert!(d.log().contains(step), "{step}: the hook logged the step");
+    d.env.clear();
+    d.restart().await.unwrap();
+}
+
+#[tokio::test]
+async fn crash_inside_run_pod_sandbox_leaks_nothing_and_the_retry_succeeds() {
+    let net = TestNet::new(93);
+    let mut d = Daemon::start_with(DaemonOptions {
+        cni_conflist: Some(net.conflist("")),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let _cleanup = PodCleanup::new(&d);
+    let req = || RunPodSandboxRequest {
+        config: Some(pods::pod_config("crashy", "uid-crashy")),
+        runtime_handler: String::new(),
+    };
+    for step in [
+        "run-pod-sandbox:after-record",
+        "run-pod-sandbox:after-namespaces",
+        "run-pod-sandbox:after-cni",
+        "run-pod-sandbox:after-cgroup",
+    ] {
+        arm(&mut d, step).await;
+        assert!(d.runtime.run_pod_sandbox(req()).await.is_err(), "{step}");
+        let mut ids = entries(&d.state.join("ns"));
+        ids.extend(entries(&d.state.join("pods")));
+        if step != "run-pod-sandbox:after-record" {
+            assert!(
+                !ids.is_empty(),
+                "{step}: the crash left pod state for recovery to remove"
+            );
+        }
+        recover_from_crash(&mut d, step).await;
+
+        let listed = d
+            .runtime
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert!(listed.is_empty(), "{step}: {listed:?}");
+        assert!(
+            entries(&d.state.join("ns")).is_empty(),
+            "{step}: pinned namespaces left"
+        );
+        assert!(
+            entries(&d.state.join("pods")).is_empty(),
+            "{step}: pod files left"
+        );
+        assert!(
+            entries(&d.cni_cache_dir.join("results")).is_empty(),
+            "{step}: CNI cache left"
+        );
+        assert!(
+            net.allocated_ips().is_empty(),
+            "{step}: IPs left: {:?}",
+            net.allocated_ips()
+        );
+        assert!(net.veths().is_empty(), "{step}: veths left: {:?}", net.veths());
+        for id in &ids {
+            assert!(
+                pods::pod_cgroup_dirs(id).is_empty(),
+                "{step}: cgroup of {id} left"
+            );
+        }
+
+        let id = d
+            .runtime
+            .run_pod_sandbox(req())
+            .await
+            .unwrap_or_else(|e| panic!("{step}: retry: {e}"))
+            .into_inner()
+            .pod_sandbox_id;
+        d.runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        d.runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .unwrap();
+    }
+}
+
+/// Child cgroup directories of the pod's cgroup (container cgroups), in every hierarchy.
+fn container_cgroups(pod: &str) -> Vec<PathBuf> {
+    pods::pod_cgroup_dirs(pod)
+        .into_iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| e.path().is_dir() && e.file_name().len() == 64)
+        .map(|e| e.path())
+        .collect()
+}
+
+#[tokio::test]
+async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
+    let mut w = World::new(94).await.unwrap();
+    let _cleanup = PodCleanup::new(&w.d);
+    let containers = w.d.state.join("containers");
+    for step in [
+        "create-container:after-lease",
+        "create-container:after-mount",
+        "create-container:after-spec",
+        "create-container:after-shim",
+    ] {
+        arm(&mut w.d, step).await;
+        let cfg = w.config("crashy", &["sh", "-c", "sleep 1000"]);
+        assert!(w.create(cfg.clone()).await.is_err(), "{step}");
+        if step != "create-container:after-lease" {
+            assert!(
+                !entries(&containers).is_empty(),
+                "{step}: the crash left a bundle for recovery to remove"
+            );
+        }
+        if step == "create-container:after-shim" {
+            assert!(
+                !util::pids_mentioning(&containers.to_string_lossy()).is_empty(),
+                "{step}: a shim runs"
+            );
+        }
+        recover_from_crash(&mut w.d, step).await;
+
+        let listed =
+            w.d.runtime
+                .list_containers(ListContainersRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .containers;
+        assert!(listed.is_empty(), "{step}: {listed:?}");
+        assert!(entries(&containers).is_empty(), "{step}: bundles left");
+        assert!(
+            entries(&w.d.root.join("containers")).is_empty(),
+            "{step}: writable layers left"
+        );
+        assert!(
+            entries(&w.d.state.join("youki")).is_empty(),
+            "{step}: libcontainer state left"
+        );
+        let mounts: Vec<_> = util::mounts_under(&containers);
+        assert!(mounts.is_empty(), "{step}: mounts left: {mounts:?}");
+        let shims = util::pids_mentioning(&containers.to_string_lossy());
+        assert!(shims.is_empty(), "{step}: shim processes left: {shims:?}");
+        assert!(
+            container_cgroups(&w.pod).is_empty(),
+            "{step}: container cgroups left"
+        );
+
+        let id = w
+            .create(cfg)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: retry: {e}"));
+        w.start(&id).await.unwrap();
+        let out = w.exec(&id, &["echo", "ok"], 10).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+        w.stop(&id, 0).await.unwrap();
+        w.remove(&id).await.unwrap();
+    }
+    w.teardown().await.unwrap();
+}

@@ -1,0 +1,216 @@
+//! Running pods survive the daemon: SIGKILL with 5 pods running, then restart — same ids,
+//! pids and IPs, logs keep growing, exec works, an exit that happened while the daemon was down
+//! is reported with its real code; SIGTERM leaves containers running.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crius_tests::containers::{World, log_lines, read_log};
+use crius_tests::pods::{self, PodCleanup};
+use k8s_cri::v1::*;
+
+const LOOP: &str = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done";
+
+async fn pod_ip(w: &mut World, pod: &str) -> String {
+    let st =
+        w.d.runtime
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+    assert_eq!(st.state, PodSandboxState::SandboxReady as i32, "pod {pod}");
+    st.network.unwrap().ip
+}
+
+async fn create_in(
+    w: &mut World,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    name: &str,
+    cmd: &[&str],
+) -> String {
+    let req = CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(w.config(name, cmd)),
+        sandbox_config: Some(pod_config.clone()),
+    };
+    let id =
+        w.d.runtime
+            .create_container(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+    w.start(&id).await.unwrap();
+    id
+}
+
+fn log_len(w: &World, name: &str) -> usize {
+    log_lines(&read_log(&w.log_dir.join(format!("{name}.log"))), "stdout").len()
+}
+
+/// Waits (bounded) until the container's log has more than `than` stdout lines.
+async fn wait_log_grows(w: &World, name: &str, than: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while log_len(w, name) <= than {
+        assert!(
+            Instant::now() < deadline,
+            "log of {name} stopped growing at {than} lines"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|t| t.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test]
+async fn five_running_pods_survive_sigkill() {
+    let mut w = World::new(91).await.unwrap();
+    let _cleanup = PodCleanup::new(&w.d);
+    let mut pods_ = vec![(w.pod.clone(), w.pod_config())];
+    for i in 1..5 {
+        let mut cfg = pods::pod_config(&format!("survivor-{i}"), &format!("uid-survivor-{i}"));
+        cfg.log_directory = w.log_dir.to_string_lossy().into_owned();
+        let id =
+            w.d.runtime
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(cfg.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .pod_sandbox_id;
+        pods_.push((id, cfg));
+    }
+    let mut before = Vec::new();
+    for (i, (pod, cfg)) in pods_.iter().enumerate() {
+        let name = format!("c{i}");
+        let id = create_in(&mut w, pod, cfg, &name, &["sh", "-c", LOOP]).await;
+        let pid = w.pid(&id).await;
+        let ip = pod_ip(&mut w, pod).await;
+        before.push((pod.clone(), id, pid, ip, name));
+    }
+    let (pod0, cfg0) = pods_[0].clone();
+    let quitter = create_in(
+        &mut w,
+        &pod0,
+        &cfg0,
+        "quitter",
+        &["sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7"],
+    )
+    .await;
+    let quitter_pid = w.pid(&quitter).await;
+    for (_, _, _, _, name) in &before {
+        wait_log_grows(&w, name, 0).await;
+    }
+
+    w.d.kill().await.unwrap();
+    // While the daemon is down: one container exits (the shim records it), the others log on.
+    std::fs::write(
+        w.d.state.join("containers").join(&quitter).join("rootfs/tmp/go"),
+        b"",
+    )
+    .unwrap();
+    wait_gone(quitter_pid).await;
+    let logged: Vec<usize> = before.iter().map(|b| log_len(&w, &b.4)).collect();
+    for ((_, _, _, _, name), n) in before.iter().zip(&logged) {
+        wait_log_grows(&w, name, *n).await;
+    }
+    w.d.restart().await.unwrap();
+
+    let listed =
+        w.d.runtime
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+    assert_eq!(listed.len(), 5);
+    let running =
+        w.d.runtime
+            .list_containers(ListContainersRequest {
+                filter: Some(ContainerFilter {
+                    state: Some(ContainerStateValue {
+                        state: ContainerState::ContainerRunning as i32,
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+    assert_eq!(running.len(), 5, "{running:?}");
+    for (pod, id, pid, ip, name) in &before {
+        assert!(
+            listed
+                .iter()
+                .any(|p| &p.id == pod && p.state == PodSandboxState::SandboxReady as i32)
+        );
+        assert!(running.iter().any(|c| &c.id == id && &c.pod_sandbox_id == pod));
+        assert_eq!(w.pid(id).await, *pid, "{name} kept its pid");
+        assert_eq!(&pod_ip(&mut w, pod).await, ip, "{name}'s pod kept its IP");
+        let n = log_len(&w, name);
+        wait_log_grows(&w, name, n).await;
+        let out = w.exec(id, &["echo", "still here"], 10).await.unwrap();
+        assert_eq!(out.exit_code, 0);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
+    }
+    let q = w.state(&quitter).await;
+    assert_eq!(q.state, ContainerState::ContainerExited as i32);
+    assert_eq!(q.exit_code, 7);
+    assert_eq!(q.reason, "Error");
+    assert!(q.finished_at > q.started_at);
+
+    // The recovered containers are fully manageable: stop one and see its exit.
+    let (_, id0, ..) = &before[0];
+    w.stop(id0, 0).await.unwrap();
+    assert_eq!(w.state(id0).await.state, ContainerState::ContainerExited as i32);
+    for (pod, ..) in pods_.iter().skip(1) {
+        w.d.runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    w.teardown().await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_leaves_containers_running() {
+    let mut w = World::new(92).await.unwrap();
+    let _cleanup = PodCleanup::new(&w.d);
+    let id = w.run("calm", &["sh", "-c", LOOP]).await;
+    let pid = w.pid(&id).await;
+    let status = w.d.stop().await.unwrap();
+    assert!(status.success(), "graceful stop exits 0: {status}");
+    assert!(Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid));
+    let n = log_len(&w, "calm");
+    wait_log_grows(&w, "calm", n).await;
+    w.d.restart().await.unwrap();
+    let st = w.state(&id).await;
+    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+    assert_eq!(w.pid(&id).await, pid);
+    w.teardown().await.unwrap();
+}
