@@ -199,3 +199,44 @@ async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
     }
     w.teardown().await.unwrap();
 }
+
+#[tokio::test]
+async fn create_container_retried_after_a_client_deadline_gets_one_container() {
+    let mut w = World::new(95).await.unwrap();
+    let _cleanup = PodCleanup::new(&w.d);
+    let cfg = w.config("late", &["sh", "-c", "sleep 1000"]);
+    let mut req = tonic::Request::new(CreateContainerRequest {
+        pod_sandbox_id: w.pod.clone(),
+        config: Some(cfg.clone()),
+        sandbox_config: Some(w.pod_config()),
+    });
+    // Shorter than a shim create: the client gives up while the daemon works on.
+    req.set_timeout(std::time::Duration::from_millis(5));
+    let first = w.d.runtime.create_container(req).await;
+    // The kubelet retries with the same metadata: it gets the container the first attempt made
+    // (or, if that attempt never reached the daemon, a new one) — never AlreadyExists.
+    let id = w.create(cfg.clone()).await.unwrap();
+    if let Ok(r) = first {
+        assert_eq!(r.into_inner().container_id, id);
+    }
+    let listed =
+        w.d.runtime
+            .list_containers(ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, id);
+    assert_eq!(
+        entries(&w.d.state.join("containers")),
+        vec![id.clone()],
+        "no second bundle"
+    );
+    w.start(&id).await.unwrap();
+    // Handed out once: a later duplicate create is refused with the holder's id.
+    let e = w.create(cfg).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    assert!(e.message().contains(&id));
+    w.teardown().await.unwrap();
+}

@@ -1,5 +1,6 @@
 //! Sandboxes across a daemon restart, and a RunPodSandbox whose client deadline expires while a
-//! CNI plugin is still working: the work finishes in the background and nothing leaks.
+//! CNI plugin is still working: the work finishes in the background, nothing leaks, and the
+//! retry is handed the finished pod.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -158,12 +159,21 @@ async fn expired_client_deadline_does_not_leave_a_half_created_pod() {
     assert_eq!(pod.state, PodSandboxState::SandboxReady as i32);
     assert!(pods::is_pinned(&pods::ns_path(&d.state, &pod.id, "net")));
     assert_eq!(net.allocated_ips().len(), 1);
-    // The kubelet's retry with the same name learns who holds it.
-    let req = RunPodSandboxRequest {
+    // The kubelet's retry with the same metadata is handed the pod its first attempt made
+    // (CRI-O's resource store), once; a later duplicate learns who holds the name.
+    let req = || RunPodSandboxRequest {
         config: Some(pods::pod_config("late", "uid-late")),
         runtime_handler: String::new(),
     };
-    let e = d.runtime.run_pod_sandbox(req).await.unwrap_err();
+    let got = d
+        .runtime
+        .run_pod_sandbox(req())
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    assert_eq!(got, pod.id);
+    let e = d.runtime.run_pod_sandbox(req()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
     assert!(e.message().contains(&pod.id));
     let req = RemovePodSandboxRequest {
