@@ -13,9 +13,9 @@ use crius_sandbox::{ContainerHook, Record as SandboxRecord, SandboxState};
 use super::{Containers, PodInfo};
 use crate::spec::{Namespace, PodFiles, PodNamespaces};
 
-/// Grace period StopPodSandbox gives each container (CRI leaves it to the runtime; the
-/// kubelet stops containers itself with the pod's grace period before it stops the pod).
-const POD_STOP_TIMEOUT_SECONDS: i64 = 10;
+/// Grace period StopPodSandbox gives each container: none, as containerd does — the kubelet
+/// has already stopped the containers with the pod's grace period before it stops the pod.
+const POD_STOP_TIMEOUT_SECONDS: i64 = 0;
 
 pub fn pod_info(r: &SandboxRecord) -> PodInfo {
     let m = &r.meta;
