@@ -128,7 +128,8 @@ async fn mount_propagation_modes() {
     let (pod, pod_cfg) = run_pod(&mut w, "prop", |sc| sc.privileged = true).await.unwrap();
     let pod = (pod.as_str(), &pod_cfg);
 
-    let private = host.source("private", MsFlags::MS_PRIVATE);
+    // Even a shared source stays private to a container whose mounts are all private.
+    let private = host.source("private", MsFlags::MS_SHARED);
     let slave = host.source("slave", MsFlags::MS_SHARED);
     let shared = host.source("shared", MsFlags::MS_SHARED);
     use MountPropagation::*;

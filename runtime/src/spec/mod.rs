@@ -181,7 +181,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
             privileged,
             &caps,
         )?)
-        .set_rootfs_propagation(mounts::rootfs_propagation(&cfg.mounts).map(str::to_string))
+        .set_rootfs_propagation(Some(mounts::rootfs_propagation(&cfg.mounts).to_string()))
         .set_uid_mappings(None)
         .set_gid_mappings(None)
         .set_sysctl(None)

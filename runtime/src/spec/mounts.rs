@@ -104,22 +104,24 @@ pub fn container_path(p: &str) -> Result<PathBuf, SpecError> {
 }
 
 /// What the propagation of the CRI mounts asks of the rootfs (containerd's rule): shared if
-/// any mount is bidirectional, slave if any is host-to-container, else nothing (libcontainer's
-/// default, slave). Spelled `shared`/`slave`: libcontainer 0.7 knows no `r` forms here and
-/// always applies them recursively.
+/// any mount is bidirectional, slave if any is host-to-container, else private. Spelled
+/// `shared`/`slave`/`private`: libcontainer 0.7 knows no `r` forms here and always applies
+/// them recursively.
 ///
 /// libcontainer 0.7 ignores propagation options on bind mounts (it clones the source with
 /// open_tree), so a bind mount inherits the propagation its source has in the container's
 /// mount namespace after the rootfs propagation was applied to every mount there: this rootfs
-/// propagation is what makes a mount of a shared host source rslave or rshared.
-pub fn rootfs_propagation(mounts: &[CriMount]) -> Option<&'static str> {
+/// propagation is what makes a mount of a shared host source rslave, rshared or private.
+/// Known limit: when private mounts are mixed with propagating ones, the private ones
+/// propagate like the others (a slave of a shared source, or shared).
+pub fn rootfs_propagation(mounts: &[CriMount]) -> &'static str {
     let has = |p: MountPropagation| mounts.iter().any(|m| m.propagation == p as i32);
     if has(MountPropagation::PropagationBidirectional) {
-        Some("shared")
+        "shared"
     } else if has(MountPropagation::PropagationHostToContainer) {
-        Some("slave")
+        "slave"
     } else {
-        None
+        "private"
     }
 }
 
@@ -448,7 +450,7 @@ mod tests {
         let dests: Vec<_> = merged.iter().map(|m| m.destination().clone()).collect();
         let pos = |d: &str| dests.iter().position(|x| x == Path::new(d)).unwrap();
         assert!(pos("/etc/hosts") < pos("/a/b/c"));
-        assert_eq!(rootfs_propagation(&ms), Some("slave"));
+        assert_eq!(rootfs_propagation(&ms), "slave");
     }
 
     #[test]
@@ -475,11 +477,12 @@ mod tests {
             let ok = cri_mounts(std::slice::from_ref(one), &mut || shared.clone()).unwrap();
             assert_eq!(ok.len(), 1);
         }
-        assert_eq!(rootfs_propagation(&[h2c.clone(), bidi]), Some("shared"));
+        assert_eq!(rootfs_propagation(&[h2c.clone(), bidi]), "shared");
         assert_eq!(
             rootfs_propagation(&[m(MountPropagation::PropagationPrivate, false, false)]),
-            None
+            "private"
         );
+        assert_eq!(rootfs_propagation(&[]), "private");
 
         let rro = cri_mounts(
             &[m(MountPropagation::PropagationPrivate, true, true)],
