@@ -7,7 +7,8 @@
 //! others or the daemon. A record still marked `creating` (the daemon died inside
 //! RunPodSandbox) is torn down completely — CNI DEL (with the cached ADD result), namespaces,
 //! files, cgroup — and its name freed, so the kubelet's retry succeeds. Network state of other
-//! records is left alone: Stop/Remove still run CNI DEL from the record.
+//! records is left alone: Stop/Remove still run CNI DEL from the record. A cached CNI attachment
+//! of one of this daemon's pods (namespace under `state/ns`) that no record owns gets CNI DEL.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -26,6 +27,8 @@ pub struct Recovered {
     /// Half-created sandboxes (crash inside RunPodSandbox) torn down.
     pub half_created_removed: usize,
     pub orphans_removed: usize,
+    /// CNI attachments of this crius's pods that no record owns, deleted.
+    pub networks_deleted: usize,
 }
 
 impl SandboxManager {
@@ -71,14 +74,48 @@ impl SandboxManager {
         ] {
             out.orphans_removed += remove_orphans(&dir, &known, ns);
         }
+        out.networks_deleted = self.delete_orphan_networks(&known);
         tracing::info!(
             sandboxes = out.sandboxes,
+            networks = out.networks_deleted,
             not_ready = out.marked_not_ready,
             orphans = out.orphans_removed,
             half_created = out.half_created_removed,
             "pod sandboxes recovered"
         );
         Ok(out)
+    }
+}
+
+impl SandboxManager {
+    /// CNI DEL for cached attachments of pods that no record owns (only entries whose namespace
+    /// lived under this daemon's `state/ns`, so other runtimes' pods in a shared cache are never
+    /// touched).
+    fn delete_orphan_networks(&self, known: &HashSet<&str>) -> usize {
+        let ns_root = self.config.state_dir.join("ns");
+        let mut deleted = 0;
+        for e in crate::cni::cache::entries_below(&self.cni.cache_dir, &ns_root) {
+            if known.contains(e.attachment.container_id.as_str()) {
+                continue;
+            }
+            let net = match crate::cni::parse(&e.network, &e.path) {
+                Ok(n) => n,
+                Err(err) => {
+                    tracing::warn!(entry = %e.path.display(), error = %err, "unreadable CNI cache entry");
+                    continue;
+                }
+            };
+            match self.cni.del(&net, &e.attachment, e.result.as_ref()) {
+                Ok(()) => {
+                    tracing::info!(sandbox = %e.attachment.container_id, network = %net.name, "deleted an orphaned pod network");
+                    deleted += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(sandbox = %e.attachment.container_id, error = %err, "CNI DEL of an orphaned pod network failed")
+                }
+            }
+        }
+        deleted
     }
 }
 

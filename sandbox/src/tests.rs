@@ -368,3 +368,27 @@ async fn recovery_tears_down_a_pod_whose_run_never_finished() {
     env.manager.stop(again.clone()).await.unwrap();
     env.manager.remove(again).await.unwrap();
 }
+
+#[tokio::test]
+async fn recovery_deletes_networks_no_record_owns() {
+    let Some(env) = env() else { return };
+    let id = env.manager.run(request("lost")).await.unwrap();
+    let rec = env.manager.sandbox(&id).unwrap().unwrap();
+    // The record is gone (a lost database), its network and namespaces are not.
+    store::delete(&env.manager.db, &id, &rec.meta.name_key).unwrap();
+    // An entry of another runtime sharing the cache dir is never touched.
+    let foreign = env.dir.join("cache/results/othernet-ffff-eth0");
+    std::fs::write(
+        &foreign,
+        r#"{"kind":"cniCacheV1","containerId":"ffff","config":"","ifName":"eth0","networkName":"othernet","netns":"/var/run/netns/x","cniArgs":[],"capabilityArgs":{},"result":null}"#,
+    )
+    .unwrap();
+    let found = env.manager.recover().unwrap();
+    assert_eq!(found.networks_deleted, 1);
+    let calls = std::fs::read_to_string(env.dir.join("bin/calls")).unwrap();
+    assert_eq!(calls.lines().filter(|l| l.starts_with("DEL")).count(), 1);
+    assert!(foreign.exists());
+    assert_eq!(count(&env.dir.join("cache/results")), 1);
+    assert_eq!(count(&env.dir.join("state/ns")), 0);
+    let _ = crate::cgroup::remove(&env.manager.cgroups, &rec.meta.cgroup_parent);
+}

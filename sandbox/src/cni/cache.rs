@@ -80,6 +80,65 @@ pub fn read_result(cache_dir: &Path, network: &str, att: &Attachment) -> Option<
     }
 }
 
+/// A cache entry as DEL needs it: the network list it was added to, the attachment, the result.
+#[derive(Debug, Clone)]
+pub struct CachedAttachment {
+    pub path: PathBuf,
+    pub network: Vec<u8>,
+    pub attachment: Attachment,
+    pub result: Option<Value>,
+}
+
+/// Entries whose namespace path lies below `ns_root` — written by this crius, not by another
+/// runtime sharing the cache dir. Unreadable entries are skipped.
+pub fn entries_below(cache_dir: &Path, ns_root: &Path) -> Vec<CachedAttachment> {
+    let Ok(dir) = std::fs::read_dir(cache_dir.join("results")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            let doc: Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+            let netns = PathBuf::from(doc.get("netns")?.as_str()?);
+            if !netns.starts_with(ns_root) {
+                return None;
+            }
+            let network = base64::engine::general_purpose::STANDARD
+                .decode(doc.get("config")?.as_str()?)
+                .ok()?;
+            let args = doc
+                .get("cniArgs")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|kv| {
+                            Some((kv.get(0)?.as_str()?.to_string(), kv.get(1)?.as_str()?.to_string()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let attachment = Attachment {
+                container_id: doc.get("containerId")?.as_str()?.to_string(),
+                netns,
+                ifname: doc.get("ifName")?.as_str()?.to_string(),
+                args,
+                capability_args: doc
+                    .get("capabilityArgs")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            let result = doc.get("result").filter(|r| !r.is_null()).cloned();
+            Some(CachedAttachment {
+                path,
+                network,
+                attachment,
+                result,
+            })
+        })
+        .collect()
+}
+
 /// Removes the entry; a missing entry is fine.
 pub fn remove(cache_dir: &Path, network: &str, att: &Attachment) -> Result<(), CniError> {
     let path = entry_path(cache_dir, network, att);

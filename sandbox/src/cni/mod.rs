@@ -6,7 +6,7 @@
 //! as `prevResult` (spec ≥ 0.4.0), passes no namespace path once the namespace is gone, tries every
 //! plugin even after one fails, and removes the cache entry only when all of them succeeded.
 
-mod cache;
+pub mod cache;
 mod config;
 mod exec;
 mod result;
