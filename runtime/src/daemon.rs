@@ -44,6 +44,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Streaming(#[from] crate::streaming::StreamingError),
     #[error("cannot install signal handler: {0}")]
     Signal(#[source] std::io::Error),
     #[error("gRPC server failed: {0}")]
@@ -97,6 +99,24 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let events = crius
         .events
         .start(crius.containers.clone(), crius.sandboxes.clone());
+    let backend = Arc::new(crate::stream_backend::RuntimeStreams {
+        sandboxes: crius.sandboxes.clone(),
+        containers: crius.containers.clone(),
+    });
+    let streaming = match crate::streaming::StreamingServer::start(
+        &crius.config.streaming.address,
+        crius.config.streaming.port,
+        backend,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket);
+            return Err(e.into());
+        }
+    };
+    let _ = crius.streaming.set(streaming);
     let (runtime, images) = server::services(crius.clone());
 
     let recovery = tokio::spawn(recover(crius.clone()));

@@ -9,6 +9,8 @@ pub mod handover;
 pub mod info;
 pub mod server;
 pub mod shim_client;
+pub mod shim_exec;
 pub mod spec;
 pub mod store;
+pub mod stream_backend;
 pub mod streaming;

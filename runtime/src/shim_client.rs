@@ -125,7 +125,7 @@ impl ShimClient {
     }
 
     /// Spawns `cmd` with a report pipe on fd 3; returns the async read end.
-    fn spawn_with_report(
+    pub(crate) fn spawn_with_report(
         &self,
         mut cmd: std::process::Command,
     ) -> Result<(tokio::net::unix::pipe::Receiver, std::process::Child), ShimError> {
@@ -263,7 +263,7 @@ fn to_async(fd: OwnedFd) -> Option<tokio::net::unix::pipe::Receiver> {
 }
 
 /// Reads one frame; `Ok(None)` on EOF before any byte.
-async fn read_frame_async<R: AsyncRead + Unpin>(mut r: R) -> Result<Option<Vec<u8>>, FrameError> {
+pub(crate) async fn read_frame_async<R: AsyncRead + Unpin>(mut r: R) -> Result<Option<Vec<u8>>, FrameError> {
     let mut header = [0u8; 4];
     match r.read_exact(&mut header).await {
         Ok(_) => {}

@@ -7,6 +7,7 @@
 //! `shim.json` ([`ShimConfig`]), `ctl.sock` (control socket), `exit.json` ([`ExitStatus`]),
 //! `shim.log` (the shim's own diagnostics).
 
+pub mod attach;
 pub mod exit;
 pub mod frame;
 pub mod messages;
@@ -23,6 +24,8 @@ pub const CONFIG_FILE: &str = "shim.json";
 pub const CONTROL_SOCKET: &str = "ctl.sock";
 pub const EXIT_FILE: &str = "exit.json";
 pub const SHIM_LOG: &str = "shim.log";
+/// The attach socket (`SOCK_SEQPACKET`, see [`attach`]).
+pub const ATTACH_SOCKET: &str = "attach.sock";
 /// The fd on which `crius-shim create` and `crius-shim exec-helper` write their reports.
 pub const REPORT_FD: i32 = 3;
 

@@ -30,6 +30,10 @@ pub struct ShimConfig {
     pub terminal: bool,
     /// CRI `stdin`: the shim keeps the write end of the container's stdin open.
     pub stdin: bool,
+    /// CRI `stdin_once`: the shim closes the container's stdin once the first attach client that
+    /// wrote to it detaches (absent in configs written before attach existed).
+    #[serde(default)]
+    pub stdin_once: bool,
     /// The absolute `linux.cgroupsPath` (for the OOM counter and killing every process).
     pub cgroup_path: String,
 }
@@ -157,6 +161,11 @@ pub struct ExecRequest {
     /// A directory the helper may write a scratch `process.json` into.
     pub scratch_dir: PathBuf,
     pub args: Vec<String>,
+    /// Run the process with a terminal: libcontainer connects to this listening unix socket and
+    /// sends the pty master (SCM_RIGHTS); the helper's fds 0/1/2 are then unused. `None` (and
+    /// requests from daemons that predate it): no terminal, fds 0/1/2 are the process's stdio.
+    #[serde(default)]
+    pub console_socket: Option<PathBuf>,
 }
 
 /// Frames written by the exec helper: `Started` then `Exited`, or one `Failed`.

@@ -24,6 +24,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use nix::unistd::{ForkResult, Pid, fork, pipe2, setsid};
 
+use crate::attach::AttachHub;
 use crate::log::{LogFile, Stream};
 use crate::monitor::{Monitor, Outcome, Output};
 use crate::{proc_setup, reexec};
@@ -242,6 +243,13 @@ fn create(config_path: &Path) -> Result<(Monitor, Pid), CreateError> {
         sigfd,
         crate::teardown::delete_container,
     );
+    monitor.attach = match AttachHub::bind(&monitor.cfg.shim_dir, monitor.cfg.stdin_once) {
+        Ok(hub) => Some(hub),
+        Err(e) => {
+            eprintln!("crius-shim {}: no attach socket: {e}", monitor.cfg.id);
+            None
+        }
+    };
     let mut container = container;
     monitor.starter = Some(Box::new(move || {
         container.start().map_err(|e| format!("start: {e}"))

@@ -2,8 +2,9 @@
 //! libcontainer's tenant builder, then waits for it and exits with its exit code.
 //!
 //! The process gets the container's own `process` from its `config.json` (user, groups,
-//! capabilities, env, cwd, rlimits, no-new-privileges) with `args` replaced and no terminal; fds
-//! 0/1/2 of the helper become its stdio. libcontainer 0.7 drops `linux.seccomp` for tenants, so
+//! capabilities, env, cwd, rlimits, no-new-privileges) with `args` replaced; fds 0/1/2 of the
+//! helper become its stdio, or, when the request names a console socket, the process gets a new
+//! terminal whose master libcontainer sends to that socket. libcontainer 0.7 drops `linux.seccomp` for tenants, so
 //! [`SeccompExecutor`] loads the container's filter itself right before `execvp`.
 //!
 //! Invariants: the helper never writes to fds 0/1/2 (they belong to the exec'd process); every
@@ -110,7 +111,7 @@ fn run(request: &str, send: &mut dyn FnMut(&ExecReport)) -> Result<i32, ExecErro
     })?;
     process
         .set_args(Some(req.args.clone()))
-        .set_terminal(Some(false))
+        .set_terminal(Some(req.console_socket.is_some()))
         .set_console_size(None);
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
 
@@ -122,6 +123,9 @@ fn run(request: &str, send: &mut dyn FnMut(&ExecReport)) -> Result<i32, ExecErro
     })?;
     let built = build(&req, &scratch, seccomp);
     let _ = std::fs::remove_file(&scratch);
+    if let Some(sock) = &req.console_socket {
+        remove_console_links(&req.youki_root.join(&req.id), sock);
+    }
     let pid = built?;
     send(&ExecReport::Started { pid: pid.as_raw() });
     loop {
@@ -150,16 +154,43 @@ fn build(
             .map(|d| unsafe { OwnedFd::from_raw_fd(d) })
             .map_err(|e| fail(format!("dup fd {fd}: {e}")))
     };
-    ContainerBuilder::new(req.id.clone(), SyscallType::default())
+    let builder = ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .with_root_path(&req.youki_root)
         .map_err(|e| fail(error_chain(&e)))?
-        .with_executor(SeccompExecutor { seccomp })
-        .with_stdin(dup(0)?)
-        .with_stdout(dup(1)?)
-        .with_stderr(dup(2)?)
-        .as_tenant()
+        .with_executor(SeccompExecutor { seccomp });
+    // libcontainer requires "detached" exactly when the process has a terminal; for a tenant
+    // the flag means nothing else.
+    let builder = match &req.console_socket {
+        Some(sock) => builder
+            .with_console_socket(Some(sock))
+            .as_tenant()
+            .with_detach(true),
+        None => builder
+            .with_stdin(dup(0)?)
+            .with_stdout(dup(1)?)
+            .with_stderr(dup(2)?)
+            .as_tenant()
+            .with_detach(false),
+    };
+    builder
         .with_process(Some(process_file))
-        .with_detach(false)
         .build()
         .map_err(|e| fail(error_chain(&e)))
+}
+
+/// libcontainer links the console socket into the container's state dir under a random
+/// `tenant-tty-*.sock` name and leaves the link behind; remove the ones pointing at ours.
+fn remove_console_links(container_dir: &std::path::Path, sock: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(container_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with("tenant-tty-") {
+            continue;
+        }
+        if std::fs::read_link(e.path()).is_ok_and(|t| t == sock) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! - `exec-helper --request <json>`: one process per exec (see `exec_helper`).
 //! - `pause [--net P] [--ipc P] [--uts P]`: PID 1 of a pod-shared PID namespace (see `pause`).
 
+mod attach;
 mod cgroup;
 mod create;
 mod exec_helper;

@@ -1,5 +1,6 @@
-//! The shim's event loop: one `poll` over the control socket, a SIGCHLD signalfd and the
-//! container's stdout/stderr (or pty master). No threads, no async runtime.
+//! The shim's event loop: one `poll` over the control socket, a SIGCHLD signalfd, the
+//! container's stdout/stderr (or pty master) and the attach socket with its clients
+//! (`attach`). No threads, no async runtime.
 //!
 //! Invariants: the shim is a child subreaper and reaps every child; init's exit is recorded once
 //! — after the output pipes have been drained, so the log is complete when the exit file appears
@@ -22,6 +23,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::attach::{AttachHub, StdinAction};
 use crate::cgroup;
 use crate::log::{LineSplitter, LogFile, Stream, now_ns, rfc3339_nano};
 
@@ -73,6 +75,8 @@ pub struct Monitor {
     pub log: LogFile,
     pub starter: Option<Starter>,
     pub teardown: Teardown,
+    /// The attach socket; `None` only when it could not be bound.
+    pub attach: Option<AttachHub>,
     sigfd: SignalFd,
 }
 
@@ -103,6 +107,7 @@ impl Monitor {
             log,
             starter: None,
             teardown,
+            attach: None,
             sigfd,
         }
     }
@@ -112,7 +117,7 @@ impl Monitor {
         self.ctl.set_nonblocking(true)?;
         self.reap();
         loop {
-            let (ctl_ev, sig_ev, out_ev, err_ev) = {
+            let (ctl_ev, sig_ev, out_ev, err_ev, att_ev) = {
                 let mut fds = vec![
                     PollFd::new(self.ctl.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
@@ -125,6 +130,13 @@ impl Monitor {
                     fds.push(PollFd::new(o.fd.as_fd(), PollFlags::POLLIN));
                     fds.len() - 1
                 });
+                // Attach clients wait in the backlog until the container runs.
+                let accepting = self.status != ProcessStatus::Created;
+                let stdin = stdin_target(&self.cfg, &self.stdout, &self.stdin);
+                let att_slots = self
+                    .attach
+                    .as_ref()
+                    .map(|a| a.register(&mut fds, accepting, stdin));
                 match poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) => {}
                     Err(Errno::EINTR) => continue,
@@ -136,6 +148,7 @@ impl Monitor {
                     ready(1),
                     out_i.is_some_and(ready),
                     err_i.is_some_and(ready),
+                    att_slots.map(|s| AttachHub::events(&fds, s)),
                 )
             };
             if out_ev {
@@ -147,6 +160,16 @@ impl Monitor {
             if sig_ev {
                 while let Ok(Some(_)) = self.sigfd.read_signal() {}
                 self.reap();
+            }
+            if let (Some(ev), Some(hub)) = (att_ev, self.attach.as_mut()) {
+                let stdin = stdin_target(&self.cfg, &self.stdout, &self.stdin);
+                if hub.service(ev, stdin) == StdinAction::Close && !self.cfg.terminal {
+                    // CRI stdin_once: the container reads EOF.
+                    self.stdin = None;
+                }
+            }
+            if let (Some(_), Some(hub)) = (self.exit, self.attach.as_mut()) {
+                hub.finish();
             }
             if ctl_ev {
                 if let Some(outcome) = self.accept_all() {
@@ -171,6 +194,13 @@ impl Monitor {
                     let ts = rfc3339_nano(now_ns());
                     if let Err(e) = out.split.feed(&buf[..n], &ts, &mut self.log) {
                         eprintln!("crius-shim {}: cannot write log: {e}", self.cfg.id);
+                    }
+                    if let Some(hub) = self.attach.as_mut() {
+                        let tag = match which {
+                            Stream::Stdout => crius_shim_api::attach::OUT_STDOUT,
+                            Stream::Stderr => crius_shim_api::attach::OUT_STDERR,
+                        };
+                        hub.broadcast(tag, &buf[..n]);
                     }
                 }
                 Err(Errno::EINTR) => {}
@@ -370,6 +400,7 @@ impl Monitor {
             Err(e) => error(ErrorCode::Failed, e),
         };
         let _ = std::fs::remove_file(self.cfg.shim_dir.join(crius_shim_api::CONTROL_SOCKET));
+        let _ = std::fs::remove_file(self.cfg.shim_dir.join(crius_shim_api::ATTACH_SOCKET));
         (response, Some(Outcome::Exit))
     }
 
@@ -380,6 +411,23 @@ impl Monitor {
             let _ = out.split.finish(&ts, &mut self.log);
         }
         let _ = self.log.flush();
+    }
+}
+
+/// Where attach input goes: the pty master of a terminal container, else the stdin pipe; only
+/// when the container was created with stdin.
+fn stdin_target<'a>(
+    cfg: &ShimConfig,
+    stdout: &'a Option<Output>,
+    stdin: &'a Option<OwnedFd>,
+) -> Option<std::os::fd::BorrowedFd<'a>> {
+    if !cfg.stdin {
+        return None;
+    }
+    if cfg.terminal {
+        stdout.as_ref().map(|o| o.fd.as_fd())
+    } else {
+        stdin.as_ref().map(|f| f.as_fd())
     }
 }
 

@@ -14,6 +14,7 @@ use crius_shim_api::ProcessStatus;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::attach::AttachHub;
 use crate::log::{LogFile, Stream};
 use crate::monitor::{Monitor, Output};
 use crate::{create, proc_setup};
@@ -28,6 +29,10 @@ pub struct Handoff {
     pub stdout: Option<RawFd>,
     pub stderr: Option<RawFd>,
     pub stdin: Option<RawFd>,
+    /// The attach listener (clients already accepted are not carried over; there are none
+    /// before the container runs).
+    #[serde(default)]
+    pub attach: Option<RawFd>,
 }
 
 /// Execs `crius-shim monitor <handoff>`. Returns only on failure.
@@ -41,12 +46,14 @@ pub fn into_monitor(mut m: Monitor) -> std::io::Error {
         stdout: m.stdout.as_ref().map(|o| o.fd.as_raw_fd()),
         stderr: m.stderr.as_ref().map(|o| o.fd.as_raw_fd()),
         stdin: m.stdin.as_ref().map(|f| f.as_raw_fd()),
+        attach: m.attach.as_ref().map(|a| a.listener().as_raw_fd()),
     };
     let keep: Vec<_> = [Some(m.ctl.as_fd()), m.stdout.as_ref().map(|o| o.fd.as_fd())]
         .into_iter()
         .chain([
             m.stderr.as_ref().map(|o| o.fd.as_fd()),
             m.stdin.as_ref().map(|f| f.as_fd()),
+            m.attach.as_ref().map(|a| a.listener()),
         ])
         .flatten()
         .collect();
@@ -95,9 +102,16 @@ pub fn main(arg: &str) -> i32 {
     let stdout = h.stdout.map(own);
     let stderr = h.stderr.map(own);
     let stdin = h.stdin.map(own);
-    for fd in [Some(&ctl), stdout.as_ref(), stderr.as_ref(), stdin.as_ref()]
-        .into_iter()
-        .flatten()
+    let attach = h.attach.map(own);
+    for fd in [
+        Some(&ctl),
+        stdout.as_ref(),
+        stderr.as_ref(),
+        stdin.as_ref(),
+        attach.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         let _ = proc_setup::set_cloexec(fd, true);
     }
@@ -127,6 +141,8 @@ pub fn main(arg: &str) -> i32 {
         sigfd,
         crate::teardown::delete_container,
     );
+    let stdin_once = monitor.cfg.stdin_once;
+    monitor.attach = attach.map(|fd| AttachHub::from_listener(fd, stdin_once));
     match monitor.run() {
         Ok(_) => 0,
         Err(e) => {

@@ -98,6 +98,7 @@ impl Ctr {
             log_path: Some(self.log()),
             terminal: false,
             stdin: false,
+            stdin_once: false,
             cgroup_path: self.cgroup_path(),
         };
         std::fs::write(
@@ -187,6 +188,7 @@ impl Ctr {
             bundle: self.bundle(),
             scratch_dir: self.shim_dir(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            console_socket: None,
         };
         let (r, w) = nix::unistd::pipe().unwrap();
         let wfd = w.as_raw_fd();

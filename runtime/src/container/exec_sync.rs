@@ -43,6 +43,7 @@ impl Containers {
             bundle: self.bundle_dir(id),
             scratch_dir: self.shim_dir(id),
             args: cmd,
+            console_socket: None,
         };
         let timeout = (timeout_seconds > 0).then(|| Duration::from_secs(timeout_seconds as u64));
         let out = self

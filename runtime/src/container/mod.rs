@@ -9,8 +9,10 @@
 //! a record exists only for a container whose shim reported success; every create failure
 //! undoes what it did; stop and remove of an unknown container succeed.
 
+mod attach;
 mod cgroupfs;
 mod create;
+mod exec_stream;
 mod events;
 mod exec_sync;
 mod list;
@@ -23,6 +25,7 @@ mod rootfs;
 mod start;
 mod stats;
 mod status;
+pub(crate) mod stdio;
 mod stop;
 mod update;
 mod watch;
@@ -196,6 +199,7 @@ impl Containers {
             log_path: r.log_path.clone(),
             terminal: r.config.tty,
             stdin: r.config.stdin,
+            stdin_once: r.config.stdin_once,
             cgroup_path: r.cgroup_path.clone(),
         }
     }

@@ -104,3 +104,13 @@ pub fn container(e: crate::container::ContainerError) -> Status {
 pub fn events_lagged(e: crate::events::Lagged) -> Status {
     Status::resource_exhausted(e.to_string())
 }
+
+/// A streaming URL that could not be issued (too many tokens in flight, or no server).
+pub fn streaming(e: crate::streaming::StreamingError) -> Status {
+    use crate::streaming::StreamingError as E;
+    let msg = e.to_string();
+    match e {
+        E::Token(_) => Status::resource_exhausted(msg),
+        E::Bind { .. } => Status::unavailable(msg),
+    }
+}

@@ -36,6 +36,8 @@ pub struct Crius {
     pub events: Arc<crate::events::EventBus>,
     /// Creates finished after their client gave up, kept for the retry (issue 9).
     pub handover: Arc<crate::handover::Handover>,
+    /// The Exec/Attach/PortForward server (issue 8), set once at start-up.
+    pub streaming: std::sync::OnceLock<Arc<crate::streaming::StreamingServer>>,
     ready: AtomicBool,
 }
 
@@ -55,6 +57,7 @@ impl Crius {
             containers,
             events: Arc::default(),
             handover: Arc::default(),
+            streaming: std::sync::OnceLock::new(),
             ready: AtomicBool::new(false),
         })
     }

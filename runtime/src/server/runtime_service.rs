@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Crius, error, unimplemented};
 use crate::info;
+use crate::streaming::Pending;
 
 pub struct Runtime(pub Arc<Crius>);
 
@@ -230,16 +231,36 @@ impl RuntimeService for Runtime {
         Ok(Response::new(resp))
     }
 
-    async fn exec(&self, _req: Request<ExecRequest>) -> Rpc<ExecResponse> {
-        Err(unimplemented("Exec"))
+    async fn exec(&self, req: Request<ExecRequest>) -> Rpc<ExecResponse> {
+        let mut req = req.into_inner();
+        if req.cmd.first().is_none_or(String::is_empty) {
+            return Err(Status::invalid_argument("exec needs a command"));
+        }
+        stdio_wanted(req.tty, req.stdin, req.stdout, req.stderr)?;
+        let id = container_id(req.container_id)?;
+        req.container_id = self.0.containers.running(&id, "exec").map_err(error::container)?;
+        let url = self.streaming()?.url(Pending::Exec(req)).map_err(error::streaming)?;
+        Ok(Response::new(ExecResponse { url }))
     }
 
-    async fn attach(&self, _req: Request<AttachRequest>) -> Rpc<AttachResponse> {
-        Err(unimplemented("Attach"))
+    async fn attach(&self, req: Request<AttachRequest>) -> Rpc<AttachResponse> {
+        let mut req = req.into_inner();
+        stdio_wanted(req.tty, req.stdin, req.stdout, req.stderr)?;
+        let id = container_id(req.container_id)?;
+        req.container_id = self.0.containers.running(&id, "attach").map_err(error::container)?;
+        let url = self.streaming()?.url(Pending::Attach(req)).map_err(error::streaming)?;
+        Ok(Response::new(AttachResponse { url }))
     }
 
-    async fn port_forward(&self, _req: Request<PortForwardRequest>) -> Rpc<PortForwardResponse> {
-        Err(unimplemented("PortForward"))
+    async fn port_forward(&self, req: Request<PortForwardRequest>) -> Rpc<PortForwardResponse> {
+        let req = req.into_inner();
+        cri_api::validate::object_id("pod sandbox id", &req.pod_sandbox_id).map_err(error::invalid)?;
+        if !self.pod(&req.pod_sandbox_id)?.ready {
+            let e = crate::container::ContainerError::PodNotReady(req.pod_sandbox_id.clone());
+            return Err(error::container(e));
+        }
+        let url = self.streaming()?.url(Pending::PortForward(req)).map_err(error::streaming)?;
+        Ok(Response::new(PortForwardResponse { url }))
     }
 
     async fn container_stats(&self, req: Request<ContainerStatsRequest>) -> Rpc<ContainerStatsResponse> {
@@ -330,6 +351,14 @@ impl RuntimeService for Runtime {
 }
 
 impl Runtime {
+    fn streaming(&self) -> Result<&crate::streaming::StreamingServer, Status> {
+        self.0
+            .streaming
+            .get()
+            .map(|s| &**s)
+            .ok_or_else(|| Status::unavailable("the streaming server is not running"))
+    }
+
     /// The pod a container is created in, as the container code needs it.
     fn pod(&self, id: &str) -> Result<crate::container::PodInfo, Status> {
         let rec = self
@@ -356,6 +385,20 @@ impl Runtime {
             cgroup_parent: rec.meta.cgroup_parent.to_string_lossy().into_owned(),
         })
     }
+}
+
+/// CRI: a stream needs at least one of stdin/stdout/stderr, and a terminal merges stderr into
+/// stdout, so `tty` with `stderr` is refused (crictl sends `stderr: !tty`).
+fn stdio_wanted(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<(), Status> {
+    if tty && stderr {
+        return Err(Status::invalid_argument("tty and stderr cannot both be true"));
+    }
+    if !(stdin || stdout || stderr) {
+        return Err(Status::invalid_argument(
+            "one of stdin, stdout or stderr must be true",
+        ));
+    }
+    Ok(())
 }
 
 /// A container id (or unique prefix) from the wire. An id crius could never have issued names

@@ -1,6 +1,6 @@
 //! WebSocket transports (`crictl --transport websocket`): the channel protocol
 //! `v5.channel.k8s.io` for exec/attach (first byte of each binary message is the channel: 0 stdin,
-//! 1 stdout, 2 stderr, 3 error, 4 resize; `[255, ch]` closes channel `ch`), and
+//! 1 stdout, 2 stderr, 3 error, 4 resize; the client sends `[255, 0]` to close stdin), and
 //! `SPDY/3.1+portforward.k8s.io`, SPDY bytes carried in binary messages, for port-forward.
 
 use futures_util::{SinkExt, StreamExt};
@@ -100,9 +100,8 @@ where
                     return;
                 }
             }
-            if v5 {
-                let _ = out.send(Message::binary(vec![CLOSE, channel])).await;
-            }
+            // v5's CLOSE is client → server only: client-go rejects it from the server ("Unknown
+            // stream id 255"), so output ends with the status on channel 3 and the close frame.
         }));
         tx
     };

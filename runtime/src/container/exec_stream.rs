@@ -1,0 +1,168 @@
+//! The streaming Exec: a command in a running container through `crius-shim exec-helper`, its
+//! stdio pumped to and from the client's channels (pipes, or a terminal whose size follows the
+//! client's resize messages). Also the running-container check the Exec and Attach RPCs share.
+//!
+//! Invariants: only a RUNNING container accepts an exec (FailedPrecondition otherwise); when the
+//! client goes away the exec'd process is SIGKILLed and its exit awaited, so nothing it started
+//! through us keeps running; output is drained until end of stream, at most [`DRAIN_GRACE`]
+//! past the exit (a background child may hold the pipe open forever).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crius_shim_api::ExecRequest;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+use super::record::State;
+use super::stdio::{RawIo, copy_out, set_winsize};
+use super::{ContainerError, Containers};
+use crate::shim_exec::ExecStdio;
+use crate::streaming::ProcessIo;
+
+/// How long output may keep flowing after the exec'd process exited.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+impl Containers {
+    /// The full id of a RUNNING container (`id` may be a unique prefix); `action` names the
+    /// verb in the FailedPrecondition error.
+    pub fn running(&self, id: &str, action: &'static str) -> Result<String, ContainerError> {
+        let all = self.records.list()?;
+        let full = super::resolve_id(&all, id).ok_or_else(|| ContainerError::NotFound(id.into()))?;
+        let r = self.refreshed(&full)?;
+        if r.status.state != State::Running {
+            return Err(ContainerError::WrongState {
+                id: full,
+                state: r.status.state,
+                action,
+                wanted: "a running container",
+            });
+        }
+        Ok(full)
+    }
+
+    /// Streaming Exec: runs `req.cmd` with the client's stdio; returns its exit code.
+    pub async fn exec_stream(
+        &self,
+        req: &cri_api::v1::ExecRequest,
+        io: ProcessIo,
+    ) -> Result<i32, ContainerError> {
+        if req.cmd.is_empty() || req.cmd[0].is_empty() {
+            return Err(ContainerError::Invalid("exec needs a command".into()));
+        }
+        let id = self.running(&req.container_id, "exec")?;
+        let shim_req = ExecRequest {
+            version: crius_shim_api::PROTOCOL_VERSION,
+            id: id.clone(),
+            youki_root: self.youki_root(),
+            bundle: self.bundle_dir(&id),
+            scratch_dir: self.shim_dir(&id),
+            args: req.cmd.clone(),
+            console_socket: None,
+        };
+        let mut exec = self
+            .shim
+            .exec_interactive(shim_req, io.stdin.is_some(), io.tty)
+            .await
+            .map_err(ContainerError::shim(&id))?;
+        let ProcessIo {
+            stdin,
+            stdout,
+            stderr,
+            resize,
+            client_gone,
+            ..
+        } = io;
+        let mut input = Vec::new();
+        let mut output = Vec::new();
+        match exec.stdio.take() {
+            Some(ExecStdio::Pipes {
+                stdin: pipe_in,
+                stdout: pipe_out,
+                stderr: pipe_err,
+            }) => {
+                if let (Some(mut rx), Some(mut w)) = (stdin, pipe_in) {
+                    input.push(tokio::spawn(async move {
+                        while let Some(chunk) = rx.recv().await {
+                            if w.write_all(&chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                        // Dropping `w` closes the process's stdin: the client half-closed.
+                    }));
+                }
+                output.push(tokio::spawn(copy_out(pipe_out, stdout)));
+                output.push(tokio::spawn(copy_out(pipe_err, stderr)));
+            }
+            Some(ExecStdio::Pty(master)) => {
+                let pty = Arc::new(RawIo::new(master).map_err(|e| pty_err(&id, e))?);
+                if let Some(mut rx) = stdin {
+                    let w = pty.clone();
+                    input.push(tokio::spawn(async move {
+                        while let Some(chunk) = rx.recv().await {
+                            if w.write_all(&chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                    }));
+                }
+                if let Some(mut sizes) = resize {
+                    let p = pty.clone();
+                    input.push(tokio::spawn(async move {
+                        while let Some(size) = sizes.recv().await {
+                            if let Err(e) = set_winsize(p.fd(), size) {
+                                tracing::debug!(error = %e, "exec resize failed");
+                            }
+                        }
+                    }));
+                }
+                output.push(tokio::spawn(copy_out(pty, stdout)));
+            }
+            None => return Err(pty_err(&id, std::io::Error::other("exec has no stdio"))),
+        }
+
+        let killer = exec.killer();
+        let code = {
+            let wait = exec.wait();
+            tokio::pin!(wait);
+            tokio::select! {
+                r = &mut wait => r,
+                () = gone(client_gone) => {
+                    tracing::debug!(%id, "exec client went away; killing the exec'd process");
+                    killer.kill();
+                    wait.await
+                }
+            }
+        };
+        for t in &input {
+            t.abort();
+        }
+        let drain = async {
+            for t in &mut output {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {
+            tracing::debug!(%id, "exec output still open after the process exited; closing it");
+        }
+        for t in &output {
+            t.abort();
+        }
+        code.map_err(ContainerError::shim(&id))
+    }
+}
+
+fn pty_err(id: &str, e: std::io::Error) -> ContainerError {
+    ContainerError::Io {
+        what: "exec terminal of container",
+        path: id.into(),
+        source: e,
+    }
+}
+
+/// Resolves when the client's connection is gone (never, if nobody can tell us).
+pub async fn gone(mut rx: watch::Receiver<bool>) {
+    if rx.wait_for(|g| *g).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
