@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod images;
 pub mod pods;
 pub mod registry;
+pub mod streaming;
 pub mod security;
 pub mod util;
 
