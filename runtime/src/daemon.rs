@@ -136,8 +136,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(DaemonError::Signal)?;
     let result = tokio::select! {
         r = &mut serve => r.map_err(DaemonError::from),
-        _ = sigterm.recv() => shutdown(serve, stop_tx, "SIGTERM").await,
-        _ = tokio::signal::ctrl_c() => shutdown(serve, stop_tx, "SIGINT").await,
+        _ = sigterm.recv() => {
+            // Event streams never end on their own; end them so in-flight RPCs can finish.
+            crius.events.close();
+            shutdown(serve, stop_tx, "SIGTERM").await
+        }
+        _ = tokio::signal::ctrl_c() => {
+            crius.events.close();
+            shutdown(serve, stop_tx, "SIGINT").await
+        }
     };
     recovery.abort();
     events.abort();

@@ -5,7 +5,8 @@
 //!
 //! Invariants: events reach subscribers in the order the container code sent them; publishing
 //! never waits for a subscriber — each subscriber reads from a bounded ring ([`CAPACITY`]) and
-//! one that falls behind by more than that is dropped ([`Lagged`]) instead of slowing anyone.
+//! one that falls behind by more than that is dropped ([`Lagged`]) instead of slowing anyone;
+//! [`EventBus::close`] (shutdown) ends every stream so a graceful stop is not held up by them.
 
 use std::sync::Arc;
 
@@ -24,13 +25,14 @@ pub const CAPACITY: usize = 256;
 pub struct Lagged(pub u64);
 
 pub struct EventBus {
-    tx: broadcast::Sender<Arc<ContainerEventResponse>>,
+    /// None once closed (shutdown): subscribers' streams then end after what they have.
+    tx: std::sync::RwLock<Option<broadcast::Sender<Arc<ContainerEventResponse>>>>,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
         EventBus {
-            tx: broadcast::channel(CAPACITY).0,
+            tx: std::sync::RwLock::new(Some(broadcast::channel(CAPACITY).0)),
         }
     }
 }
@@ -58,8 +60,7 @@ impl EventBus {
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
                 let resp = enrich(&containers, &sandboxes, ev).await;
-                // No subscriber is fine.
-                let _ = bus.tx.send(Arc::new(resp));
+                bus.publish(resp);
             }
         })
     }
@@ -67,8 +68,8 @@ impl EventBus {
     /// A new subscriber's stream: every event published from now on, ending with [`Lagged`]
     /// if the subscriber reads too slowly.
     pub fn subscribe(&self) -> impl Stream<Item = Result<ContainerEventResponse, Lagged>> + Send + 'static {
-        let rx = self.tx.subscribe();
-        futures_util::stream::unfold(Some(rx), |rx| async move {
+        let rx = self.sender().map(|tx| tx.subscribe());
+        futures_util::stream::unfold(rx, |rx| async move {
             let mut rx = rx?;
             match rx.recv().await {
                 Ok(ev) => Some((Ok((*ev).clone()), Some(rx))),
@@ -83,7 +84,23 @@ impl EventBus {
 
     /// Subscribers currently connected.
     pub fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
+        self.sender().map_or(0, |tx| tx.receiver_count())
+    }
+
+    /// Ends every subscriber's stream (after the events it has not read yet); daemon shutdown.
+    pub fn close(&self) {
+        self.tx.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn sender(&self) -> Option<broadcast::Sender<Arc<ContainerEventResponse>>> {
+        self.tx.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn publish(&self, ev: ContainerEventResponse) {
+        if let Some(tx) = self.sender() {
+            // No subscriber is fine.
+            let _ = tx.send(Arc::new(ev));
+        }
     }
 }
 
@@ -137,7 +154,7 @@ mod tests {
         let total = CAPACITY as i64 + 10;
         for n in 0..total {
             // Publishing never waits, whoever reads.
-            bus.tx.send(event(n)).unwrap();
+            bus.publish((*event(n)).clone());
             let got = fast.next().await.unwrap().unwrap();
             assert_eq!(got.created_at, n);
         }
@@ -147,5 +164,13 @@ mod tests {
         }
         assert!(slow.next().await.is_none(), "a dropped subscriber's stream ends");
         assert_eq!(bus.subscribers(), 1);
+        bus.close();
+        assert!(fast.next().await.is_none(), "closing ends the streams");
+        let late = bus.subscribe();
+        tokio::pin!(late);
+        assert!(
+            late.next().await.is_none(),
+            "a subscriber after close gets nothing"
+        );
     }
 }

@@ -124,4 +124,11 @@ async fn every_transition_of_a_pod_lifecycle_is_published_in_order() {
         let evs = events_for(s, &quits, 1).await;
         assert_eq!(kinds(&evs), vec![ContainerDeletedEvent]);
     }
+
+    // A graceful stop ends the streams cleanly instead of waiting for its grace period.
+    let status = w.d.stop().await.unwrap();
+    assert!(status.success(), "{status}");
+    for s in [&mut a, &mut b] {
+        assert!(s.next().await.is_none(), "the stream ended with OK");
+    }
 }

@@ -214,3 +214,59 @@ async fn sigterm_leaves_containers_running() {
     assert_eq!(w.pid(&id).await, pid);
     w.teardown().await.unwrap();
 }
+
+/// The shim pid from the verbose status.
+async fn shim_pid(w: &mut World, id: &str) -> i32 {
+    let st = w.status(id).await.expect("status");
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("info json");
+    info["shimPid"].as_i64().expect("shimPid") as i32
+}
+
+fn kill9(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+#[tokio::test]
+async fn containers_whose_shim_died_with_the_daemon_are_unknown_or_exited() {
+    let mut w = World::new(96).await.unwrap();
+    let _cleanup = PodCleanup::new(&w.d);
+    let orphan = w.run("orphan", &["sh", "-c", LOOP]).await;
+    let lost = w.run("lost", &["sh", "-c", LOOP]).await;
+    let (orphan_pid, orphan_shim) = (w.pid(&orphan).await, shim_pid(&mut w, &orphan).await);
+    let (lost_pid, lost_shim) = (w.pid(&lost).await, shim_pid(&mut w, &lost).await);
+    w.d.kill().await.unwrap();
+    // While the daemon is down: one shim dies alone, the other with its container.
+    kill9(orphan_shim);
+    kill9(lost_shim);
+    kill9(lost_pid);
+    wait_gone(orphan_shim).await;
+    wait_gone(lost_shim).await;
+    wait_gone(lost_pid).await;
+    w.d.restart().await.unwrap();
+
+    let st = w.state(&lost).await;
+    assert_eq!(st.state, ContainerState::ContainerExited as i32);
+    assert_eq!(st.reason, "Unknown");
+    assert_eq!(st.exit_code, 255);
+
+    // The container still runs without its shim: UNKNOWN, and StopContainer still ends it.
+    let st = w.state(&orphan).await;
+    assert_eq!(st.state, ContainerState::ContainerUnknown as i32, "{st:?}");
+    assert!(Path::new(&format!("/proc/{orphan_pid}")).exists());
+    w.stop(&orphan, 0).await.unwrap();
+    assert_eq!(
+        w.state(&orphan).await.state,
+        ContainerState::ContainerExited as i32
+    );
+    wait_gone(orphan_pid).await;
+    w.remove(&orphan).await.unwrap();
+    w.remove(&lost).await.unwrap();
+    assert!(
+        std::fs::read_dir(w.d.state.join("containers"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "removed containers leave no bundle"
+    );
+    w.teardown().await.unwrap();
+}

@@ -30,7 +30,8 @@ impl Containers {
 
     /// Stops a container whose lock the caller holds.
     pub(crate) async fn stop_locked(&self, r: Record, timeout_seconds: i64) -> Result<(), ContainerError> {
-        if !matches!(r.status.state, State::Running | State::Created) {
+        // UNKNOWN (recovery found the shim gone, init alive) is stopped like RUNNING.
+        if !matches!(r.status.state, State::Running | State::Created | State::Unknown) {
             return Ok(());
         }
         let id = r.id.as_str();
