@@ -3,6 +3,8 @@
 //! exits), several clients seeing the same live output, and a terminal container with resize
 //! that survives a detach.
 
+use std::time::Duration;
+
 use crius_tests::containers::World;
 use crius_tests::streaming::{RemoteCommand, Stdio};
 use crius_tests::util;
@@ -20,14 +22,18 @@ async fn attach_url(w: &mut World, id: &str, io: Stdio) -> Result<String, tonic:
     w.d.runtime.attach(req).await.map(|r| r.into_inner().url)
 }
 
-/// Sends `echo -n <tag>-<n>` through `writer` until `reader` has seen one, so both are
-/// known to be connected to the container's live output.
+/// Sends `echo -n ping-<n>` through `writer` until `reader` has seen one, so both are known
+/// to be connected to the container's live output (output from before a client connected is
+/// not replayed to it, so the writer pings again while the reader sees nothing).
 async fn until_both_attached(writer: &mut RemoteCommand, reader: &mut RemoteCommand) {
-    for n in 0..200 {
+    for n in 0..400 {
         writer.write(format!("echo -n ping-{n}\n").as_bytes()).await;
-        let got = reader.read_stdout_until(|s| s.contains("ping-")).await;
-        if got.contains("ping-") {
-            return;
+        let out = reader.stdout.as_mut().unwrap();
+        if let Ok(chunk) = tokio::time::timeout(Duration::from_millis(250), out.next()).await {
+            reader.seen.extend(chunk.expect("output continues"));
+            if String::from_utf8_lossy(&reader.seen).contains("ping-") {
+                return;
+            }
         }
     }
     panic!("the second client never saw output");
