@@ -43,6 +43,42 @@ async fn readonly_rootfs_and_default_masks() {
             assert!(mounted_at(&mounts, masked), "{masked} masked: {mounts}");
         }
     }
+    // /sys and every cgroup filesystem are read-only unless privileged (on cgroup v1 the
+    // /sys/fs/cgroup tmpfs holding them is not, like runc's before its final remount).
+    for l in mounts.lines() {
+        let point = l.split(' ').nth(4).unwrap_or("");
+        let fstype = l
+            .split(" - ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("");
+        if point == "/sys" || (point.starts_with("/sys/fs/cgroup") && fstype != "tmpfs") {
+            assert!(
+                l.split(' ').nth(5).unwrap().starts_with("ro"),
+                "read-only: {l}\n{mounts}"
+            );
+        }
+    }
+    if std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
+        let (code, _, err) = exec(
+            &mut w,
+            &id,
+            &[
+                "sh",
+                "-c",
+                "echo 1073741824 > /sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ],
+        )
+        .await;
+        assert!(
+            code != 0 && err.contains("Read-only file system"),
+            "own limit: {err}"
+        );
+        assert!(
+            !mounts.contains("name=systemd"),
+            "the host's name=systemd hierarchy is not exposed: {mounts}"
+        );
+    }
     let keys = exec_ok(&mut w, &id, &["wc", "-c", "/proc/keys"]).await;
     assert!(keys.trim().starts_with('0'), "{keys}");
     let (code, _, err) = exec(&mut w, &id, &["sh", "-c", "echo 1 > /proc/sys/vm/drop_caches"]).await;

@@ -62,6 +62,21 @@ async fn privileged_container_sees_the_host() {
         .find(|l| l.split(' ').nth(4) == Some("/sys"))
         .expect("/sys mounted");
     assert!(sys.split(' ').nth(5).unwrap().starts_with("rw"), "{sys}");
+    let cgroups: Vec<&str> = mounts
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|p| p.starts_with("/sys/fs/cgroup"))
+        })
+        .collect();
+    assert!(!cgroups.is_empty(), "{mounts}");
+    for l in cgroups {
+        assert!(
+            l.split(' ').nth(5).unwrap().starts_with("rw"),
+            "writable cgroup fs: {l}"
+        );
+    }
     assert!(
         !mounts.lines().any(|l| l.split(' ').nth(4) == Some("/proc/sys")),
         "{mounts}"

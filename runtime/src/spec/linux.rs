@@ -31,6 +31,9 @@ pub struct HostFacts {
     pub capabilities: u64,
     /// AppArmor is enabled in the kernel (`/sys/module/apparmor/parameters/enabled` is `Y`).
     pub apparmor: bool,
+    /// Mount points of the cgroup v1 controller hierarchies under `/sys/fs/cgroup` (empty on a
+    /// pure v2 host). A container's cgroup exists in each of them once it is created.
+    pub cgroup_v1_hierarchies: Vec<PathBuf>,
 }
 
 impl HostFacts {
@@ -50,8 +53,61 @@ impl HostFacts {
             capabilities: own_caps("CapBnd:"),
             apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
                 .is_ok_and(|v| v.trim() == "Y"),
+            cgroup_v1_hierarchies: if cgroup_v2 {
+                Vec::new()
+            } else {
+                v1_hierarchies(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+            },
         }
     }
+}
+
+/// Controllers libcontainer's v1 manager creates a container cgroup in.
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "memory",
+    "pids",
+    "blkio",
+    "freezer",
+    "hugetlb",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+];
+
+/// The cgroup v1 hierarchies mounted under `/sys/fs/cgroup` whose controllers are all ones
+/// libcontainer manages (named hierarchies such as `name=systemd` are left out), from
+/// mountinfo text.
+pub fn v1_hierarchies(mountinfo: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut r = right.split(' ');
+        let (Some("cgroup"), _, Some(opts)) = (r.next(), r.next(), r.next()) else {
+            continue;
+        };
+        let Some(point) = left.split(' ').nth(4).map(PathBuf::from) else {
+            continue;
+        };
+        if !point.starts_with("/sys/fs/cgroup") || point == Path::new("/sys/fs/cgroup") {
+            continue;
+        }
+        let controllers: Vec<&str> = opts
+            .split(',')
+            .filter(|o| V1_CONTROLLERS.contains(o) || o.starts_with("name="))
+            .collect();
+        if !controllers.is_empty() && controllers.iter().all(|c| V1_CONTROLLERS.contains(c)) {
+            out.push(point);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// One capability set of the daemon from `/proc/self/status` (`CapBnd:`, `CapEff:`, ...).
@@ -277,7 +333,25 @@ mod tests {
             oom_score_adj_floor: 0,
             capabilities: u64::MAX,
             apparmor: false,
+            cgroup_v1_hierarchies: vec![],
         }
+    }
+
+    #[test]
+    fn v1_hierarchies_are_controller_mounts_only() {
+        let info = "30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+            31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+            32 30 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n\
+            33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+            34 30 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+            35 25 0:30 / /mnt/elsewhere rw - cgroup cgroup rw,memory\n";
+        assert_eq!(
+            v1_hierarchies(info),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
+                PathBuf::from("/sys/fs/cgroup/memory")
+            ]
+        );
     }
 
     #[test]

@@ -148,7 +148,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .set_readonly(Some(readonly_rootfs));
 
     let base = mounts::merge(
-        mounts::defaults(privileged),
+        mounts::defaults(privileged, &input.host.cgroup_v1_hierarchies, input.cgroups_path),
         mounts::pod_files(input.pod_files, readonly_rootfs),
     );
     let mut mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

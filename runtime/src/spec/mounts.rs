@@ -32,10 +32,16 @@ fn bind(dest: &str, source: &Path, readonly: bool, propagation: &str) -> Mount {
 }
 
 /// The filesystems every Linux container gets (containerd's defaults). `/sys` and the cgroup
-/// mount are read-only unless privileged.
-pub fn defaults(privileged: bool) -> Vec<Mount> {
+/// filesystem are read-only unless privileged.
+///
+/// cgroup v1 (`v1_hierarchies` non-empty): libcontainer 0.7 mounts v1 hierarchies read-write
+/// whatever the options say (and the `name=systemd` one at its root), so an unprivileged
+/// container instead gets a tmpfs with a read-only bind of its own cgroup in each controller
+/// hierarchy (`<hierarchy>/<cgroups_path>`, which exists by the time mounts are made). A
+/// privileged container keeps libcontainer's writable mount.
+pub fn defaults(privileged: bool, v1_hierarchies: &[PathBuf], cgroups_path: &str) -> Vec<Mount> {
     let ro = if privileged { "rw" } else { "ro" };
-    vec![
+    let mut out = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount(
             "/dev",
@@ -58,13 +64,34 @@ pub fn defaults(privileged: bool) -> Vec<Mount> {
         ),
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", ro]),
-        mount(
+    ];
+    if privileged || v1_hierarchies.is_empty() {
+        out.push(mount(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
             &["nosuid", "noexec", "nodev", "relatime", ro],
-        ),
-    ]
+        ));
+        return out;
+    }
+    out.push(mount(
+        "/sys/fs/cgroup",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "noexec", "nodev", "mode=755", "size=64k"],
+    ));
+    for h in v1_hierarchies {
+        let Some(name) = h.file_name() else { continue };
+        let mut m = mount(
+            &Path::new("/sys/fs/cgroup").join(name).to_string_lossy(),
+            "bind",
+            "",
+            &["rbind", "rprivate", "ro", "nosuid", "noexec", "nodev"],
+        );
+        m.set_source(Some(h.join(cgroups_path.trim_start_matches('/'))));
+        out.push(m);
+    }
+    out
 }
 
 /// The pod's files, bind-mounted (read-only when the rootfs is), and its `/dev/shm` (or a

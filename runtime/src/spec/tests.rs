@@ -35,6 +35,10 @@ fn host() -> HostFacts {
         // CAP_SYS_RESOURCE (24) missing, as on hosts where the runtime itself runs confined.
         capabilities: ((1u64 << 41) - 1) & !(1 << 24),
         apparmor: false,
+        cgroup_v1_hierarchies: vec![
+            "/sys/fs/cgroup/memory".into(),
+            "/sys/fs/cgroup/cpu,cpuacct".into(),
+        ],
     }
 }
 
@@ -146,6 +150,27 @@ fn image_defaults_shape_the_process() {
     }
     let caps = p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
     assert!(caps.contains(&Capability::Chown) && !caps.contains(&Capability::SysAdmin));
+
+    // cgroup v1: the container's own cgroup of each hierarchy, bound read-only.
+    let ms = spec.mounts().as_ref().unwrap();
+    let cg = ms
+        .iter()
+        .find(|m| m.destination() == Path::new("/sys/fs/cgroup"))
+        .unwrap();
+    assert_eq!(cg.typ().as_deref(), Some("tmpfs"));
+    let mem = ms
+        .iter()
+        .find(|m| m.destination() == Path::new("/sys/fs/cgroup/memory"))
+        .unwrap();
+    assert_eq!(
+        mem.source().as_deref(),
+        Some(Path::new("/sys/fs/cgroup/memory/crius/p1/c1"))
+    );
+    assert!(mem.options().as_ref().unwrap().contains(&"ro".to_string()));
+    assert!(
+        ms.iter()
+            .any(|m| m.destination() == Path::new("/sys/fs/cgroup/cpu,cpuacct"))
+    );
 }
 
 #[test]
@@ -241,10 +266,100 @@ fn capabilities_add_drop_and_privileged() {
         }),
         ..Default::default()
     });
-    let spec = build_with(&ctr(Some(privileged)), &sb).unwrap();
+    let mut with_profile = privileged.clone();
+    with_profile.seccomp = Some(cri_api::v1::SecurityProfile {
+        profile_type: cri_api::v1::security_profile::ProfileType::RuntimeDefault as i32,
+        localhost_ref: String::new(),
+    });
+    let spec = build_with(&ctr(Some(with_profile)), &sb).unwrap();
     let lx = spec.linux().as_ref().unwrap();
     assert!(lx.masked_paths().as_ref().unwrap().is_empty());
+    assert!(lx.readonly_paths().as_ref().unwrap().is_empty());
+    assert!(
+        lx.seccomp().is_none(),
+        "a privileged container ignores its seccomp profile"
+    );
     assert!(lx.resources().as_ref().unwrap().devices().as_ref().unwrap()[0].allow());
+    assert!(
+        lx.devices()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|d| d.path() == Path::new("/dev/null")),
+        "host devices"
+    );
+    let sys = spec
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.destination() == Path::new("/sys"))
+        .unwrap()
+        .clone();
+    assert!(sys.options().as_ref().unwrap().contains(&"rw".to_string()));
+    let cg = spec
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.destination() == Path::new("/sys/fs/cgroup"))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        cg.typ().as_deref(),
+        Some("cgroup"),
+        "privileged: libcontainer's own, writable"
+    );
+    let caps = spec.process().as_ref().unwrap().capabilities().clone().unwrap();
+    let b = caps.bounding().as_ref().unwrap();
+    assert!(b.contains(&Capability::SysAdmin) && b.contains(&Capability::CheckpointRestore));
+    assert!(
+        !b.contains(&Capability::SysResource),
+        "all = what the runtime holds (the test host lacks SYS_RESOURCE)"
+    );
+
+    let add_missing = LinuxContainerSecurityContext {
+        capabilities: Some(CriCaps {
+            add_capabilities: vec!["SYS_RESOURCE".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert!(matches!(
+        build_with(&ctr(Some(add_missing)), &sandbox()),
+        Err(SpecError::Unsupported(_))
+    ));
+}
+
+#[test]
+fn groups_policy_strict_leaves_out_the_image_groups() {
+    let sc = |policy: cri_api::v1::SupplementalGroupsPolicy| LinuxContainerSecurityContext {
+        run_as_username: "www-data".into(),
+        supplemental_groups: vec![1234],
+        supplemental_groups_policy: policy as i32,
+        ..Default::default()
+    };
+    let gids = |spec: Spec| {
+        spec.process()
+            .clone()
+            .unwrap()
+            .user()
+            .additional_gids()
+            .clone()
+            .unwrap()
+    };
+    let merge = build_with(
+        &ctr(Some(sc(cri_api::v1::SupplementalGroupsPolicy::Merge))),
+        &sandbox(),
+    )
+    .unwrap();
+    assert_eq!(gids(merge), vec![33, 70, 1234]);
+    let strict = build_with(
+        &ctr(Some(sc(cri_api::v1::SupplementalGroupsPolicy::Strict))),
+        &sandbox(),
+    )
+    .unwrap();
+    assert_eq!(gids(strict), vec![33, 1234]);
 }
 
 #[test]
