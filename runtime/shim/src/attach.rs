@@ -7,6 +7,9 @@
 //! while stdin bytes wait for the container, so input is never dropped or reordered; after
 //! [`AttachHub::finish`] (init exited) queued output is flushed, then every client is closed and
 //! new connections are closed at once.
+//!
+//! A terminal container's input goes to the pty master; there `stdin_once` only ends input
+//! forwarding and never closes the master (that would hang up the container's terminal).
 
 use std::collections::VecDeque;
 use std::io;

@@ -5,7 +5,8 @@
 //! Invariants: only a RUNNING container accepts an exec (FailedPrecondition otherwise); when the
 //! client goes away the exec'd process is SIGKILLed and its exit awaited, so nothing it started
 //! through us keeps running; output is drained until end of stream, at most [`DRAIN_GRACE`]
-//! past the exit (a background child may hold the pipe open forever).
+//! past the exit (a background child may hold the pipe open forever). With a terminal the
+//! client's stdin half-close only stops input: the pty stays open until the process exits.
 
 use std::sync::Arc;
 use std::time::Duration;
