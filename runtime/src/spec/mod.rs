@@ -7,6 +7,7 @@
 //! true; a refused request is a [`SpecError`], never a partial spec.
 
 mod apparmor;
+mod devices;
 mod linux;
 mod mounts;
 mod process;
@@ -153,10 +154,10 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     );
     let mut mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let all_mounts = mounts::merge(base, mounts::cri_mounts(&cfg.mounts, &mut mountinfo)?);
-    let (mut devices, device_rules) = mounts::devices(&cfg.devices)?;
+    let (mut devices, device_rules) = devices::devices(&cfg.devices)?;
     if privileged {
         // A privileged container sees the host's devices; a CRI device at the same path wins.
-        let mut host = mounts::host_devices(Path::new("/dev"));
+        let mut host = devices::host_devices(Path::new("/dev"));
         host.retain(|h| !devices.iter().any(|d| d.path() == h.path()));
         devices.extend(host);
     }
