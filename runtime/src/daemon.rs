@@ -54,6 +54,10 @@ pub enum DaemonError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // Before the socket exists: a SIGTERM sent once it appears must reach our handler, not
+    // the default action.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Signal)?;
     for dir in [&config.root, &config.state] {
         create_private_dir(dir)?;
     }
@@ -132,8 +136,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tokio::pin!(serve);
     tracing::info!(socket = %socket.display(), version = env!("CARGO_PKG_VERSION"), "crius serving CRI");
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(DaemonError::Signal)?;
     let result = tokio::select! {
         r = &mut serve => r.map_err(DaemonError::from),
         _ = sigterm.recv() => {
