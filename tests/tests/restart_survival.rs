@@ -1,6 +1,7 @@
 //! Running pods survive the daemon: SIGKILL with 5 pods running, then restart — same ids,
 //! pids and IPs, logs keep growing, exec works, an exit that happened while the daemon was down
-//! is reported with its real code; SIGTERM leaves containers running.
+//! is reported with its real code; SIGTERM leaves containers running, and after the restart
+//! their exits are published as events again.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -201,7 +202,16 @@ async fn five_running_pods_survive_sigkill() {
 async fn sigterm_leaves_containers_running() {
     let mut w = World::new(92).await.unwrap();
     let _cleanup = PodCleanup::new(&w.d);
-    let id = w.run("calm", &["sh", "-c", LOOP]).await;
+    let id = w
+        .run(
+            "calm",
+            &[
+                "sh",
+                "-c",
+                "while [ ! -e /tmp/go ]; do echo line; sleep 0.1; done; exit 4",
+            ],
+        )
+        .await;
     let pid = w.pid(&id).await;
     let status = w.d.stop().await.unwrap();
     assert!(status.success(), "graceful stop exits 0: {status}");
@@ -212,6 +222,34 @@ async fn sigterm_leaves_containers_running() {
     let st = w.state(&id).await;
     assert_eq!(st.state, ContainerState::ContainerRunning as i32);
     assert_eq!(w.pid(&id).await, pid);
+    // The restarted daemon watches the container again: its exit is published unasked.
+    let mut events =
+        w.d.runtime
+            .clone()
+            .get_container_events(GetEventsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+    std::fs::write(w.d.state.join("containers").join(&id).join("rootfs/tmp/go"), b"").unwrap();
+    let stopped = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(60), events.message())
+            .await
+            .expect("no STOPPED event within 60 s")
+            .unwrap()
+            .expect("stream ended");
+        if ev.container_id == id
+            && ev.container_event_type == ContainerEventType::ContainerStoppedEvent as i32
+        {
+            break ev;
+        }
+    };
+    let st = stopped
+        .containers_statuses
+        .iter()
+        .find(|c| c.id == id)
+        .expect("own status");
+    assert_eq!(st.state, ContainerState::ContainerExited as i32);
+    assert_eq!(st.exit_code, 4);
     w.teardown().await.unwrap();
 }
 
