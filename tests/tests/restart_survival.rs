@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crius_tests::containers::{World, log_lines, read_log};
 use crius_tests::pods::{self, PodCleanup};
+use crius_tests::util;
 use k8s_cri::v1::*;
 
 const LOOP: &str = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done";
@@ -133,6 +134,10 @@ async fn five_running_pods_survive_sigkill() {
     )
     .unwrap();
     wait_gone(quitter_pid).await;
+    // Someone detached a running container's host-side rootfs mount: recovery mounts it again.
+    let rootfs1 = w.d.state.join("containers").join(&before[1].1).join("rootfs");
+    nix::mount::umount2(&rootfs1, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert!(!util::mounts_under(&rootfs1).contains(&rootfs1));
     let logged: Vec<usize> = before.iter().map(|b| log_len(&w, &b.4)).collect();
     for ((_, _, _, _, name), n) in before.iter().zip(&logged) {
         wait_log_grows(&w, name, *n).await;
@@ -177,6 +182,11 @@ async fn five_running_pods_survive_sigkill() {
         assert_eq!(out.exit_code, 0);
         assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
     }
+    assert!(
+        util::mounts_under(&rootfs1).contains(&rootfs1),
+        "rootfs mounted again"
+    );
+    assert!(rootfs1.join("bin/sh").exists());
     let q = w.state(&quitter).await;
     assert_eq!(q.state, ContainerState::ContainerExited as i32);
     assert_eq!(q.exit_code, 7);
