@@ -72,19 +72,32 @@ impl World {
         })
     }
 
-    /// Stops and removes the pod (and so its containers), then drops everything else.
+    /// Stops and removes every pod of the daemon (the World's and any a test added, and so
+    /// their containers), then drops everything else. Pods must go while the daemon runs: a
+    /// [`crate::pods::PodCleanup`] declared after the World only runs once `teardown` has
+    /// already dropped the daemon.
     pub async fn teardown(mut self) -> Result<()> {
-        let id = self.pod.clone();
-        self.d
+        let mut ids = vec![self.pod.clone()];
+        let listed = self
+            .d
             .runtime
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: id.clone(),
-            })
-            .await?;
-        self.d
-            .runtime
-            .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await?;
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await?
+            .into_inner()
+            .items;
+        ids.extend(listed.into_iter().map(|p| p.id).filter(|id| *id != self.pod));
+        for id in ids {
+            self.d
+                .runtime
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await?;
+            self.d
+                .runtime
+                .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await?;
+        }
         Ok(())
     }
 
