@@ -219,6 +219,12 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Containers outlive their shims: kill every process in a cgroup named after one of
+        // this daemon's pods or containers, then the shims, then free mounts and cgroups.
+        let ids = util::object_ids_under(&self.state);
+        for pid in util::pids_in_cgroups_named(&ids) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
         let needle = self.dir.to_string_lossy().to_string();
         for pid in util::pids_mentioning(&needle) {
             if pid as u32 != std::process::id() {
@@ -226,6 +232,7 @@ impl Drop for Daemon {
             }
         }
         util::unmount_all_under(&self.dir);
+        util::remove_cgroups_named(&ids);
         if std::thread::panicking() {
             eprintln!(
                 "--- crius log ({}) ---\n{}",

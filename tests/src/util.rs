@@ -93,3 +93,103 @@ pub fn pids_mentioning(needle: &str) -> Vec<i32> {
     }
     pids
 }
+
+/// Ids of the pods and containers a daemon made: the entry names of `<state>/{pods,ns,containers}`.
+pub fn object_ids_under(state: &Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    for sub in ["pods", "ns", "containers"] {
+        let Ok(dir) = std::fs::read_dir(state.join(sub)) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // Only full crius ids: a short name could match unrelated cgroups.
+            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) && !ids.contains(&name) {
+                ids.push(name);
+            }
+        }
+    }
+    ids
+}
+
+/// Pids whose cgroup path has a component equal to one of `ids`.
+pub fn pids_in_cgroups_named(ids: &[String]) -> Vec<i32> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cg) = std::fs::read_to_string(e.path().join("cgroup")) else {
+            continue;
+        };
+        let hit = cg
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|path| path.split('/').any(|c| ids.iter().any(|id| id == c)));
+        if hit && pid as u32 != std::process::id() {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Removes (deepest first) every cgroup directory named after one of `ids`, in every hierarchy
+/// under /sys/fs/cgroup, down to a few levels. Busy or absent cgroups are left alone.
+pub fn remove_cgroups_named(ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut found = Vec::new();
+    for h in hierarchies.flatten() {
+        collect_named(&h.path(), ids, 0, &mut found);
+    }
+    for dir in found {
+        remove_cgroup_tree(&dir);
+    }
+}
+
+fn collect_named(dir: &Path, ids: &[String], depth: usize, out: &mut Vec<PathBuf>) {
+    if depth > 4 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        if ids.contains(&name) {
+            out.push(e.path());
+        } else {
+            collect_named(&e.path(), ids, depth + 1, out);
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    // Processes just killed may take a moment to leave the cgroup.
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
