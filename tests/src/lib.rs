@@ -7,8 +7,8 @@ pub mod daemon;
 pub mod images;
 pub mod pods;
 pub mod registry;
-pub mod streaming;
 pub mod security;
+pub mod streaming;
 pub mod util;
 
 pub use daemon::{Daemon, DaemonOptions};

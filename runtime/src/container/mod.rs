@@ -12,8 +12,8 @@
 mod attach;
 mod cgroupfs;
 mod create;
-mod exec_stream;
 mod events;
+mod exec_stream;
 mod exec_sync;
 mod list;
 mod pod;

@@ -105,8 +105,12 @@ impl RuntimeService for Runtime {
         req: Request<PodSandboxStatusRequest>,
     ) -> Rpc<PodSandboxStatusResponse> {
         let req = req.into_inner();
-        let (status, info) =
-            self.0.sandboxes.status(req.pod_sandbox_id, req.verbose).await.map_err(error::sandbox)?;
+        let (status, info) = self
+            .0
+            .sandboxes
+            .status(req.pod_sandbox_id, req.verbose)
+            .await
+            .map_err(error::sandbox)?;
         Ok(Response::new(PodSandboxStatusResponse {
             status: Some(status),
             info,
@@ -115,7 +119,12 @@ impl RuntimeService for Runtime {
     }
 
     async fn list_pod_sandbox(&self, req: Request<ListPodSandboxRequest>) -> Rpc<ListPodSandboxResponse> {
-        let items = self.0.sandboxes.list(req.into_inner().filter).await.map_err(error::sandbox)?;
+        let items = self
+            .0
+            .sandboxes
+            .list(req.into_inner().filter)
+            .await
+            .map_err(error::sandbox)?;
         Ok(Response::new(ListPodSandboxResponse { items }))
     }
 
@@ -239,7 +248,10 @@ impl RuntimeService for Runtime {
         stdio_wanted(req.tty, req.stdin, req.stdout, req.stderr)?;
         let id = container_id(req.container_id)?;
         req.container_id = self.0.containers.running(&id, "exec").map_err(error::container)?;
-        let url = self.streaming()?.url(Pending::Exec(req)).map_err(error::streaming)?;
+        let url = self
+            .streaming()?
+            .url(Pending::Exec(req))
+            .map_err(error::streaming)?;
         Ok(Response::new(ExecResponse { url }))
     }
 
@@ -247,8 +259,15 @@ impl RuntimeService for Runtime {
         let mut req = req.into_inner();
         stdio_wanted(req.tty, req.stdin, req.stdout, req.stderr)?;
         let id = container_id(req.container_id)?;
-        req.container_id = self.0.containers.running(&id, "attach").map_err(error::container)?;
-        let url = self.streaming()?.url(Pending::Attach(req)).map_err(error::streaming)?;
+        req.container_id = self
+            .0
+            .containers
+            .running(&id, "attach")
+            .map_err(error::container)?;
+        let url = self
+            .streaming()?
+            .url(Pending::Attach(req))
+            .map_err(error::streaming)?;
         Ok(Response::new(AttachResponse { url }))
     }
 
@@ -259,7 +278,10 @@ impl RuntimeService for Runtime {
             let e = crate::container::ContainerError::PodNotReady(req.pod_sandbox_id.clone());
             return Err(error::container(e));
         }
-        let url = self.streaming()?.url(Pending::PortForward(req)).map_err(error::streaming)?;
+        let url = self
+            .streaming()?
+            .url(Pending::PortForward(req))
+            .map_err(error::streaming)?;
         Ok(Response::new(PortForwardResponse { url }))
     }
 
@@ -422,7 +444,10 @@ fn pod_key(req: &RunPodSandboxRequest) -> Option<String> {
 
 /// A non-empty id that is not one crius issues (critest probes with UUIDs).
 fn is_foreign_id(id: &str) -> bool {
-    matches!(cri_api::validate::object_id("id", id), Err(cri_api::validate::InvalidInput::BadId { .. }))
+    matches!(
+        cri_api::validate::object_id("id", id),
+        Err(cri_api::validate::InvalidInput::BadId { .. })
+    )
 }
 
 /// Runs a mutating container verb in its own task, so a client that goes away mid-call never
