@@ -37,7 +37,8 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "AUDIT_WRITE",
 ];
 
-/// Every capability this kernel generation knows (privileged containers and `ALL`).
+/// Every capability this kernel generation knows (privileged containers and `ALL`), in bit order:
+/// `ALL_CAPS[n]` is capability number `n`.
 pub const ALL_CAPS: &[&str] = &[
     "CHOWN",
     "DAC_OVERRIDE",
