@@ -16,6 +16,7 @@
 //! Invariants: one broken container is logged and marked (its `message` says why), never stops
 //! start-up; nothing a record owns is removed; only entries named like container ids are touched.
 
+use crate::spec::unescape_mountinfo;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -379,28 +380,9 @@ pub(crate) fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
-    let want = path.to_string_lossy();
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| unescape_mountinfo(m) == want)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+        .any(|m| unescape_mountinfo(m) == path)
 }
 
 #[cfg(test)]
@@ -409,9 +391,9 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo(r"/a\040b/c"), "/a b/c");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo(r"/end\04"), r"/end\04");
+        assert_eq!(unescape_mountinfo(r"/a\040b/c"), Path::new("/a b/c"));
+        assert_eq!(unescape_mountinfo("/plain"), Path::new("/plain"));
+        assert_eq!(unescape_mountinfo(r"/end\04"), Path::new(r"/end\04"));
     }
 
     #[test]

@@ -167,7 +167,7 @@ pub fn source_propagation(mountinfo: &str, path: &Path) -> Option<SourcePropagat
         if f.len() < 7 {
             continue;
         }
-        let point = unescape(f[4]);
+        let point = unescape_mountinfo(f[4]);
         if !path.starts_with(&point) {
             continue;
         }
@@ -188,8 +188,8 @@ pub fn source_propagation(mountinfo: &str, path: &Path) -> Option<SourcePropagat
     best.map(|(_, p)| p)
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> PathBuf {
+/// A path field of `/proc/*/mountinfo`, which escapes space, tab, newline and backslash as `\ooo`.
+pub fn unescape_mountinfo(s: &str) -> PathBuf {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
