@@ -103,7 +103,14 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let fresh_rss: BTreeMap<&str, u64> = rts
         .iter()
-        .map(|r| (r.name, r.daemon_pid().map(|p| proc_rss_kb(p as i32)).unwrap_or(0)))
+        .map(|r| {
+            (
+                r.name,
+                r.daemon_pid()
+                    .map(|p| scenarios::proc_kb(p as i32, "status", "VmRSS:"))
+                    .unwrap_or(0),
+            )
+        })
         .collect();
     let mut rows = Vec::new();
 
@@ -304,17 +311,6 @@ fn times_row(
         what: what.to_string(),
         cells,
     }
-}
-
-fn proc_rss_kb(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn kernel() -> String {

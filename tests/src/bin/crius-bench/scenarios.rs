@@ -364,7 +364,7 @@ pub async fn memory(r: &mut Runtime, pods: usize, image: &str) -> std::result::R
 }
 
 /// A `Key:   1234 kB` value from a /proc file, in kB (0 when unreadable).
-fn proc_kb(pid: i32, file: &str, key: &str) -> u64 {
+pub fn proc_kb(pid: i32, file: &str, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
