@@ -31,6 +31,13 @@ pub fn after_libcontainer(before: Option<i32>) {
     }
 }
 
+/// Names this process `crius-shim` in `ps` and `/proc/<pid>/comm`: exec'ing `/proc/self/exe`
+/// (the monitor hand-over) would otherwise leave it called `exe`.
+pub fn name_process() {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"crius-shim".as_ptr(), 0, 0, 0) };
+}
+
 /// Orphaned descendants of the container (host PID namespace) are re-parented to the shim.
 pub fn become_subreaper() {
     // SAFETY: prctl with integer arguments only.

@@ -82,6 +82,7 @@ pub fn into_monitor(mut m: Monitor) -> std::io::Error {
 
 /// `crius-shim monitor <handoff>`: rebuilds the [`Monitor`] and serves until removal.
 pub fn main(arg: &str) -> i32 {
+    proc_setup::name_process();
     let h: Handoff = match serde_json::from_str(arg) {
         Ok(h) => h,
         Err(e) => {
