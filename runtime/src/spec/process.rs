@@ -129,6 +129,22 @@ pub fn environment(cfg: &ContainerConfig, image: &ImageProcess, hostname: Option
     env
 }
 
+/// `HOME` from the image's `/etc/passwd` entry for `uid` ("/" without one), unless the image or
+/// the request set a non-empty `HOME`. Done here, as runc and CRI-O do, so the shim never looks
+/// a user up itself (it is linked statically and has no NSS).
+fn set_home(env: &mut Vec<String>, db: &UserDb, uid: u32) {
+    env.retain(|e| e != "HOME=");
+    if env.iter().any(|e| e.starts_with("HOME=")) {
+        return;
+    }
+    let home = db
+        .user_by_uid(uid)
+        .map(|u| u.home)
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".into());
+    env.push(format!("HOME={home}"));
+}
+
 /// The user: CRI `run_as_user`/`run_as_username` (+ `run_as_group`), else the image's `User`.
 ///
 /// Groups as containerd computes them: the primary gid first, then (policy Merge, the
@@ -316,12 +332,15 @@ pub fn process(
             "working directory {cwd:?} is not absolute"
         )));
     }
+    let user = user(sc, &image.user, db)?;
+    let mut env = environment(cfg, image, hostname);
+    set_home(&mut env, db, user.uid());
     let mut p = Process::default();
     p.set_terminal(Some(cfg.tty))
         .set_args(Some(command(cfg, image)?))
-        .set_env(Some(environment(cfg, image, hostname)))
+        .set_env(Some(env))
         .set_cwd(cwd.into())
-        .set_user(user(sc, &image.user, db)?)
+        .set_user(user)
         .set_capabilities(Some(capabilities(sc, available_caps)?))
         .set_rlimits(None)
         .set_no_new_privileges(sc.filter(|s| s.no_new_privs).map(|_| true))

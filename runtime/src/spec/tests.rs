@@ -105,6 +105,29 @@ fn build_with(cfg: &ContainerConfig, sb: &PodSandboxConfig) -> Result<Spec, Spec
 }
 
 #[test]
+fn home_is_kept_when_set_and_defaults_to_root_dir_for_unknown_users() {
+    let mut c = ctr(None);
+    c.envs.push(KeyValue {
+        key: "HOME".into(),
+        value: "/data".into(),
+    });
+    let spec = build_with(&c, &sandbox()).unwrap();
+    let env = spec.process().as_ref().unwrap().env().clone().unwrap();
+    assert_eq!(
+        env.iter().filter(|e| e.starts_with("HOME=")).collect::<Vec<_>>(),
+        ["HOME=/data"]
+    );
+
+    let c = ctr(Some(LinuxContainerSecurityContext {
+        run_as_user: Some(Int64Value { value: 4242 }),
+        ..Default::default()
+    }));
+    let spec = build_with(&c, &sandbox()).unwrap();
+    let env = spec.process().as_ref().unwrap().env().clone().unwrap();
+    assert!(env.contains(&"HOME=/".to_string()), "{env:?}");
+}
+
+#[test]
 fn image_defaults_shape_the_process() {
     let spec = build_with(&ctr(None), &sandbox()).unwrap();
     let p = spec.process().as_ref().unwrap();
@@ -113,6 +136,10 @@ fn image_defaults_shape_the_process() {
     let env = p.env().as_ref().unwrap();
     assert!(env.contains(&"B=cri".to_string()) && env.contains(&"A=image".to_string()));
     assert!(env.contains(&"HOSTNAME=web-0".to_string()));
+    assert!(
+        env.contains(&"HOME=/var/www".to_string()),
+        "HOME from the image's passwd"
+    );
     assert_eq!(env.iter().filter(|e| e.starts_with("B=")).count(), 1);
     assert_eq!((p.user().uid(), p.user().gid()), (33, 33));
     assert_eq!(

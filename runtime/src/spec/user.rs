@@ -23,6 +23,8 @@ pub struct PasswdEntry {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
+    /// The home directory field; empty when the line has none.
+    pub home: String,
 }
 
 impl UserDb {
@@ -44,6 +46,7 @@ impl UserDb {
                 name: f[0].to_string(),
                 uid: f[2].parse().ok()?,
                 gid: f[3].parse().ok()?,
+                home: f.get(5).map(|h| h.to_string()).unwrap_or_default(),
             })
         })
     }
