@@ -15,8 +15,22 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
+# The installable pair, target/<profile>/dist/{crius,crius-shim}: the daemon runs the shim found
+# beside it. crius-shim runs once per container, so it is linked statically and position-dependent:
+# about 0.17 MB PSS per idle shim instead of 0.26 MB as a dynamic binary (REFERENCE.md section 9).
+# The flags reach only the shim's own final link (`cargo rustc` for an explicit --target keeps
+# them off build scripts and proc-macros). A separate dir, because cargo re-links its own outputs.
+HOST_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
+define dist
+	cargo rustc $(1) -p crius-shim --bin crius-shim --target $(HOST_TARGET) -- \
+		-C target-feature=+crt-static -C relocation-model=static
+	mkdir -p target/$(2)/dist
+	install -m 0755 target/$(2)/crius target/$(HOST_TARGET)/$(2)/crius-shim target/$(2)/dist/
+endef
+
 build: deps
 	cargo build --workspace --bins
+	$(call dist,,debug)
 
 # Installs the shipped bridge network only when the host has no CNI config of its own.
 install-cni:
@@ -26,12 +40,13 @@ install-cni:
 	fi
 
 run: build install-cni
-	./target/debug/crius
+	./target/debug/dist/crius
 
 # The whole suite: unit tests of every crate and the integration tests in tests/ (root needed).
 test: deps
 	cargo build --workspace --bins
-	cargo test --workspace --no-fail-fast
+	$(call dist,,debug)
+	CRIUS_BIN_DIR=$(CURDIR)/target/debug/dist cargo test --workspace --no-fail-fast
 
 fmt:
 	cargo fmt --all
@@ -42,4 +57,5 @@ bench: deps
 	@command -v containerd >/dev/null && command -v runc >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc)
 	cargo build --release --workspace --bins
-	./target/release/crius-bench --markdown docs/PERFORMANCE.md $(BENCH_ARGS)
+	$(call dist,--release,release)
+	CRIUS_BIN_DIR=$(CURDIR)/target/release/dist ./target/release/crius-bench --markdown docs/PERFORMANCE.md $(BENCH_ARGS)
