@@ -148,21 +148,45 @@ fn inherit_cpuset(parent: &Path, dir: &Path) {
     }
 }
 
-/// Moves `pid` into the cgroup in every hierarchy where the cgroup exists.
-pub fn join(h: &Hierarchies, cgroup: &Path, pid: i32) -> Result<(), CgroupError> {
-    for mount in h.all() {
-        let dir = below(mount, cgroup);
-        if !dir.is_dir() {
-            continue;
+/// The cgroup's directory in every hierarchy where it exists (where a process joins it).
+pub fn dirs(h: &Hierarchies, cgroup: &Path) -> Vec<PathBuf> {
+    h.all().map(|m| below(m, cgroup)).filter(|d| d.is_dir()).collect()
+}
+
+/// SIGKILLs every process left in the cgroup (any hierarchy) and waits up to `wait` for it to
+/// empty. For a cgroup crius owns: whatever is still inside belongs to the pod (an infra process
+/// a crash kept out of the record, say). Returns whether the cgroup is empty.
+pub fn kill_all(h: &Hierarchies, cgroup: &Path, wait: std::time::Duration) -> bool {
+    let procs = || -> Vec<i32> {
+        let mut pids: Vec<i32> = dirs(h, cgroup)
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    };
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let pids = procs();
+        if pids.is_empty() {
+            return true;
         }
-        let procs = dir.join("cgroup.procs");
-        std::fs::write(&procs, pid.to_string()).map_err(|source| CgroupError::Join {
-            pid,
-            path: procs,
-            source,
-        })?;
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(cgroup = %cgroup.display(), ?pids, "processes left in the pod cgroup");
+            return false;
+        }
+        for pid in pids {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    Ok(())
 }
 
 /// Removes the cgroup's own directory from every hierarchy. Idempotent; a cgroup that still has
@@ -209,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn creates_joins_and_removes_in_fake_hierarchies() {
+    fn creates_lists_kills_and_removes_in_fake_hierarchies() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (tmp.path().join("cpuset"), tmp.path().join("unified"));
         std::fs::create_dir_all(&a).unwrap();
@@ -224,11 +248,16 @@ mod tests {
         create(&h, &cg).unwrap();
         assert!(exists(&h, &cg));
         assert!(b.join("crius/abc").is_dir());
-        join(&h, &cg, 42).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(a.join("crius/abc/cgroup.procs")).unwrap(),
-            "42"
-        );
+        assert_eq!(dirs(&h, &cg), [a.join("crius/abc"), b.join("crius/abc")]);
+        // An empty cgroup: nothing to kill.
+        std::fs::write(a.join("crius/abc/cgroup.procs"), "").unwrap();
+        assert!(kill_all(&h, &cg, std::time::Duration::ZERO));
+        // A process listed in it is SIGKILLed (a fake cgroup.procs never empties itself).
+        let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+        std::fs::write(b.join("crius/abc/cgroup.procs"), format!("{}\n", child.id())).unwrap();
+        assert!(!kill_all(&h, &cg, std::time::Duration::from_millis(30)));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(9));
         std::fs::remove_file(a.join("crius/abc/cgroup.procs")).unwrap();
         std::fs::remove_file(b.join("crius/abc/cgroup.procs")).unwrap();
         remove(&h, &cg).unwrap();

@@ -3,7 +3,9 @@
 //! create reaches the named step, so integration tests can prove that start-up recovery leaves
 //! nothing behind after a crash between two steps. Production deployments never set it.
 //!
-//! Steps: `run-pod-sandbox:after-record`, `:after-namespaces`, `:after-cni`, `:after-cgroup`;
+//! Steps: `run-pod-sandbox:after-record`, `:after-namespaces`, `:after-cni`, `:after-cgroup` (the
+//! last two once CNI ADD and the pod cgroup with its infra process, which run concurrently, are
+//! both done);
 //! `create-container:after-lease`, `:after-mount`, `:after-spec`, `:after-shim`.
 //!
 //! Invariant: the variable is read once, at start-up ([`init`]); without it [`point`] is a no-op.

@@ -19,6 +19,9 @@ use crate::podfiles::{self, HostFiles};
 use crate::store::{self, Record};
 use crate::{netns, pause};
 
+/// How long teardown waits for the processes it SIGKILLs in an owned pod cgroup to go.
+const CGROUP_KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Lets the container code plug into pod teardown (the containers issue implements it).
 pub trait ContainerHook: Send + Sync {
     /// Stops every container of the sandbox. Idempotent; a sandbox without containers is Ok.
@@ -201,6 +204,7 @@ impl SandboxManager {
         note("namespaces", netns::unpin(&rec.meta.ns_dir).map_err(Into::into));
         note("files", podfiles::remove(&rec.meta.files.dir).map_err(Into::into));
         if rec.meta.cgroup_owned {
+            cgroup::kill_all(&self.cgroups, &rec.meta.cgroup_parent, CGROUP_KILL_WAIT);
             note(
                 "cgroup",
                 cgroup::remove(&self.cgroups, &rec.meta.cgroup_parent).map_err(Into::into),

@@ -37,10 +37,18 @@ pub struct PauseProcess {
     pub start_time: u64,
 }
 
-/// Starts `<shim> pause`, joined to the pod's pinned namespaces, and returns its identity.
-pub fn spawn(shim: &Path, ns: &PinnedNamespaces) -> Result<PauseProcess, PauseError> {
+/// Starts `<shim> pause`, joined to the pod's pinned namespaces and born inside `cgroup_dirs`
+/// (the pod cgroup's directory in each hierarchy), and returns its identity.
+pub fn spawn(
+    shim: &Path,
+    ns: &PinnedNamespaces,
+    cgroup_dirs: &[PathBuf],
+) -> Result<PauseProcess, PauseError> {
     let mut cmd = Command::new(shim);
     cmd.arg("pause");
+    for dir in cgroup_dirs {
+        cmd.arg("--cgroup").arg(dir);
+    }
     for (flag, path) in [("--net", &ns.net), ("--ipc", &ns.ipc), ("--uts", &ns.uts)] {
         if let Some(p) = path {
             cmd.arg(flag).arg(p);

@@ -1,5 +1,6 @@
 //! CRI RunPodSandbox: validate → reserve the name (with the record) → pin namespaces and apply
-//! sysctls → pod files → CNI ADD → hosts → pod cgroup → infra process (PID mode POD) → READY.
+//! sysctls → pod files → (CNI ADD ∥ pod cgroup → infra process born in it, PID mode POD) → hosts
+//! → READY.
 //!
 //! Invariants: validation has no side effects; after the record is inserted, any failure runs
 //! the shared teardown (infra killed, CNI DEL, namespaces unpinned, files and cgroup removed,
@@ -15,15 +16,16 @@ use cri_api::validate;
 use rand::RngCore;
 use serde_json::{Map, Value, json};
 
+use crate::cgroup;
 use crate::cni::{self, Attachment, NetworkConfig, POD_IFNAME};
 use crate::error::{InvalidRequest, SandboxError};
 use crate::manager::SandboxManager;
 use crate::netns::{self, NsRequest, PinnedNamespaces};
+use crate::pause::{self, PauseProcess};
 use crate::podfiles::{self, PodFiles};
 use crate::record::{NetworkPlan, SandboxMeta, SandboxState, SandboxStatus, name_key};
 use crate::store::{self, Record};
 use crate::sysctl::{self, OwnedNamespaces, Sysctl};
-use crate::{cgroup, pause};
 
 /// Everything decided before any side effect.
 struct Plan {
@@ -87,13 +89,30 @@ impl SandboxManager {
         let dns = meta.config.dns_config.as_ref();
         podfiles::create(&meta.files, &meta.hostname, dns, &self.config.host_files)?;
         let t_files = start.elapsed();
-        if let (Some(net), Some(plan)) = (&plan.network, &meta.network) {
+        // CNI ADD runs beside the pod cgroup and infra process: the infra launcher's move into
+        // the pod cgroup waits for an RCU grace period (cgroup v1), the plugins for themselves.
+        if plan.network.is_some() && meta.network.is_some() {
             rec.status.network_torn_down = false;
-            let result = self.cni.add(net, &plan.attachment)?;
+        }
+        let mut pause = None;
+        let (network, infra) = std::thread::scope(|s| {
+            let network = s.spawn(|| match (&plan.network, &meta.network) {
+                (Some(net), Some(p)) => self.cni.add(net, &p.attachment).map(Some),
+                _ => Ok(None),
+            });
+            let infra = self.infra(meta, &mut pause);
+            (network.join(), infra)
+        });
+        // Recorded before any error returns, so the rollback stops what did start.
+        rec.status.pause = pause;
+        let network = network.map_err(|_| SandboxError::Task("the CNI ADD thread panicked".into()))?;
+        if let Some(result) = network? {
             rec.status.ips = cni::pod_ips(&result, POD_IFNAME);
             rec.status.cni_result = Some(result);
-            crate::crash::point("run-pod-sandbox:after-cni");
         }
+        infra?;
+        // Crash points fire only once both branches are done: no plugin is still running.
+        crate::crash::point("run-pod-sandbox:after-cni");
         let pod_ip = rec.status.ips.first().map(String::as_str);
         let host_network = meta.namespaces.net.is_none();
         podfiles::write_hosts(
@@ -104,28 +123,31 @@ impl SandboxManager {
             &self.config.host_files,
         )?;
         let t_cni = start.elapsed();
-        cgroup::create(&self.cgroups, &meta.cgroup_parent)?;
         crate::crash::point("run-pod-sandbox:after-cgroup");
-        if meta.pid_namespace {
-            let p = pause::spawn(&self.config.shim_path, &meta.namespaces)?;
-            rec.status.pause = Some(p);
-            cgroup::join(&self.cgroups, &meta.cgroup_parent, p.pid)?;
-        }
         rec.status.state = SandboxState::Ready;
         rec.status.creating = false;
         let status = rec.status.clone();
-        let t_cgroup_infra = start.elapsed();
         store::update(&self.db, &meta.id, |s| *s = status)?;
         // Cumulative step times, for benchmark analysis.
         tracing::debug!(
             sandbox = %meta.id,
             namespaces = ?t_ns,
             files = ?t_files,
-            cni = ?t_cni,
-            cgroup_infra = ?t_cgroup_infra,
+            network_and_infra = ?t_cni,
             ready = ?start.elapsed(),
             "pod sandbox created"
         );
+        Ok(())
+    }
+
+    /// The pod cgroup, then (PID mode POD) the infra process born inside it. `pause` is set as
+    /// soon as the process exists, whatever fails later.
+    fn infra(&self, meta: &SandboxMeta, pause: &mut Option<PauseProcess>) -> Result<(), SandboxError> {
+        cgroup::create(&self.cgroups, &meta.cgroup_parent)?;
+        if meta.pid_namespace {
+            let dirs = cgroup::dirs(&self.cgroups, &meta.cgroup_parent);
+            *pause = Some(pause::spawn(&self.config.shim_path, &meta.namespaces, &dirs)?);
+        }
         Ok(())
     }
 
