@@ -94,6 +94,12 @@ pub fn pids_mentioning(needle: &str) -> Vec<i32> {
     pids
 }
 
+/// The parent of `pid`, from `/proc/<pid>/stat` (the field after the parenthesized name).
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Ids of the pods and containers a daemon made: the entry names of `<state>/{pods,ns,containers}`.
 pub fn object_ids_under(state: &Path) -> Vec<String> {
     let mut ids = Vec::new();

@@ -12,6 +12,8 @@ pub enum Cell {
     /// A single figure with its unit (memory).
     Value(f64, &'static str),
     NotSupported(String),
+    /// Served, but this figure is not measured for the runtime (the reason says why).
+    NotMeasured(String),
 }
 
 #[derive(Debug, Clone)]
@@ -29,7 +31,7 @@ impl Row {
         match self.cell(runtime)? {
             Cell::Times(s) => Some(s.median),
             Cell::Value(v, _) => Some(*v),
-            Cell::NotSupported(_) => None,
+            Cell::NotSupported(_) | Cell::NotMeasured(_) => None,
         }
     }
 
@@ -51,6 +53,7 @@ fn render(cell: Option<&Cell>) -> String {
         }
         Some(Cell::Value(v, unit)) => format!("{v:.0} {unit}"),
         Some(Cell::NotSupported(why)) => format!("not supported ({})", short(why)),
+        Some(Cell::NotMeasured(why)) => format!("not measured ({})", short(why)),
     }
 }
 

@@ -13,6 +13,13 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
 
+/// Pids of a runtime's shims and pod infra processes.
+#[derive(Debug, Default)]
+pub struct PodProcesses {
+    pub shims: Vec<i32>,
+    pub infra: Vec<i32>,
+}
+
 pub struct Runtime {
     pub name: &'static str,
     pub rt: RuntimeServiceClient<Channel>,
@@ -142,16 +149,38 @@ impl Runtime {
         self.dir.join("logs")
     }
 
-    /// Pids of this runtime's shims (their command lines name our scratch dir).
-    pub fn shim_pids(&self) -> Vec<i32> {
-        let needle = self.dir.display().to_string();
-        util::pids_mentioning(&needle)
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim() == &self.shim_name[..self.shim_name.len().min(15)])
-            })
-            .collect()
+    /// This runtime's shims, and crius's pod infra processes (`crius-shim pause`) apart from
+    /// them: crius runs one shim per container plus one infra process per pod, containerd one
+    /// shim per pod (its pause container, a busybox stand-in here, is not counted).
+    pub fn pod_processes(&self) -> PodProcesses {
+        let comm = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_default()
+        };
+        let argv1 = |pid: i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()
+                .and_then(|c| {
+                    c.split(|b| *b == 0)
+                        .nth(1)
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                })
+                .unwrap_or_default()
+        };
+        let name = &self.shim_name[..self.shim_name.len().min(15)];
+        let mut out = PodProcesses::default();
+        for pid in util::pids_mentioning(&self.dir.display().to_string()) {
+            if comm(pid) != name {
+                continue;
+            }
+            if argv1(pid) == "pause" {
+                out.infra.push(pid);
+            } else {
+                out.shims.push(pid);
+            }
+        }
+        out
     }
 
     /// Removes every pod this runtime still has (each stopped first).

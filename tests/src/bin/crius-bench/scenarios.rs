@@ -134,7 +134,7 @@ pub fn container_config(image: &str) -> ContainerConfig {
     }
 }
 
-pub const STEPS: [&str; 7] = [
+pub const STEPS: [&str; 9] = [
     "RunPodSandbox",
     "CreateContainer",
     "StartContainer",
@@ -142,7 +142,21 @@ pub const STEPS: [&str; 7] = [
     "RemoveContainer",
     "StopPodSandbox",
     "RemovePodSandbox",
+    TO_RUNNING,
+    TEARDOWN,
 ];
+/// Per run: RunPodSandbox + CreateContainer + StartContainer.
+pub const TO_RUNNING: &str = "pod + container to running (Run + Create + Start)";
+/// Per run: StopContainer + RemoveContainer + StopPodSandbox + RemovePodSandbox.
+pub const TEARDOWN: &str = "full teardown (Stop + Remove container, Stop + Remove pod)";
+
+/// The per-run sums of `parts`, when the run timed every one of them.
+fn total(steps: &[(&'static str, Duration)], parts: &[&str]) -> Option<Duration> {
+    parts
+        .iter()
+        .map(|p| steps.iter().find(|(s, _)| s == p).map(|(_, d)| *d))
+        .sum()
+}
 
 /// Scenario 2: one pod with one container through its whole life, each RPC timed.
 pub async fn lifecycle_once(
@@ -228,6 +242,12 @@ pub async fn lifecycle_once(
     })
     .await?;
     steps.push(("RemovePodSandbox", d));
+    let composites = [(TO_RUNNING, &STEPS[..3]), (TEARDOWN, &STEPS[3..7])];
+    for (name, parts) in composites {
+        if let Some(d) = total(&steps, parts) {
+            steps.push((name, d));
+        }
+    }
     for (step, d) in steps {
         out.entry(step).or_default().push(d);
     }
@@ -317,11 +337,16 @@ pub async fn exec_sync(r: &mut Runtime, n: usize, image: &str) -> std::result::R
 pub struct Memory {
     pub daemon_idle_kb: u64,
     pub daemon_loaded_kb: u64,
-    pub shim_pss_kb_per_pod: f64,
-    pub shim_rss_kb_per_pod: f64,
+    /// Per running container (one per pod here): the shims' PSS and RSS over the containers.
+    pub shim_pss_kb: f64,
+    pub shim_rss_kb: f64,
+    /// Per pod: the pod infra process (crius's pause), PSS; `None` when the runtime has none of
+    /// its own.
+    pub infra_pss_kb: Option<f64>,
 }
 
-/// Scenario 4: daemon RSS idle and with `pods` running pods; shim PSS and RSS per pod.
+/// Scenario 4: daemon RSS idle and with `pods` running pods (one container each); shim PSS and
+/// RSS per container; pod infra PSS per pod.
 pub async fn memory(r: &mut Runtime, pods: usize, image: &str) -> std::result::Result<Memory, Fail> {
     let pid = r
         .daemon_pid()
@@ -343,14 +368,16 @@ pub async fn memory(r: &mut Runtime, pods: usize, image: &str) -> std::result::R
         // Freshly written binaries show page-cache pages as private memory until synced.
         nix::unistd::sync();
         let daemon_loaded_kb = proc_kb(pid as i32, "status", "VmRSS:");
-        let shims = r.shim_pids();
-        let pss: u64 = shims.iter().map(|p| proc_kb(*p, "smaps_rollup", "Pss:")).sum();
-        let rss: u64 = shims.iter().map(|p| proc_kb(*p, "status", "VmRSS:")).sum();
+        let procs = r.pod_processes();
+        let sum = |pids: &[i32], file, key| -> f64 {
+            pids.iter().map(|p| proc_kb(*p, file, key)).sum::<u64>() as f64 / pods as f64
+        };
         Some(Memory {
             daemon_idle_kb,
             daemon_loaded_kb,
-            shim_pss_kb_per_pod: pss as f64 / pods as f64,
-            shim_rss_kb_per_pod: rss as f64 / pods as f64,
+            shim_pss_kb: sum(&procs.shims, "smaps_rollup", "Pss:"),
+            shim_rss_kb: sum(&procs.shims, "status", "VmRSS:"),
+            infra_pss_kb: (!procs.infra.is_empty()).then(|| sum(&procs.infra, "smaps_rollup", "Pss:")),
         })
     } else {
         None
