@@ -107,10 +107,20 @@ impl ShimClient {
                 source,
             }
         })?;
+        let spawn_err = |source| ShimError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        };
+        // The report pipe is the shim's stdout: no pre-exec hook, so std can posix_spawn
+        // (vfork) instead of forking the daemon's whole address space.
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
         let mut cmd = std::process::Command::new(&self.binary);
         cmd.arg("create").arg("--config").arg(&cfg_path);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        let (report, mut child) = self.spawn_with_report(cmd)?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::from(w)).stderr(log);
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        // Our copy of the write end goes with `cmd`, so EOF means every shim process closed it.
+        drop(cmd);
+        let report = receiver(r).map_err(spawn_err)?;
         // The first process only forks and exits; reap it off the runtime.
         let _ = tokio::task::spawn_blocking(move || child.wait()).await;
         let body = tokio::time::timeout(CREATE_TIMEOUT, read_frame_async(report))

@@ -26,7 +26,9 @@ pub const EXIT_FILE: &str = "exit.json";
 pub const SHIM_LOG: &str = "shim.log";
 /// The attach socket (`SOCK_SEQPACKET`, see [`attach`]).
 pub const ATTACH_SOCKET: &str = "attach.sock";
-/// The fd on which `crius-shim create` and `crius-shim exec-helper` write their reports.
+/// The fd on which `crius-shim exec-helper` writes its reports. `crius-shim create` reports on
+/// its stdout instead, so the daemon can start it without a pre-exec hook (posix_spawn, no
+/// fork of the daemon's address space).
 pub const REPORT_FD: i32 = 3;
 
 /// A name for `<dir>/<name>` that fits in a unix socket address (108 bytes) however long `dir`

@@ -1,6 +1,6 @@
 //! `crius-shim create --config <shim dir>/shim.json`: detaches from the daemon, builds the
 //! container with libcontainer while the process is still single-threaded, reports
-//! `{pid}` or the error on fd 3, then serves the container until it is started (and re-execs
+//! `{pid}` or the error on the pipe it got as stdout, then serves the container until it is started (and re-execs
 //! into `monitor`) or removed.
 //!
 //! Invariants: nothing here creates a thread; libcontainer runs before the signalfd, the
@@ -14,7 +14,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crius_shim_api::{CreateReport, PROTOCOL_VERSION, ProcessStatus, REPORT_FD, ShimConfig, write_frame};
+use crius_shim_api::{CreateReport, PROTOCOL_VERSION, ProcessStatus, ShimConfig, write_frame};
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
@@ -62,9 +62,13 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CreateError
 
 /// Entry point of the `create` mode. Returns the process exit code.
 pub fn main(config_path: &Path) -> i32 {
-    // SAFETY: fd 3 was dup2'ed by the daemon onto the write end of its report pipe; nothing else
-    // in this process owns it.
-    let report = unsafe { File::from_raw_fd(REPORT_FD) };
+    let report = match take_report_channel() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("crius-shim: no report channel on stdout: {e}");
+            return 1;
+        }
+    };
     // Detach: the daemon's child exits at once; the grandchild leads a new session and is
     // re-parented away from the daemon, so it survives daemon restarts.
     // SAFETY: single-threaded here; the child only continues this same code.
@@ -104,6 +108,17 @@ pub fn main(config_path: &Path) -> i32 {
             1
         }
     }
+}
+
+/// The daemon's report pipe arrives as stdout. It moves to a close-on-exec fd of its own and
+/// /dev/null takes fd 1, so nothing printed later (nor any child) can hold or write the pipe.
+fn take_report_channel() -> std::io::Result<File> {
+    let fd = nix::fcntl::fcntl(1, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned this fd to us alone.
+    let report = unsafe { File::from_raw_fd(fd) };
+    let null = fs::OpenOptions::new().write(true).open("/dev/null")?;
+    nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1)?;
+    Ok(report)
 }
 
 fn send(mut report: File, msg: &CreateReport) {

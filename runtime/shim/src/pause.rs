@@ -1,9 +1,10 @@
-//! `crius-shim pause [--net P] [--ipc P] [--uts P]`: the pod infra process, needed only when the
+//! `crius-shim pause [--cgroup DIR]... [--net P] [--ipc P] [--uts P]`: the pod infra process, needed only when the
 //! pod's containers share one PID namespace (CRI PID mode POD). A PID namespace cannot be pinned
 //! by a bind mount (it dies with its init), so this process is that init.
 //!
-//! The launcher starts a new session, joins the pod's pinned namespaces, unshares a PID namespace
-//! and forks; it prints the child's host pid on stdout and exits. The child is PID 1 of the new
+//! The launcher starts a new session, moves itself into the pod cgroup (each `--cgroup` directory,
+//! one per hierarchy), joins the pod's pinned namespaces, unshares a PID namespace and forks, so
+//! the infra process is born inside the pod cgroup and never has to be migrated; it prints the child's host pid on stdout and exits. The child is PID 1 of the new
 //! namespace: stdio on /dev/null, it reaps every orphan re-parented to it and exits on SIGTERM or
 //! SIGINT. It never touches the daemon again, so it survives daemon restarts.
 
@@ -29,8 +30,14 @@ pub fn main(args: &[String]) -> i32 {
 
 fn launch(args: &[String]) -> Result<(), String> {
     let mut joins = Vec::new();
+    let mut cgroups = Vec::new();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--cgroup" {
+            let dir = it.next().ok_or("--cgroup needs a cgroup directory")?;
+            cgroups.push(std::path::PathBuf::from(dir));
+            continue;
+        }
         let kind = match flag.as_str() {
             "--net" => CloneFlags::CLONE_NEWNET,
             "--ipc" => CloneFlags::CLONE_NEWIPC,
@@ -44,6 +51,11 @@ fn launch(args: &[String]) -> Result<(), String> {
     }
     // A new session: a signal to the daemon's process group never reaches the pod's init.
     let _ = nix::unistd::setsid();
+    let me = std::process::id().to_string();
+    for dir in &cgroups {
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, &me).map_err(|e| format!("cannot join cgroup {}: {e}", procs.display()))?;
+    }
     for (kind, path) in &joins {
         let f = File::open(path).map_err(|e| format!("cannot open namespace {path}: {e}"))?;
         nix::sched::setns(&f, *kind).map_err(|e| format!("cannot join namespace {path}: {e}"))?;

@@ -110,18 +110,15 @@ impl Ctr {
 
     fn create(&mut self) -> CreateReport {
         let (r, w) = nix::unistd::pipe().unwrap();
-        let wfd = w.as_raw_fd();
         let mut cmd = Command::new(SHIM);
         cmd.args(["create", "--config"])
             .arg(self.shim_dir().join(CONFIG_FILE))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(w))
             .stderr(std::fs::File::create(self.shim_dir().join(SHIM_LOG)).unwrap());
-        // SAFETY: dup2 is async-signal-safe.
-        unsafe { cmd.pre_exec(move || nix::unistd::dup2(wfd, REPORT_FD).map(|_| ()).map_err(Into::into)) };
         let status = cmd.status().unwrap();
         assert!(status.success(), "the first shim process exits 0 after detaching");
-        drop(w);
+        drop(cmd);
         let report: CreateReport = read_frame(&mut std::fs::File::from(OwnedFd::from(r))).unwrap();
         if let CreateReport::Created { shim_pid, .. } = report {
             self.shim_pid = Some(shim_pid);

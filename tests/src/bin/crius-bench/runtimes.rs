@@ -24,8 +24,11 @@ pub struct Runtime {
     pub name: &'static str,
     pub rt: RuntimeServiceClient<Channel>,
     pub img: ImageServiceClient<Channel>,
-    /// Everything this runtime writes lives here.
+    /// Everything this runtime keeps lives here (its root, config, logs, socket).
     pub dir: PathBuf,
+    /// Its volatile state (shim sockets, bundles, mount points): on tmpfs, as `/run` is on a
+    /// node, for both runtimes alike.
+    pub state: PathBuf,
     child: Option<Child>,
     /// Process name of its per-container (crius) or per-pod (containerd) shim.
     pub shim_name: &'static str,
@@ -42,31 +45,49 @@ fn scratch(name: &str) -> Result<PathBuf> {
         .keep())
 }
 
+/// A directory for a runtime's volatile state: under /dev/shm (tmpfs) when it is one, as `/run`
+/// is on a node (both runtimes default their state to `/run`), else inside `dir`.
+fn volatile(name: &str, dir: &Path) -> Result<PathBuf> {
+    let shm = Path::new("/dev/shm");
+    let tmpfs = nix::sys::statfs::statfs(shm).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !tmpfs {
+        return Ok(dir.join("state"));
+    }
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("crius-bench-{name}-state."))
+        .tempdir_in(shm)?
+        .keep())
+}
+
 impl Runtime {
     pub async fn start_crius(registry: &str) -> Result<Runtime> {
         let dir = scratch("crius")?;
+        let state = volatile("crius", &dir)?;
         std::fs::create_dir_all(dir.join("net.d"))?;
         std::fs::copy(
             bench_file("cni/crius.conflist"),
             dir.join("net.d/10-bench.conflist"),
         )?;
         let config = format!(
-            "root = \"{d}/root\"\nstate = \"{d}/state\"\nlisten = \"{d}/state/crius.sock\"\nlog_level = \"warn\"\n\n\
+            "root = \"{d}/root\"\nstate = \"{s}\"\nlisten = \"{s}/crius.sock\"\nlog_level = \"warn\"\n\n\
              [cni]\nconf_dir = \"{d}/net.d\"\nbin_dirs = [\"/usr/lib/cni\"]\n\n\
              [registry.\"{registry}\"]\nendpoints = [\"http://{registry}\"]\nfallback = false\n",
-            d = dir.display()
+            d = dir.display(),
+            s = state.display()
         );
         std::fs::write(dir.join("config.toml"), config)?;
         let mut cmd = Command::new(util::bin("crius"));
         cmd.arg("--config").arg(dir.join("config.toml"));
-        let socket = dir.join("state/crius.sock");
-        Runtime::spawn("crius", "crius-shim", dir, cmd, &socket).await
+        let socket = state.join("crius.sock");
+        Runtime::spawn("crius", "crius-shim", dir, state, cmd, &socket).await
     }
 
     pub async fn start_containerd(registry: &str, pause: &str) -> Result<Runtime> {
         let dir = scratch("containerd")?;
+        let state = volatile("containerd", &dir)?;
         let fill = |s: String| {
             s.replace("@DIR@", &dir.display().to_string())
+                .replace("@STATE@", &state.display().to_string())
                 .replace("@PAUSE@", pause)
         };
         std::fs::write(
@@ -85,13 +106,14 @@ impl Runtime {
         let mut cmd = Command::new("containerd");
         cmd.arg("--config").arg(dir.join("config.toml"));
         let socket = dir.join("containerd.sock");
-        Runtime::spawn("containerd", "containerd-shim-runc-v2", dir, cmd, &socket).await
+        Runtime::spawn("containerd", "containerd-shim-runc-v2", dir, state, cmd, &socket).await
     }
 
     async fn spawn(
         name: &'static str,
         shim_name: &'static str,
         dir: PathBuf,
+        state: PathBuf,
         mut cmd: Command,
         socket: &Path,
     ) -> Result<Runtime> {
@@ -131,6 +153,7 @@ impl Runtime {
                             rt,
                             img,
                             dir,
+                            state,
                             child: Some(child),
                             shim_name,
                         });
@@ -170,7 +193,11 @@ impl Runtime {
         };
         let name = &self.shim_name[..self.shim_name.len().min(15)];
         let mut out = PodProcesses::default();
-        for pid in util::pids_mentioning(&self.dir.display().to_string()) {
+        let mut pids = util::pids_mentioning(&self.dir.display().to_string());
+        pids.extend(util::pids_mentioning(&self.state.display().to_string()));
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids {
             if comm(pid) != name {
                 continue;
             }
@@ -226,11 +253,15 @@ impl Runtime {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for pid in util::pids_mentioning(&self.dir.display().to_string()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        for dir in [&self.dir, &self.state] {
+            for pid in util::pids_mentioning(&dir.display().to_string()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            }
         }
-        util::unmount_all_under(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        for dir in [&self.state, &self.dir] {
+            util::unmount_all_under(dir);
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
