@@ -168,10 +168,12 @@ pub fn namespaces(
             NamespaceMode::try_from(u.mode).map_or("unknown", |m| m.as_str_name())
         )));
     }
+    // Absent options mean the proto defaults (POD), as in containerd: the container joins the
+    // pod's PID namespace when the pod has one of its own.
     let pid_mode = sc
         .and_then(|s| s.namespace_options.as_ref())
         .map(|n| n.pid)
-        .unwrap_or(NamespaceMode::Container as i32);
+        .unwrap_or(NamespaceMode::Pod as i32);
     let pid = match NamespaceMode::try_from(pid_mode) {
         Ok(NamespaceMode::Container) => Namespace::New,
         Ok(NamespaceMode::Node) => Namespace::Host,
@@ -417,9 +419,19 @@ mod tests {
                 .find(|n| n.typ() == LinuxNamespaceType::Pid)
                 .unwrap()
                 .path(),
-            &None,
-            "CONTAINER is the default PID mode"
+            &Some("/proc/42/ns/pid".into()),
+            "without options the PID mode is the proto default, POD"
         );
+        let sc = LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ns = namespaces(&pod, Some(&sc), None).unwrap();
+        let pid = ns.iter().find(|n| n.typ() == LinuxNamespaceType::Pid).unwrap();
+        assert_eq!(pid.path(), &None, "CONTAINER: a new PID namespace");
     }
 
     #[test]
