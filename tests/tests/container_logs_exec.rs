@@ -130,17 +130,23 @@ async fn exec_output_exit_codes_and_timeout() {
     );
     let r = w.exec(&id, &["sh", "-c", "kill -9 $$"], 10).await.unwrap();
     assert_eq!(r.exit_code, 137);
-    // The exec runs in the container: same hostname, its env, its PID namespace.
+    // The exec runs in the container: same hostname, its env (HOME from the image's passwd),
+    // its PID namespace.
     let r = w
         .exec(
             &id,
-            &["sh", "-c", "hostname; echo $PATH; cat /proc/1/cmdline"],
+            &[
+                "sh",
+                "-c",
+                "hostname; echo $PATH; echo HOME=$HOME; cat /proc/1/cmdline",
+            ],
             10,
         )
         .await
         .unwrap();
     let out = String::from_utf8(r.stdout).unwrap();
     assert!(out.starts_with("ctr-pod\n"), "{out}");
+    assert!(out.contains("\nHOME=/root\n"), "{out}");
     assert!(out.contains("/usr/bin") && out.contains("sleep"), "{out}");
     let missing = w.exec(&id, &["/no/such/binary"], 10).await.unwrap_err();
     assert!(

@@ -282,6 +282,9 @@ async fn containers_whose_shim_died_with_the_daemon_are_unknown_or_exited() {
     let lost = w.run("lost", &["sh", "-c", LOOP]).await;
     let (orphan_pid, orphan_shim) = (w.pid(&orphan).await, shim_pid(&mut w, &orphan).await);
     let (lost_pid, lost_shim) = (w.pid(&lost).await, shim_pid(&mut w, &lost).await);
+    // A started container's shim has re-exec'd into its monitor mode under its own name.
+    let comm = std::fs::read_to_string(format!("/proc/{orphan_shim}/comm")).unwrap();
+    assert_eq!(comm.trim(), "crius-shim");
     w.d.kill().await.unwrap();
     // While the daemon is down: one shim dies alone, the other with its container.
     kill9(orphan_shim);

@@ -411,9 +411,15 @@ async fn pod_pid_namespace_has_an_infra_process_as_pid_1() {
         net_of(format!("/proc/{pid}/ns/pid")),
         net_of("/proc/self/ns/pid".into())
     );
-    // The infra process sits in the pod cgroup.
+    // The infra process sits in the pod cgroup, in every v1 hierarchy (it is born there).
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(cg.contains(&format!("/crius/{id}")), "{cg}");
+    for line in cg
+        .lines()
+        .filter(|l| l.split(':').nth(1).is_some_and(|c| !c.is_empty()))
+    {
+        assert!(line.ends_with(&format!("/crius/{id}")), "{line}");
+    }
     stop(&mut d, &id).await;
     let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))

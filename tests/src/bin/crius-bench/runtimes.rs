@@ -49,7 +49,8 @@ fn scratch(name: &str) -> Result<PathBuf> {
 /// is on a node (both runtimes default their state to `/run`), else inside `dir`.
 fn volatile(name: &str, dir: &Path) -> Result<PathBuf> {
     let shm = Path::new("/dev/shm");
-    let tmpfs = nix::sys::statfs::statfs(shm).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    let tmpfs =
+        nix::sys::statfs::statfs(shm).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
     if !tmpfs {
         return Ok(dir.join("state"));
     }
