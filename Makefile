@@ -21,11 +21,12 @@ deps:
 # The flags reach only the shim's own final link (`cargo rustc` for an explicit --target keeps
 # them off build scripts and proc-macros). A separate dir, because cargo re-links its own outputs.
 HOST_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 define dist
 	cargo rustc $(1) -p crius-shim --bin crius-shim --target $(HOST_TARGET) -- \
 		-C target-feature=+crt-static -C relocation-model=static
-	mkdir -p target/$(2)/dist
-	install -m 0755 target/$(2)/crius target/$(HOST_TARGET)/$(2)/crius-shim target/$(2)/dist/
+	mkdir -p $(TARGET_DIR)/$(2)/dist
+	install -m 0755 $(TARGET_DIR)/$(2)/crius $(TARGET_DIR)/$(HOST_TARGET)/$(2)/crius-shim $(TARGET_DIR)/$(2)/dist/
 endef
 
 build: deps
@@ -40,13 +41,13 @@ install-cni:
 	fi
 
 run: build install-cni
-	./target/debug/dist/crius
+	$(TARGET_DIR)/debug/dist/crius
 
 # The whole suite: unit tests of every crate and the integration tests in tests/ (root needed).
 test: deps
 	cargo build --workspace --bins
 	$(call dist,,debug)
-	CRIUS_BIN_DIR=$(CURDIR)/target/debug/dist cargo test --workspace --no-fail-fast
+	CRIUS_BIN_DIR=$(TARGET_DIR)/debug/dist cargo test --workspace --no-fail-fast
 
 fmt:
 	cargo fmt --all
@@ -58,4 +59,4 @@ bench: deps
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc)
 	cargo build --release --workspace --bins
 	$(call dist,--release,release)
-	CRIUS_BIN_DIR=$(CURDIR)/target/release/dist ./target/release/crius-bench --markdown docs/PERFORMANCE.md $(BENCH_ARGS)
+	CRIUS_BIN_DIR=$(TARGET_DIR)/release/dist $(TARGET_DIR)/release/crius-bench --markdown docs/PERFORMANCE.md $(BENCH_ARGS)
