@@ -134,6 +134,26 @@ async fn pod_shared_pid_namespace_has_the_infra_process_as_pid_1() {
     );
     let ps = exec_ok(&mut w, &ids[1], &["ps", "-o", "args"]).await;
     assert_eq!(ps.matches("sleep 1000").count(), 2, "each sees the other: {ps}");
+
+    // Without namespace options a container takes the proto default (POD) and joins too; when
+    // its init exits, what it left behind in the shared namespace is killed with it.
+    let mut c = w.config("c", &["sh", "-c", "sleep 1001 & exec sleep 1002"]);
+    c.linux = None;
+    let id = create_in(&mut w, &pod, &pod_cfg, c).await.unwrap();
+    w.start(&id).await.unwrap();
+    assert_eq!(
+        pid1_cmdline(&mut w, &id).await,
+        pid1,
+        "the default PID mode is POD"
+    );
+    let ps = exec_ok(&mut w, &ids[1], &["ps", "-o", "args"]).await;
+    assert!(ps.contains("sleep 1001") && ps.contains("sleep 1002"), "{ps}");
+    w.stop(&id, 10).await.unwrap();
+    let ps = exec_ok(&mut w, &ids[1], &["ps", "-o", "args"]).await;
+    assert!(
+        !ps.contains("sleep 1001"),
+        "the orphan died with the container's init: {ps}"
+    );
     w.teardown().await.unwrap();
 }
 

@@ -36,6 +36,12 @@ pub struct ShimConfig {
     pub stdin_once: bool,
     /// The absolute `linux.cgroupsPath` (for the OOM counter and killing every process).
     pub cgroup_path: String,
+    /// The container shares a PID namespace (the pod's, another container's or the host's), so
+    /// its other processes outlive init: the shim SIGKILLs what is left in its cgroup when init
+    /// exits, as runc's shim does. A container with its own PID namespace needs no help: the
+    /// kernel kills the namespace with its init.
+    #[serde(default)]
+    pub kill_all_on_exit: bool,
 }
 
 /// The one frame `crius-shim create` writes on its report fd.

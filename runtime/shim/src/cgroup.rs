@@ -60,6 +60,23 @@ pub fn pids(cgroup_path: &str) -> Vec<i32> {
     Vec::new()
 }
 
+/// SIGKILLs every process left in the container's cgroup and waits up to `wait` for the cgroup
+/// to empty (they are reaped by whoever is their parent: the PID namespace's init).
+pub fn kill_remaining(cgroup_path: &str, wait: std::time::Duration) {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let left = pids(cgroup_path);
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return;
+        }
+        for pid in left {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

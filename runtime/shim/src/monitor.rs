@@ -29,6 +29,9 @@ use crate::log::{LineSplitter, LogFile, Stream, now_ns, rfc3339_nano};
 
 /// How long a control client may take to send its request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the exit of a container sharing its PID namespace waits for the rest of its
+/// processes to go after SIGKILL.
+const KILL_ALL_WAIT: Duration = Duration::from_millis(500);
 /// How long `shutdown` waits for a SIGKILLed init before giving up on it.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -239,6 +242,9 @@ impl Monitor {
 
     fn init_exited(&mut self, exit_code: i32) {
         let finished_at = now_ns();
+        if self.cfg.kill_all_on_exit {
+            cgroup::kill_remaining(&self.cfg.cgroup_path, KILL_ALL_WAIT);
+        }
         self.pump(Stream::Stdout);
         self.pump(Stream::Stderr);
         let st = ExitStatus {

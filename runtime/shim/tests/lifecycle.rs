@@ -100,6 +100,7 @@ impl Ctr {
             stdin: false,
             stdin_once: false,
             cgroup_path: self.cgroup_path(),
+            kill_all_on_exit: false,
         };
         std::fs::write(
             self.shim_dir().join(CONFIG_FILE),

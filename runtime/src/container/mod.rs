@@ -201,6 +201,7 @@ impl Containers {
             stdin: r.config.stdin,
             stdin_once: r.config.stdin_once,
             cgroup_path: r.cgroup_path.clone(),
+            kill_all_on_exit: false,
         }
     }
 

@@ -211,5 +211,20 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     Ok(spec)
 }
 
+/// Whether the container joins a PID namespace (pod, target or host) instead of having its own:
+/// then its processes outlive its init unless someone kills them.
+pub fn shares_pid_namespace(spec: &Spec) -> bool {
+    let own = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| {
+            ns.iter()
+                .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid)
+        })
+        .is_some_and(|n| n.path().is_none());
+    !own
+}
+
 #[cfg(test)]
 mod tests;

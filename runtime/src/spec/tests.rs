@@ -412,3 +412,38 @@ fn missing_command_is_invalid() {
     });
     assert!(matches!(r, Err(SpecError::Invalid(m)) if m.contains("no command")));
 }
+
+#[test]
+fn pid_namespace_sharing_is_read_from_the_spec() {
+    use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType};
+    let mut spec = build_with(&ctr(None), &sandbox()).unwrap();
+    assert!(
+        !shares_pid_namespace(&spec),
+        "a pod without infra: a PID namespace of its own"
+    );
+    let set_pid = |spec: &mut Spec, path: Option<&str>| {
+        let mut lx = spec.linux().clone().unwrap();
+        let mut ns: Vec<_> = lx
+            .namespaces()
+            .clone()
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.typ() != LinuxNamespaceType::Pid)
+            .collect();
+        if let Some(p) = path {
+            ns.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Pid)
+                    .path(p)
+                    .build()
+                    .unwrap(),
+            );
+        }
+        lx.set_namespaces(Some(ns));
+        spec.set_linux(Some(lx));
+    };
+    set_pid(&mut spec, Some("/proc/42/ns/pid"));
+    assert!(shares_pid_namespace(&spec), "joins the pod's");
+    set_pid(&mut spec, None);
+    assert!(shares_pid_namespace(&spec), "the host's");
+}
