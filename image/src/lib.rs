@@ -10,6 +10,7 @@ mod keyed;
 pub mod pull;
 pub mod record;
 pub mod reference;
+mod refgrammar;
 pub mod registry;
 pub mod store;
 pub mod unpack;

@@ -12,12 +12,6 @@ use std::fmt;
 /// Why a reference or an endpoint could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ReferenceError {
-    #[error("invalid image reference {reference:?}: {source}")]
-    Parse {
-        reference: String,
-        #[source]
-        source: oci_spec::distribution::ParseError,
-    },
     #[error("invalid image reference {reference:?}: {why}")]
     Invalid { reference: String, why: &'static str },
     #[error("registry endpoint {endpoint:?} of {host:?}: {why}")]
@@ -48,19 +42,29 @@ impl ImageRef {
                 why: "an image id is not a pullable reference",
             });
         }
-        let r: oci_spec::distribution::Reference = s.parse().map_err(|source| ReferenceError::Parse {
+        let p = crate::refgrammar::split(s).map_err(|why| ReferenceError::Invalid {
             reference: s.to_string(),
-            source,
+            why,
         })?;
-        let digest = r.digest().map(str::to_string);
-        let tag = if digest.is_some() {
-            None
+        // Docker Hub's spellings: no domain or index.docker.io is docker.io, and its one-component
+        // names live under library/.
+        let registry = match p.domain {
+            None | Some("index.docker.io") => "docker.io",
+            Some(d) => d,
+        };
+        let repository = if registry == "docker.io" && !p.path.contains('/') {
+            format!("library/{}", p.path)
         } else {
-            Some(r.tag().unwrap_or("latest").to_string())
+            p.path.to_string()
+        };
+        let digest = p.digest.map(str::to_string);
+        let tag = match digest {
+            Some(_) => None,
+            None => Some(p.tag.unwrap_or("latest").to_string()),
         };
         Ok(ImageRef {
-            registry: r.registry().to_string(),
-            repository: r.repository().to_string(),
+            registry: registry.to_string(),
+            repository,
             tag,
             digest,
         })
@@ -215,6 +219,13 @@ mod tests {
         assert_eq!(r.repo_tag().unwrap(), "docker.io/library/busybox:latest");
         let r = ImageRef::parse("foo/bar:1.2").unwrap();
         assert_eq!(r.to_string(), "docker.io/foo/bar:1.2");
+        let r = ImageRef::parse("index.docker.io/busybox:1").unwrap();
+        assert_eq!(r.to_string(), "docker.io/library/busybox:1");
+        let r = ImageRef::parse("localhost/busybox").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("localhost", "busybox")
+        );
         let r = ImageRef::parse("127.0.0.1:5000/t/busybox").unwrap();
         assert_eq!(r.registry, "127.0.0.1:5000");
         assert_eq!(r.repository, "t/busybox");
