@@ -12,7 +12,7 @@ use k8s_cri::v1::*;
 
 use crate::images::{self, ImageSpec};
 use crate::pods::{self, TestNet};
-use crate::{Daemon, DaemonOptions, Registry};
+use crate::{Daemon, Registry};
 
 pub struct World {
     // Field order is drop order: the daemon (and its shims) goes first.
@@ -35,11 +35,7 @@ impl World {
         let reg = Registry::start()?;
         let pushed = images::push(&reg, "test/busybox", "1", &spec).await?;
         let net = TestNet::new(n);
-        let mut d = Daemon::start_with(DaemonOptions {
-            cni_conflist: Some(net.conflist("")),
-            ..Default::default()
-        })
-        .await?;
+        let mut d = net.daemon().await?;
         d.images
             .pull_image(PullImageRequest {
                 image: Some(k8s_cri::v1::ImageSpec {

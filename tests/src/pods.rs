@@ -52,6 +52,15 @@ impl TestNet {
         )
     }
 
+    /// A daemon of its own whose only CNI network is this one.
+    pub async fn daemon(&self) -> anyhow::Result<crate::Daemon> {
+        crate::Daemon::start_with(crate::DaemonOptions {
+            cni_conflist: Some(self.conflist("")),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Addresses host-local currently has allocated (one file per IP in its data dir).
     pub fn allocated_ips(&self) -> Vec<String> {
         let dir = self.ipam_dir.join(&self.name);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crius_tests::containers::World;
 use crius_tests::pods::{self, PodCleanup, TestNet};
-use crius_tests::{Daemon, DaemonOptions, util};
+use crius_tests::{Daemon, util};
 use k8s_cri::v1::*;
 
 const CRASH_ENV: &str = "CRIUS_TEST_CRASH_AT";
@@ -41,12 +41,7 @@ async fn recover_from_crash(d: &mut Daemon, step: &str) {
 #[tokio::test]
 async fn crash_inside_run_pod_sandbox_leaks_nothing_and_the_retry_succeeds() {
     let net = TestNet::new(93);
-    let mut d = Daemon::start_with(DaemonOptions {
-        cni_conflist: Some(net.conflist("")),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let mut d = net.daemon().await.unwrap();
     let _cleanup = PodCleanup::new(&d);
     let req = || RunPodSandboxRequest {
         config: Some(pods::pod_config("crashy", "uid-crashy")),

@@ -103,12 +103,7 @@ async fn failing_cni_plugin_fails_the_rpc_and_leaves_nothing() {
 #[tokio::test]
 async fn twenty_concurrent_pods_leave_no_leak() {
     let net = TestNet::new(20);
-    let d = Daemon::start_with(DaemonOptions {
-        cni_conflist: Some(net.conflist("")),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut tasks = Vec::new();
     for i in 0..20 {

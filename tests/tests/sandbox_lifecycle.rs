@@ -3,18 +3,9 @@
 
 use std::collections::HashMap;
 
+use crius_tests::Daemon;
 use crius_tests::pods::{self, TestNet};
-use crius_tests::{Daemon, DaemonOptions};
 use k8s_cri::v1::*;
-
-async fn daemon(net: &TestNet) -> Daemon {
-    Daemon::start_with(DaemonOptions {
-        cni_conflist: Some(net.conflist("")),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-}
 
 async fn run(d: &mut Daemon, config: PodSandboxConfig) -> Result<String, tonic::Status> {
     let req = RunPodSandboxRequest {
@@ -58,7 +49,7 @@ async fn remove(d: &mut Daemon, id: &str) {
 #[tokio::test]
 async fn run_status_list_stop_remove_round_trip() {
     let net = TestNet::new(11);
-    let mut d = daemon(&net).await;
+    let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let a = run(&mut d, pods::pod_config("alpha", "uid-a")).await.unwrap();
     let mut cfg_b = pods::pod_config("beta", "uid-b");
@@ -183,7 +174,7 @@ async fn run_status_list_stop_remove_round_trip() {
 #[tokio::test]
 async fn same_metadata_twice_is_already_exists_naming_the_holder() {
     let net = TestNet::new(12);
-    let mut d = daemon(&net).await;
+    let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let a = run(&mut d, pods::pod_config("dup", "uid-dup")).await.unwrap();
     let e = run(&mut d, pods::pod_config("dup", "uid-dup")).await.unwrap_err();
@@ -204,7 +195,7 @@ async fn same_metadata_twice_is_already_exists_naming_the_holder() {
 #[tokio::test]
 async fn host_network_pod_has_no_netns_and_the_hosts_files() {
     let net = TestNet::new(13);
-    let mut d = daemon(&net).await;
+    let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("hostnet", "uid-h");
     let ns = cfg
@@ -245,7 +236,7 @@ async fn host_network_pod_has_no_netns_and_the_hosts_files() {
 #[tokio::test]
 async fn hostname_resolv_conf_and_hosts_come_from_the_config() {
     let net = TestNet::new(14);
-    let mut d = daemon(&net).await;
+    let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("files", "uid-f");
     cfg.hostname = "test-hostname".into();
@@ -299,7 +290,7 @@ async fn hostname_resolv_conf_and_hosts_come_from_the_config() {
 #[tokio::test]
 async fn safe_and_unsafe_sysctls_are_set_inside_the_pod() {
     let net = TestNet::new(15);
-    let mut d = daemon(&net).await;
+    let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("sysctl", "uid-s");
     cfg.linux.as_mut().unwrap().sysctls = HashMap::from([
@@ -377,7 +368,7 @@ async fn safe_and_unsafe_sysctls_are_set_inside_the_pod() {
 #[tokio::test]
 async fn pod_pid_namespace_has_an_infra_process_as_pid_1() {
     let net = TestNet::new(16);
-    let mut d = daemon(&net).await;
+    let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("pidpod", "uid-p");
     cfg.linux

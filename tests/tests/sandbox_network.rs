@@ -7,17 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crius_tests::pods::{self, TestNet};
-use crius_tests::{Daemon, DaemonOptions, util};
+use crius_tests::{Daemon, util};
 use k8s_cri::v1::*;
-
-async fn daemon(net: &TestNet) -> Daemon {
-    Daemon::start_with(DaemonOptions {
-        cni_conflist: Some(net.conflist("")),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-}
 
 async fn run(d: &mut Daemon, config: PodSandboxConfig) -> (String, String) {
     let req = RunPodSandboxRequest {
@@ -68,7 +59,7 @@ fn fetch(addr: &str) -> String {
 #[tokio::test]
 async fn pod_ip_answers_from_the_host() {
     let net = TestNet::new(17);
-    let mut d = daemon(&net).await;
+    let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let (id, ip) = run(&mut d, pods::pod_config("web", "uid-web")).await;
     assert!(ip.starts_with("10.85.17."), "{ip}");
@@ -86,7 +77,7 @@ async fn pod_ip_answers_from_the_host() {
 #[tokio::test]
 async fn host_port_is_reachable_through_loopback() {
     let net = TestNet::new(18);
-    let mut d = daemon(&net).await;
+    let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let host_port = util::free_port();
     let mut cfg = pods::pod_config("hostport", "uid-hp");

@@ -12,12 +12,7 @@ use k8s_cri::v1::*;
 #[tokio::test]
 async fn sandbox_survives_a_daemon_restart_and_is_torn_down_after_it() {
     let net = TestNet::new(21);
-    let mut d = Daemon::start_with(DaemonOptions {
-        cni_conflist: Some(net.conflist("")),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let req = RunPodSandboxRequest {
         config: Some(pods::pod_config("survivor", "uid-sv")),
@@ -188,12 +183,7 @@ async fn expired_client_deadline_does_not_leave_a_half_created_pod() {
 #[tokio::test]
 async fn teardown_tolerates_a_vanished_network_namespace() {
     let net = TestNet::new(23);
-    let mut d = Daemon::start_with(DaemonOptions {
-        cni_conflist: Some(net.conflist("")),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("vanish", "uid-vanish");
     cfg.port_mappings = vec![PortMapping {
