@@ -1,7 +1,7 @@
 //! `crius-shim create --config <shim dir>/shim.json`: detaches from the daemon, builds the
 //! container with libcontainer while the process is still single-threaded, reports
-//! `{pid}` or the error on the pipe it got as stdout, then serves the container until it is started (and re-execs
-//! into `monitor`) or removed.
+//! `{pid}` or the error on the pipe it got as stdout, then serves the container until it is
+//! started (and re-execs into `monitor`) or removed.
 //!
 //! Invariants: nothing here creates a thread; libcontainer runs before the signalfd, the
 //! subreaper bit and the SIGCHLD mask exist (the container must not inherit a blocked SIGCHLD);

@@ -1,12 +1,14 @@
-//! `crius-shim pause [--cgroup DIR]... [--net P] [--ipc P] [--uts P]`: the pod infra process, needed only when the
-//! pod's containers share one PID namespace (CRI PID mode POD). A PID namespace cannot be pinned
-//! by a bind mount (it dies with its init), so this process is that init.
+//! `crius-shim pause [--cgroup DIR]... [--net P] [--ipc P] [--uts P]`: the pod infra process,
+//! needed only when the pod's containers share one PID namespace (CRI PID mode POD). A PID
+//! namespace cannot be pinned by a bind mount (it dies with its init), so this process is that
+//! init.
 //!
-//! The launcher starts a new session, moves itself into the pod cgroup (each `--cgroup` directory,
-//! one per hierarchy), joins the pod's pinned namespaces, unshares a PID namespace and forks, so
-//! the infra process is born inside the pod cgroup and never has to be migrated; it prints the child's host pid on stdout and exits. The child is PID 1 of the new
-//! namespace: stdio on /dev/null, it reaps every orphan re-parented to it and exits on SIGTERM or
-//! SIGINT. It never touches the daemon again, so it survives daemon restarts.
+//! The launcher starts a new session, moves itself into the pod cgroup (each `--cgroup`
+//! directory, one per hierarchy), joins the pod's pinned namespaces, unshares a PID namespace
+//! and forks, so the infra process is born inside the pod cgroup and never has to be migrated;
+//! it prints the child's host pid on stdout and exits. The child is PID 1 of the new namespace:
+//! stdio on /dev/null, it reaps every orphan re-parented to it and exits on SIGTERM or SIGINT.
+//! It never touches the daemon again, so it survives daemon restarts.
 
 use std::fs::File;
 use std::io::Write;

@@ -184,8 +184,7 @@ impl Containers {
                 resources,
             },
         };
-        let mut shim_cfg = self.shim_config(&record);
-        shim_cfg.kill_all_on_exit = spec::shares_pid_namespace(&oci);
+        let shim_cfg = self.shim_config(&record, spec::shares_pid_namespace(&oci));
         undo.shim = true;
         let (pid, shim_pid) = self
             .shim

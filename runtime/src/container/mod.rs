@@ -189,7 +189,8 @@ impl Containers {
         self.state.join("youki")
     }
 
-    pub(crate) fn shim_config(&self, r: &Record) -> ShimConfig {
+    /// The shim's configuration for `r`; `kill_all_on_exit` when its spec joins a PID namespace.
+    pub(crate) fn shim_config(&self, r: &Record, kill_all_on_exit: bool) -> ShimConfig {
         ShimConfig {
             version: crius_shim_api::PROTOCOL_VERSION,
             id: r.id.clone(),
@@ -201,7 +202,7 @@ impl Containers {
             stdin: r.config.stdin,
             stdin_once: r.config.stdin_once,
             cgroup_path: r.cgroup_path.clone(),
-            kill_all_on_exit: false,
+            kill_all_on_exit,
         }
     }
 
