@@ -53,6 +53,16 @@ impl Daemon {
         Daemon::start_with(DaemonOptions::default()).await
     }
 
+    /// Every pod sandbox the daemon lists (no filter). Panics if the RPC fails.
+    pub async fn pods(&mut self) -> Vec<k8s_cri::v1::PodSandbox> {
+        self.runtime
+            .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest::default())
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items
+    }
+
     pub async fn start_with(opts: DaemonOptions) -> Result<Daemon> {
         let dir = tempfile::Builder::new()
             .prefix("crius-test.")

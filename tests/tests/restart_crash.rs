@@ -65,13 +65,7 @@ async fn crash_inside_run_pod_sandbox_leaks_nothing_and_the_retry_succeeds() {
         }
         recover_from_crash(&mut d, step).await;
 
-        let listed = d
-            .runtime
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
+        let listed = d.pods().await;
         assert!(listed.is_empty(), "{step}: {listed:?}");
         assert!(
             entries(&d.state.join("ns")).is_empty(),

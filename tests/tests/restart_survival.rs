@@ -144,13 +144,7 @@ async fn five_running_pods_survive_sigkill() {
     }
     w.d.restart().await.unwrap();
 
-    let listed =
-        w.d.runtime
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
+    let listed = w.d.pods().await;
     assert_eq!(listed.len(), 5);
     let running =
         w.d.runtime

@@ -77,13 +77,7 @@ async fn failing_cni_plugin_fails_the_rpc_and_leaves_nothing() {
         "{}",
         e.message()
     );
-    let items = d
-        .runtime
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let items = d.pods().await;
     assert!(items.is_empty(), "{items:?}");
     // The sandbox id never reached the client: look for any rule of this network instead.
     assert!(

@@ -125,25 +125,13 @@ async fn expired_client_deadline_does_not_leave_a_half_created_pod() {
         "{e:?}"
     );
     // Still being created: invisible, and its name is held.
-    let listed = d
-        .runtime
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let listed = d.pods().await;
     assert!(listed.is_empty(), "{listed:?}");
     std::fs::write(&gate, "").unwrap();
     // The detached RunPodSandbox finishes on its own; wait for the pod to appear.
     let mut found = None;
     for _ in 0..600 {
-        let items = d
-            .runtime
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
+        let items = d.pods().await;
         if let Some(p) = items.into_iter().next() {
             found = Some(p);
             break;
