@@ -1,5 +1,11 @@
-//! The pod cgroup (cgroupfs driver): one directory per mounted hierarchy (each cgroup v1
-//! controller mount and, when writable, the unified v2 hierarchy) at the pod's cgroup parent.
+//! The pod cgroup: one directory per mounted hierarchy (each cgroup v1 controller mount and,
+//! when writable, the unified v2 hierarchy) at the pod's cgroup parent. Under the cgroupfs
+//! driver crius makes these directories; under the systemd driver systemd does (see `slice`),
+//! and crius only reads, kills and stops.
+//!
+//! The infra process never sits in the pod cgroup itself but in its leaf [`INFRA_LEAF`] (or its
+//! own scope under systemd): cgroup v2 forbids processes in a cgroup whose children have
+//! controllers enabled, and container cgroups are the pod cgroup's children.
 //!
 //! Invariants: a cgroup path is absolute, has no `.`/`..`/empty components, and is joined below
 //! each hierarchy's mount point only; in cpuset, new directories get their parent's cpus/mems so
@@ -33,6 +39,34 @@ pub enum CgroupError {
         source: std::io::Error,
     },
 }
+
+/// Who creates and names the cgroups of pods and containers (`cgroup_manager` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// crius writes cgroupfs directories itself (v1 and v2).
+    #[default]
+    Cgroupfs,
+    /// Pods are slices, containers and infra processes transient scopes, made by systemd.
+    Systemd,
+}
+
+impl Driver {
+    /// systemd when it is PID 1 (its runtime directory exists), else cgroupfs: containerd's rule.
+    pub fn detect() -> Driver {
+        if Path::new("/run/systemd/system").is_dir() {
+            Driver::Systemd
+        } else {
+            Driver::Cgroupfs
+        }
+    }
+}
+
+/// The pod cgroup's child that holds the infra process under the cgroupfs driver.
+pub const INFRA_LEAF: &str = "crius-infra";
+
+/// How deep [`kill_all`] and [`remove`] look below a pod cgroup (pod → container → sub-cgroups).
+const MAX_DEPTH: usize = 4;
 
 /// The mounted cgroup hierarchies of this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +192,11 @@ pub fn dirs(h: &Hierarchies, cgroup: &Path) -> Vec<PathBuf> {
 /// a crash kept out of the record, say). Returns whether the cgroup is empty.
 pub fn kill_all(h: &Hierarchies, cgroup: &Path, wait: std::time::Duration) -> bool {
     let procs = || -> Vec<i32> {
-        let mut pids: Vec<i32> = dirs(h, cgroup)
+        let mut all = Vec::new();
+        for d in dirs(h, cgroup) {
+            tree(&d, MAX_DEPTH, &mut all);
+        }
+        let mut pids: Vec<i32> = all
             .iter()
             .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
             .flat_map(|t| {
@@ -189,11 +227,44 @@ pub fn kill_all(h: &Hierarchies, cgroup: &Path, wait: std::time::Duration) -> bo
     }
 }
 
-/// Removes the cgroup's own directory from every hierarchy. Idempotent; a cgroup that still has
-/// children or processes fails with EBUSY.
+/// `dir` and its sub-directories down to `depth` levels, parents before children.
+fn tree(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_path_buf());
+    if depth == 0 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            tree(&e.path(), depth - 1, out);
+        }
+    }
+}
+
+/// Removes the cgroup's directory, and the empty cgroups left below it, from every hierarchy.
+/// Idempotent; a cgroup that still has processes fails with EBUSY.
 pub fn remove(h: &Hierarchies, cgroup: &Path) -> Result<(), CgroupError> {
     for mount in h.all() {
-        let dir = below(mount, cgroup);
+        let mut all = Vec::new();
+        tree(&below(mount, cgroup), MAX_DEPTH, &mut all);
+        // Children first: a cgroup directory can only go once it has none.
+        for dir in all.into_iter().rev() {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(CgroupError::Remove { path: dir, source }),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes only the infra leaf of a pod cgroup crius did not create. Idempotent.
+pub fn remove_infra_leaf(h: &Hierarchies, pod: &Path) -> Result<(), CgroupError> {
+    for mount in h.all() {
+        let dir = below(mount, &pod.join(INFRA_LEAF));
         match std::fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -20,6 +20,7 @@ pub mod record;
 mod recover;
 mod remove;
 mod run;
+pub mod slice;
 mod status;
 mod stop;
 pub mod store;

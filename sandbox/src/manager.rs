@@ -41,8 +41,11 @@ pub struct ManagerConfig {
     pub cni_cache_dir: PathBuf,
     /// The `crius-shim` binary (its `pause` mode is the pod infra process).
     pub shim_path: PathBuf,
-    /// Parent of the pod cgroups crius creates when the request names none.
+    /// Parent of the pod cgroups crius creates when the request names none (cgroupfs driver;
+    /// under systemd pods without a parent get a slice in `crius.slice`).
     pub default_cgroup_parent: PathBuf,
+    /// cgroupfs or systemd, resolved by the daemon.
+    pub cgroup_driver: cgroup::Driver,
     pub host_files: HostFiles,
 }
 
@@ -57,6 +60,27 @@ pub struct SandboxManager {
 }
 
 impl SandboxManager {
+    /// Removes what crius made of the pod cgroup: all of an owned one (after killing what is
+    /// left in it), else only the infra leaf. Under systemd an owned slice is stopped, which
+    /// also kills what is left in it; scopes go by themselves once empty.
+    fn cgroup_down(&self, rec: &Record) -> Result<(), SandboxError> {
+        let pod = &rec.meta.cgroup_parent;
+        match (rec.meta.cgroup_driver, rec.meta.cgroup_owned) {
+            (cgroup::Driver::Cgroupfs, true) => {
+                cgroup::kill_all(&self.cgroups, pod, CGROUP_KILL_WAIT);
+                cgroup::remove(&self.cgroups, pod)?;
+            }
+            (cgroup::Driver::Cgroupfs, false) => cgroup::remove_infra_leaf(&self.cgroups, pod)?,
+            (cgroup::Driver::Systemd, true) => {
+                if let Some(name) = crate::slice::name_of(pod) {
+                    pause::stop_unit(&self.config.shim_path, name)?;
+                }
+            }
+            (cgroup::Driver::Systemd, false) => {}
+        }
+        Ok(())
+    }
+
     /// Creates the tables, detects the cgroup hierarchies and reconciles existing records with
     /// the kernel (see `recover`). Runs before the daemon serves.
     pub fn new(config: ManagerConfig, db: Arc<redb::Database>) -> Result<Arc<SandboxManager>, SandboxError> {
@@ -203,13 +227,7 @@ impl SandboxManager {
         note("network", self.network_down(rec));
         note("namespaces", netns::unpin(&rec.meta.ns_dir).map_err(Into::into));
         note("files", podfiles::remove(&rec.meta.files.dir).map_err(Into::into));
-        if rec.meta.cgroup_owned {
-            cgroup::kill_all(&self.cgroups, &rec.meta.cgroup_parent, CGROUP_KILL_WAIT);
-            note(
-                "cgroup",
-                cgroup::remove(&self.cgroups, &rec.meta.cgroup_parent).map_err(Into::into),
-            );
-        }
+        note("cgroup", self.cgroup_down(rec));
         if let Some(e) = first {
             return Err(e);
         }

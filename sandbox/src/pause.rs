@@ -24,6 +24,8 @@ pub enum PauseError {
     },
     #[error("pod infra process failed to start: {0}")]
     Failed(String),
+    #[error("cannot stop systemd slice {slice}: {message}")]
+    StopSlice { slice: String, message: String },
     #[error("pod infra process {pid} did not exit within {KILL_WAIT:?} of SIGKILL")]
     Stuck { pid: i32 },
 }
@@ -37,17 +39,29 @@ pub struct PauseProcess {
     pub start_time: u64,
 }
 
-/// Starts `<shim> pause`, joined to the pod's pinned namespaces and born inside `cgroup_dirs`
-/// (the pod cgroup's directory in each hierarchy), and returns its identity.
-pub fn spawn(
-    shim: &Path,
-    ns: &PinnedNamespaces,
-    cgroup_dirs: &[PathBuf],
-) -> Result<PauseProcess, PauseError> {
+/// Where the infra process is born.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// cgroupfs: these directories (the infra leaf in each hierarchy).
+    Dirs(Vec<PathBuf>),
+    /// systemd: a transient scope, as `<slice>:<prefix>:<name>`, that the launcher asks for.
+    Scope(String),
+}
+
+/// Starts `<shim> pause`, joined to the pod's pinned namespaces and born inside `place`, and
+/// returns its identity.
+pub fn spawn(shim: &Path, ns: &PinnedNamespaces, place: &Placement) -> Result<PauseProcess, PauseError> {
     let mut cmd = Command::new(shim);
     cmd.arg("pause");
-    for dir in cgroup_dirs {
-        cmd.arg("--cgroup").arg(dir);
+    match place {
+        Placement::Dirs(dirs) => {
+            for dir in dirs {
+                cmd.arg("--cgroup").arg(dir);
+            }
+        }
+        Placement::Scope(unit) => {
+            cmd.arg("--systemd-scope").arg(unit);
+        }
     }
     for (flag, path) in [("--net", &ns.net), ("--ipc", &ns.ipc), ("--uts", &ns.uts)] {
         if let Some(p) = path {
@@ -86,6 +100,27 @@ pub fn spawn(
     let start_time =
         start_time(pid).ok_or_else(|| PauseError::Failed(format!("pid {pid} exited at once")))?;
     Ok(PauseProcess { pid, start_time })
+}
+
+/// Stops a systemd slice through `<shim> stop-slice NAME`, which kills what is left in it.
+/// Idempotent: a slice that is not loaded is Ok.
+pub fn stop_unit(shim: &Path, slice: &str) -> Result<(), PauseError> {
+    let out = Command::new(shim)
+        .arg("stop-slice")
+        .arg(slice)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| PauseError::Spawn {
+            shim: shim.into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(PauseError::StopSlice {
+            slice: slice.to_string(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Start time and state of a process, from `/proc/<pid>/stat`.

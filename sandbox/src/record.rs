@@ -59,6 +59,10 @@ pub struct SandboxMeta {
     pub cgroup_parent: PathBuf,
     /// Whether crius created the pod cgroup (and so removes it).
     pub cgroup_owned: bool,
+    /// Who made the pod cgroup: under systemd `cgroup_parent` is a slice's path and the
+    /// containers and the infra process are scopes in it.
+    #[serde(default)]
+    pub cgroup_driver: crate::cgroup::Driver,
     /// Whether an infra process is PID 1 of a pod PID namespace.
     pub pid_namespace: bool,
     /// None for a host-network pod.

@@ -142,12 +142,36 @@ impl SandboxManager {
 
     /// The pod cgroup, then (PID mode POD) the infra process born inside it. `pause` is set as
     /// soon as the process exists, whatever fails later.
+    /// Under systemd the infra process asks for its own scope in the pod slice, which systemd
+    /// creates with the slice; under cgroupfs it is born in the pod cgroup's infra leaf.
     fn infra(&self, meta: &SandboxMeta, pause: &mut Option<PauseProcess>) -> Result<(), SandboxError> {
-        cgroup::create(&self.cgroups, &meta.cgroup_parent)?;
-        if meta.pid_namespace {
-            let dirs = cgroup::dirs(&self.cgroups, &meta.cgroup_parent);
-            *pause = Some(pause::spawn(&self.config.shim_path, &meta.namespaces, &dirs)?);
-        }
+        let place = match meta.cgroup_driver {
+            cgroup::Driver::Cgroupfs => {
+                cgroup::create(&self.cgroups, &meta.cgroup_parent)?;
+                if !meta.pid_namespace {
+                    return Ok(());
+                }
+                let leaf = meta.cgroup_parent.join(cgroup::INFRA_LEAF);
+                cgroup::create(&self.cgroups, &leaf)?;
+                pause::Placement::Dirs(cgroup::dirs(&self.cgroups, &leaf))
+            }
+            cgroup::Driver::Systemd => {
+                if !meta.pid_namespace {
+                    return Ok(());
+                }
+                let slice = crate::slice::name_of(&meta.cgroup_parent).ok_or_else(|| {
+                    cgroup::CgroupError::BadPath {
+                        path: meta.cgroup_parent.display().to_string(),
+                    }
+                })?;
+                pause::Placement::Scope(crate::slice::cgroups_path(
+                    slice,
+                    crate::slice::INFRA_PREFIX,
+                    &meta.id,
+                ))
+            }
+        };
+        *pause = Some(pause::spawn(&self.config.shim_path, &meta.namespaces, &place)?);
         Ok(())
     }
 
@@ -183,12 +207,24 @@ impl SandboxManager {
         };
 
         let id = new_id();
-        let (cgroup_parent, cgroup_owned) = if linux.cgroup_parent.is_empty() {
-            (self.config.default_cgroup_parent.join(&id), true)
-        } else {
-            let p = cgroup::validate(&linux.cgroup_parent).map_err(InvalidRequest::CgroupParent)?;
-            let owned = !cgroup::exists(&self.cgroups, &p);
-            (p, owned)
+        let driver = self.config.cgroup_driver;
+        let (cgroup_parent, cgroup_owned) = match (driver, linux.cgroup_parent.as_str()) {
+            (cgroup::Driver::Cgroupfs, "") => (self.config.default_cgroup_parent.join(&id), true),
+            (cgroup::Driver::Systemd, "") => (
+                crate::slice::expand(&crate::slice::for_pod(&id)).map_err(InvalidRequest::CgroupParent)?,
+                true,
+            ),
+            (cgroup::Driver::Cgroupfs, requested) => {
+                let p = cgroup::validate(requested).map_err(InvalidRequest::CgroupParent)?;
+                let owned = !cgroup::exists(&self.cgroups, &p);
+                (p, owned)
+            }
+            (cgroup::Driver::Systemd, requested) => {
+                let (_, p) = crate::slice::from_request(requested).map_err(InvalidRequest::CgroupParent)?;
+                // A named slice is the caller's (kubelet's pod slice), and systemd may share it
+                // between pods: crius stops only the per-pod slices it named itself.
+                (p, false)
+            }
         };
         let ns_dir = self.ns_dir(&id);
         let namespaces = PinnedNamespaces {
@@ -216,6 +252,7 @@ impl SandboxManager {
             hostname,
             cgroup_parent,
             cgroup_owned,
+            cgroup_driver: driver,
             network: net_plan,
             config,
             id,

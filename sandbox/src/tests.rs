@@ -80,6 +80,7 @@ fn env() -> Option<Env> {
             cni_cache_dir: dir.join("cache"),
             shim_path: dir.join("no-shim"),
             default_cgroup_parent: cgroup_root.clone(),
+            cgroup_driver: crate::cgroup::Driver::Cgroupfs,
             host_files: HostFiles::default(),
         },
         db,

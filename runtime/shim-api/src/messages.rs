@@ -34,14 +34,34 @@ pub struct ShimConfig {
     /// wrote to it detaches (absent in configs written before attach existed).
     #[serde(default)]
     pub stdin_once: bool,
-    /// The absolute `linux.cgroupsPath` (for the OOM counter and killing every process).
+    /// The container's cgroup as an absolute cgroupfs path (for the OOM counter and killing
+    /// every process); under the systemd driver the path of its scope, not `linux.cgroupsPath`.
     pub cgroup_path: String,
+    /// The systemd cgroup driver: libcontainer asks systemd for the container's scope, named by
+    /// the spec's `<slice>:<prefix>:<id>` cgroupsPath.
+    #[serde(default)]
+    pub systemd_cgroup: bool,
+    /// Where the shim moves itself before it builds the container, out of the daemon's own
+    /// cgroup, so that stopping or restarting a daemon run by systemd never takes the shims
+    /// with it. None: stay where the daemon started it.
+    #[serde(default)]
+    pub shim_cgroup: Option<ShimCgroup>,
     /// The container shares a PID namespace (the pod's, another container's or the host's), so
     /// its other processes outlive init: the shim SIGKILLs what is left in its cgroup when init
     /// exits, as runc's shim does. A container with its own PID namespace needs no help: the
     /// kernel kills the namespace with its init.
     #[serde(default)]
     pub kill_all_on_exit: bool,
+}
+
+/// A shim's own cgroup (see [`ShimConfig::shim_cgroup`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShimCgroup {
+    /// cgroupfs directories (one per hierarchy systemd tracks), made if missing.
+    Dirs(Vec<PathBuf>),
+    /// A systemd transient scope, `<slice>:<prefix>:<name>`.
+    Scope(String),
 }
 
 /// The one frame `crius-shim create` writes on its report fd.

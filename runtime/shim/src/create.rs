@@ -200,6 +200,12 @@ fn stdio(cfg: &ShimConfig) -> Result<Stdio, CreateError> {
 
 fn create(config_path: &Path) -> Result<(Monitor, Pid), CreateError> {
     let cfg = load_config(config_path)?;
+    if let Some(place) = &cfg.shim_cgroup {
+        crate::systemd::leave_daemon_cgroup(place).map_err(|message| CreateError::Build {
+            id: cfg.id.clone(),
+            message,
+        })?;
+    }
     fs::create_dir_all(&cfg.youki_root).map_err(io_err(format!("create {}", cfg.youki_root.display())))?;
     let ctl_path = cfg.shim_dir.join(crius_shim_api::CONTROL_SOCKET);
     let ctl = crius_shim_api::bind_socket(&cfg.shim_dir, crius_shim_api::CONTROL_SOCKET)
@@ -289,7 +295,7 @@ fn build(cfg: &ShimConfig, io: &mut Stdio) -> Result<Container, CreateError> {
     }
     builder
         .as_init(&cfg.bundle)
-        .with_systemd(false)
+        .with_systemd(cfg.systemd_cgroup)
         .with_detach(true)
         .build()
         .map_err(|e| fail(error_chain(&e)))

@@ -5,7 +5,9 @@
 //! - `create --config <shim dir>/shim.json`: started by the daemon per container (see `create`).
 //! - `monitor <hand-off>`: what `create` re-execs into after `start` (see `reexec`).
 //! - `exec-helper --request <json>`: one process per exec (see `exec_helper`).
-//! - `pause [--net P] [--ipc P] [--uts P]`: PID 1 of a pod-shared PID namespace (see `pause`).
+//! - `pause [--cgroup DIR].. | [--systemd-scope UNIT] [--net P] [--ipc P] [--uts P]`: PID 1 of
+//!   a pod-shared PID namespace (see `pause`).
+//! - `stop-slice NAME.slice`: stops a pod slice of the systemd driver (see `systemd`).
 
 mod attach;
 mod cgroup;
@@ -16,6 +18,7 @@ mod monitor;
 mod pause;
 mod proc_setup;
 mod reexec;
+mod systemd;
 mod teardown;
 
 use std::path::Path;
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
             None => return usage(),
         },
         Some("pause") => pause::main(&args[2..]),
+        Some("stop-slice") => systemd::stop_slice_main(&args[2..]),
         Some("exec-helper") => match arg("--request") {
             Some(req) => exec_helper::main(req),
             None => return usage(),

@@ -3,8 +3,8 @@
 //! namespace cannot be pinned by a bind mount (it dies with its init), so this process is that
 //! init.
 //!
-//! The launcher starts a new session, moves itself into the pod cgroup (each `--cgroup`
-//! directory, one per hierarchy), joins the pod's pinned namespaces, unshares a PID namespace
+//! The launcher starts a new session, moves itself into the pod's infra cgroup (each `--cgroup`
+//! directory, one per hierarchy, or the systemd scope `--systemd-scope`), joins the pod's pinned namespaces, unshares a PID namespace
 //! and forks, so the infra process is born inside the pod cgroup and never has to be migrated;
 //! it prints the child's host pid on stdout and exits. The child is PID 1 of the new namespace:
 //! stdio on /dev/null, it reaps every orphan re-parented to it and exits on SIGTERM or SIGINT.
@@ -33,8 +33,13 @@ pub fn main(args: &[String]) -> i32 {
 fn launch(args: &[String]) -> Result<(), String> {
     let mut joins = Vec::new();
     let mut cgroups = Vec::new();
+    let mut scope = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--systemd-scope" {
+            scope = Some(it.next().ok_or("--systemd-scope needs a unit")?.clone());
+            continue;
+        }
         if flag == "--cgroup" {
             let dir = it.next().ok_or("--cgroup needs a cgroup directory")?;
             cgroups.push(std::path::PathBuf::from(dir));
@@ -57,6 +62,10 @@ fn launch(args: &[String]) -> Result<(), String> {
     for dir in &cgroups {
         let procs = dir.join("cgroup.procs");
         std::fs::write(&procs, &me).map_err(|e| format!("cannot join cgroup {}: {e}", procs.display()))?;
+    }
+    if let Some(unit) = &scope {
+        // The D-Bus connection is closed again before the fork: the init inherits no socket.
+        crate::systemd::join_scope(unit)?;
     }
     for (kind, path) in &joins {
         let f = File::open(path).map_err(|e| format!("cannot open namespace {path}: {e}"))?;

@@ -100,6 +100,8 @@ impl Ctr {
             stdin: false,
             stdin_once: false,
             cgroup_path: self.cgroup_path(),
+            systemd_cgroup: false,
+            shim_cgroup: None,
             kill_all_on_exit: false,
         };
         std::fs::write(
