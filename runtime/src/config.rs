@@ -23,6 +23,10 @@ pub struct Config {
     /// A tracing filter (`info`, `crius=debug,tonic=info`).
     pub log_level: String,
     pub log_format: LogFormat,
+    /// `"systemd"` or `"cgroupfs"`; absent: systemd when it is PID 1, else cgroupfs. Kubelet
+    /// follows what RuntimeConfig reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_manager: Option<crius_sandbox::cgroup::Driver>,
     pub cni: CniConfig,
     pub streaming: StreamingConfig,
     /// One table per registry host as written in image names (`registry."registry.k8s.io"`).
@@ -80,6 +84,7 @@ impl Default for Config {
             listen: PathBuf::from("/run/crius/crius.sock"),
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
+            cgroup_manager: None,
             cni: CniConfig::default(),
             streaming: StreamingConfig::default(),
             registry: BTreeMap::new(),
@@ -137,6 +142,12 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The cgroup driver in force: the configured one, else systemd when systemd is PID 1.
+    pub fn cgroup_driver(&self) -> crius_sandbox::cgroup::Driver {
+        self.cgroup_manager
+            .unwrap_or_else(crius_sandbox::cgroup::Driver::detect)
+    }
+
     /// Parses a TOML document. `origin` only labels error messages.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
@@ -235,6 +246,7 @@ impl Config {
         format!(
             "# crius configuration ({DEFAULT_CONFIG_PATH}); every key is shown with its default.\n\
              # log_format is \"text\" or \"json\"; streaming.port = 0 picks a free port.\n\
+             # cgroup_manager = \"systemd\" | \"cgroupfs\" (default: systemd when it is PID 1).\n\
              {body}\n\
              # Registry mirrors, one table per registry host as written in image names:\n\
              # [registry.\"registry.k8s.io\"]\n\
@@ -287,6 +299,12 @@ mod tests {
         assert_eq!(c.streaming.port, 10010);
         assert!(!c.registry["registry.k8s.io"].fallback);
         assert_eq!(c.cni.bin_dirs, CniConfig::default().bin_dirs);
+        assert_eq!(c.cgroup_manager, None);
+        let s = parse("cgroup_manager = \"systemd\"\n").unwrap();
+        assert_eq!(s.cgroup_manager, Some(crius_sandbox::cgroup::Driver::Systemd));
+        assert_eq!(s.cgroup_driver(), crius_sandbox::cgroup::Driver::Systemd);
+        let e = parse("cgroup_manager = \"upstart\"\n").unwrap_err().to_string();
+        assert!(e.contains("cgroup_manager"), "{e}");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub enum DaemonError {
     Streaming(#[from] crate::streaming::StreamingError),
     #[error("cannot install signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("cgroup_manager = \"systemd\" needs {0}")]
+    SystemdDriver(&'static str),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -58,6 +60,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // the default action.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Signal)?;
+    check_cgroup_driver(&config)?;
     for dir in [&config.root, &config.state] {
         create_private_dir(dir)?;
     }
@@ -128,6 +131,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = tonic::transport::Server::builder()
         .trace_fn(server::rpc_span)
+        .layer(server::RpcLog)
         .add_service(runtime)
         .add_service(images)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
@@ -139,11 +143,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let result = tokio::select! {
         r = &mut serve => r.map_err(DaemonError::from),
         _ = sigterm.recv() => {
+            crate::notify::stopping();
             // Event streams never end on their own; end them so in-flight RPCs can finish.
             crius.events.close();
             shutdown(serve, stop_tx, "SIGTERM").await
         }
         _ = tokio::signal::ctrl_c() => {
+            crate::notify::stopping();
             crius.events.close();
             shutdown(serve, stop_tx, "SIGINT").await
         }
@@ -177,6 +183,24 @@ where
     }
 }
 
+/// The systemd driver asks systemd for scopes over D-Bus and names them in the unified hierarchy:
+/// refuse it at start-up, not at the first pod, where either is missing.
+fn check_cgroup_driver(config: &Config) -> Result<(), DaemonError> {
+    if config.cgroup_driver() != crius_sandbox::cgroup::Driver::Systemd {
+        return Ok(());
+    }
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Err(DaemonError::SystemdDriver("systemd running as PID 1"));
+    }
+    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return Err(DaemonError::SystemdDriver(
+            "the unified cgroup v2 hierarchy at /sys/fs/cgroup",
+        ));
+    }
+    tracing::info!("cgroup driver: systemd");
+    Ok(())
+}
+
 /// Start-up recovery: reconciles every stored object with the kernel, then opens the gate.
 /// Sandboxes were reconciled when their manager opened; containers are reconciled here, each
 /// bounded in time on its own (see `container::recover`).
@@ -185,6 +209,7 @@ async fn recover(crius: Arc<Crius>) {
     crius.containers.recover().await;
     tracing::info!(elapsed = ?started.elapsed(), "recovery finished; serving");
     crius.mark_ready();
+    crate::notify::ready();
 }
 
 /// Opens the image store under `root` with the configured registry mirrors.
@@ -231,6 +256,7 @@ pub fn open_sandboxes(
             cni_cache_dir: config.cni.cache_dir.clone(),
             shim_path,
             default_cgroup_parent: PathBuf::from("/crius"),
+            cgroup_driver: config.cgroup_driver(),
             host_files: Default::default(),
         },
         db,

@@ -112,11 +112,16 @@ pub fn handler_features() -> v1::RuntimeHandlerFeatures {
     }
 }
 
-/// CRI: crius drives cgroups directly through cgroupfs (no systemd on its hosts).
-pub fn runtime_config() -> v1::RuntimeConfigResponse {
+/// CRI: the cgroup driver in force, which kubelet (KubeletCgroupDriverFromCRI) and critest
+/// follow when they name pod cgroups.
+pub fn runtime_config(driver: crius_sandbox::cgroup::Driver) -> v1::RuntimeConfigResponse {
+    let cgroup_driver = match driver {
+        crius_sandbox::cgroup::Driver::Cgroupfs => v1::CgroupDriver::Cgroupfs,
+        crius_sandbox::cgroup::Driver::Systemd => v1::CgroupDriver::Systemd,
+    };
     v1::RuntimeConfigResponse {
         linux: Some(v1::LinuxRuntimeConfiguration {
-            cgroup_driver: v1::CgroupDriver::Cgroupfs as i32,
+            cgroup_driver: cgroup_driver as i32,
         }),
     }
 }

@@ -141,8 +141,35 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
 }
 
+/// CRI `memory_swap_limit_in_bytes` is memory plus swap (as OCI `swap` and cgroup v1's
+/// memsw); cgroup v2's `memory.swap.max` is swap alone. Needs a memory limit to subtract.
+fn v2_swap_max(r: &LinuxContainerResources) -> Result<Option<i64>, ContainerError> {
+    let (swap, limit) = (r.memory_swap_limit_in_bytes, r.memory_limit_in_bytes);
+    if swap <= 0 {
+        return Ok(None);
+    }
+    if limit <= 0 || swap < limit {
+        return Err(ContainerError::Invalid(format!(
+            "memory_swap_limit_in_bytes {swap} needs a memory limit no larger than it (memory_limit_in_bytes {limit})"
+        )));
+    }
+    Ok(Some(swap - limit))
+}
+
+/// A cgroup file name from the request (`unified` keys, hugepage sizes): one path component
+/// that names an interface file, never a way out of the container's cgroup directory.
+fn plain_name(name: &str) -> Result<&str, ContainerError> {
+    crate::spec::linux::cgroup_file_name(name)
+        .ok_or_else(|| ContainerError::Invalid(format!("{name:?} is not a settable cgroup file")))
+}
+
 /// Applies new limits to the container's cgroup. Fields left at 0/empty are not changed.
 pub fn apply(cgroup: &str, r: &LinuxContainerResources) -> Result<(), ContainerError> {
+    // Checked on every host, before anything is written: `unified` applies on v2 only (as at
+    // create), but a bad key is a bad request everywhere.
+    for key in r.unified.keys() {
+        plain_name(key)?;
+    }
     if v2() {
         if r.cpu_shares > 0 {
             write(
@@ -169,6 +196,16 @@ pub fn apply(cgroup: &str, r: &LinuxContainerResources) -> Result<(), ContainerE
         }
         if r.memory_limit_in_bytes > 0 {
             write("", cgroup, "memory.max", &r.memory_limit_in_bytes.to_string())?;
+        }
+        if let Some(swap) = v2_swap_max(r)? {
+            write("", cgroup, "memory.swap.max", &swap.to_string())?;
+        }
+        for h in &r.hugepage_limits {
+            let file = format!("hugetlb.{}.max", plain_name(&h.page_size)?);
+            write("", cgroup, &file, &h.limit.to_string())?;
+        }
+        for (key, value) in &r.unified {
+            write("", cgroup, plain_name(key)?, value)?;
         }
         return Ok(());
     }
@@ -201,6 +238,29 @@ pub fn apply(cgroup: &str, r: &LinuxContainerResources) -> Result<(), ContainerE
         )?;
     }
     Ok(())
+}
+
+/// The cgroup shims leave the daemon's for, when the daemon runs in a systemd service
+/// (`/proc/self/cgroup` names a `.service`): `crius-shims` at the root of each hierarchy systemd
+/// tracks processes in (the unified one; on a v1 host also `name=systemd`). Without systemd, or
+/// outside a service, none: the shims stay where they are started, at no cost.
+pub fn shim_dirs(proc_cgroup: &str, systemd_booted: bool) -> Vec<PathBuf> {
+    let in_service = proc_cgroup.lines().any(|l| {
+        (l.starts_with("0::") || l.contains(":name=systemd:")) && l.trim_end().ends_with(".service")
+    });
+    if !systemd_booted || !in_service {
+        return Vec::new();
+    }
+    let root = Path::new(ROOT);
+    if root.join("cgroup.controllers").exists() {
+        return vec![root.join("crius-shims")];
+    }
+    ["systemd", "unified"]
+        .iter()
+        .map(|h| root.join(h))
+        .filter(|h| h.is_dir())
+        .map(|h| h.join("crius-shims"))
+        .collect()
 }
 
 /// Removes the container's (empty) cgroup in every hierarchy; missing or busy ones are left.
@@ -251,6 +311,52 @@ mod tests {
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(1024), 39);
         assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+
+    #[test]
+    fn v2_swap_is_swap_alone_and_needs_a_limit() {
+        let r = |limit, swap| LinuxContainerResources {
+            memory_limit_in_bytes: limit,
+            memory_swap_limit_in_bytes: swap,
+            ..Default::default()
+        };
+        assert_eq!(v2_swap_max(&r(100, 300)).unwrap(), Some(200));
+        assert_eq!(v2_swap_max(&r(100, 0)).unwrap(), None);
+        assert!(v2_swap_max(&r(0, 300)).is_err());
+        assert!(v2_swap_max(&r(300, 100)).is_err());
+    }
+
+    #[test]
+    fn request_file_names_stay_in_the_cgroup() {
+        assert_eq!(plain_name("memory.high").unwrap(), "memory.high");
+        assert_eq!(plain_name("2MB").unwrap(), "2MB");
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            ".",
+            "..",
+            "cgroup.procs",
+            "cgroup.subtree_control",
+            "x\n",
+        ] {
+            assert!(plain_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shims_leave_only_a_systemd_service() {
+        assert!(
+            shim_dirs("0::/system.slice/crius.service\n", false).is_empty(),
+            "no systemd"
+        );
+        assert!(
+            shim_dirs("0::/user.slice/session-1.scope\n", true).is_empty(),
+            "not a service"
+        );
+        assert!(shim_dirs("12:memory:/\n1:name=systemd:/\n0::/\n", true).is_empty());
+        // Where it applies, the answer depends on this host's hierarchies; it is never empty.
+        assert!(!shim_dirs("0::/system.slice/crius.service\n", true).is_empty() || !Path::new(ROOT).exists());
     }
 
     #[test]

@@ -13,6 +13,8 @@ use cri_api::v1::{ContainerConfig, PodSandboxConfig};
 use super::record::{Record, RecordError, State, Status, name_key};
 use super::{ContainerError, Containers, PodInfo, io_err, new_id, now_ns, rootfs};
 use crate::spec::{self, ImageProcess, SpecInput, UserDb};
+use crius_sandbox::cgroup::Driver;
+use crius_sandbox::slice;
 
 /// What has been done so far, to undo on failure.
 #[derive(Default)]
@@ -116,7 +118,7 @@ impl Containers {
 
         let target_pid = self.target_pid_namespace(&config)?;
         let users = UserDb::load(&rootfs_dir);
-        let cgroup_path = format!("{}/{id}", pod.cgroup_parent.trim_end_matches('/'));
+        let (cgroup_path, spec_cgroups_path) = cgroup_paths(&pod, &id)?;
         // The pod's recorded config, never the request's copy, decides what the pod allows
         // (a privileged container needs a pod that was created privileged).
         drop(sandbox_config);
@@ -133,7 +135,8 @@ impl Containers {
             pod_files: &pod.files,
             namespaces: &pod.namespaces,
             target_pid: target_pid.as_deref(),
-            cgroups_path: &cgroup_path,
+            cgroups_path: &spec_cgroups_path,
+            cgroup_fs_path: &cgroup_path,
             host: &self.host,
         })?;
         let spec_path = bundle.join("config.json");
@@ -166,6 +169,7 @@ impl Containers {
             image_id: image.id.clone(),
             image_ref,
             log_path,
+            systemd_cgroup: pod.cgroup_driver == Driver::Systemd,
             cgroup_path,
             created_at: now_ns(),
             stop_signal,
@@ -270,6 +274,30 @@ impl Containers {
 }
 
 /// CRI: the log file is `<pod log_directory>/<container log_path>`; no log when either is empty.
+/// The container's cgroup: its cgroupfs path (recorded, read by stats and the shim) and the
+/// OCI `linux.cgroupsPath` that names it to libcontainer. cgroupfs: `<pod cgroup>/<id>` both;
+/// systemd: the scope `crius-<id>.scope` in the pod's slice, named `<slice>:crius:<id>`.
+fn cgroup_paths(pod: &PodInfo, id: &str) -> Result<(String, String), ContainerError> {
+    let parent = pod.cgroup_parent.trim_end_matches('/');
+    match pod.cgroup_driver {
+        Driver::Cgroupfs => {
+            let p = format!("{parent}/{id}");
+            Ok((p.clone(), p))
+        }
+        Driver::Systemd => {
+            let pod_path = Path::new(parent);
+            let name = slice::name_of(pod_path).ok_or_else(|| {
+                ContainerError::Invalid(format!("pod cgroup {parent:?} is not a systemd slice"))
+            })?;
+            let fs = slice::scope_path(pod_path, slice::CONTAINER_PREFIX, id);
+            Ok((
+                fs.to_string_lossy().into_owned(),
+                slice::cgroups_path(name, slice::CONTAINER_PREFIX, id),
+            ))
+        }
+    }
+}
+
 fn log_path(pod: &PodSandboxConfig, c: &ContainerConfig) -> Result<Option<PathBuf>, ContainerError> {
     if pod.log_directory.is_empty() || c.log_path.is_empty() {
         return Ok(None);

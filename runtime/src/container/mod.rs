@@ -53,8 +53,10 @@ pub struct PodInfo {
     pub ready: bool,
     pub namespaces: PodNamespaces,
     pub files: PodFiles,
-    /// Absolute cgroup of the pod; containers live in `<cgroup_parent>/<id>`.
+    /// Absolute cgroupfs path of the pod cgroup; containers live in `<cgroup_parent>/<id>`
+    /// (cgroupfs) or in the scope `<cgroup_parent>/crius-<id>.scope` (systemd).
     pub cgroup_parent: String,
+    pub cgroup_driver: crius_sandbox::cgroup::Driver,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +118,9 @@ pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Er
 }
 
 /// The container manager shared by the RPC handlers.
+/// Shim scopes under systemd: `crius-shim-<id>.scope` in the pod slice.
+const SHIM_SCOPE_PREFIX: &str = "crius-shim";
+
 pub struct Containers {
     records: record::Records,
     images: Arc<crius_image::ImageStore>,
@@ -133,6 +138,8 @@ pub struct Containers {
     events: Events,
     /// Started on first use (it needs the state dir to exist); see `watch.rs`.
     watcher: OnceLock<watch::ExitWatcher>,
+    /// Where cgroupfs-driver shims go when the daemon runs as a systemd service (empty: stay).
+    shim_dirs: Vec<PathBuf>,
 }
 
 impl Containers {
@@ -154,6 +161,10 @@ impl Containers {
             cpu_samples: Mutex::new(HashMap::new()),
             events: Events::default(),
             watcher: OnceLock::new(),
+            shim_dirs: cgroupfs::shim_dirs(
+                &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+                Path::new("/run/systemd/system").is_dir(),
+            ),
         })
     }
 
@@ -189,6 +200,18 @@ impl Containers {
         self.state.join("youki")
     }
 
+    /// Under systemd a container's shim gets its own scope in the pod slice (its memory counts
+    /// to the pod, as CRI-O's conmon); under cgroupfs, a cgroup beside the daemon's unit.
+    fn shim_cgroup(&self, r: &Record) -> Option<crius_shim_api::ShimCgroup> {
+        if r.systemd_cgroup {
+            let slice = Path::new(&r.cgroup_path).parent()?.file_name()?.to_str()?;
+            return Some(crius_shim_api::ShimCgroup::Scope(
+                crius_sandbox::slice::cgroups_path(slice, SHIM_SCOPE_PREFIX, &r.id),
+            ));
+        }
+        (!self.shim_dirs.is_empty()).then(|| crius_shim_api::ShimCgroup::Dirs(self.shim_dirs.clone()))
+    }
+
     /// The shim's configuration for `r`; `kill_all_on_exit` when its spec joins a PID namespace.
     pub(crate) fn shim_config(&self, r: &Record, kill_all_on_exit: bool) -> ShimConfig {
         ShimConfig {
@@ -202,6 +225,8 @@ impl Containers {
             stdin: r.config.stdin,
             stdin_once: r.config.stdin_once,
             cgroup_path: r.cgroup_path.clone(),
+            systemd_cgroup: r.systemd_cgroup,
+            shim_cgroup: self.shim_cgroup(r),
             kill_all_on_exit,
         }
     }

@@ -44,6 +44,7 @@ pub fn pod_info(r: &SandboxRecord) -> PodInfo {
             shm: m.files.shm.clone(),
         },
         cgroup_parent: m.cgroup_parent.to_string_lossy().into_owned(),
+        cgroup_driver: m.cgroup_driver,
     }
 }
 

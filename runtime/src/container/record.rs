@@ -71,7 +71,11 @@ pub struct Record {
     /// CRI `image_ref`: the first repo digest, else the image id.
     pub image_ref: String,
     pub log_path: Option<PathBuf>,
+    /// Absolute cgroupfs path of the container's cgroup (its scope under systemd).
     pub cgroup_path: String,
+    /// The cgroup is a systemd scope that libcontainer asked systemd for.
+    #[serde(default)]
+    pub systemd_cgroup: bool,
     pub created_at: i64,
     /// Image config `StopSignal` (e.g. `SIGQUIT`), if any.
     pub stop_signal: Option<String>,
@@ -277,6 +281,7 @@ mod tests {
             image_ref: "sha256:ab".into(),
             log_path: None,
             cgroup_path: "/crius/pod/x".into(),
+            systemd_cgroup: false,
             created_at: 1,
             stop_signal: None,
             uid: 0,

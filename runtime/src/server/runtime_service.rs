@@ -35,7 +35,7 @@ impl RuntimeService for Runtime {
     }
 
     async fn runtime_config(&self, _req: Request<RuntimeConfigRequest>) -> Rpc<RuntimeConfigResponse> {
-        Ok(Response::new(info::runtime_config()))
+        Ok(Response::new(info::runtime_config(self.0.config.cgroup_driver())))
     }
 
     /// CRI: kubelet pushes the node's pod CIDR here. crius takes pod addressing from the CNI

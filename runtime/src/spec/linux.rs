@@ -47,7 +47,11 @@ impl HostFacts {
         };
         HostFacts {
             hugetlb,
-            swap_accounting: root.join("memory/memory.memsw.limit_in_bytes").exists(),
+            swap_accounting: if cgroup_v2 {
+                v2_swap(root)
+            } else {
+                root.join("memory/memory.memsw.limit_in_bytes").exists()
+            },
             cgroup_v2,
             oom_score_adj_floor: oom_floor(),
             capabilities: own_caps("CapBnd:"),
@@ -60,6 +64,29 @@ impl HostFacts {
             },
         }
     }
+}
+
+/// cgroup v2 has `memory.swap.max` in every non-root cgroup when the kernel accounts swap: look
+/// in the daemon's own cgroup, else in the first child of the root that has memory files.
+fn v2_swap(root: &Path) -> bool {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)));
+    if let Some(own) = own.filter(|p| p != "/")
+        && root.join(own.trim_start_matches('/')).join("memory.max").exists()
+    {
+        return root
+            .join(own.trim_start_matches('/'))
+            .join("memory.swap.max")
+            .exists();
+    }
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|d| d.join("memory.max").exists())
+        .is_some_and(|d| d.join("memory.swap.max").exists())
 }
 
 /// Controllers libcontainer's v1 manager creates a container cgroup in.
@@ -252,6 +279,19 @@ pub fn masked_and_readonly(sc: Option<&LinuxContainerSecurityContext>) -> (Vec<S
     )
 }
 
+/// A cgroup interface file named by a request (`unified` keys, hugepage sizes): one plain path
+/// component, never `cgroup.*` (membership and delegation files stay crius's).
+pub fn cgroup_file_name(name: &str) -> Option<&str> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && !name.starts_with("cgroup.")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    ok.then_some(name)
+}
+
 /// CRI resources as OCI resources, filtered by what the host can enforce.
 pub fn resources(
     r: Option<&LinuxContainerResources>,
@@ -299,6 +339,14 @@ pub fn resources(
         let mut mem = LinuxMemory::default();
         mem.set_limit(Some(r.memory_limit_in_bytes));
         if r.memory_swap_limit_in_bytes > 0 && host.swap_accounting {
+            // CRI and OCI both mean memory plus swap here; libcgroups turns it into v2's
+            // memory.swap.max (swap alone) and refuses a total below the memory limit.
+            if r.memory_swap_limit_in_bytes < r.memory_limit_in_bytes {
+                return Err(SpecError::Invalid(format!(
+                    "memory_swap_limit_in_bytes {} is below memory_limit_in_bytes {}",
+                    r.memory_swap_limit_in_bytes, r.memory_limit_in_bytes
+                )));
+            }
             mem.set_swap(Some(r.memory_swap_limit_in_bytes));
         }
         res.set_memory(Some(mem));
@@ -315,6 +363,11 @@ pub fn resources(
             })
             .collect();
         res.set_hugepage_limits(Some(limits));
+    }
+    if let Some(bad) = r.unified.keys().find(|k| cgroup_file_name(k).is_none()) {
+        return Err(SpecError::Invalid(format!(
+            "unified: {bad:?} is not a settable cgroup file"
+        )));
     }
     if host.cgroup_v2 && !r.unified.is_empty() {
         res.set_unified(Some(r.unified.clone().into_iter().collect()));

@@ -8,7 +8,7 @@
 
 mod apparmor;
 mod devices;
-mod linux;
+pub(crate) mod linux;
 mod mounts;
 mod process;
 mod seccomp;
@@ -93,8 +93,11 @@ pub struct SpecInput<'a> {
     pub namespaces: &'a PodNamespaces,
     /// The PID namespace of the target container for PID mode TARGET.
     pub target_pid: Option<&'a Path>,
-    /// Absolute cgroup path of this container (under the pod's cgroup).
+    /// OCI `linux.cgroupsPath`: an absolute path (cgroupfs driver) or `<slice>:crius:<id>`
+    /// (systemd driver).
     pub cgroups_path: &'a str,
+    /// Absolute cgroupfs path of this container's cgroup (under the pod's cgroup).
+    pub cgroup_fs_path: &'a str,
     pub host: &'a HostFacts,
 }
 
@@ -118,7 +121,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
             "privileged container in a non-privileged pod".into(),
         ));
     }
-    if !input.rootfs.is_absolute() || !input.cgroups_path.starts_with('/') {
+    if !input.rootfs.is_absolute() || !input.cgroup_fs_path.starts_with('/') {
         return Err(SpecError::Invalid(
             "rootfs and cgroups path must be absolute".into(),
         ));
@@ -150,7 +153,11 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .set_readonly(Some(readonly_rootfs));
 
     let base = mounts::merge(
-        mounts::defaults(privileged, &input.host.cgroup_v1_hierarchies, input.cgroups_path),
+        mounts::defaults(
+            privileged,
+            &input.host.cgroup_v1_hierarchies,
+            input.cgroup_fs_path,
+        ),
         mounts::pod_files(input.pod_files, readonly_rootfs),
     );
     let mut mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -166,7 +173,15 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let resources = cfg.linux.as_ref().and_then(|l| l.resources.as_ref());
     let (masked, readonly) = linux::masked_and_readonly(sc);
     let mut lx = Linux::default();
-    lx.set_namespaces(Some(linux::namespaces(input.namespaces, sc, input.target_pid)?))
+    let mut namespaces = linux::namespaces(input.namespaces, sc, input.target_pid)?;
+    if input.host.cgroup_v2 {
+        // As containerd on cgroup v2: a private cgroup namespace, so the container's
+        // /sys/fs/cgroup is its own cgroup (memory.max and all) and the host's tree stays hidden.
+        let mut ns = oci_spec::runtime::LinuxNamespace::default();
+        ns.set_typ(oci_spec::runtime::LinuxNamespaceType::Cgroup);
+        namespaces.push(ns);
+    }
+    lx.set_namespaces(Some(namespaces))
         .set_cgroups_path(Some(input.cgroups_path.into()))
         .set_resources(Some(linux::resources(
             resources,

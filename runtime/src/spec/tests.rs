@@ -100,6 +100,7 @@ fn build_with(cfg: &ContainerConfig, sb: &PodSandboxConfig) -> Result<Spec, Spec
         namespaces: &pod_ns(),
         target_pid: None,
         cgroups_path: "/crius/p1/c1",
+        cgroup_fs_path: "/crius/p1/c1",
         host: &host(),
     })
 }
@@ -408,6 +409,7 @@ fn missing_command_is_invalid() {
         namespaces: &pod_ns(),
         target_pid: None,
         cgroups_path: "/crius/p1/c1",
+        cgroup_fs_path: "/crius/p1/c1",
         host: &host(),
     });
     assert!(matches!(r, Err(SpecError::Invalid(m)) if m.contains("no command")));
