@@ -98,7 +98,10 @@ impl ImageStore {
         let mut last = None;
         for (i, ep) in endpoints.iter().enumerate() {
             let host = ep.host.clone();
-            let result = self.pull_from(&r, Remote::new(ep.clone(), auth.clone())).await;
+            let result = match Remote::new(ep.clone(), auth.clone()) {
+                Ok(remote) => self.pull_from(&r, remote).await,
+                Err(e) => Err(reg(&host, e)),
+            };
             let e = match result {
                 Ok(id) => return Ok(id),
                 Err(PullError::Registry { source, .. }) if source.try_next_endpoint() => reg(&host, source),

@@ -52,6 +52,8 @@ pub enum RegistryError {
     NoPlatform(String),
     #[error("invalid credentials in the pull request: {0}")]
     BadAuth(&'static str),
+    #[error("cannot make an HTTPS client for {endpoint}: {why} (is the ca-certificates package installed?)")]
+    Tls { endpoint: String, why: String },
     #[error(transparent)]
     Content(#[from] ContentError),
 }
@@ -127,8 +129,12 @@ pub struct Resolved {
 }
 
 impl Remote {
-    pub fn new(endpoint: Endpoint, auth: RegistryAuth) -> Remote {
-        let client = oci_client::Client::new(ClientConfig {
+    /// A client for one endpoint. Never panics: `oci_client::Client::new` falls back to a
+    /// default client that panics on a host without CA certificates, so the client is built with
+    /// `try_from` and a failure is an error of this endpoint. A plain-HTTP endpoint needs no CA:
+    /// without one its client is built without certificate checks (it speaks no TLS).
+    pub fn new(endpoint: Endpoint, auth: RegistryAuth) -> Result<Remote, RegistryError> {
+        let config = |no_tls_roots: bool| ClientConfig {
             protocol: if endpoint.plain_http {
                 ClientProtocol::Http
             } else {
@@ -137,13 +143,29 @@ impl Remote {
             platform_resolver: None,
             connect_timeout: Some(CONNECT_TIMEOUT),
             read_timeout: Some(READ_TIMEOUT),
+            accept_invalid_certificates: no_tls_roots,
             ..Default::default()
-        });
-        Remote {
+        };
+        let client = match oci_client::Client::try_from(config(false)) {
+            Ok(c) => c,
+            Err(_) if endpoint.plain_http => {
+                oci_client::Client::try_from(config(true)).map_err(|e| RegistryError::Tls {
+                    endpoint: endpoint.host.clone(),
+                    why: e.to_string(),
+                })?
+            }
+            Err(e) => {
+                return Err(RegistryError::Tls {
+                    endpoint: endpoint.host.clone(),
+                    why: e.to_string(),
+                });
+            }
+        };
+        Ok(Remote {
             client,
             auth,
             endpoint,
-        }
+        })
     }
 
     async fn manifest_raw(&self, r: &oci_client::Reference) -> Result<(Vec<u8>, String), RegistryError> {

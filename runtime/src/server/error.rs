@@ -43,6 +43,7 @@ pub fn pull(e: crius_image::PullError) -> Status {
                 Status::invalid_argument(msg)
             }
             R::Content(C::Io { .. }) => Status::internal(msg),
+            R::Tls { .. } => Status::failed_precondition(msg),
         },
         P::Layer { source, .. } => match source {
             L::Unpack(U::DiffIdMismatch { .. }) => Status::data_loss(msg),

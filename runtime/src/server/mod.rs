@@ -5,7 +5,10 @@
 
 mod error;
 mod image_service;
+mod log_layer;
 mod runtime_service;
+
+pub use log_layer::RpcLog;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
