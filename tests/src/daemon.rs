@@ -80,8 +80,13 @@ impl Daemon {
         let cni_cache_dir = dir.join("cni-cache");
         let mut bin_dirs = opts.cni_bin_dirs.clone();
         bin_dirs.extend([PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")]);
+        // The test node runs the whole suite once per cgroup driver.
+        let driver = match std::env::var("CRIUS_TEST_CGROUP_MANAGER") {
+            Ok(d) if !d.is_empty() => format!("cgroup_manager = {d:?}\n"),
+            _ => String::new(),
+        };
         let config = format!(
-            "root = {root:?}\nstate = {state:?}\nlisten = {socket:?}\nlog_level = \"debug\"\n\n\
+            "root = {root:?}\nstate = {state:?}\nlisten = {socket:?}\nlog_level = \"debug\"\n{driver}\n\
              [cni]\nconf_dir = {conf_dir:?}\nbin_dirs = {bin_dirs:?}\ncache_dir = {cni_cache_dir:?}\n\n{}\n",
             opts.extra_config
         );

@@ -255,14 +255,18 @@ pub fn is_pinned(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
-/// Cgroup directories named `name` below `/crius` in any mounted hierarchy.
+/// The cgroup directories of a pod crius named itself, in any mounted hierarchy: `/crius/<id>`
+/// (cgroupfs driver, v1 controllers or v2) or the slice `crius-pod<id>.slice` (systemd driver).
 pub fn pod_cgroup_dirs(id: &str) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return Vec::new();
-    };
-    entries
+    let root = Path::new("/sys/fs/cgroup");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
         .flatten()
         .map(|e| e.path().join("crius").join(id))
-        .filter(|p| p.exists())
-        .collect()
+        .collect();
+    out.push(root.join("crius").join(id));
+    out.push(root.join("crius.slice").join(format!("crius-pod{id}.slice")));
+    out.retain(|p| p.exists());
+    out
 }
