@@ -6,7 +6,7 @@ DEB_PACKAGES := protobuf-compiler libseccomp-dev pkg-config containernetworking-
                 busybox-static iptables iproute2 util-linux jq
 CNI_CONF_DIR := /etc/cni/net.d
 
-.PHONY: deps build release run test install install-cni fmt bench
+.PHONY: deps build release run test test-node install install-cni fmt bench
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -76,6 +76,16 @@ test: deps
 	cargo build --workspace --bins
 	$(call dist,,debug)
 	CRIUS_BIN_DIR=$(TARGET_DIR)/debug/dist cargo test --workspace --no-fail-fast
+
+# The integration tests inside a Debian bookworm guest with systemd and cgroup v2, booted with qemu
+# (TCG, no network); the guest image is built once and cached. See tests/node/run.sh.
+NODE_TESTS ?= container_resources restart_survival sandbox_lifecycle container_lifecycle
+NODE_DRIVERS ?= cgroupfs systemd
+NODE_SERVICE_TESTS ?=
+NODE_TIMEOUT ?= 1500
+test-node: build
+	NODE_TESTS="$(NODE_TESTS)" NODE_DRIVERS="$(NODE_DRIVERS)" NODE_SERVICE_TESTS="$(NODE_SERVICE_TESTS)" \
+		NODE_TIMEOUT="$(NODE_TIMEOUT)" CRIUS_DIST=$(TARGET_DIR)/debug/dist tests/node/run.sh
 
 fmt:
 	cargo fmt --all
