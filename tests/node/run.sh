@@ -22,9 +22,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
-NODE_TESTS=${NODE_TESTS:-container_resources restart_survival sandbox_lifecycle container_lifecycle}
-NODE_DRIVERS=${NODE_DRIVERS:-cgroupfs systemd}
-NODE_SERVICE_TESTS=${NODE_SERVICE_TESTS:-}
+# Set but empty means none (NODE_TESTS= boots the guest, prints its facts and runs nothing).
+NODE_TESTS=${NODE_TESTS-container_resources restart_survival sandbox_lifecycle container_lifecycle}
+NODE_DRIVERS=${NODE_DRIVERS-cgroupfs systemd}
+NODE_SERVICE_TESTS=${NODE_SERVICE_TESTS-}
 NODE_TIMEOUT=${NODE_TIMEOUT:-1500}
 NODE_CACHE=${NODE_CACHE:-/var/cache/crius-test-node}
 CRIUS_DIST=${CRIUS_DIST:-$repo/target/debug/dist}
@@ -99,6 +100,7 @@ guest_image() {
 test_executables() {
     local names json
     names="$NODE_TESTS $NODE_SERVICE_TESTS"
+    [ -n "${names// /}" ] || return 0
     json=$(cd "$repo" && cargo test -p crius-tests --no-run --message-format=json)
     jq -r --arg names "$names" '
         select(.reason == "compiler-artifact" and .target.kind == ["test"] and .executable != null)
@@ -133,8 +135,10 @@ prepare_share() {
 
 tmp=""
 qemu_pid=""
+tail_pid=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
+    [ -z "$tail_pid" ] || kill "$tail_pid" 2>/dev/null || true
     if [ -n "$qemu_pid" ] && kill -0 "$qemu_pid" 2>/dev/null; then
         kill "$qemu_pid" 2>/dev/null || true
         wait "$qemu_pid" 2>/dev/null || true
@@ -166,11 +170,15 @@ TMPDIR=$tmp timeout --kill-after=15 "$NODE_TIMEOUT" qemu-system-x86_64 \
     -drive "file=$image/disk.img,format=raw,if=virtio,snapshot=on" \
     -virtfs "local,path=$share,mount_tag=host0,security_model=passthrough,id=host0" &
 qemu_pid=$!
-# The guest's test output, live, as it writes it to the share.
-tail -F -n +1 --pid="$qemu_pid" "$share/out/output.log" 2>/dev/null || true
+# The guest's test output, live, as it writes it to the share. Both run in the background: the
+# `wait` builtin, unlike a foreground command, lets the INT/TERM traps end the run at once.
+tail -F -n +1 --pid="$qemu_pid" "$share/out/output.log" 2>/dev/null &
+tail_pid=$!
 qemu_rc=0
 wait "$qemu_pid" || qemu_rc=$?
 qemu_pid=""
+wait "$tail_pid" || true
+tail_pid=""
 log "guest ran for $((SECONDS - start))s (qemu exit status $qemu_rc)"
 
 if [ ! -s "$share/out/exit-code" ]; then
@@ -183,8 +191,7 @@ if [ ! -s "$share/out/exit-code" ]; then
 fi
 rc=$(cat "$share/out/exit-code")
 if [ "$rc" -ne 0 ]; then
-    log "FAILED in the guest (exit status $rc); serial console log tail:"
-    tail -n 20 "$serial" >&2 || true
+    log "FAILED in the guest (exit status $rc): see the summary above"
 else
     log "passed in the guest"
 fi
