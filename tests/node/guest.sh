@@ -24,7 +24,7 @@ set -euo pipefail
 share=/mnt/host
 # shellcheck source=/dev/null
 . "$share/node.env"
-: "${NODE_TESTS:=}" "${NODE_DRIVERS:=cgroupfs systemd}" "${NODE_SERVICE_TESTS:=}"
+: "${NODE_TESTS=}" "${NODE_DRIVERS=cgroupfs systemd}" "${NODE_SERVICE_TESTS=}"
 
 # Binaries are copied off the 9p share to the guest's own disk: the daemon, its shims and the tests
 # then run from an ordinary local file system, as on a real node.
@@ -46,8 +46,7 @@ echo "cgroup.controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 echo "root cgroup.subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
 echo "system state: $(systemctl is-system-running || true) (this test unit is a boot job: \"starting\" until it ends)"
 systemctl --no-legend --failed || true
-nproc
-free -m | sed -n 2p
+echo "cpus: $(nproc); memory: $(free -m | awk '/^Mem:/ { print $2 " MiB" }')"
 
 declare -a summary=()
 failed=0
@@ -111,5 +110,6 @@ if [ -n "$NODE_SERVICE_TESTS" ]; then
 fi
 
 section "summary"
+[ ${#summary[@]} -gt 0 ] || summary=("(nothing to run: NODE_TESTS and NODE_SERVICE_TESTS are empty)")
 printf '%s\n' "${summary[@]}"
 exit "$failed"
