@@ -6,7 +6,7 @@ DEB_PACKAGES := protobuf-compiler libseccomp-dev pkg-config containernetworking-
                 busybox-static iptables iproute2 util-linux jq
 CNI_CONF_DIR := /etc/cni/net.d
 
-.PHONY: deps build run test install-cni fmt bench
+.PHONY: deps build release run test test-node install install-cni fmt bench
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -33,6 +33,34 @@ build: deps
 	cargo build --workspace --bins
 	$(call dist,,debug)
 
+# The same pair optimised, in target/release/dist/: what `make install` installs.
+release: deps
+	cargo build --release --workspace --bins
+	$(call dist,--release,release)
+
+# Installs a built pair (`make release` first; PROFILE=debug installs `make build`'s), the systemd unit
+# and, only when there is none yet, the default configuration. PREFIX and DESTDIR as usual:
+#   make release && make install && systemctl daemon-reload && systemctl enable --now crius
+PROFILE ?= release
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+DIST := $(TARGET_DIR)/$(PROFILE)/dist
+install:
+	@test -x $(DIST)/crius -a -x $(DIST)/crius-shim || \
+		{ echo "$(DIST)/crius missing: run \`make release\` (or make build and PROFILE=debug) first"; exit 1; }
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)/etc/crius
+	install -m 0755 $(DIST)/crius $(DIST)/crius-shim $(DESTDIR)$(BINDIR)/
+	sed 's|^ExecStart=/usr/local/bin/crius|ExecStart=$(BINDIR)/crius|' contrib/systemd/crius.service \
+		> $(DESTDIR)$(SYSTEMD_UNIT_DIR)/crius.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/crius.service
+	@if [ -e $(DESTDIR)/etc/crius/config.toml ]; then \
+		echo "kept $(DESTDIR)/etc/crius/config.toml"; \
+	else \
+		$(DIST)/crius config default > $(DESTDIR)/etc/crius/config.toml && \
+		echo "wrote $(DESTDIR)/etc/crius/config.toml"; \
+	fi
+
 # Installs the shipped bridge network only when the host has no CNI config of its own.
 install-cni:
 	@mkdir -p $(CNI_CONF_DIR)
@@ -48,6 +76,16 @@ test: deps
 	cargo build --workspace --bins
 	$(call dist,,debug)
 	CRIUS_BIN_DIR=$(TARGET_DIR)/debug/dist cargo test --workspace --no-fail-fast
+
+# The integration tests inside a Debian bookworm guest with systemd and cgroup v2, booted with qemu
+# (TCG, no network); the guest image is built once and cached. See tests/node/run.sh.
+NODE_TESTS ?= container_resources restart_survival sandbox_lifecycle container_lifecycle
+NODE_DRIVERS ?= cgroupfs systemd
+NODE_SERVICE_TESTS ?=
+NODE_TIMEOUT ?= 1500
+test-node: build
+	NODE_TESTS="$(NODE_TESTS)" NODE_DRIVERS="$(NODE_DRIVERS)" NODE_SERVICE_TESTS="$(NODE_SERVICE_TESTS)" \
+		NODE_TIMEOUT="$(NODE_TIMEOUT)" CRIUS_DIST=$(TARGET_DIR)/debug/dist tests/node/run.sh
 
 fmt:
 	cargo fmt --all
