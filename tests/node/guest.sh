@@ -101,7 +101,7 @@ if [ -n "$NODE_SERVICE_TESTS" ]; then
     if [ "$service_up" -eq 1 ]; then
         for t in $NODE_SERVICE_TESTS; do
             run_one "$t [service]" env CRIUS_BIN_DIR=/usr/local/bin CRIUS_NODE_SERVICE=crius.service \
-                RUST_BACKTRACE=1 "$work/tests/$t" --test-threads=1 --show-output
+                RUST_BACKTRACE=1 "$work/tests/$t" --test-threads=1 --show-output --include-ignored
         done
     fi
     section "crius.service: stop"

@@ -265,7 +265,7 @@ fn tail(s: &str, lines: usize) -> String {
 }
 
 /// A channel that connects to the unix socket on first use.
-fn lazy_channel(socket: &Path) -> Result<Channel> {
+pub fn lazy_channel(socket: &Path) -> Result<Channel> {
     let socket = socket.to_path_buf();
     Ok(
         Endpoint::try_from("http://[::1]:50051")?.connect_with_connector_lazy(tower::service_fn(

@@ -83,14 +83,25 @@ async fn limits_reach_the_kernel_and_the_container_sees_its_own_cgroup() {
             .into_inner();
     assert_eq!(rc.linux.unwrap().cgroup_driver, expected_driver as i32);
 
-    // The World's pod shares one PID namespace (CRI default POD), so it has an infra process:
+    // A pod sharing one PID namespace (Kubernetes' shareProcessNamespace) has an infra process:
     // on cgroup v2 the container cgroups must still be creatable below the pod cgroup.
+    let (pod, pod_cfg) = shared_pid_pod(&mut w).await;
     let mut cfg = w.config("limited", &["sleep", "3600"]);
     cfg.linux = Some(LinuxContainerConfig {
         resources: Some(resources(64 << 20)),
         ..Default::default()
     });
-    let id = w.create(cfg).await.unwrap();
+    let id =
+        w.d.runtime
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(pod_cfg),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
     w.start(&id).await.unwrap();
     let cgroup = cgroup_of(&mut w, &id).await;
     if systemd_driver() {
@@ -106,8 +117,8 @@ async fn limits_reach_the_kernel_and_the_container_sees_its_own_cgroup() {
     let inside = if v2() {
         assert_eq!(read("", &cgroup, "memory.max"), limit);
         assert_eq!(read("", &cgroup, "cpu.max"), "50000 100000");
-        // cpu.weight from shares, the kernel's own conversion: 1 + (512 - 2) * 9999 / 262142.
-        assert_eq!(read("", &cgroup, "cpu.weight"), "20");
+        // cpu.weight from shares on runc's and libcontainer's curve (1024 → 100).
+        assert_eq!(read("", &cgroup, "cpu.weight"), "59");
         "/sys/fs/cgroup/memory.max"
     } else {
         assert_eq!(read("memory", &cgroup, "memory.limit_in_bytes"), limit);
@@ -171,7 +182,6 @@ async fn limits_reach_the_kernel_and_the_container_sees_its_own_cgroup() {
             .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
-    let pod = w.pod.clone();
     let unified_dir = PathBuf::from(ROOT).join(cgroup.trim_start_matches('/'));
     w.teardown().await.unwrap();
     assert!(
@@ -181,6 +191,30 @@ async fn limits_reach_the_kernel_and_the_container_sees_its_own_cgroup() {
     if v2() {
         assert!(!unified_dir.exists(), "{} is gone", unified_dir.display());
     }
+}
+
+/// A second pod of the World whose containers share one PID namespace (CRI PID mode POD).
+async fn shared_pid_pod(w: &mut World) -> (String, PodSandboxConfig) {
+    let mut cfg = w.pod_config();
+    cfg.metadata.as_mut().unwrap().name = "shared-pid".into();
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options
+        .get_or_insert_with(Default::default)
+        .pid = NamespaceMode::Pod as i32;
+    let id =
+        w.d.runtime
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+    (id, cfg)
 }
 
 #[tokio::test]
@@ -228,32 +262,13 @@ async fn swap_limit_needs_a_memory_limit_at_least_as_large() {
 }
 
 #[tokio::test]
-async fn a_pod_without_a_shared_pid_namespace_leaves_no_cgroup() {
+async fn every_process_of_a_shared_pid_pod_is_in_its_own_cgroup() {
     assert!(
         util::is_root(),
         "needs root: creates cgroups, namespaces and mounts"
     );
     let mut w = World::new(152).await.unwrap();
-    let mut cfg = w.pod_config();
-    cfg.metadata.as_mut().unwrap().name = "own-pid".into();
-    cfg.linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options = Some(NamespaceOption {
-        pid: NamespaceMode::Container as i32,
-        ..Default::default()
-    });
-    let pod =
-        w.d.runtime
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id;
+    let (pod, cfg) = shared_pid_pod(&mut w).await;
     let c =
         w.d.runtime
             .create_container(CreateContainerRequest {
@@ -267,12 +282,34 @@ async fn a_pod_without_a_shared_pid_namespace_leaves_no_cgroup() {
             .container_id;
     w.start(&c).await.unwrap();
     let cgroup = cgroup_of(&mut w, &c).await;
+    let cgroups_of = |pid: i64| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let init = w.pid(&c).await as i64;
     assert!(
-        std::fs::read_to_string(format!("/proc/{}/cgroup", w.pid(&c).await))
-            .unwrap()
-            .lines()
-            .any(|l| l.ends_with(&cgroup)),
+        cgroups_of(init).lines().any(|l| l.ends_with(&cgroup)),
         "the container's init is in {cgroup}"
+    );
+    // The infra process (PID 1 of the pod's namespace) is in a cgroup of its own below the pod
+    // cgroup, never in the pod cgroup that holds the containers' cgroups (cgroup v2 forbids it).
+    let status =
+        w.d.runtime
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let pod_cgroup = info["cgroupParent"].as_str().unwrap().to_string();
+    let infra = info["pid"].as_i64().expect("the pod has an infra process");
+    let infra_cgroups = cgroups_of(infra);
+    assert!(
+        !infra_cgroups.lines().any(|l| l.ends_with(&pod_cgroup)),
+        "infra {infra} sits in the pod cgroup {pod_cgroup}: {infra_cgroups}"
+    );
+    assert!(
+        infra_cgroups.contains(&format!("{pod_cgroup}/")),
+        "infra {infra} below {pod_cgroup}: {infra_cgroups}"
     );
     w.teardown().await.unwrap();
     assert!(

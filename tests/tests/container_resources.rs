@@ -8,29 +8,43 @@ use crius_tests::containers::World;
 use crius_tests::util;
 use k8s_cri::v1::*;
 
-fn memory_cgroup_file(w: &World, id: &str, file: &str) -> Option<String> {
-    let pod = w.pod.clone();
-    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup/memory/crius")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                if e.file_name() == id && p.to_string_lossy().contains(&pod) {
-                    return std::fs::read_to_string(p.join(file)).ok();
-                }
-                stack.push(p);
-            }
-        }
-    }
-    None
+/// The container's memory limit as its cgroup holds it (cgroup v1 or v2), found through the
+/// cgroup path ContainerStatus reports.
+async fn memory_limit(w: &mut World, id: &str) -> String {
+    let info =
+        w.d.runtime
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let cgroup = v["cgroupPath"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string();
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let file = if root.join("cgroup.controllers").exists() {
+        root.join(cgroup).join("memory.max")
+    } else {
+        root.join("memory").join(cgroup).join("memory.limit_in_bytes")
+    };
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .to_string()
 }
 
 #[tokio::test]
 async fn stats_and_resource_updates() {
-    if !util::is_root() || !std::path::Path::new("/sys/fs/cgroup/memory").exists() {
-        eprintln!("skipped: needs root and cgroup v1");
-        return;
-    }
+    assert!(
+        util::is_root(),
+        "needs root: creates cgroups, namespaces and mounts"
+    );
     let mut w = World::new(66).await.unwrap();
     let mut cfg = w.config("busy", &["sh", "-c", "while true; do :; done"]);
     cfg.labels.insert("role".into(), "busy".into());
@@ -44,12 +58,7 @@ async fn stats_and_resource_updates() {
     });
     let id = w.create(cfg).await.unwrap();
     w.start(&id).await.unwrap();
-    assert_eq!(
-        memory_cgroup_file(&w, &id, "memory.limit_in_bytes")
-            .unwrap()
-            .trim(),
-        (64u64 << 20).to_string()
-    );
+    assert_eq!(memory_limit(&mut w, &id).await, (64u64 << 20).to_string());
 
     let mut cpu = 0;
     for _ in 0..100 {
@@ -116,12 +125,7 @@ async fn stats_and_resource_updates() {
         })
         .await
         .unwrap();
-    assert_eq!(
-        memory_cgroup_file(&w, &id, "memory.limit_in_bytes")
-            .unwrap()
-            .trim(),
-        (96u64 << 20).to_string()
-    );
+    assert_eq!(memory_limit(&mut w, &id).await, (96u64 << 20).to_string());
     let r = w.state(&id).await.resources.unwrap().linux.unwrap();
     assert_eq!(
         (r.memory_limit_in_bytes, r.cpu_quota, r.cpu_shares),
@@ -132,10 +136,10 @@ async fn stats_and_resource_updates() {
 
 #[tokio::test]
 async fn over_the_memory_limit_is_oom_killed() {
-    if !util::is_root() || !std::path::Path::new("/sys/fs/cgroup/memory").exists() {
-        eprintln!("skipped: needs root and cgroup v1");
-        return;
-    }
+    assert!(
+        util::is_root(),
+        "needs root: creates cgroups, namespaces and mounts"
+    );
     let mut w = World::new(67).await.unwrap();
     let mut cfg = w.config("hog", &["sh", "-c", "head -c 200000000 /dev/zero | tail"]);
     cfg.linux = Some(LinuxContainerConfig {

@@ -133,12 +133,20 @@ fn write(controller: &str, cgroup: &str, file: &str, value: &str) -> Result<(), 
     })
 }
 
-/// CRI cpu shares (2..262144) → cgroup v2 cpu.weight (1..10000), the kernel's own mapping.
+/// CRI cpu shares (2..262144) → cgroup v2 cpu.weight (1..10000), the same curve libcontainer
+/// (and runc/crun) use at create, so an update writes what a create with these shares wrote:
+/// 2 → 1, 1024 (the default) → 100, 262144 → 10000.
 pub fn shares_to_weight(shares: u64) -> u64 {
-    if shares == 0 {
-        return 100;
+    match shares {
+        0 => 100,
+        ..=2 => 1,
+        262_144.. => 10_000,
+        s => {
+            let l = (s as f64).log2();
+            let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+            (10f64.powf(exponent).ceil() as u64).clamp(1, 10_000)
+        }
     }
-    1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
 }
 
 /// CRI `memory_swap_limit_in_bytes` is memory plus swap (as OCI `swap` and cgroup v1's
@@ -307,9 +315,10 @@ mod tests {
     }
 
     #[test]
-    fn weight_mapping_matches_the_kernel_formula() {
+    fn weight_mapping_matches_libcontainer() {
         assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(512), 59);
+        assert_eq!(shares_to_weight(1024), 100);
         assert_eq!(shares_to_weight(262_144), 10_000);
     }
 

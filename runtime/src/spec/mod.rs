@@ -134,6 +134,9 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     if let Some(adj) = proc.oom_score_adj() {
         proc.set_oom_score_adj(Some(adj.max(input.host.oom_score_adj_floor)));
     }
+    if input.host.cgroup_v2 && !privileged {
+        process::drop_default_mknod(&mut proc, sc);
+    }
     proc.set_apparmor_profile(apparmor::select(
         sc.and_then(|s| s.apparmor.as_ref()),
         sc.map(|s| s.apparmor_profile.as_str()).unwrap_or_default(),

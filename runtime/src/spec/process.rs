@@ -315,6 +315,34 @@ pub fn capabilities(
     Ok(lc)
 }
 
+/// cgroup v2 has no device controller file: device access is limited by an eBPF program, which
+/// this build of libcontainer does not install. Without it, CAP_MKNOD (in the default set) would
+/// let a container make and open any host device node, so on v2 an unprivileged container holds
+/// it only when the request adds it by name.
+pub fn drop_default_mknod(proc: &mut Process, sc: Option<&LinuxContainerSecurityContext>) {
+    let asked = sc.and_then(|s| s.capabilities.as_ref()).is_some_and(|c| {
+        c.add_capabilities
+            .iter()
+            .any(|a| a.trim_start_matches("CAP_").eq_ignore_ascii_case("MKNOD"))
+    });
+    if asked {
+        return;
+    }
+    let Some(mut caps) = proc.capabilities().clone() else {
+        return;
+    };
+    let without = |set: Option<Capabilities>| {
+        set.map(|mut s| {
+            s.remove(&oci_spec::runtime::Capability::Mknod);
+            s
+        })
+    };
+    caps.set_bounding(without(caps.bounding().clone()))
+        .set_effective(without(caps.effective().clone()))
+        .set_permitted(without(caps.permitted().clone()));
+    proc.set_capabilities(Some(caps));
+}
+
 pub fn process(
     cfg: &ContainerConfig,
     image: &ImageProcess,

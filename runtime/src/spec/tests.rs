@@ -81,6 +81,10 @@ fn ctr(sc: Option<LinuxContainerSecurityContext>) -> ContainerConfig {
 }
 
 fn build_with(cfg: &ContainerConfig, sb: &PodSandboxConfig) -> Result<Spec, SpecError> {
+    build_on(cfg, sb, &host())
+}
+
+fn build_on(cfg: &ContainerConfig, sb: &PodSandboxConfig, host: &HostFacts) -> Result<Spec, SpecError> {
     let files = PodFiles {
         hostname: Some("/run/crius/pods/p/hostname".into()),
         hosts: Some("/run/crius/pods/p/hosts".into()),
@@ -101,8 +105,54 @@ fn build_with(cfg: &ContainerConfig, sb: &PodSandboxConfig) -> Result<Spec, Spec
         target_pid: None,
         cgroups_path: "/crius/p1/c1",
         cgroup_fs_path: "/crius/p1/c1",
-        host: &host(),
+        host,
     })
+}
+
+fn v2_host() -> HostFacts {
+    HostFacts {
+        cgroup_v2: true,
+        cgroup_v1_hierarchies: vec![],
+        ..host()
+    }
+}
+
+#[test]
+fn cgroup_v2_gives_a_cgroup_namespace_and_no_default_mknod() {
+    let has = |spec: &Spec, c: Capability| {
+        let caps = spec.process().as_ref().unwrap().capabilities().clone().unwrap();
+        caps.bounding().as_ref().unwrap().contains(&c) && caps.effective().as_ref().unwrap().contains(&c)
+    };
+    let ns = |spec: &Spec| {
+        spec.linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup && n.path().is_none())
+    };
+    let v1 = build_with(&ctr(None), &sandbox()).unwrap();
+    assert!(
+        has(&v1, Capability::Mknod) && !ns(&v1),
+        "v1: the device cgroup guards mknod"
+    );
+    let v2 = build_on(&ctr(None), &sandbox(), &v2_host()).unwrap();
+    assert!(
+        !has(&v2, Capability::Mknod),
+        "v2 without a device filter: no default CAP_MKNOD"
+    );
+    assert!(has(&v2, Capability::Chown) && ns(&v2));
+    let asked = LinuxContainerSecurityContext {
+        capabilities: Some(CriCaps {
+            add_capabilities: vec!["MKNOD".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let v2 = build_on(&ctr(Some(asked)), &sandbox(), &v2_host()).unwrap();
+    assert!(has(&v2, Capability::Mknod), "added by name, it stays");
 }
 
 #[test]
