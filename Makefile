@@ -79,10 +79,13 @@ test: deps
 
 # The integration tests inside a Debian bookworm guest with systemd and cgroup v2, booted with qemu
 # (TCG, no network); the guest image is built once and cached. See tests/node/run.sh.
-NODE_TESTS ?= container_resources restart_survival sandbox_lifecycle container_lifecycle
+# The tests that concern cgroups, resources, stats, OOM, namespaces and restart survival, once per
+# driver, then crius.service itself (restart/stop with running containers).
+NODE_TESTS ?= cgroup_node security_namespaces container_resources restart_survival sandbox_lifecycle \
+              container_lifecycle
 NODE_DRIVERS ?= cgroupfs systemd
-NODE_SERVICE_TESTS ?=
-NODE_TIMEOUT ?= 1500
+NODE_SERVICE_TESTS ?= node_service
+NODE_TIMEOUT ?= 2400
 test-node: build
 	NODE_TESTS="$(NODE_TESTS)" NODE_DRIVERS="$(NODE_DRIVERS)" NODE_SERVICE_TESTS="$(NODE_SERVICE_TESTS)" \
 		NODE_TIMEOUT="$(NODE_TIMEOUT)" CRIUS_DIST=$(TARGET_DIR)/debug/dist tests/node/run.sh

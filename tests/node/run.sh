@@ -11,7 +11,7 @@
 #   NODE_DRIVERS        cgroup drivers; each test runs once per driver with
 #                       CRIUS_TEST_CGROUP_MANAGER=<driver> (`default`: the variable unset)
 #   NODE_SERVICE_TESTS  tests run against crius installed and started as crius.service (guest.sh)
-#   NODE_TIMEOUT        seconds the guest may run before qemu is killed (default 1500)
+#   NODE_TIMEOUT        seconds the guest may run before qemu is killed (default 2400)
 #   NODE_CACHE          where guest images are kept (default /var/cache/crius-test-node)
 #   CRIUS_DIST          the built crius and crius-shim (default target/debug/dist, from `make build`)
 #
@@ -23,10 +23,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
 # Set but empty means none (NODE_TESTS= boots the guest, prints its facts and runs nothing).
-NODE_TESTS=${NODE_TESTS-container_resources restart_survival sandbox_lifecycle container_lifecycle}
+NODE_TESTS=${NODE_TESTS-cgroup_node security_namespaces container_resources restart_survival sandbox_lifecycle container_lifecycle}
 NODE_DRIVERS=${NODE_DRIVERS-cgroupfs systemd}
-NODE_SERVICE_TESTS=${NODE_SERVICE_TESTS-}
-NODE_TIMEOUT=${NODE_TIMEOUT:-1500}
+NODE_SERVICE_TESTS=${NODE_SERVICE_TESTS-node_service}
+NODE_TIMEOUT=${NODE_TIMEOUT:-2400}
 NODE_CACHE=${NODE_CACHE:-/var/cache/crius-test-node}
 CRIUS_DIST=${CRIUS_DIST:-$repo/target/debug/dist}
 

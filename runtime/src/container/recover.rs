@@ -314,11 +314,23 @@ fn init_alive(r: &Record) -> bool {
             .is_ok_and(|c| c.lines().any(|l| l.ends_with(r.cgroup_path.as_str())))
 }
 
-/// `linux.cgroupsPath` of an OCI bundle's `config.json`.
+/// The cgroupfs path of an OCI bundle's `linux.cgroupsPath`: as written (cgroupfs driver), or
+/// the scope `<slice path>/<prefix>-<name>.scope` that `<slice>:<prefix>:<name>` names (systemd).
 fn bundle_cgroup(config: &Path) -> Option<String> {
     let body = std::fs::read(config).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    v.pointer("/linux/cgroupsPath")?.as_str().map(str::to_string)
+    let path = v.pointer("/linux/cgroupsPath")?.as_str()?;
+    if path.starts_with('/') {
+        return Some(path.to_string());
+    }
+    let mut parts = path.splitn(3, ':');
+    let (slice, prefix, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let dir = crius_sandbox::slice::expand(slice).ok()?;
+    Some(
+        crius_sandbox::slice::scope_path(&dir, prefix, name)
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// Every process of a cgroup, across all hierarchies.
@@ -388,6 +400,24 @@ pub(crate) fn is_mount_point(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bundle_cgroups_of_both_drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.json");
+        for (written, expected) in [
+            ("/crius/p/c", "/crius/p/c"),
+            (
+                "kubepods-pod1.slice:crius:c1",
+                "/kubepods.slice/kubepods-pod1.slice/crius-c1.scope",
+            ),
+        ] {
+            std::fs::write(&f, format!(r#"{{"linux":{{"cgroupsPath":"{written}"}}}}"#)).unwrap();
+            assert_eq!(bundle_cgroup(&f).as_deref(), Some(expected));
+        }
+        std::fs::write(&f, r#"{"linux":{"cgroupsPath":"bad/slice:x:y"}}"#).unwrap();
+        assert_eq!(bundle_cgroup(&f), None);
+    }
 
     #[test]
     fn mountinfo_escapes_are_decoded() {

@@ -337,9 +337,14 @@ pub fn drop_default_mknod(proc: &mut Process, sc: Option<&LinuxContainerSecurity
             s
         })
     };
-    caps.set_bounding(without(caps.bounding().clone()))
-        .set_effective(without(caps.effective().clone()))
-        .set_permitted(without(caps.permitted().clone()));
+    let (bounding, effective, permitted) = (
+        without(caps.bounding().clone()),
+        without(caps.effective().clone()),
+        without(caps.permitted().clone()),
+    );
+    caps.set_bounding(bounding)
+        .set_effective(effective)
+        .set_permitted(permitted);
     proc.set_capabilities(Some(caps));
 }
 
