@@ -200,6 +200,23 @@ impl World {
         }
     }
 
+    /// The container's cgroupfs path as ContainerStatus (verbose) reports it.
+    pub async fn cgroup_path(&mut self, id: &str) -> String {
+        let info = self
+            .d
+            .runtime
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .info;
+        let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("status info is JSON");
+        v["cgroupPath"].as_str().expect("cgroupPath in the info").to_string()
+    }
+
     pub async fn exec(
         &mut self,
         id: &str,

@@ -24,22 +24,6 @@ fn systemd_driver() -> bool {
     }
 }
 
-/// The container's cgroupfs path as ContainerStatus (verbose) reports it.
-async fn cgroup_of(w: &mut World, id: &str) -> String {
-    let info =
-        w.d.runtime
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-    v["cgroupPath"].as_str().unwrap().to_string()
-}
-
 /// `<root>[/<controller>]<cgroup>/<file>`, trimmed.
 fn read(controller: &str, cgroup: &str, file: &str) -> String {
     let mut p = PathBuf::from(ROOT);
@@ -103,7 +87,7 @@ async fn limits_reach_the_kernel_and_the_container_sees_its_own_cgroup() {
             .into_inner()
             .container_id;
     w.start(&id).await.unwrap();
-    let cgroup = cgroup_of(&mut w, &id).await;
+    let cgroup = w.cgroup_path(&id).await;
     if systemd_driver() {
         assert!(
             cgroup.ends_with(&format!("/crius-{id}.scope")) && cgroup.contains(".slice/"),
@@ -281,7 +265,7 @@ async fn every_process_of_a_shared_pid_pod_is_in_its_own_cgroup() {
             .into_inner()
             .container_id;
     w.start(&c).await.unwrap();
-    let cgroup = cgroup_of(&mut w, &c).await;
+    let cgroup = w.cgroup_path(&c).await;
     let cgroups_of = |pid: i64| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let init = w.pid(&c).await as i64;
     assert!(

@@ -11,22 +11,8 @@ use k8s_cri::v1::*;
 /// The container's memory limit as its cgroup holds it (cgroup v1 or v2), found through the
 /// cgroup path ContainerStatus reports.
 async fn memory_limit(w: &mut World, id: &str) -> String {
-    let info =
-        w.d.runtime
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-    let cgroup = v["cgroupPath"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches('/')
-        .to_string();
+    let path = w.cgroup_path(id).await;
+    let cgroup = path.trim_start_matches('/');
     let root = std::path::Path::new("/sys/fs/cgroup");
     let file = if root.join("cgroup.controllers").exists() {
         root.join(cgroup).join("memory.max")
