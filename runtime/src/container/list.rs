@@ -9,9 +9,20 @@ use super::{ContainerError, Containers};
 
 impl Containers {
     /// CRI: ListContainers.
-    pub async fn list(&self, filter: Option<&ContainerFilter>) -> Result<Vec<Container>, ContainerError> {
-        let all = self.all()?;
-        Ok(all.iter().filter(|r| matches(r, filter)).map(to_cri).collect())
+    pub async fn list(
+        self: &std::sync::Arc<Self>,
+        filter: Option<&ContainerFilter>,
+    ) -> Result<Vec<Container>, ContainerError> {
+        let filter = filter.cloned();
+        self.blocking(move |c| {
+            let all = c.all()?;
+            Ok(all
+                .iter()
+                .filter(|r| matches(r, filter.as_ref()))
+                .map(to_cri)
+                .collect())
+        })
+        .await
     }
 }
 

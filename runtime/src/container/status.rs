@@ -13,7 +13,16 @@ use super::{ContainerError, Containers};
 
 impl Containers {
     /// CRI: ContainerStatus. `id` may be a unique prefix.
-    pub async fn status(&self, id: &str, verbose: bool) -> Result<ContainerStatusResponse, ContainerError> {
+    pub async fn status(
+        self: &std::sync::Arc<Self>,
+        id: &str,
+        verbose: bool,
+    ) -> Result<ContainerStatusResponse, ContainerError> {
+        let id = id.to_string();
+        self.blocking(move |c| c.status_blocking(&id, verbose)).await
+    }
+
+    fn status_blocking(&self, id: &str, verbose: bool) -> Result<ContainerStatusResponse, ContainerError> {
         let all = self.records.list()?;
         let id = super::resolve_id(&all, id).ok_or_else(|| ContainerError::NotFound(id.into()))?;
         let r = self.refreshed(&id)?;

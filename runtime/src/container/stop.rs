@@ -4,6 +4,7 @@
 //! Invariants: stopping an unknown or exited container succeeds (CRI idempotence); the call
 //! returns only once the exit is recorded (or the shim is found gone, which records an exit).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crius_shim_api::Request;
@@ -17,10 +18,10 @@ const KILL_GRACE: Duration = Duration::from_secs(30);
 
 impl Containers {
     /// CRI: StopContainer.
-    pub async fn stop(&self, id: &str, timeout_seconds: i64) -> Result<(), ContainerError> {
+    pub async fn stop(self: &Arc<Self>, id: &str, timeout_seconds: i64) -> Result<(), ContainerError> {
         let lock = self.lock(id);
         let _guard = lock.lock().await;
-        let r = match self.refreshed(id) {
+        let r = match self.refreshed_off(id).await {
             Ok(r) => r,
             Err(ContainerError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
@@ -29,7 +30,11 @@ impl Containers {
     }
 
     /// Stops a container whose lock the caller holds.
-    pub(crate) async fn stop_locked(&self, r: Record, timeout_seconds: i64) -> Result<(), ContainerError> {
+    pub(crate) async fn stop_locked(
+        self: &Arc<Self>,
+        r: Record,
+        timeout_seconds: i64,
+    ) -> Result<(), ContainerError> {
         // UNKNOWN (recovery found the shim gone, init alive) is stopped like RUNNING.
         if !matches!(r.status.state, State::Running | State::Created | State::Unknown) {
             return Ok(());
@@ -63,7 +68,7 @@ impl Containers {
     }
 
     /// Sends a signal through the shim. `Ok(true)`: the shim is gone, and an exit was recorded.
-    async fn kill(&self, r: &Record, signal: i32, all: bool) -> Result<bool, ContainerError> {
+    async fn kill(self: &Arc<Self>, r: &Record, signal: i32, all: bool) -> Result<bool, ContainerError> {
         match self
             .shim
             .request(&self.shim_dir(&r.id), Request::Kill { signal, all })
@@ -71,22 +76,8 @@ impl Containers {
         {
             Ok(_) => Ok(false),
             Err(ShimError::Unreachable { .. }) => {
-                // The shim died: kill what may be left ourselves and record an unknown end.
-                if r.status.pid > 0 {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(r.status.pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                if self.fold_exit(self.refreshed(&r.id)?)?.status.state == State::Exited {
-                    return Ok(true);
-                }
-                let exit = crius_shim_api::ExitStatus {
-                    exit_code: 255,
-                    finished_at: now_ns(),
-                    oom_killed: false,
-                };
-                self.record_lost_exit(&r.id, &exit, "the container's shim is gone; exit status unknown")?;
+                let r = r.clone();
+                self.blocking(move |c| c.shim_gone(&r)).await?;
                 Ok(true)
             }
             Err(e) => Err(ContainerError::Shim {
@@ -96,11 +87,32 @@ impl Containers {
         }
     }
 
+    /// The shim died: kills what may be left of init ourselves and records an unknown end
+    /// (unless the shim recorded the exit before it went).
+    fn shim_gone(&self, r: &Record) -> Result<(), ContainerError> {
+        if r.status.pid > 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(r.status.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if self.fold_exit(self.refreshed(&r.id)?)?.status.state == State::Exited {
+            return Ok(());
+        }
+        let exit = crius_shim_api::ExitStatus {
+            exit_code: 255,
+            finished_at: now_ns(),
+            oom_killed: false,
+        };
+        self.record_lost_exit(&r.id, &exit, "the container's shim is gone; exit status unknown")?;
+        Ok(())
+    }
+
     /// Polls for the exit until `deadline`; true once the record says EXITED.
-    async fn wait_exit(&self, id: &str, deadline: Instant) -> Result<bool, ContainerError> {
+    async fn wait_exit(self: &Arc<Self>, id: &str, deadline: Instant) -> Result<bool, ContainerError> {
         let mut pause = Duration::from_millis(5);
         loop {
-            if self.refreshed(id)?.status.state == State::Exited {
+            if self.refreshed_off(id).await?.status.state == State::Exited {
                 return Ok(true);
             }
             let now = Instant::now();
