@@ -3,6 +3,9 @@
 //!
 //! Invariants: stopping an unknown or exited container succeeds (CRI idempotence); the call
 //! returns only once the exit is recorded (or the shim is found gone, which records an exit).
+//! A shim that does not answer a signal request within [`SIGNAL_TIMEOUT`] does not keep the
+//! container alive: the daemon signals it through its cgroup itself (the stop signal to init,
+//! then SIGKILL to every process), and the shim records the exit when it gets to it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,11 +13,13 @@ use std::time::{Duration, Instant};
 use crius_shim_api::Request;
 
 use super::record::{Record, State};
-use super::{ContainerError, Containers, now_ns};
+use super::{ContainerError, Containers, cgroupfs, now_ns};
 use crate::shim_client::ShimError;
 
 /// How long to wait for init to die after SIGKILL before giving up.
 const KILL_GRACE: Duration = Duration::from_secs(30);
+/// How long the shim may take to answer a signal request (it answers in microseconds when well).
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Containers {
     /// CRI: StopContainer.
@@ -71,10 +76,25 @@ impl Containers {
     async fn kill(self: &Arc<Self>, r: &Record, signal: i32, all: bool) -> Result<bool, ContainerError> {
         match self
             .shim
-            .request(&self.shim_dir(&r.id), Request::Kill { signal, all })
+            .request_within(
+                &self.shim_dir(&r.id),
+                Request::Kill { signal, all },
+                SIGNAL_TIMEOUT,
+            )
             .await
         {
             Ok(_) => Ok(false),
+            Err(ShimError::Timeout(t)) => {
+                tracing::warn!(
+                    id = r.id,
+                    signal,
+                    "the shim did not answer a signal request within {t:?}; signalling through the cgroup"
+                );
+                let (cgroup, init) = (r.cgroup_path.clone(), r.status.pid);
+                self.blocking(move |_| cgroupfs::signal(&cgroup, init, signal, all))
+                    .await;
+                Ok(false)
+            }
             Err(ShimError::Unreachable { .. }) => {
                 let r = r.clone();
                 self.blocking(move |c| c.shim_gone(&r)).await?;
