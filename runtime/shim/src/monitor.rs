@@ -183,10 +183,8 @@ impl Monitor {
             if let (Some(_), Some(hub)) = (self.exit, self.attach.as_mut()) {
                 hub.finish();
             }
-            if ctl_ev {
-                if let Some(outcome) = self.accept_all() {
-                    return Ok(outcome);
-                }
+            if ctl_ev && let Some(outcome) = self.accept_all() {
+                return Ok(outcome);
             }
         }
     }

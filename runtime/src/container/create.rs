@@ -264,14 +264,13 @@ impl Containers {
 
     /// Undoes a failed create, newest step first. Best effort: every step is tried.
     async fn undo(self: &Arc<Self>, u: Undo) {
-        if u.shim {
-            if let Err(e) = self
+        if u.shim
+            && let Err(e) = self
                 .shim
                 .request(&self.shim_dir(&u.id), crius_shim_api::Request::Shutdown)
                 .await
-            {
-                tracing::debug!(id = u.id, "rollback: shim shutdown: {e}");
-            }
+        {
+            tracing::debug!(id = u.id, "rollback: shim shutdown: {e}");
         }
         self.blocking(move |c| c.undo_files(&u)).await
     }
@@ -279,24 +278,24 @@ impl Containers {
     /// The filesystem and image-store half of [`Containers::undo`].
     fn undo_files(&self, u: &Undo) {
         let id = u.id.as_str();
-        if u.mounted {
-            if let Err(e) = rootfs::unmount(&self.rootfs_dir(id)) {
-                tracing::warn!(id, "rollback: {e}");
-            }
+        if u.mounted
+            && let Err(e) = rootfs::unmount(&self.rootfs_dir(id))
+        {
+            tracing::warn!(id, "rollback: {e}");
         }
         if u.dirs {
             for d in [self.bundle_dir(id), self.layer_dir(id)] {
-                if let Err(e) = std::fs::remove_dir_all(&d) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(id, dir = %d.display(), "rollback: {e}");
-                    }
+                if let Err(e) = std::fs::remove_dir_all(&d)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(id, dir = %d.display(), "rollback: {e}");
                 }
             }
         }
-        if u.leased {
-            if let Err(e) = self.images.release(id) {
-                tracing::warn!(id, "rollback: release image lease: {e}");
-            }
+        if u.leased
+            && let Err(e) = self.images.release(id)
+        {
+            tracing::warn!(id, "rollback: release image lease: {e}");
         }
     }
 }

@@ -31,10 +31,10 @@ pub(crate) fn matches(r: &Record, f: Option<&ContainerFilter>) -> bool {
     if !f.id.is_empty() && !r.id.starts_with(&f.id) {
         return false;
     }
-    if let Some(s) = &f.state {
-        if s.state != r.status.state.to_cri() as i32 {
-            return false;
-        }
+    if let Some(s) = &f.state
+        && s.state != r.status.state.to_cri() as i32
+    {
+        return false;
     }
     if !f.pod_sandbox_id.is_empty() && !r.sandbox_id.starts_with(&f.pod_sandbox_id) {
         return false;

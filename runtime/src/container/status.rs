@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use cri_api::v1::{
-    ContainerMetadata, ContainerResources, ContainerStatus, ContainerStatusResponse, ContainerUser,
-    ImageSpec, LinuxContainerUser,
+    ContainerResources, ContainerStatus, ContainerStatusResponse, ContainerUser, ImageSpec,
+    LinuxContainerUser,
 };
 
 use super::record::Record;
@@ -65,7 +65,7 @@ pub(crate) fn image_spec(r: &Record) -> ImageSpec {
 pub(crate) fn to_cri(r: &Record) -> ContainerStatus {
     ContainerStatus {
         id: r.id.clone(),
-        metadata: Some(r.config.metadata.clone().unwrap_or(ContainerMetadata::default())),
+        metadata: Some(r.config.metadata.clone().unwrap_or_default()),
         state: r.status.state.to_cri() as i32,
         created_at: r.created_at,
         started_at: r.status.started_at,

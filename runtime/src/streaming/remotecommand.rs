@@ -74,7 +74,7 @@ pub async fn collect(session: &mut Session, want: Wanted, version: u8) -> Result
         e.is_some()
             && (!want.stdin || i.is_some())
             && (!want.stdout || o.is_some())
-            && (!(want.stderr && !want.tty) || r.is_some())
+            && (!want.stderr || want.tty || r.is_some())
             && (!resize_expected || z.is_some())
     };
     let wait = async {

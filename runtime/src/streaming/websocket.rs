@@ -82,10 +82,11 @@ where
             };
             match ch {
                 STDIN => {
-                    if let Some(tx) = &stdin_tx {
-                        if !payload.is_empty() && tx.send(payload.to_vec()).await.is_err() {
-                            stdin_tx = None;
-                        }
+                    if let Some(tx) = &stdin_tx
+                        && !payload.is_empty()
+                        && tx.send(payload.to_vec()).await.is_err()
+                    {
+                        stdin_tx = None;
                     }
                 }
                 RESIZE => {
@@ -206,11 +207,8 @@ where
     tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             match msg {
-                Message::Binary(b) => {
-                    if pipe_wr.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if pipe_wr.write_all(&b).await.is_err() => break,
+                Message::Binary(_) => {}
                 Message::Close(_) => break,
                 _ => {}
             }

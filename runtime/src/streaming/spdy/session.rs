@@ -351,10 +351,11 @@ async fn handle(
             flags,
             data,
         } => {
-            if let Some(s) = open.get(&stream_id) {
-                if !data.is_empty() && s.tx.send(data).await.is_err() {
-                    open.remove(&stream_id);
-                }
+            if let Some(s) = open.get(&stream_id)
+                && !data.is_empty()
+                && s.tx.send(data).await.is_err()
+            {
+                open.remove(&stream_id);
             }
             if flags & FLAG_FIN != 0 {
                 open.remove(&stream_id);
