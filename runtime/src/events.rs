@@ -105,7 +105,7 @@ impl EventBus {
 }
 
 async fn enrich(
-    containers: &Containers,
+    containers: &Arc<Containers>,
     sandboxes: &Arc<crius_sandbox::SandboxManager>,
     ev: Event,
 ) -> ContainerEventResponse {
@@ -116,10 +116,13 @@ async fn enrich(
             None
         }
     };
-    let containers_statuses = containers.pod_statuses(&ev.sandbox_id).unwrap_or_else(|e| {
-        tracing::warn!(sandbox = %ev.sandbox_id, error = %e, "event without container statuses");
-        Vec::new()
-    });
+    let containers_statuses = containers
+        .pod_statuses_off(&ev.sandbox_id)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(sandbox = %ev.sandbox_id, error = %e, "event without container statuses");
+            Vec::new()
+        });
     ContainerEventResponse {
         container_id: ev.id,
         container_event_type: ev.kind.to_cri() as i32,

@@ -36,7 +36,7 @@ pub enum ShimError {
         #[source]
         source: std::io::Error,
     },
-    #[error("shim did not report within {0:?}")]
+    #[error("shim did not answer within {0:?}")]
     Timeout(Duration),
     #[error("shim report: {0}")]
     Report(#[source] FrameError),
@@ -157,15 +157,25 @@ impl ShimClient {
 
     /// One control request. A shim that is gone is [`ShimError::Unreachable`].
     pub async fn request(&self, shim_dir: &Path, req: Request) -> Result<Response, ShimError> {
+        self.request_within(shim_dir, req, REQUEST_TIMEOUT).await
+    }
+
+    /// One control request answered within `timeout` ([`ShimError::Timeout`] otherwise).
+    pub async fn request_within(
+        &self,
+        shim_dir: &Path,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<Response, ShimError> {
         let dir = shim_dir.to_path_buf();
         let fut = tokio::task::spawn_blocking(move || request_blocking(&dir, req));
-        match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(r)) => r,
             Ok(Err(join)) => Err(ShimError::Unreachable {
                 dir: shim_dir.into(),
                 source: std::io::Error::other(join),
             }),
-            Err(_) => Err(ShimError::Timeout(REQUEST_TIMEOUT)),
+            Err(_) => Err(ShimError::Timeout(timeout)),
         }
     }
 

@@ -3,9 +3,13 @@
 //! (`attach`). No threads, no async runtime.
 //!
 //! Invariants: the shim is a child subreaper and reaps every child; init's exit is recorded once
-//! — after the output pipes have been drained, so the log is complete when the exit file appears
-//! — in the exit file (atomically) and in memory. A control request is answered before the loop
-//! acts on an [`Outcome`] (re-exec after `start`, exit after `shutdown`).
+//! — after the output pipes have been drained (for at most [`EXIT_DRAIN`], a leftover process
+//! may write forever), so the log is complete when the exit file appears — in the exit file
+//! (atomically) and in memory. A control request is answered before the loop acts on an
+//! [`Outcome`] (re-exec after `start`, exit after `shutdown`). Work per wake-up is bounded: each
+//! output stream is read for at most [`PUMP_BUDGET`] bytes, logged with one `write` per batch,
+//! then the signal fd, the attach clients and the control socket get their turn, so a container
+//! flooding its output cannot starve the control socket.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -34,6 +38,11 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 const KILL_ALL_WAIT: Duration = Duration::from_millis(500);
 /// How long `shutdown` waits for a SIGKILLed init before giving up on it.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// The most bytes read from one output stream per loop pass (four pipe-sized reads).
+const PUMP_BUDGET: usize = 64 * 1024;
+/// How long init's exit waits for the rest of its output (a process it left behind may hold
+/// the pipe and write without end).
+const EXIT_DRAIN: Duration = Duration::from_secs(2);
 
 /// One output stream of the container: the read end we own and its line splitter.
 pub struct Output {
@@ -155,10 +164,10 @@ impl Monitor {
                 )
             };
             if out_ev {
-                self.pump(Stream::Stdout);
+                self.pump(Stream::Stdout, PUMP_BUDGET);
             }
             if err_ev {
-                self.pump(Stream::Stderr);
+                self.pump(Stream::Stderr, PUMP_BUDGET);
             }
             if sig_ev {
                 while let Ok(Some(_)) = self.sigfd.read_signal() {}
@@ -174,26 +183,31 @@ impl Monitor {
             if let (Some(_), Some(hub)) = (self.exit, self.attach.as_mut()) {
                 hub.finish();
             }
-            if ctl_ev {
-                if let Some(outcome) = self.accept_all() {
-                    return Ok(outcome);
-                }
+            if ctl_ev && let Some(outcome) = self.accept_all() {
+                return Ok(outcome);
             }
         }
     }
 
-    /// Reads what one stream has ready (until it would block) and logs it.
-    fn pump(&mut self, which: Stream) {
+    /// Reads what one stream has ready, up to `budget` bytes, and logs it (one log write for the
+    /// whole batch). Returns true when the budget ran out before the stream would block.
+    fn pump(&mut self, which: Stream, budget: usize) -> bool {
         let slot = match which {
             Stream::Stdout => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
         };
-        let Some(out) = slot else { return };
-        let mut buf = [0u8; 8192];
+        let Some(out) = slot else { return false };
+        let mut buf = [0u8; 16 * 1024];
+        let mut taken = 0;
         let eof = loop {
-            match nix::unistd::read(out.fd.as_raw_fd(), &mut buf) {
+            if taken >= budget {
+                break false;
+            }
+            let want = buf.len().min(budget - taken);
+            match nix::unistd::read(out.fd.as_raw_fd(), &mut buf[..want]) {
                 Ok(0) => break true,
                 Ok(n) => {
+                    taken += n;
                     let ts = rfc3339_nano(now_ns());
                     if let Err(e) = out.split.feed(&buf[..n], &ts, &mut self.log) {
                         eprintln!("crius-shim {}: cannot write log: {e}", self.cfg.id);
@@ -219,6 +233,10 @@ impl Monitor {
             }
             *slot = None;
         }
+        if let Err(e) = self.log.flush() {
+            eprintln!("crius-shim {}: cannot write log: {e}", self.cfg.id);
+        }
+        !eof && taken >= budget
     }
 
     /// Reaps every exited child; records init's exit.
@@ -245,8 +263,14 @@ impl Monitor {
         if self.cfg.kill_all_on_exit {
             cgroup::kill_remaining(&self.cfg.cgroup_path, KILL_ALL_WAIT);
         }
-        self.pump(Stream::Stdout);
-        self.pump(Stream::Stderr);
+        let deadline = Instant::now() + EXIT_DRAIN;
+        loop {
+            let more_out = self.pump(Stream::Stdout, PUMP_BUDGET);
+            let more_err = self.pump(Stream::Stderr, PUMP_BUDGET);
+            if !(more_out || more_err) || Instant::now() >= deadline {
+                break;
+            }
+        }
         let st = ExitStatus {
             exit_code,
             finished_at,

@@ -23,17 +23,21 @@ use crate::streaming::ProcessIo;
 impl Containers {
     /// Streaming Attach: until the container exits or the client goes away.
     pub async fn attach(
-        &self,
+        self: &Arc<Self>,
         req: &cri_api::v1::AttachRequest,
         io: ProcessIo,
     ) -> Result<(), ContainerError> {
-        let id = self.running(&req.container_id, "attach")?;
+        let id = self.running_off(&req.container_id, "attach").await?;
         let shim_dir = self.shim_dir(&id);
-        let sock = connect_attach(&shim_dir).map_err(|source| ContainerError::Io {
-            what: "connect to the attach socket in",
-            path: shim_dir.clone(),
-            source,
-        })?;
+        let dir = shim_dir.clone();
+        let sock = self
+            .blocking(move |_| connect_attach(&dir))
+            .await
+            .map_err(|source| ContainerError::Io {
+                what: "connect to the attach socket in",
+                path: shim_dir.clone(),
+                source,
+            })?;
         let sock = Arc::new(RawIo::new(sock).map_err(|source| ContainerError::Io {
             what: "attach socket in",
             path: shim_dir.clone(),

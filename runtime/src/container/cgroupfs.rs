@@ -1,5 +1,6 @@
 //! The daemon's direct reads and writes of a container's cgroup files: usage for the stats
-//! RPCs, limits for UpdateContainerResources, and a fallback removal. cgroup v1 (one hierarchy
+//! RPCs, limits for UpdateContainerResources, signals to its processes when the shim does not
+//! answer, and a fallback removal. cgroup v1 (one hierarchy
 //! per controller under `/sys/fs/cgroup/<controller>`) and v2 (unified at `/sys/fs/cgroup`).
 //!
 //! Invariants: the cgroup path is absolute and joined under the cgroupfs root only after
@@ -269,6 +270,29 @@ pub fn shim_dirs(proc_cgroup: &str, systemd_booted: bool) -> Vec<PathBuf> {
         .filter(|h| h.is_dir())
         .map(|h| h.join("crius-shims"))
         .collect()
+}
+
+/// Every pid in the container's cgroup (v1 `pids`, `memory` or `freezer`, else v2).
+pub fn pids(cgroup: &str) -> Vec<i32> {
+    for controller in ["pids", "memory", "freezer", ""] {
+        if let Some(text) = read(controller, cgroup, "cgroup.procs") {
+            return text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        }
+    }
+    Vec::new()
+}
+
+/// Sends `signal` to the container without its shim: with `all` to every process in its cgroup,
+/// else to `init` only while `init` is still in the cgroup (so a reused pid is never hit).
+pub fn signal(cgroup: &str, init: i32, signal: i32, all: bool) {
+    let Ok(sig) = nix::sys::signal::Signal::try_from(signal) else {
+        return;
+    };
+    for pid in pids(cgroup) {
+        if all || pid == init {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    }
 }
 
 /// Removes the container's (empty) cgroup in every hierarchy; missing or busy ones are left.

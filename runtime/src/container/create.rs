@@ -4,9 +4,11 @@
 //! Invariants: the name `<pod>/<name>/<attempt>` is unique (AlreadyExists, checked up front and
 //! again in the transaction that inserts the record); any failure undoes every earlier step in
 //! reverse order ([`Undo`]); the record is written only after the shim reported the container
-//! created.
+//! created. Everything but the shim round trip runs on the blocking pool (the image's account
+//! files are read there, never on an async worker).
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use cri_api::v1::{ContainerConfig, PodSandboxConfig};
 
@@ -29,7 +31,7 @@ struct Undo {
 impl Containers {
     /// CRI: CreateContainer. Returns the new container's id.
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         pod: &PodInfo,
         config: ContainerConfig,
         sandbox_config: Option<PodSandboxConfig>,
@@ -44,10 +46,13 @@ impl Containers {
             return Err(ContainerError::PodNotReady(pod.id.clone()));
         }
         let key = name_key(&pod.id, &meta.name, meta.attempt);
-        if let Some(id) = self.records.name_owner(&key)? {
+        let owner_key = key.clone();
+        let (owner, id) = self
+            .blocking(move |c| Ok::<_, ContainerError>((c.records.name_owner(&owner_key)?, new_id()?)))
+            .await?;
+        if let Some(id) = owner {
             return Err(ContainerError::AlreadyExists { name: key, id });
         }
-        let id = new_id()?;
         {
             let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(other) = creating.get(&key) {
@@ -78,12 +83,50 @@ impl Containers {
     }
 
     async fn create_steps(
-        &self,
+        self: &Arc<Self>,
         undo: &mut Undo,
         pod: &PodInfo,
         config: ContainerConfig,
         sandbox_config: Option<PodSandboxConfig>,
     ) -> Result<(), ContainerError> {
+        // The pod's recorded config, never the request's copy, decides what the pod allows
+        // (a privileged container needs a pod that was created privileged).
+        drop(sandbox_config);
+        let (mut done, pod_info) = (std::mem::take(undo), pod.clone());
+        let (done, prepared) = self
+            .blocking(move |c| {
+                let r = c.prepare(&mut done, &pod_info, config);
+                (done, r)
+            })
+            .await;
+        *undo = done;
+        let (mut record, shim_cfg) = prepared?;
+        let id = record.id.clone();
+        undo.shim = true;
+        let (pid, shim_pid) = self
+            .shim
+            .create(&shim_cfg)
+            .await
+            .map_err(ContainerError::shim(&id))?;
+        record.status.pid = pid;
+        record.status.shim_pid = shim_pid;
+        crius_sandbox::crash::point("create-container:after-shim");
+        match self.blocking(move |c| c.records.insert(&record)).await {
+            Ok(()) => Ok(()),
+            Err(RecordError::NameTaken { name, id }) => Err(ContainerError::AlreadyExists { name, id }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The blocking part of a create, up to the shim: image lookup and lease, directories, the
+    /// rootfs mount, the image's account files, the OCI spec. Returns the record to insert once
+    /// the shim reported, and the shim's configuration.
+    fn prepare(
+        &self,
+        undo: &mut Undo,
+        pod: &PodInfo,
+        config: ContainerConfig,
+    ) -> Result<(Record, crius_shim_api::ShimConfig), ContainerError> {
         let id = undo.id.clone();
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image_name.is_empty() {
@@ -117,11 +160,8 @@ impl Containers {
         crius_sandbox::crash::point("create-container:after-mount");
 
         let target_pid = self.target_pid_namespace(&config)?;
-        let users = UserDb::load(&rootfs_dir);
+        let users = UserDb::load(&rootfs_dir)?;
         let (cgroup_path, spec_cgroups_path) = cgroup_paths(&pod, &id)?;
-        // The pod's recorded config, never the request's copy, decides what the pod allows
-        // (a privileged container needs a pod that was created privileged).
-        drop(sandbox_config);
         let sandbox_config = pod.config.clone();
         let oci = spec::build(&SpecInput {
             id: &id,
@@ -161,7 +201,7 @@ impl Containers {
             .cloned()
             .unwrap_or_else(|| image.id.clone());
         let resources = config.linux.as_ref().and_then(|l| l.resources.clone());
-        let mut record = Record {
+        let record = Record {
             id: id.clone(),
             sandbox_id: pod.id.clone(),
             config,
@@ -189,20 +229,7 @@ impl Containers {
             },
         };
         let shim_cfg = self.shim_config(&record, spec::shares_pid_namespace(&oci));
-        undo.shim = true;
-        let (pid, shim_pid) = self
-            .shim
-            .create(&shim_cfg)
-            .await
-            .map_err(ContainerError::shim(&id))?;
-        record.status.pid = pid;
-        record.status.shim_pid = shim_pid;
-        crius_sandbox::crash::point("create-container:after-shim");
-        match self.records.insert(&record) {
-            Ok(()) => Ok(()),
-            Err(RecordError::NameTaken { name, id }) => Err(ContainerError::AlreadyExists { name, id }),
-            Err(e) => Err(e.into()),
-        }
+        Ok((record, shim_cfg))
     }
 
     /// CRI: PID namespace mode TARGET joins the PID namespace of `target_id`, which must be a
@@ -240,35 +267,39 @@ impl Containers {
     }
 
     /// Undoes a failed create, newest step first. Best effort: every step is tried.
-    async fn undo(&self, u: Undo) {
-        let id = u.id.as_str();
-        if u.shim {
-            if let Err(e) = self
+    async fn undo(self: &Arc<Self>, u: Undo) {
+        if u.shim
+            && let Err(e) = self
                 .shim
-                .request(&self.shim_dir(id), crius_shim_api::Request::Shutdown)
+                .request(&self.shim_dir(&u.id), crius_shim_api::Request::Shutdown)
                 .await
-            {
-                tracing::debug!(id, "rollback: shim shutdown: {e}");
-            }
+        {
+            tracing::debug!(id = u.id, "rollback: shim shutdown: {e}");
         }
-        if u.mounted {
-            if let Err(e) = rootfs::unmount(&self.rootfs_dir(id)) {
-                tracing::warn!(id, "rollback: {e}");
-            }
+        self.blocking(move |c| c.undo_files(&u)).await
+    }
+
+    /// The filesystem and image-store half of [`Containers::undo`].
+    fn undo_files(&self, u: &Undo) {
+        let id = u.id.as_str();
+        if u.mounted
+            && let Err(e) = rootfs::unmount(&self.rootfs_dir(id))
+        {
+            tracing::warn!(id, "rollback: {e}");
         }
         if u.dirs {
             for d in [self.bundle_dir(id), self.layer_dir(id)] {
-                if let Err(e) = std::fs::remove_dir_all(&d) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(id, dir = %d.display(), "rollback: {e}");
-                    }
+                if let Err(e) = std::fs::remove_dir_all(&d)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(id, dir = %d.display(), "rollback: {e}");
                 }
             }
         }
-        if u.leased {
-            if let Err(e) = self.images.release(id) {
-                tracing::warn!(id, "rollback: release image lease: {e}");
-            }
+        if u.leased
+            && let Err(e) = self.images.release(id)
+        {
+            tracing::warn!(id, "rollback: release image lease: {e}");
         }
     }
 }

@@ -79,6 +79,15 @@ impl super::Containers {
         self.records.get(id).ok().flatten().is_some()
     }
 
+    /// [`Containers::pod_statuses`] on the blocking pool.
+    pub async fn pod_statuses_off(
+        self: &std::sync::Arc<Self>,
+        sandbox_id: &str,
+    ) -> Result<Vec<cri_api::v1::ContainerStatus>, super::ContainerError> {
+        let sandbox_id = sandbox_id.to_string();
+        self.blocking(move |c| c.pod_statuses(&sandbox_id)).await
+    }
+
     /// The CRI statuses of every container of a pod (exits folded in), for events.
     pub fn pod_statuses(
         &self,

@@ -42,16 +42,26 @@ impl Containers {
         Ok(full)
     }
 
+    /// [`Containers::running`] on the blocking pool.
+    pub async fn running_off(
+        self: &Arc<Self>,
+        id: &str,
+        action: &'static str,
+    ) -> Result<String, ContainerError> {
+        let id = id.to_string();
+        self.blocking(move |c| c.running(&id, action)).await
+    }
+
     /// Streaming Exec: runs `req.cmd` with the client's stdio; returns its exit code.
     pub async fn exec_stream(
-        &self,
+        self: &Arc<Self>,
         req: &cri_api::v1::ExecRequest,
         io: ProcessIo,
     ) -> Result<i32, ContainerError> {
         if req.cmd.is_empty() || req.cmd[0].is_empty() {
             return Err(ContainerError::Invalid("exec needs a command".into()));
         }
-        let id = self.running(&req.container_id, "exec")?;
+        let id = self.running_off(&req.container_id, "exec").await?;
         let shim_req = ExecRequest {
             version: crius_shim_api::PROTOCOL_VERSION,
             id: id.clone(),

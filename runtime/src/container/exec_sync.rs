@@ -19,7 +19,7 @@ pub const MAX_OUTPUT: usize = (16 << 20) - (64 << 10);
 impl Containers {
     /// CRI: ExecSync.
     pub async fn exec_sync(
-        &self,
+        self: &std::sync::Arc<Self>,
         id: &str,
         cmd: Vec<String>,
         timeout_seconds: i64,
@@ -27,7 +27,7 @@ impl Containers {
         if cmd.is_empty() || cmd[0].is_empty() {
             return Err(ContainerError::Invalid("exec needs a command".into()));
         }
-        let r = self.refreshed(id)?;
+        let r = self.refreshed_off(id).await?;
         if r.status.state != State::Running {
             return Err(ContainerError::WrongState {
                 id: id.into(),

@@ -9,9 +9,20 @@ use super::{ContainerError, Containers};
 
 impl Containers {
     /// CRI: ListContainers.
-    pub async fn list(&self, filter: Option<&ContainerFilter>) -> Result<Vec<Container>, ContainerError> {
-        let all = self.all()?;
-        Ok(all.iter().filter(|r| matches(r, filter)).map(to_cri).collect())
+    pub async fn list(
+        self: &std::sync::Arc<Self>,
+        filter: Option<&ContainerFilter>,
+    ) -> Result<Vec<Container>, ContainerError> {
+        let filter = filter.cloned();
+        self.blocking(move |c| {
+            let all = c.all()?;
+            Ok(all
+                .iter()
+                .filter(|r| matches(r, filter.as_ref()))
+                .map(to_cri)
+                .collect())
+        })
+        .await
     }
 }
 
@@ -20,10 +31,10 @@ pub(crate) fn matches(r: &Record, f: Option<&ContainerFilter>) -> bool {
     if !f.id.is_empty() && !r.id.starts_with(&f.id) {
         return false;
     }
-    if let Some(s) = &f.state {
-        if s.state != r.status.state.to_cri() as i32 {
-            return false;
-        }
+    if let Some(s) = &f.state
+        && s.state != r.status.state.to_cri() as i32
+    {
+        return false;
     }
     if !f.pod_sandbox_id.is_empty() && !r.sandbox_id.starts_with(&f.pod_sandbox_id) {
         return false;

@@ -7,7 +7,9 @@
 //!
 //! Invariants: verbs on one container are serialised by its lock ([`Containers::lock`]);
 //! a record exists only for a container whose shim reported success; every create failure
-//! undoes what it did; stop and remove of an unknown container succeed.
+//! undoes what it did; stop and remove of an unknown container succeed. The async verbs never
+//! touch the disk, a mount, a cgroup or redb on an async worker: that work runs through
+//! [`Containers::blocking`], so a slow or hostile filesystem cannot stall the daemon's RPCs.
 
 mod attach;
 mod cgroupfs;
@@ -172,6 +174,25 @@ impl Containers {
     pub fn with_shim(mut self, shim: ShimClient) -> Self {
         self.shim = shim;
         self
+    }
+
+    /// Runs `f` on tokio's blocking pool and waits for it; the task runs to its end even if the
+    /// caller is dropped. A panic in `f` is resumed in the caller.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Containers) -> T + Send + 'static,
+    ) -> T {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || f(&this)).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// [`Containers::refreshed`] on the blocking pool.
+    pub(crate) async fn refreshed_off(self: &Arc<Self>, id: &str) -> Result<Record, ContainerError> {
+        let id = id.to_string();
+        self.blocking(move |c| c.refreshed(&id)).await
     }
 
     /// The per-container lock; verbs that change a container hold it for their whole run.

@@ -10,8 +10,8 @@ use super::{ContainerError, Containers};
 
 impl Containers {
     /// CRI: ReopenContainerLog.
-    pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
-        let r = self.refreshed(id)?;
+    pub async fn reopen_log(self: &std::sync::Arc<Self>, id: &str) -> Result<(), ContainerError> {
+        let r = self.refreshed_off(id).await?;
         if r.status.state != State::Running {
             return Err(ContainerError::WrongState {
                 id: id.into(),

@@ -4,6 +4,8 @@
 //! happens right after start is never hidden — the record is refreshed from the exit file after
 //! the update.
 
+use std::sync::Arc;
+
 use crius_shim_api::Request;
 
 use super::record::State;
@@ -11,10 +13,10 @@ use super::{ContainerError, Containers, now_ns};
 
 impl Containers {
     /// CRI: StartContainer.
-    pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<(), ContainerError> {
         let lock = self.lock(id);
         let _guard = lock.lock().await;
-        let r = self.refreshed(id)?;
+        let r = self.refreshed_off(id).await?;
         if r.status.state != State::Created {
             return Err(ContainerError::WrongState {
                 id: id.into(),
@@ -25,15 +27,25 @@ impl Containers {
         }
         if let Err(e) = self.shim.request(&self.shim_dir(id), Request::Start).await {
             let message = format!("start failed: {e}");
-            self.records.update::<ContainerError>(id, |s| {
-                s.message = message;
-                Ok(())
-            })?;
+            let key = id.to_string();
+            self.blocking(move |c| {
+                c.records.update::<ContainerError>(&key, |s| {
+                    s.message = message;
+                    Ok(())
+                })
+            })
+            .await?;
             return Err(ContainerError::Shim {
                 id: id.into(),
                 source: e,
             });
         }
+        let id = id.to_string();
+        self.blocking(move |c| c.record_started(&id)).await
+    }
+
+    /// Records RUNNING after the shim let the container run; folds an exit that came already.
+    fn record_started(&self, id: &str) -> Result<(), ContainerError> {
         let started = now_ns();
         let mut started_now = false;
         let order = self.events.order();

@@ -31,13 +31,21 @@ fn u(v: Option<u64>) -> Option<UInt64Value> {
 
 impl Containers {
     /// CRI: ContainerStats.
-    pub async fn stats(&self, id: &str) -> Result<ContainerStats, ContainerError> {
-        let r = self.refreshed(id)?;
-        Ok(self.stats_of(&r))
+    pub async fn stats(self: &std::sync::Arc<Self>, id: &str) -> Result<ContainerStats, ContainerError> {
+        let id = id.to_string();
+        self.blocking(move |c| Ok(c.stats_of(&c.refreshed(&id)?))).await
     }
 
     /// CRI: ListContainerStats (filter: id prefix, pod id prefix, labels).
     pub async fn list_stats(
+        self: &std::sync::Arc<Self>,
+        f: Option<&ContainerStatsFilter>,
+    ) -> Result<Vec<ContainerStats>, ContainerError> {
+        let f = f.cloned();
+        self.blocking(move |c| c.list_stats_blocking(f.as_ref())).await
+    }
+
+    fn list_stats_blocking(
         &self,
         f: Option<&ContainerStatsFilter>,
     ) -> Result<Vec<ContainerStats>, ContainerError> {
@@ -58,7 +66,15 @@ impl Containers {
     }
 
     /// CRI: PodSandboxStats for one pod: its cgroup's usage plus each container's stats.
-    pub async fn pod_stats(&self, pod: &PodStatsInput) -> Result<PodSandboxStats, ContainerError> {
+    pub async fn pod_stats(
+        self: &std::sync::Arc<Self>,
+        pod: &PodStatsInput,
+    ) -> Result<PodSandboxStats, ContainerError> {
+        let pod = pod.clone();
+        self.blocking(move |c| c.pod_stats_blocking(&pod)).await
+    }
+
+    fn pod_stats_blocking(&self, pod: &PodStatsInput) -> Result<PodSandboxStats, ContainerError> {
         let (cpu, memory) = self.cgroup_stats(&pod.cgroup_parent);
         let containers = self
             .all()?

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use cri_api::v1::{
-    ContainerMetadata, ContainerResources, ContainerStatus, ContainerStatusResponse, ContainerUser,
-    ImageSpec, LinuxContainerUser,
+    ContainerResources, ContainerStatus, ContainerStatusResponse, ContainerUser, ImageSpec,
+    LinuxContainerUser,
 };
 
 use super::record::Record;
@@ -13,7 +13,16 @@ use super::{ContainerError, Containers};
 
 impl Containers {
     /// CRI: ContainerStatus. `id` may be a unique prefix.
-    pub async fn status(&self, id: &str, verbose: bool) -> Result<ContainerStatusResponse, ContainerError> {
+    pub async fn status(
+        self: &std::sync::Arc<Self>,
+        id: &str,
+        verbose: bool,
+    ) -> Result<ContainerStatusResponse, ContainerError> {
+        let id = id.to_string();
+        self.blocking(move |c| c.status_blocking(&id, verbose)).await
+    }
+
+    fn status_blocking(&self, id: &str, verbose: bool) -> Result<ContainerStatusResponse, ContainerError> {
         let all = self.records.list()?;
         let id = super::resolve_id(&all, id).ok_or_else(|| ContainerError::NotFound(id.into()))?;
         let r = self.refreshed(&id)?;
@@ -56,7 +65,7 @@ pub(crate) fn image_spec(r: &Record) -> ImageSpec {
 pub(crate) fn to_cri(r: &Record) -> ContainerStatus {
     ContainerStatus {
         id: r.id.clone(),
-        metadata: Some(r.config.metadata.clone().unwrap_or(ContainerMetadata::default())),
+        metadata: Some(r.config.metadata.clone().unwrap_or_default()),
         state: r.status.state.to_cri() as i32,
         created_at: r.created_at,
         started_at: r.status.started_at,

@@ -3,24 +3,30 @@
 //!
 //! Invariants: stopping an unknown or exited container succeeds (CRI idempotence); the call
 //! returns only once the exit is recorded (or the shim is found gone, which records an exit).
+//! A shim that does not answer a signal request within [`SIGNAL_TIMEOUT`] does not keep the
+//! container alive: the daemon signals it through its cgroup itself (the stop signal to init,
+//! then SIGKILL to every process), and the shim records the exit when it gets to it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crius_shim_api::Request;
 
 use super::record::{Record, State};
-use super::{ContainerError, Containers, now_ns};
+use super::{ContainerError, Containers, cgroupfs, now_ns};
 use crate::shim_client::ShimError;
 
 /// How long to wait for init to die after SIGKILL before giving up.
 const KILL_GRACE: Duration = Duration::from_secs(30);
+/// How long the shim may take to answer a signal request (it answers in microseconds when well).
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Containers {
     /// CRI: StopContainer.
-    pub async fn stop(&self, id: &str, timeout_seconds: i64) -> Result<(), ContainerError> {
+    pub async fn stop(self: &Arc<Self>, id: &str, timeout_seconds: i64) -> Result<(), ContainerError> {
         let lock = self.lock(id);
         let _guard = lock.lock().await;
-        let r = match self.refreshed(id) {
+        let r = match self.refreshed_off(id).await {
             Ok(r) => r,
             Err(ContainerError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
@@ -29,7 +35,11 @@ impl Containers {
     }
 
     /// Stops a container whose lock the caller holds.
-    pub(crate) async fn stop_locked(&self, r: Record, timeout_seconds: i64) -> Result<(), ContainerError> {
+    pub(crate) async fn stop_locked(
+        self: &Arc<Self>,
+        r: Record,
+        timeout_seconds: i64,
+    ) -> Result<(), ContainerError> {
         // UNKNOWN (recovery found the shim gone, init alive) is stopped like RUNNING.
         if !matches!(r.status.state, State::Running | State::Created | State::Unknown) {
             return Ok(());
@@ -63,30 +73,31 @@ impl Containers {
     }
 
     /// Sends a signal through the shim. `Ok(true)`: the shim is gone, and an exit was recorded.
-    async fn kill(&self, r: &Record, signal: i32, all: bool) -> Result<bool, ContainerError> {
+    async fn kill(self: &Arc<Self>, r: &Record, signal: i32, all: bool) -> Result<bool, ContainerError> {
         match self
             .shim
-            .request(&self.shim_dir(&r.id), Request::Kill { signal, all })
+            .request_within(
+                &self.shim_dir(&r.id),
+                Request::Kill { signal, all },
+                SIGNAL_TIMEOUT,
+            )
             .await
         {
             Ok(_) => Ok(false),
+            Err(ShimError::Timeout(t)) => {
+                tracing::warn!(
+                    id = r.id,
+                    signal,
+                    "the shim did not answer a signal request within {t:?}; signalling through the cgroup"
+                );
+                let (cgroup, init) = (r.cgroup_path.clone(), r.status.pid);
+                self.blocking(move |_| cgroupfs::signal(&cgroup, init, signal, all))
+                    .await;
+                Ok(false)
+            }
             Err(ShimError::Unreachable { .. }) => {
-                // The shim died: kill what may be left ourselves and record an unknown end.
-                if r.status.pid > 0 {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(r.status.pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                if self.fold_exit(self.refreshed(&r.id)?)?.status.state == State::Exited {
-                    return Ok(true);
-                }
-                let exit = crius_shim_api::ExitStatus {
-                    exit_code: 255,
-                    finished_at: now_ns(),
-                    oom_killed: false,
-                };
-                self.record_lost_exit(&r.id, &exit, "the container's shim is gone; exit status unknown")?;
+                let r = r.clone();
+                self.blocking(move |c| c.shim_gone(&r)).await?;
                 Ok(true)
             }
             Err(e) => Err(ContainerError::Shim {
@@ -96,11 +107,32 @@ impl Containers {
         }
     }
 
+    /// The shim died: kills what may be left of init ourselves and records an unknown end
+    /// (unless the shim recorded the exit before it went).
+    fn shim_gone(&self, r: &Record) -> Result<(), ContainerError> {
+        if r.status.pid > 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(r.status.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if self.fold_exit(self.refreshed(&r.id)?)?.status.state == State::Exited {
+            return Ok(());
+        }
+        let exit = crius_shim_api::ExitStatus {
+            exit_code: 255,
+            finished_at: now_ns(),
+            oom_killed: false,
+        };
+        self.record_lost_exit(&r.id, &exit, "the container's shim is gone; exit status unknown")?;
+        Ok(())
+    }
+
     /// Polls for the exit until `deadline`; true once the record says EXITED.
-    async fn wait_exit(&self, id: &str, deadline: Instant) -> Result<bool, ContainerError> {
+    async fn wait_exit(self: &Arc<Self>, id: &str, deadline: Instant) -> Result<bool, ContainerError> {
         let mut pause = Duration::from_millis(5);
         loop {
-            if self.refreshed(id)?.status.state == State::Exited {
+            if self.refreshed_off(id).await?.status.state == State::Exited {
                 return Ok(true);
             }
             let now = Instant::now();

@@ -11,12 +11,22 @@ use super::{ContainerError, Containers, cgroupfs};
 impl Containers {
     /// CRI: UpdateContainerResources (Linux part).
     pub async fn update_resources(
-        &self,
+        self: &std::sync::Arc<Self>,
         id: &str,
         resources: Option<LinuxContainerResources>,
     ) -> Result<(), ContainerError> {
         let lock = self.lock(id);
         let _guard = lock.lock().await;
+        let id = id.to_string();
+        self.blocking(move |c| c.update_locked(&id, resources)).await
+    }
+
+    /// UpdateContainerResources with the container's lock held: cgroup files, then the record.
+    fn update_locked(
+        &self,
+        id: &str,
+        resources: Option<LinuxContainerResources>,
+    ) -> Result<(), ContainerError> {
         let r = self.refreshed(id)?;
         if !matches!(r.status.state, State::Running | State::Created) {
             return Err(ContainerError::WrongState {

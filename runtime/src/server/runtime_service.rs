@@ -247,7 +247,12 @@ impl RuntimeService for Runtime {
         }
         stdio_wanted(req.tty, req.stdin, req.stdout, req.stderr)?;
         let id = container_id(req.container_id)?;
-        req.container_id = self.0.containers.running(&id, "exec").map_err(error::container)?;
+        req.container_id = self
+            .0
+            .containers
+            .running_off(&id, "exec")
+            .await
+            .map_err(error::container)?;
         let url = self
             .streaming()?
             .url(Pending::Exec(req))
@@ -262,7 +267,8 @@ impl RuntimeService for Runtime {
         req.container_id = self
             .0
             .containers
-            .running(&id, "attach")
+            .running_off(&id, "attach")
+            .await
             .map_err(error::container)?;
         let url = self
             .streaming()?

@@ -2,16 +2,23 @@
 //! (SPDY/3.1 upgrade with `X-Stream-Protocol-Version`, or WebSocket with a subprotocol) and hand
 //! the upgraded connection to the protocol. Failures before the upgrade are plain HTTP errors
 //! whose body says why (clients show it).
+//!
+//! Limits: at most [`MAX_CONNECTIONS`] connections at once, counting an upgraded session until it
+//! ends (further clients wait in the listen backlog); a request head must arrive within
+//! [`HEADER_READ_TIMEOUT`]; a failing `accept` (EMFILE, ENFILE, ENOBUFS) backs off up to a
+//! second instead of spinning.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HeaderValue, UPGRADE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -24,20 +31,52 @@ use super::{Pending, StreamingServer, portforward, websocket};
 const PROTOCOL_HEADER: &str = "X-Stream-Protocol-Version";
 const ACCEPTED_HEADER: &str = "X-Accepted-Stream-Protocol-Versions";
 
+/// Connections (and the sessions they upgrade to) served at once.
+pub const MAX_CONNECTIONS: usize = 128;
+/// How long a client may take to send a request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between failing accepts.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The connection's slot; the upgrade handler takes it into the session it starts.
+type Slot = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
+
 pub async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<StreamingServer>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::ZERO;
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => {
+                backoff = Duration::ZERO;
+                tcp
+            }
+            Err(e) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                tracing::warn!(error = %e, "streaming accept failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
         };
         let server = server.clone();
+        let slot: Slot = Arc::new(Mutex::new(Some(permit)));
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(server.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
+            let svc = hyper::service::service_fn(move |req| handle(server.clone(), slot.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), svc);
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "streaming connection ended with an error");
             }
         });
     }
+}
+
+fn take_slot(slot: &Slot) -> Option<OwnedSemaphorePermit> {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 fn reply(code: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
@@ -59,6 +98,7 @@ fn header_list(req: &Request<Incoming>, name: &str) -> Vec<String> {
 
 async fn handle(
     server: Arc<StreamingServer>,
+    slot: Slot,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let parts: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
@@ -85,8 +125,8 @@ async fn handle(
         .unwrap_or("")
         .to_ascii_lowercase();
     Ok(match upgrade.as_str() {
-        "spdy/3.1" => upgrade_spdy(server, &mut req, pending),
-        "websocket" => upgrade_websocket(server, &mut req, pending),
+        "spdy/3.1" => upgrade_spdy(server, &slot, &mut req, pending),
+        "websocket" => upgrade_websocket(server, &slot, &mut req, pending),
         _ => reply(
             StatusCode::BAD_REQUEST,
             "streaming needs an Upgrade to SPDY/3.1 or websocket",
@@ -96,6 +136,7 @@ async fn handle(
 
 fn upgrade_spdy(
     server: Arc<StreamingServer>,
+    slot: &Slot,
     req: &mut Request<Incoming>,
     pending: Pending,
 ) -> Response<Full<Bytes>> {
@@ -124,7 +165,9 @@ fn upgrade_spdy(
     };
     let on_upgrade = hyper::upgrade::on(req);
     let proto = chosen.clone();
+    let held = take_slot(slot);
     tokio::spawn(async move {
+        let _held = held;
         match on_upgrade.await {
             Ok(upgraded) => serve_spdy(server, Session::serve(TokioIo::new(upgraded)), &proto, pending).await,
             Err(e) => tracing::debug!(error = %e, "SPDY upgrade failed"),
@@ -204,6 +247,7 @@ async fn run(backend: &dyn super::StreamBackend, pending: &Pending, io: super::P
 
 fn upgrade_websocket(
     server: Arc<StreamingServer>,
+    slot: &Slot,
     req: &mut Request<Incoming>,
     pending: Pending,
 ) -> Response<Full<Bytes>> {
@@ -230,12 +274,16 @@ fn upgrade_websocket(
     };
     let on_upgrade = hyper::upgrade::on(req);
     let proto = chosen.clone();
+    let held = take_slot(slot);
     tokio::spawn(async move {
+        let _held = held;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
         };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(websocket::config()))
+                .await;
         let backend = server.backend.clone();
         if let Pending::PortForward(r) = pending {
             let session = Session::serve(websocket::tunnel(ws));

@@ -1,7 +1,11 @@
 //! The Kubernetes remote-command protocol (exec and attach) over a SPDY session: the client opens
 //! error, stdin, stdout, stderr and resize streams; the server waits for all it expects, runs the
 //! command, half-closes stdout/stderr once drained, then writes the status on the error stream.
+//!
+//! Invariant: a resize message longer than [`MAX_RESIZE_PENDING`] bytes ends the session as if
+//! the client had gone (the process is killed); nothing buffers client input without bound.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -12,6 +16,13 @@ use super::status::{Outcome, status_json, status_text};
 
 /// How long the client has to open every stream it announced (kubelet's value).
 pub const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most bytes of one unfinished resize message held (a real one is about 30 bytes).
+pub const MAX_RESIZE_PENDING: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[error("terminal resize message longer than {MAX_RESIZE_PENDING} bytes")]
+pub struct ResizeTooLarge;
 
 /// Protocol versions for exec/attach, newest first (the server's preference list).
 pub const SUPPORTED: [&str; 5] = [
@@ -63,7 +74,7 @@ pub async fn collect(session: &mut Session, want: Wanted, version: u8) -> Result
         e.is_some()
             && (!want.stdin || i.is_some())
             && (!want.stdout || o.is_some())
-            && (!(want.stderr && !want.tty) || r.is_some())
+            && (!want.stderr || want.tty || r.is_some())
             && (!resize_expected || z.is_some())
     };
     let wait = async {
@@ -125,8 +136,17 @@ impl Drain {
 }
 
 /// Connects the streams to channels the backend uses.
-pub fn wire(streams: &mut Streams, tty: bool, gone: tokio::sync::watch::Receiver<bool>) -> Wiring {
+pub fn wire(streams: &mut Streams, tty: bool, mut gone: tokio::sync::watch::Receiver<bool>) -> Wiring {
     let mut pumps = Vec::new();
+    // The process's "client gone": the connection ended, or the client broke the protocol.
+    let (ended_tx, ended) = tokio::sync::watch::channel(false);
+    let ended_tx = Arc::new(ended_tx);
+    let on_gone = ended_tx.clone();
+    tokio::spawn(async move {
+        if gone.wait_for(|g| *g).await.is_ok() {
+            let _ = on_gone.send(true);
+        }
+    });
     let stdin = streams
         .stdin
         .as_mut()
@@ -151,11 +171,20 @@ pub fn wire(streams: &mut Streams, tty: bool, gone: tokio::sync::watch::Receiver
     let resize = streams.resize.as_mut().map(|s| {
         let mut raw = std::mem::replace(&mut s.rx, mpsc::channel(1).1);
         let (tx, rx) = mpsc::channel(4);
+        let abort = ended_tx.clone();
         tokio::spawn(async move {
             let mut buf = Vec::new();
             while let Some(chunk) = raw.recv().await {
                 buf.extend_from_slice(&chunk);
-                for size in take_resizes(&mut buf) {
+                let sizes = match take_resizes(&mut buf) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("{e}; ending the session");
+                        let _ = abort.send(true);
+                        return;
+                    }
+                };
+                for size in sizes {
                     if tx.send(size).await.is_err() {
                         return;
                     }
@@ -171,7 +200,7 @@ pub fn wire(streams: &mut Streams, tty: bool, gone: tokio::sync::watch::Receiver
             stderr,
             resize,
             tty,
-            client_gone: gone,
+            client_gone: ended,
         },
         pumps,
     }
@@ -179,7 +208,8 @@ pub fn wire(streams: &mut Streams, tty: bool, gone: tokio::sync::watch::Receiver
 
 /// Splits complete JSON objects (`{"Width":80,"Height":24}`) off the front of `buf`. The client
 /// writes one object per message, newline-separated or back to back; bad objects are skipped.
-pub fn take_resizes(buf: &mut Vec<u8>) -> Vec<TermSize> {
+/// An unfinished object longer than [`MAX_RESIZE_PENDING`] is an error.
+pub fn take_resizes(buf: &mut Vec<u8>) -> Result<Vec<TermSize>, ResizeTooLarge> {
     let mut out = Vec::new();
     let mut consumed = 0;
     let mut stream = serde_json::Deserializer::from_slice(buf).into_iter::<serde_json::Value>();
@@ -199,7 +229,11 @@ pub fn take_resizes(buf: &mut Vec<u8>) -> Vec<TermSize> {
         }
     }
     buf.drain(..consumed);
-    out
+    if buf.len() > MAX_RESIZE_PENDING {
+        buf.clear();
+        return Err(ResizeTooLarge);
+    }
+    Ok(out)
 }
 
 /// Writes the outcome on the error stream in the negotiated version's encoding and closes it.
@@ -224,7 +258,7 @@ mod tests {
         let mut buf = br#"{"Width":80,"Height":24}
 {"Width":100,"Height":40}{"Width":1"#
             .to_vec();
-        let got = take_resizes(&mut buf);
+        let got = take_resizes(&mut buf).unwrap();
         assert_eq!(
             got,
             vec![
@@ -240,8 +274,19 @@ mod tests {
         );
         assert_eq!(buf, br#"{"Width":1"#.to_vec());
         buf.extend_from_slice(br#"2,"Height":3}"#);
-        assert_eq!(take_resizes(&mut buf), vec![TermSize { width: 12, height: 3 }]);
+        assert_eq!(
+            take_resizes(&mut buf).unwrap(),
+            vec![TermSize { width: 12, height: 3 }]
+        );
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn an_endless_resize_message_is_refused() {
+        let mut buf = br#"{"Width":"#.to_vec();
+        buf.extend(std::iter::repeat_n(b' ', MAX_RESIZE_PENDING));
+        assert!(take_resizes(&mut buf).is_err());
+        assert!(buf.is_empty(), "nothing is kept");
     }
 
     #[test]

@@ -25,6 +25,19 @@ const STDERR: u8 = 2;
 const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
+/// Largest WebSocket message or frame accepted from a client (stdin arrives in 32 KiB pieces);
+/// a larger one ends the session.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// Bytes tungstenite may hold unsent for a client that does not read, beyond which a send fails.
+const MAX_WRITE_BUFFER: usize = 4 << 20;
+
+/// The limits every WebSocket session runs with.
+pub fn config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+}
 
 /// The channel-protocol side of one exec/attach: the process's io plus what finishes it.
 pub struct ChannelSession {
@@ -69,16 +82,25 @@ where
             };
             match ch {
                 STDIN => {
-                    if let Some(tx) = &stdin_tx {
-                        if !payload.is_empty() && tx.send(payload.to_vec()).await.is_err() {
-                            stdin_tx = None;
-                        }
+                    if let Some(tx) = &stdin_tx
+                        && !payload.is_empty()
+                        && tx.send(payload.to_vec()).await.is_err()
+                    {
+                        stdin_tx = None;
                     }
                 }
                 RESIZE => {
                     resize_buf.extend_from_slice(payload);
-                    for s in take_resizes(&mut resize_buf) {
-                        let _ = resize_tx.send(s).await;
+                    match take_resizes(&mut resize_buf) {
+                        Ok(sizes) => {
+                            for s in sizes {
+                                let _ = resize_tx.send(s).await;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("{e}; ending the session");
+                            break;
+                        }
                     }
                 }
                 CLOSE if v5 && payload.first() == Some(&STDIN) => stdin_tx = None,
@@ -185,11 +207,8 @@ where
     tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             match msg {
-                Message::Binary(b) => {
-                    if pipe_wr.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if pipe_wr.write_all(&b).await.is_err() => break,
+                Message::Binary(_) => {}
                 Message::Close(_) => break,
                 _ => {}
             }

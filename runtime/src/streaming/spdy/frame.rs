@@ -81,6 +81,12 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 impl Frame {
+    /// The payload length the frame at the front of `buf` announces, once its 8-byte header is
+    /// there (so an oversized frame can be refused before it is buffered).
+    pub fn announced_len(buf: &[u8]) -> Option<usize> {
+        (buf.len() >= 8).then(|| ((buf[5] as usize) << 16) | ((buf[6] as usize) << 8) | buf[7] as usize)
+    }
+
     /// Parses one frame from the front of `buf`. `Ok(None)`: more bytes are needed.
     /// On success returns the frame and how many bytes it used.
     pub fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {

@@ -104,7 +104,8 @@ impl Decoder {
     }
 
     fn inflate(&mut self, block: &[u8]) -> Result<Vec<u8>, HeaderError> {
-        let mut out = Vec::with_capacity(block.len() * 4 + 64);
+        // Grown 1 KiB per step and checked after each: the cap holds while inflating.
+        let mut out = Vec::with_capacity((block.len() * 4 + 64).min(MAX_BLOCK));
         let mut input = block;
         loop {
             out.reserve(1024);

@@ -1,10 +1,14 @@
 //! The session driver: one reader task parsing frames and routing them to streams, one writer
 //! task serialising outbound frames in order.
 //!
-//! Invariants: header blocks are compressed in the order they are written (the encoder lives
-//! behind the same lock as the enqueue); every inbound header block, even of ignored frames, goes
+//! Invariants: header blocks are compressed in the order they are written (the encoder lock is
+//! held until the frame is enqueued); every inbound header block, even of ignored frames, goes
 //! through the one decoder so the zlib context stays in sync; a stream's inbound channel closes on
-//! the client's FIN or RST_STREAM, or when the connection ends.
+//! the client's FIN or RST_STREAM, or when the connection ends. Nothing queues without bound:
+//! outbound frames wait in a queue of [`OUT_QUEUE`] frames (each at most [`CHUNK`] of data), so a
+//! client that stops reading makes the writers wait, and through them the process whose output
+//! they carry; an inbound frame larger than [`MAX_INBOUND_FRAME`] ends the connection, and at most
+//! [`MAX_OPEN_STREAMS`] streams may be open at once (more are refused with RST_STREAM).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +28,16 @@ const CHUNK: usize = 32 * 1024;
 const STREAM_BUFFER: usize = 64;
 /// How long closing a session waits for queued frames to reach the socket.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Outbound frames queued per connection before senders wait: about 1 MiB of DATA.
+const OUT_QUEUE: usize = 32;
+/// Largest inbound frame accepted (clients send DATA of at most 32 KiB and small header blocks);
+/// the 24-bit SPDY length would otherwise let one frame make us buffer 16 MiB.
+pub const MAX_INBOUND_FRAME: usize = 1 << 20;
+/// Streams a client may have open at once on one connection (an exec has five; a port-forward
+/// two per forwarded connection).
+pub const MAX_OPEN_STREAMS: usize = 256;
+/// RST_STREAM status for a stream refused before any processing.
+const RST_REFUSED_STREAM: u32 = 3;
 
 enum Out {
     Bytes(Vec<u8>),
@@ -31,13 +45,16 @@ enum Out {
 }
 
 struct Outbound {
-    enc: Mutex<(Encoder, mpsc::UnboundedSender<Out>)>,
+    enc: Mutex<Encoder>,
+    tx: mpsc::Sender<Out>,
 }
 
 impl Outbound {
     async fn send(&self, frame: Frame) -> std::io::Result<()> {
-        let guard = self.enc.lock().await;
-        guard.1.send(Out::Bytes(frame.encode())).map_err(|_| closed())
+        self.tx
+            .send(Out::Bytes(frame.encode()))
+            .await
+            .map_err(|_| closed())
     }
 
     async fn send_with_headers(
@@ -45,16 +62,16 @@ impl Outbound {
         make: impl FnOnce(Vec<u8>) -> Frame,
         headers: &Headers,
     ) -> std::io::Result<()> {
-        let mut guard = self.enc.lock().await;
-        let block = guard.0.encode(headers);
-        guard
-            .1
+        let mut enc = self.enc.lock().await;
+        let block = enc.encode(headers);
+        self.tx
             .send(Out::Bytes(make(block).encode()))
+            .await
             .map_err(|_| closed())
     }
 
     async fn close(&self) {
-        let _ = self.enc.lock().await.1.send(Out::Close);
+        let _ = self.tx.send(Out::Close).await;
     }
 }
 
@@ -148,9 +165,10 @@ impl Session {
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (rd, mut wr) = tokio::io::split(io);
-        let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
+        let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
         let out = Arc::new(Outbound {
-            enc: Mutex::new((Encoder::default(), tx)),
+            enc: Mutex::new(Encoder::default()),
+            tx,
         });
         let writer = tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
@@ -186,19 +204,24 @@ impl Session {
         }
     }
 
-    /// Sends GOAWAY, flushes what is queued and closes the connection.
+    /// Sends GOAWAY, flushes what is queued and closes the connection; gives up after
+    /// [`FLUSH_TIMEOUT`] when the client does not read.
     pub async fn close(mut self) {
-        let _ = self
-            .out
-            .send(Frame::GoAway {
-                last_good_stream_id: 0,
-                status: 0,
-            })
-            .await;
-        self.out.close().await;
-        if let Some(w) = self.writer.take() {
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, w).await;
-        }
+        let out = self.out.clone();
+        let writer = self.writer.take();
+        let flush = async move {
+            let _ = out
+                .send(Frame::GoAway {
+                    last_good_stream_id: 0,
+                    status: 0,
+                })
+                .await;
+            out.close().await;
+            if let Some(w) = writer {
+                let _ = w.await;
+            }
+        };
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
     }
 }
 
@@ -228,6 +251,13 @@ async fn read_loop<R: AsyncRead + Send + 'static>(
     loop {
         // Drain every complete frame in the buffer.
         loop {
+            if let Some(len) = Frame::announced_len(&buf).filter(|l| *l > MAX_INBOUND_FRAME) {
+                tracing::debug!(
+                    len,
+                    "SPDY frame larger than {MAX_INBOUND_FRAME} bytes; closing connection"
+                );
+                return;
+            }
             let (frame, used) = match Frame::parse(&buf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -276,6 +306,14 @@ async fn handle(
                 flags: 0,
                 header_block: block,
             };
+            if open.len() >= MAX_OPEN_STREAMS {
+                tracing::debug!(stream_id, "too many open SPDY streams; refusing one");
+                let rst = Frame::RstStream {
+                    stream_id,
+                    status: RST_REFUSED_STREAM,
+                };
+                return out.send(rst).await.is_ok();
+            }
             if out.send_with_headers(reply, &Headers::default()).await.is_err() {
                 return false;
             }
@@ -313,10 +351,11 @@ async fn handle(
             flags,
             data,
         } => {
-            if let Some(s) = open.get(&stream_id) {
-                if !data.is_empty() && s.tx.send(data).await.is_err() {
-                    open.remove(&stream_id);
-                }
+            if let Some(s) = open.get(&stream_id)
+                && !data.is_empty()
+                && s.tx.send(data).await.is_err()
+            {
+                open.remove(&stream_id);
             }
             if flags & FLAG_FIN != 0 {
                 open.remove(&stream_id);
@@ -347,6 +386,7 @@ async fn handle(
 mod tests {
     use super::super::test_client::Client;
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     fn pair() -> (Session, Client<tokio::io::DuplexStream>) {
         let (a, b) = tokio::io::duplex(1 << 20);
@@ -445,5 +485,76 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         panic!("writes still succeed after RST_STREAM");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_makes_writers_wait() {
+        // A small pipe: what the client does not read stays in the session's queue, which must
+        // stop growing after OUT_QUEUE frames.
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let mut s = Session::serve(a);
+        let mut c = Client::new(b);
+        c.open(1, &[("streamtype", "stdout")], false).await;
+        c.next().await.unwrap();
+        let st = s.incoming.recv().await.unwrap();
+        let chunk = vec![1u8; CHUNK];
+        let mut sent = 0usize;
+        let writer = async {
+            loop {
+                st.tx.write(&chunk).await.unwrap();
+                sent += chunk.len();
+            }
+        };
+        let stalled = tokio::time::timeout(Duration::from_millis(500), writer).await;
+        assert!(stalled.is_err(), "the writer blocked");
+        let bound = (OUT_QUEUE + 4) * CHUNK + 64 * 1024;
+        assert!(
+            sent <= bound,
+            "{sent} bytes accepted for a client that reads nothing (bound {bound})"
+        );
+        // Once the client reads, the writer goes on.
+        let mut got = 0;
+        while got < CHUNK {
+            if let Some(Frame::Data { data, .. }) = c.next().await {
+                got += data.len();
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(5), st.tx.write(&chunk))
+            .await
+            .expect("the writer resumes once the client reads")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_ends_the_connection_before_it_is_buffered() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let s = Session::serve(a);
+        let mut c = Client::new(b);
+        // A DATA header announcing 16 MiB - 1; the body never needs to arrive.
+        c.io.write_all(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff]).await.unwrap();
+        let mut gone = s.gone.clone();
+        tokio::time::timeout(Duration::from_secs(5), gone.wait_for(|g| *g))
+            .await
+            .expect("the session ended")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn streams_beyond_the_cap_are_refused() {
+        let (mut s, mut c) = pair();
+        for i in 0..MAX_OPEN_STREAMS as u32 {
+            c.open(2 * i + 1, &[("streamtype", "data")], false).await;
+            assert!(matches!(c.next().await, Some(Frame::SynReply { .. })));
+            s.incoming.recv().await.unwrap();
+        }
+        let extra = 2 * MAX_OPEN_STREAMS as u32 + 1;
+        c.open(extra, &[("streamtype", "data")], false).await;
+        assert_eq!(
+            c.next().await,
+            Some(Frame::RstStream {
+                stream_id: extra,
+                status: RST_REFUSED_STREAM
+            })
+        );
     }
 }
