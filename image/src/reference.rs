@@ -126,6 +126,9 @@ pub struct Mirror {
     pub endpoints: Vec<String>,
     /// When false the host named in the image reference is never contacted.
     pub fallback: bool,
+    /// When true, PullImage credentials for this registry are also sent to its `https://`
+    /// endpoints (never to `http://` ones); when false only the registry itself receives them.
+    pub send_credentials_to_mirrors: bool,
 }
 
 /// A place to fetch an image from: `host[:port]` and whether to speak plain HTTP.
@@ -144,6 +147,13 @@ pub struct RegistryHosts {
 impl RegistryHosts {
     pub fn new(hosts: BTreeMap<String, Mirror>) -> RegistryHosts {
         RegistryHosts { hosts }
+    }
+
+    /// Whether `registry`'s table lets its HTTPS mirrors receive its PullImage credentials.
+    pub fn credentials_to_mirrors(&self, registry: &str) -> bool {
+        self.hosts
+            .get(registry)
+            .is_some_and(|m| m.send_credentials_to_mirrors)
     }
 
     /// The endpoints to try, in order, for an image of `registry`: the configured mirrors, then the
@@ -256,6 +266,7 @@ mod tests {
             Mirror {
                 endpoints: vec!["http://127.0.0.1:5000".into(), "https://m.example:8443/v2".into()],
                 fallback: false,
+                send_credentials_to_mirrors: false,
             },
         );
         hosts.insert(
@@ -263,6 +274,7 @@ mod tests {
             Mirror {
                 endpoints: vec!["https://mirror.local".into()],
                 fallback: true,
+                send_credentials_to_mirrors: false,
             },
         );
         let h = RegistryHosts::new(hosts);
@@ -304,6 +316,7 @@ mod tests {
                 Mirror {
                     endpoints: vec![ep.into()],
                     fallback: true,
+                    send_credentials_to_mirrors: false,
                 },
             );
             assert!(RegistryHosts::new(hosts).endpoints("r").is_err(), "{ep}");
