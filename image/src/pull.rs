@@ -345,10 +345,21 @@ impl ImageStore {
             let unpack = tokio::task::spawn_blocking(move || {
                 layers.unpack_from(crate::unpack::ChunkReader::new(rx), &diff_id, &chain_id)
             });
-            let fetched = remote.fetch_blob(oref, &desc, &self.content, Some(tx)).await;
-            let unpacked = unpack.await;
+            let fetch = remote.fetch_blob(oref, &desc, &self.content, Some(tx));
+            tokio::pin!(fetch);
+            let mut unpack = unpack;
+            // The unpacker reads to the end of the stream, so it can only finish first by
+            // failing: a refused layer (an oversized tar header, say) stops the download at once,
+            // and dropping the fetch removes its temp file.
+            let (fetched, unpacked) = tokio::select! {
+                biased;
+                fetched = &mut fetch => (Some(fetched), unpack.await),
+                unpacked = &mut unpack => (None, unpacked),
+            };
             // A failed download explains a failed unpack: report it first.
-            fetched.map_err(registry_err)?;
+            if let Some(fetched) = fetched {
+                fetched.map_err(registry_err)?;
+            }
             unpacked.map_err(task_err)?.map_err(layer_err)?;
             tracing::debug!(digest = %desc.digest, "fetched blob");
         }

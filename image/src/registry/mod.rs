@@ -242,30 +242,18 @@ impl Remote {
     /// Fetches the manifest `r` names; an index is resolved to its linux/amd64 manifest.
     pub async fn resolve(&self, r: &oci_client::Reference) -> Result<Resolved, RegistryError> {
         let (bytes, digest) = self.manifest_raw(r).await?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| invalid(&digest, e))?;
-        let is_index = v.get("manifests").is_some()
-            || matches!(
-                v.get("mediaType").and_then(|m| m.as_str()),
-                Some(oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE)
-                    | Some(oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE)
-            );
-        drop(v);
-        if !is_index {
-            let manifest = parse_manifest(&digest, &bytes)?;
-            return Ok(Resolved {
-                manifest,
-                manifest_digest: digest,
-                manifest_bytes: bytes,
-                index: None,
-            });
-        }
-        let index = parse_index(&digest, &bytes)?;
-        let entry =
-            pick_platform(&index.manifests).ok_or_else(|| RegistryError::NoPlatform(digest.clone()))?;
-        crate::content::digest_hex(&entry.digest).map_err(|e| invalid(&digest, e))?;
-        let (mbytes, mdigest) = self
-            .manifest_raw(&r.clone_with_digest(entry.digest.clone()))
-            .await?;
+        let entry = match decode_manifest(&digest, &bytes)? {
+            Decoded::Manifest(manifest) => {
+                return Ok(Resolved {
+                    manifest,
+                    manifest_digest: digest,
+                    manifest_bytes: bytes,
+                    index: None,
+                });
+            }
+            Decoded::Index { platform_manifest } => platform_manifest,
+        };
+        let (mbytes, mdigest) = self.manifest_raw(&r.clone_with_digest(entry)).await?;
         let manifest = parse_manifest(&mdigest, &mbytes)?;
         Ok(Resolved {
             manifest,
@@ -353,8 +341,45 @@ fn parse_manifest(digest: &str, bytes: &[u8]) -> Result<OciImageManifest, Regist
     Ok(m)
 }
 
-fn parse_index(digest: &str, bytes: &[u8]) -> Result<OciImageIndex, RegistryError> {
-    serde_json::from_slice(bytes).map_err(|e| invalid(digest, e))
+/// What a manifest body fetched from a registry is.
+#[derive(Debug)]
+pub enum Decoded {
+    Manifest(OciImageManifest),
+    /// An index (or Docker manifest list); the digest of its linux/amd64 manifest.
+    Index {
+        platform_manifest: String,
+    },
+}
+
+/// Decodes a manifest or index body (`digest` names it in errors) and checks what a pull relies
+/// on: schema version, config size bound, well-formed digests, a linux/amd64 entry in an index.
+pub fn decode_manifest(digest: &str, bytes: &[u8]) -> Result<Decoded, RegistryError> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| invalid(digest, e))?;
+    let is_index = probe.manifests.is_some()
+        || matches!(
+            probe.media_type.as_deref(),
+            Some(
+                oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE
+                    | oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE
+            )
+        );
+    if !is_index {
+        return parse_manifest(digest, bytes).map(Decoded::Manifest);
+    }
+    let index: OciImageIndex = serde_json::from_slice(bytes).map_err(|e| invalid(digest, e))?;
+    let entry =
+        pick_platform(&index.manifests).ok_or_else(|| RegistryError::NoPlatform(digest.to_string()))?;
+    crate::content::digest_hex(&entry.digest).map_err(|e| invalid(digest, e))?;
+    Ok(Decoded::Index {
+        platform_manifest: entry.digest.clone(),
+    })
 }
 
 /// CRI: the host platform is linux/amd64; among amd64 entries prefer no variant, then v2, v1.
