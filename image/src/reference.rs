@@ -57,6 +57,13 @@ impl ImageRef {
         } else {
             p.path.to_string()
         };
+        // Docker checks the 255-byte bound on the normalised name (`docker.io/library/` added).
+        if registry.len() + 1 + repository.len() > 255 {
+            return Err(ReferenceError::Invalid {
+                reference: s.to_string(),
+                why: "the normalised name is longer than 255 bytes",
+            });
+        }
         let digest = p.digest.map(str::to_string);
         let tag = match digest {
             Some(_) => None,
@@ -256,6 +263,17 @@ mod tests {
         assert!(ImageRef::parse("bad name!").is_err());
         assert!(ImageRef::parse("").is_err());
         assert!(ImageRef::parse("a@sha256:short").is_err());
+    }
+
+    #[test]
+    fn a_name_too_long_once_normalised_is_refused() {
+        // Found by the image_reference fuzz target: 250 bytes pass the grammar's 255-byte bound,
+        // `docker.io/library/` made it 268 and the printed reference no longer parsed.
+        assert!(ImageRef::parse(&"a".repeat(250)).is_err());
+        let fits = "a".repeat(255 - "docker.io/library/".len());
+        let r = ImageRef::parse(&fits).unwrap();
+        assert_eq!(ImageRef::parse(&r.to_string()).unwrap(), r);
+        assert!(ImageRef::parse(&format!("{fits}a")).is_err());
     }
 
     #[test]
