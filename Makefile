@@ -6,7 +6,7 @@ DEB_PACKAGES := protobuf-compiler libseccomp-dev pkg-config containernetworking-
                 busybox-static iptables iproute2 util-linux jq
 CNI_CONF_DIR := /etc/cni/net.d
 
-.PHONY: deps build release run test test-node install install-cni fmt bench
+.PHONY: deps build release run test test-node install install-cni fmt bench fuzz
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -100,3 +100,15 @@ bench: deps
 	cargo build --release --workspace --bins
 	$(call dist,--release,release)
 	CRIUS_BIN_DIR=$(TARGET_DIR)/release/dist $(TARGET_DIR)/release/crius-bench --markdown docs/PERFORMANCE.md $(BENCH_ARGS)
+
+# libFuzzer targets (fuzz/, nightly): each runs FUZZ_SECONDS from the committed seeds in
+# fuzz/corpus/<target>; what it finds goes to fuzz/.corpus/<target> (new inputs) and
+# fuzz/artifacts/<target> (crashes, each to become a regression test).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := layer_unpack image_reference manifest_decode
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p .corpus/$$t && \
+		cargo +nightly fuzz run $$t .corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done

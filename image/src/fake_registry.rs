@@ -1,5 +1,6 @@
 //! Test only: a tiny HTTP/1.1 registry on 127.0.0.1 whose answers each test scripts, for the
-//! cases a real registry will not produce (5xx, huge or lying manifests, token auth).
+//! cases a real registry will not produce (5xx, huge or lying manifests and bodies, token auth);
+//! every request is recorded with its headers, so tests can see where credentials went.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,15 +20,26 @@ pub struct Resp {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The Content-Length sent: `Some(n)` (default: the body's length) or none at all (the body
+    /// then ends when the connection closes).
+    pub length: Option<u64>,
 }
 
 impl Resp {
     pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Resp {
+        let body = body.into();
         Resp {
             status,
             headers: Vec::new(),
-            body: body.into(),
+            length: Some(body.len() as u64),
+            body,
         }
+    }
+
+    /// Announces `length` whatever the body is (a lie, or a stream cut short).
+    pub fn claim_length(mut self, length: Option<u64>) -> Resp {
+        self.length = length;
+        self
     }
 
     pub fn header(mut self, k: &str, v: &str) -> Resp {
@@ -79,11 +91,10 @@ impl FakeRegistry {
                     };
                     log.lock().unwrap().push(req.clone());
                     let resp = handler(&req);
-                    let mut out = format!(
-                        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-                        resp.status,
-                        resp.body.len()
-                    );
+                    let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", resp.status);
+                    if let Some(n) = resp.length {
+                        out.push_str(&format!("Content-Length: {n}\r\n"));
+                    }
                     for (k, v) in &resp.headers {
                         out.push_str(&format!("{k}: {v}\r\n"));
                     }

@@ -15,13 +15,17 @@ use oci_client::manifest::OciDescriptor;
 
 use crate::record::{ImageRecord, LayerRecord};
 use crate::reference::{ImageRef, ReferenceError};
-use crate::registry::{Credentials, RegistryError, Remote};
+use crate::registry::{Credentials, RegistryError, Remote, scope};
 use crate::store::{ImageStore, StoreError};
 use crate::unpack::{LayerError, chain_ids};
+use oci_client::secrets::RegistryAuth;
 
 /// How many layers of one image are fetched and unpacked at once.
 pub const PARALLEL_LAYERS: usize = 3;
-/// Chunks in flight between a layer's download and its unpacker (bounds memory per layer).
+/// Chunks in flight between a layer's download and its unpacker: with chunks of at most
+/// [`crate::registry::TEE_CHUNK_BYTES`] this holds at most 4 MiB per layer. With the 1 MiB blob
+/// write buffer, the 8 MiB zstd window cap and the 1 MiB tar extension cap, a layer in flight
+/// holds under 15 MiB, so [`PARALLEL_LAYERS`] of them stay under 64 MB with the manifest.
 const PIPE_CHUNKS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +87,9 @@ struct RootFs {
 
 impl ImageStore {
     /// CRI: `PullImage`. Returns the image id (config digest). Endpoints are tried in order
-    /// (mirrors, then the registry unless `fallback = false`).
+    /// (mirrors, then the registry unless `fallback = false`). `creds` belong to the host their
+    /// `server_address` names (the image's registry when empty) and reach only the endpoints
+    /// [`crate::registry::scope::may_send`] allows; the others are spoken to anonymously.
     pub async fn pull(self: &Arc<Self>, reference: &str, creds: &Credentials) -> Result<String, PullError> {
         let r = ImageRef::parse(reference)?;
         let name = r.to_string();
@@ -94,11 +100,21 @@ impl ImageStore {
         };
         let auth = creds.to_auth().map_err(|e| reg(&r.registry, e))?;
         let endpoints = self.hosts.endpoints(&r.registry)?;
+        let named = scope::named_host(&creds.server_address, &r.registry);
+        let to_mirrors = self.hosts.credentials_to_mirrors(&r.registry);
         let mut first_definite: Option<PullError> = None;
         let mut last = None;
         for (i, ep) in endpoints.iter().enumerate() {
             let host = ep.host.clone();
-            let result = match Remote::new(ep.clone(), auth.clone()) {
+            let ep_auth = if scope::may_send(&named, &r.registry, ep, to_mirrors) {
+                auth.clone()
+            } else {
+                if auth != RegistryAuth::Anonymous {
+                    tracing::debug!(image = %name, endpoint = %host, credentials_for = %named, "endpoint does not get the pull credentials");
+                }
+                RegistryAuth::Anonymous
+            };
+            let result = match Remote::new(ep.clone(), ep_auth, named.clone()) {
                 Ok(remote) => self.pull_from(&r, remote).await,
                 Err(e) => Err(reg(&host, e)),
             };
@@ -180,6 +196,8 @@ impl ImageStore {
             why,
         };
         let config: ConfigView = serde_json::from_slice(&config_raw).map_err(|e| invalid(e.to_string()))?;
+        // Up to 16 MiB: not held while the layers download.
+        drop(config_raw);
         if config.rootfs.kind != "layers" {
             return Err(invalid(format!(
                 "rootfs type {:?} is not \"layers\"",
@@ -327,10 +345,21 @@ impl ImageStore {
             let unpack = tokio::task::spawn_blocking(move || {
                 layers.unpack_from(crate::unpack::ChunkReader::new(rx), &diff_id, &chain_id)
             });
-            let fetched = remote.fetch_blob(oref, &desc, &self.content, Some(tx)).await;
-            let unpacked = unpack.await;
+            let fetch = remote.fetch_blob(oref, &desc, &self.content, Some(tx));
+            tokio::pin!(fetch);
+            let mut unpack = unpack;
+            // The unpacker reads to the end of the stream, so it can only finish first by
+            // failing: a refused layer (an oversized tar header, say) stops the download at once,
+            // and dropping the fetch removes its temp file.
+            let (fetched, unpacked) = tokio::select! {
+                biased;
+                fetched = &mut fetch => (Some(fetched), unpack.await),
+                unpacked = &mut unpack => (None, unpacked),
+            };
             // A failed download explains a failed unpack: report it first.
-            fetched.map_err(registry_err)?;
+            if let Some(fetched) = fetched {
+                fetched.map_err(registry_err)?;
+            }
             unpacked.map_err(task_err)?.map_err(layer_err)?;
             tracing::debug!(digest = %desc.digest, "fetched blob");
         }
@@ -341,3 +370,9 @@ impl ImageStore {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod bounds_tests;
+
+#[cfg(test)]
+mod credential_tests;

@@ -57,6 +57,13 @@ impl ImageRef {
         } else {
             p.path.to_string()
         };
+        // Docker checks the 255-byte bound on the normalised name (`docker.io/library/` added).
+        if registry.len() + 1 + repository.len() > 255 {
+            return Err(ReferenceError::Invalid {
+                reference: s.to_string(),
+                why: "the normalised name is longer than 255 bytes",
+            });
+        }
         let digest = p.digest.map(str::to_string);
         let tag = match digest {
             Some(_) => None,
@@ -126,6 +133,9 @@ pub struct Mirror {
     pub endpoints: Vec<String>,
     /// When false the host named in the image reference is never contacted.
     pub fallback: bool,
+    /// When true, PullImage credentials for this registry are also sent to its `https://`
+    /// endpoints (never to `http://` ones); when false only the registry itself receives them.
+    pub send_credentials_to_mirrors: bool,
 }
 
 /// A place to fetch an image from: `host[:port]` and whether to speak plain HTTP.
@@ -144,6 +154,13 @@ pub struct RegistryHosts {
 impl RegistryHosts {
     pub fn new(hosts: BTreeMap<String, Mirror>) -> RegistryHosts {
         RegistryHosts { hosts }
+    }
+
+    /// Whether `registry`'s table lets its HTTPS mirrors receive its PullImage credentials.
+    pub fn credentials_to_mirrors(&self, registry: &str) -> bool {
+        self.hosts
+            .get(registry)
+            .is_some_and(|m| m.send_credentials_to_mirrors)
     }
 
     /// The endpoints to try, in order, for an image of `registry`: the configured mirrors, then the
@@ -249,6 +266,17 @@ mod tests {
     }
 
     #[test]
+    fn a_name_too_long_once_normalised_is_refused() {
+        // Found by the image_reference fuzz target: 250 bytes pass the grammar's 255-byte bound,
+        // `docker.io/library/` made it 268 and the printed reference no longer parsed.
+        assert!(ImageRef::parse(&"a".repeat(250)).is_err());
+        let fits = "a".repeat(255 - "docker.io/library/".len());
+        let r = ImageRef::parse(&fits).unwrap();
+        assert_eq!(ImageRef::parse(&r.to_string()).unwrap(), r);
+        assert!(ImageRef::parse(&format!("{fits}a")).is_err());
+    }
+
+    #[test]
     fn mirrors_come_first_and_fallback_false_drops_the_host() {
         let mut hosts = BTreeMap::new();
         hosts.insert(
@@ -256,6 +284,7 @@ mod tests {
             Mirror {
                 endpoints: vec!["http://127.0.0.1:5000".into(), "https://m.example:8443/v2".into()],
                 fallback: false,
+                send_credentials_to_mirrors: false,
             },
         );
         hosts.insert(
@@ -263,6 +292,7 @@ mod tests {
             Mirror {
                 endpoints: vec!["https://mirror.local".into()],
                 fallback: true,
+                send_credentials_to_mirrors: false,
             },
         );
         let h = RegistryHosts::new(hosts);
@@ -304,6 +334,7 @@ mod tests {
                 Mirror {
                     endpoints: vec![ep.into()],
                     fallback: true,
+                    send_credentials_to_mirrors: false,
                 },
             );
             assert!(RegistryHosts::new(hosts).endpoints("r").is_err(), "{ep}");

@@ -70,6 +70,10 @@ pub struct RegistryConfig {
     /// When false, the registry host itself is never contacted.
     #[serde(default = "default_true")]
     pub fallback: bool,
+    /// PullImage credentials for this host go to the host itself only; when true they also go to
+    /// its `https://` endpoints. `http://` endpoints other than the host never receive them.
+    #[serde(default)]
+    pub send_credentials_to_mirrors: bool,
 }
 
 fn default_true() -> bool {
@@ -251,7 +255,9 @@ impl Config {
              # Registry mirrors, one table per registry host as written in image names:\n\
              # [registry.\"registry.k8s.io\"]\n\
              # endpoints = [\"http://127.0.0.1:5000\"]  # tried in order; http:// allows plain HTTP\n\
-             # fallback = false                         # never contact registry.k8s.io itself\n"
+             # fallback = false                         # never contact registry.k8s.io itself\n\
+             # send_credentials_to_mirrors = false      # true: PullImage credentials for registry.k8s.io\n\
+             #                                          # also go to its https:// endpoints (never http://)\n"
         )
     }
 }
@@ -290,9 +296,17 @@ mod tests {
             [registry."registry.k8s.io"]
             endpoints = ["http://127.0.0.1:5000"]
             fallback = false
+            send_credentials_to_mirrors = true
+            [registry."quay.io"]
+            endpoints = ["https://m.example"]
             "#,
         )
         .unwrap();
+        assert!(c.registry["registry.k8s.io"].send_credentials_to_mirrors);
+        assert!(
+            !c.registry["quay.io"].send_credentials_to_mirrors,
+            "off unless asked for"
+        );
         assert_eq!(c.root, PathBuf::from("/var/lib/x"));
         assert_eq!(c.state, PathBuf::from("/run/crius"));
         assert_eq!(c.log_format, LogFormat::Json);

@@ -225,6 +225,7 @@ pub fn open_images(
             let mirror = crius_image::Mirror {
                 endpoints: r.endpoints.clone(),
                 fallback: r.fallback,
+                send_credentials_to_mirrors: r.send_credentials_to_mirrors,
             };
             (host.clone(), mirror)
         })

@@ -8,12 +8,12 @@ use crate::fake_registry::{FakeRegistry, Resp, TestImage};
 use crate::reference::{Mirror, RegistryHosts};
 use crate::store::StoreConfig;
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    store: Arc<ImageStore>,
+pub(super) struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<ImageStore>,
 }
 
-fn fixture(hosts: BTreeMap<String, Mirror>) -> Fixture {
+pub(super) fn fixture(hosts: BTreeMap<String, Mirror>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
     let store = ImageStore::open(
@@ -29,7 +29,7 @@ fn fixture(hosts: BTreeMap<String, Mirror>) -> Fixture {
 
 impl Fixture {
     /// Blobs and layer dirs on disk, temp files included.
-    fn leftovers(&self) -> Vec<String> {
+    pub fn leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
         for d in ["content/blobs/sha256", "layers"] {
             for e in std::fs::read_dir(self.dir.path().join(d)).unwrap().flatten() {
@@ -40,14 +40,14 @@ impl Fixture {
     }
 }
 
-fn not_found() -> Resp {
+pub(super) fn not_found() -> Resp {
     Resp::new(
         404,
         r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#,
     )
 }
 
-fn registry_error(e: &PullError) -> &RegistryError {
+pub(super) fn registry_error(e: &PullError) -> &RegistryError {
     match e {
         PullError::Registry { source, .. } => source,
         other => panic!("not a registry error: {other:?}"),
@@ -176,13 +176,16 @@ async fn registry_failures_are_typed_and_leave_nothing() {
         .await
         .unwrap_err();
     assert!(
-        matches!(registry_error(&e), RegistryError::InvalidManifest { .. }),
+        matches!(
+            registry_error(&e),
+            RegistryError::TooLarge { what: "manifest", .. }
+        ),
         "{e}"
     );
     assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
 }
 
-const MAX_MANIFEST_BYTES_FOR_TEST: usize = crate::registry::MAX_MANIFEST_BYTES;
+const MAX_MANIFEST_BYTES_FOR_TEST: usize = crate::registry::MAX_MANIFEST_BYTES as usize;
 
 #[tokio::test]
 async fn lying_manifests_and_layers_are_rejected_without_a_trace() {
@@ -313,6 +316,7 @@ async fn mirrors_are_tried_in_order_and_the_requested_name_is_recorded() {
         Mirror {
             endpoints: vec![format!("http://{}", empty.addr), format!("http://{}", full.addr)],
             fallback: false,
+            send_credentials_to_mirrors: false,
         },
     );
     let f = fixture(hosts);

@@ -21,6 +21,7 @@ use tar::EntryType;
 
 use super::UnpackError;
 use super::sys;
+use super::tarstream::{Entry, TarStream};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -49,48 +50,18 @@ struct Meta {
     xattrs: Vec<(CString, Vec<u8>)>,
 }
 
-fn meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
-    let h = entry.header();
-    let old = h.as_old();
-    let mut m = Meta {
-        mode: numeric(&old.mode, h.mode().map(u64::from))? as u32 & 0o7777,
-        uid: numeric(&old.uid, h.uid())? as u32,
-        gid: numeric(&old.gid, h.gid())? as u32,
-        mtime: numeric(&old.mtime, h.mtime())? as i64,
-        xattrs: Vec::new(),
-    };
-    if let Some(exts) = entry.pax_extensions()? {
-        for ext in exts {
-            let ext = ext?;
-            let Ok(key) = ext.key() else { continue };
-            let num = || {
-                std::str::from_utf8(ext.value_bytes())
-                    .ok()
-                    .and_then(|v| v.split('.').next()?.parse().ok())
-            };
-            if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                if let Ok(k) = CString::new(name) {
-                    m.xattrs.push((k, ext.value_bytes().to_vec()));
-                }
-            } else if key == "uid" {
-                m.uid = num().unwrap_or(m.uid as i64) as u32;
-            } else if key == "gid" {
-                m.gid = num().unwrap_or(m.gid as i64) as u32;
-            } else if key == "mtime" {
-                m.mtime = num().unwrap_or(m.mtime);
-            }
-        }
-    }
-    Ok(m)
-}
-
-/// A numeric header field; an empty one (all NUL or spaces) is 0, as Go's archive/tar reads it
-/// (images built by Go tools may leave fields empty).
-fn numeric(raw: &[u8], parsed: io::Result<u64>) -> io::Result<u64> {
-    if raw.iter().all(|b| *b == 0 || *b == b' ') {
-        Ok(0)
-    } else {
-        parsed
+fn meta<R: Read>(entry: &Entry<'_, R>) -> Meta {
+    let xattrs = entry
+        .pax
+        .iter()
+        .filter_map(|(k, v)| Some((CString::new(k.strip_prefix("SCHILY.xattr.")?).ok()?, v.clone())))
+        .collect();
+    Meta {
+        mode: entry.mode,
+        uid: entry.uid as u32,
+        gid: entry.gid as u32,
+        mtime: entry.mtime,
+        xattrs,
     }
 }
 
@@ -111,9 +82,8 @@ impl Applier {
     }
 
     /// Applies every entry of `archive`.
-    pub fn apply<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), UnpackError> {
-        for entry in archive.entries().map_err(UnpackError::Tar)? {
-            let mut entry = entry.map_err(UnpackError::Tar)?;
+    pub fn apply<R: Read>(&mut self, archive: &mut TarStream<R>) -> Result<(), UnpackError> {
+        while let Some(mut entry) = archive.next_entry()? {
             self.entry(&mut entry)?;
         }
         self.finish()
@@ -178,14 +148,10 @@ impl Applier {
         Ok(out)
     }
 
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
-        let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
-            return Ok(());
-        }
-        let raw = entry.path().map_err(UnpackError::Tar)?.into_owned();
-        let path = clean(&raw);
-        let m = meta(entry).map_err(UnpackError::Tar)?;
+    fn entry<R: Read>(&mut self, entry: &mut Entry<'_, R>) -> Result<(), UnpackError> {
+        let kind = entry.kind;
+        let path = clean(Path::new(OsStr::from_bytes(&entry.path)));
+        let m = meta(entry);
         let io = |op: &'static str| {
             let path = path.clone();
             move |source: io::Error| UnpackError::Io { path, op, source }
@@ -245,31 +211,21 @@ impl Applier {
                 sys::futimes(&f, m.mtime).map_err(io("set file times"))?;
             }
             EntryType::Symlink => {
-                let target =
-                    entry
-                        .link_name()
-                        .map_err(UnpackError::Tar)?
-                        .ok_or_else(|| UnpackError::Invalid {
-                            path: path.clone(),
-                            why: "symlink without target",
-                        })?;
+                if entry.link.is_empty() {
+                    return Err(UnpackError::Invalid {
+                        path,
+                        why: "symlink without target",
+                    });
+                }
                 // The target is stored verbatim: it is only ever resolved inside a container's root
                 // (or inside this root by pathrs), never against the host.
-                sys::symlink_at(target.as_os_str(), dir, &name).map_err(io("symlink"))?;
+                sys::symlink_at(OsStr::from_bytes(&entry.link), dir, &name).map_err(io("symlink"))?;
                 sys::lchown_at(dir, &name, m.uid, m.gid).map_err(io("chown symlink"))?;
                 set_xattrs_at(dir, &name, &m).map_err(io("set symlink xattrs"))?;
                 sys::lutimes_at(dir, &name, m.mtime).map_err(io("set symlink times"))?;
             }
             EntryType::Link => {
-                let target =
-                    entry
-                        .link_name()
-                        .map_err(UnpackError::Tar)?
-                        .ok_or_else(|| UnpackError::Invalid {
-                            path: path.clone(),
-                            why: "hardlink without target",
-                        })?;
-                let target = clean(&target);
+                let target = clean(Path::new(OsStr::from_bytes(&entry.link)));
                 if target.as_os_str().is_empty() {
                     return Err(UnpackError::Invalid {
                         path,
@@ -281,9 +237,7 @@ impl Applier {
                     .map_err(|e| UnpackError::path(&path, "hardlink inside root", e))?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let h = entry.header();
-                let major = h.device_major().map_err(UnpackError::Tar)?.unwrap_or(0);
-                let minor = h.device_minor().map_err(UnpackError::Tar)?.unwrap_or(0);
+                let (major, minor) = (entry.dev_major, entry.dev_minor);
                 let fmt = match kind {
                     EntryType::Char => libc::S_IFCHR,
                     EntryType::Block => libc::S_IFBLK,

@@ -8,6 +8,7 @@
 
 mod apply;
 mod sys;
+mod tarstream;
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 pub use apply::clean;
+pub use tarstream::{MAX_SPECIAL_ENTRY, TarStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -38,6 +40,14 @@ pub enum UnpackError {
     Invalid { path: PathBuf, why: &'static str },
     #[error("layer entry {path:?}: unsupported tar entry type {kind}")]
     Unsupported { path: PathBuf, kind: String },
+    /// An extension header (long name, PAX) announcing more than the cap; refused before its body
+    /// is read.
+    #[error("layer tar: a {what} of {size} bytes is over the {limit}-byte limit")]
+    TooLarge {
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
     #[error("layer diff ID mismatch: the image config says {expected}, the layer hashes to {actual}")]
     DiffIdMismatch { expected: String, actual: String },
 }
@@ -109,6 +119,9 @@ impl Read for ChunkReader {
     }
 }
 
+/// Largest zstd window accepted (2^23 = 8 MiB); part of the per-pull memory bound.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
 /// Wraps `r` in the decompressor its first bytes call for.
 pub fn decompress<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
     let mut r = BufReader::with_capacity(128 << 10, r);
@@ -116,7 +129,11 @@ pub fn decompress<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
     Ok(if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(r))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(r)?)
+        let mut d = zstd::stream::read::Decoder::with_buffer(r)?;
+        // A frame may ask for a window of up to 2 GiB, allocated up front: cap it at 8 MiB, what
+        // zstd's default levels (up to 19) and Go's klauspost encoder produce.
+        d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+        Box::new(d)
     } else {
         Box::new(r)
     })
@@ -126,7 +143,7 @@ pub fn decompress<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
 /// decompressed tar, trailing padding included.
 pub fn apply_to_dir(blob: impl Read, dir: &Path) -> Result<String, UnpackError> {
     let reader = decompress(blob).map_err(UnpackError::Tar)?;
-    let mut archive = tar::Archive::new(HashingReader {
+    let mut archive = TarStream::new(HashingReader {
         inner: reader,
         hasher: Sha256::new(),
     });

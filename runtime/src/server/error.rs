@@ -39,7 +39,7 @@ pub fn pull(e: crius_image::PullError) -> Status {
             R::DigestMismatch { .. } | R::Content(C::DigestMismatch { .. } | C::SizeMismatch { .. }) => {
                 Status::data_loss(msg)
             }
-            R::InvalidManifest { .. } | R::BadAuth(_) | R::Content(C::BadDigest(_)) => {
+            R::InvalidManifest { .. } | R::BadAuth(_) | R::TooLarge { .. } | R::Content(C::BadDigest(_)) => {
                 Status::invalid_argument(msg)
             }
             R::Content(C::Io { .. }) => Status::internal(msg),

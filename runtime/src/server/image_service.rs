@@ -76,6 +76,7 @@ impl ImageService for Images {
                 auth: a.auth,
                 identity_token: a.identity_token,
                 registry_token: a.registry_token,
+                server_address: a.server_address,
             })
             .unwrap_or_default();
         let store = self.0.images.clone();
@@ -165,6 +166,27 @@ mod tests {
             ),
             (
                 registry(RegistryError::Content(ContentError::BadDigest("x".into()))),
+                Code::InvalidArgument,
+            ),
+            (
+                registry(RegistryError::TooLarge {
+                    what: "manifest",
+                    limit: 4 << 20,
+                    size: Some(1 << 30),
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                PullError::Layer {
+                    reference: "r".into(),
+                    digest: "d".into(),
+                    source: crius_image::unpack::UnpackError::TooLarge {
+                        what: "GNU long-name entry",
+                        size: 1 << 30,
+                        limit: 1 << 20,
+                    }
+                    .into(),
+                },
                 Code::InvalidArgument,
             ),
             (

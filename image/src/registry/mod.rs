@@ -1,26 +1,32 @@
-//! Talking to one registry endpoint with oci-client's manifest and blob calls (never its
-//! whole-image `pull`, which buffers layers in memory).
+//! Talking to one registry endpoint: manifests (indexes resolved to linux/amd64) and blobs, over
+//! our own small HTTP client (oci-client's reads whole bodies; only its manifest types are used).
 //!
-//! Invariants: manifests are size-limited and digest-checked before they are parsed; blobs stream
-//! straight into the content store, which verifies size and digest before publishing them; every
-//! registry failure is classified into a [`RegistryError`] variant that keeps the registry's words.
+//! Invariants: every body is bounded while it is read ([`http`]): manifests and indexes by
+//! [`MAX_MANIFEST_BYTES`], blobs by their descriptor's size (a config's by [`MAX_CONFIG_BYTES`]),
+//! and they are digest-checked before use; blobs stream straight into the content store, which
+//! verifies size and digest before publishing them, and never sit whole in memory. Credentials
+//! reach this endpoint only if [`scope`] allowed it. Every failure is a [`RegistryError`] variant
+//! that keeps the registry's words.
+
+pub mod http;
+pub mod scope;
 
 use std::time::Duration;
 
 use base64::Engine as _;
-use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 
 use crate::content::{ContentError, ContentStore};
 use crate::reference::Endpoint;
 
-/// Manifests larger than this are refused (containerd uses the same bound).
-pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+pub use http::{MAX_ERROR_BODY_BYTES, MAX_MANIFEST_BYTES, MAX_TOKEN_BYTES};
+
 /// Image configs larger than this are refused; they are read into memory.
 pub const MAX_CONFIG_BYTES: i64 = 16 << 20;
+/// Blob chunks handed to an unpacker are at most this big (the pipe's memory is bounded by its
+/// chunk count times this).
+pub const TEE_CHUNK_BYTES: usize = 64 << 10;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,6 +58,13 @@ pub enum RegistryError {
     NoPlatform(String),
     #[error("invalid credentials in the pull request: {0}")]
     BadAuth(&'static str),
+    /// A body over its cap, refused from its Content-Length or as soon as the bytes read passed it.
+    #[error("{what} is over the {limit}-byte limit{}", size.map(|s| format!(" ({s} bytes announced)")).unwrap_or_default())]
+    TooLarge {
+        what: &'static str,
+        limit: u64,
+        size: Option<u64>,
+    },
     #[error("cannot make an HTTPS client for {endpoint}: {why} (is the ca-certificates package installed?)")]
     Tls { endpoint: String, why: String },
     #[error(transparent)]
@@ -79,6 +92,9 @@ pub struct Credentials {
     pub identity_token: String,
     /// A bearer token sent to the registry as is.
     pub registry_token: String,
+    /// The registry host these credentials are for (`https://host/...` or `host`); empty: the
+    /// image's own registry.
+    pub server_address: String,
 }
 
 impl Credentials {
@@ -113,10 +129,15 @@ impl Credentials {
     }
 }
 
-/// One endpoint serving one repository.
+/// One endpoint serving one repository. Cheap to share by reference across a pull's layers.
 pub struct Remote {
-    client: oci_client::Client,
+    http: reqwest::Client,
+    base: String,
     auth: RegistryAuth,
+    /// The host the credentials are named for (see [`scope`]).
+    named: String,
+    /// The Authorization header earned by the last challenge, reused by later requests.
+    token: tokio::sync::Mutex<Option<String>>,
     pub endpoint: Endpoint,
 }
 
@@ -129,93 +150,130 @@ pub struct Resolved {
 }
 
 impl Remote {
-    /// A client for one endpoint. Never panics: `oci_client::Client::new` falls back to a
-    /// default client that panics on a host without CA certificates, so the client is built with
-    /// `try_from` and a failure is an error of this endpoint. A plain-HTTP endpoint needs no CA:
-    /// without one its client is built without certificate checks (it speaks no TLS).
-    pub fn new(endpoint: Endpoint, auth: RegistryAuth) -> Result<Remote, RegistryError> {
-        let config = |no_tls_roots: bool| ClientConfig {
-            protocol: if endpoint.plain_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            platform_resolver: None,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            accept_invalid_certificates: no_tls_roots,
-            ..Default::default()
+    /// `auth` must already be what [`scope::may_send`] allows for `endpoint` (else Anonymous);
+    /// `named` is the host the credentials belong to.
+    pub fn new(endpoint: Endpoint, auth: RegistryAuth, named: String) -> Result<Remote, RegistryError> {
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
         };
-        let client = match oci_client::Client::try_from(config(false)) {
+        // A host without a CA bundle cannot build a verifying TLS client. A plain-HTTP endpoint
+        // needs none: it then gets a client that trusts no certificate at all.
+        let http = match builder().build() {
             Ok(c) => c,
-            Err(_) if endpoint.plain_http => {
-                oci_client::Client::try_from(config(true)).map_err(|e| RegistryError::Tls {
+            Err(_) if endpoint.plain_http => builder()
+                .tls_certs_only(std::iter::empty())
+                .build()
+                .map_err(|e| RegistryError::Tls {
                     endpoint: endpoint.host.clone(),
-                    why: e.to_string(),
-                })?
-            }
+                    why: http::error_chain(&e),
+                })?,
             Err(e) => {
                 return Err(RegistryError::Tls {
                     endpoint: endpoint.host.clone(),
-                    why: e.to_string(),
+                    why: http::error_chain(&e),
                 });
             }
         };
+        let scheme = if endpoint.plain_http { "http" } else { "https" };
+        let token = match &auth {
+            RegistryAuth::Bearer(t) => Some(format!("Bearer {t}")),
+            _ => None,
+        };
         Ok(Remote {
-            client,
+            http,
+            base: format!("{scheme}://{}", endpoint.host),
             auth,
+            named,
+            token: tokio::sync::Mutex::new(token),
             endpoint,
         })
     }
 
+    /// GETs `url`, answering one auth challenge if the registry asks. Non-success answers are
+    /// turned into errors.
+    async fn get(
+        &self,
+        url: &str,
+        accept: &str,
+        repository: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let send = |auth: Option<String>| {
+            let mut req = self.http.get(url);
+            if !accept.is_empty() {
+                req = req.header(reqwest::header::ACCEPT, accept);
+            }
+            if let Some(a) = auth {
+                req = req.header(reqwest::header::AUTHORIZATION, a);
+            }
+            req.send()
+        };
+        let current = self.token.lock().await.clone();
+        let mut resp = send(current.clone()).await.map_err(|e| http::net(url, &e))?;
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+            let challenge = resp
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|h| h.to_str().ok())
+                .and_then(http::parse_challenge);
+            if let Some(c) = challenge {
+                let named = self.named.clone();
+                let answer = http::answer(&self.http, &c, &self.auth, repository, |realm| {
+                    scope::realm_may_get(&named, realm)
+                })
+                .await?;
+                if let Some(a) = answer.filter(|a| Some(a) != current.as_ref()) {
+                    *self.token.lock().await = Some(a.clone());
+                    resp = send(Some(a)).await.map_err(|e| http::net(url, &e))?;
+                }
+            }
+        }
+        if !resp.status().is_success() {
+            return Err(http::failure(resp, url).await);
+        }
+        Ok(resp)
+    }
+
     async fn manifest_raw(&self, r: &oci_client::Reference) -> Result<(Vec<u8>, String), RegistryError> {
-        let (body, digest) = self
-            .client
-            .pull_manifest_raw(r, &self.auth, MANIFEST_TYPES)
-            .await
-            .map_err(|e| classify(e, r))?;
-        if body.len() > MAX_MANIFEST_BYTES {
-            return Err(RegistryError::InvalidManifest {
-                digest,
-                why: format!("{} bytes is over the {MAX_MANIFEST_BYTES}-byte limit", body.len()),
-            });
-        }
+        let object = r.digest().or(r.tag()).unwrap_or("latest");
+        let url = format!("{}/v2/{}/manifests/{object}", self.base, r.repository());
+        let mut resp = self.get(&url, &MANIFEST_TYPES.join(", "), r.repository()).await?;
+        let header_digest = resp
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
+        let body = http::read_capped(&mut resp, MAX_MANIFEST_BYTES, "manifest").await?;
         let actual = crate::content::sha256_digest(&body);
-        let expected = r.digest().unwrap_or(&digest);
-        if actual != expected {
-            return Err(RegistryError::DigestMismatch {
-                expected: expected.to_string(),
-                actual,
-            });
+        // By digest: the content must be what was asked for. By tag: what the registry says it is.
+        let expected = r
+            .digest()
+            .map(str::to_string)
+            .or(header_digest.filter(|d| d.starts_with("sha256:")));
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(RegistryError::DigestMismatch { expected, actual });
         }
-        Ok((body.to_vec(), actual))
+        Ok((body, actual))
     }
 
     /// Fetches the manifest `r` names; an index is resolved to its linux/amd64 manifest.
     pub async fn resolve(&self, r: &oci_client::Reference) -> Result<Resolved, RegistryError> {
         let (bytes, digest) = self.manifest_raw(r).await?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| invalid(&digest, e))?;
-        let is_index = v.get("manifests").is_some()
-            || matches!(
-                v.get("mediaType").and_then(|m| m.as_str()),
-                Some(oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE)
-                    | Some(oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE)
-            );
-        if !is_index {
-            let manifest = parse_manifest(&digest, &bytes)?;
-            return Ok(Resolved {
-                manifest,
-                manifest_digest: digest,
-                manifest_bytes: bytes,
-                index: None,
-            });
-        }
-        let index: OciImageIndex = serde_json::from_slice(&bytes).map_err(|e| invalid(&digest, e))?;
-        let entry =
-            pick_platform(&index.manifests).ok_or_else(|| RegistryError::NoPlatform(digest.clone()))?;
-        let (mbytes, mdigest) = self
-            .manifest_raw(&r.clone_with_digest(entry.digest.clone()))
-            .await?;
+        let entry = match decode_manifest(&digest, &bytes)? {
+            Decoded::Manifest(manifest) => {
+                return Ok(Resolved {
+                    manifest,
+                    manifest_digest: digest,
+                    manifest_bytes: bytes,
+                    index: None,
+                });
+            }
+            Decoded::Index { platform_manifest } => platform_manifest,
+        };
+        let (mbytes, mdigest) = self.manifest_raw(&r.clone_with_digest(entry)).await?;
         let manifest = parse_manifest(&mdigest, &mbytes)?;
         Ok(Resolved {
             manifest,
@@ -226,8 +284,9 @@ impl Remote {
     }
 
     /// Streams the blob `desc` into the content store (verified there). Returns its size.
-    /// `tee`, when given, receives every chunk as well (a layer unpacking while it downloads);
-    /// if its receiver goes away the download still completes into the store.
+    /// `tee`, when given, receives every byte as well, in chunks of at most [`TEE_CHUNK_BYTES`]
+    /// (a layer unpacking while it downloads); if its receiver goes away the download still
+    /// completes into the store.
     pub async fn fetch_blob(
         &self,
         r: &oci_client::Reference,
@@ -239,19 +298,30 @@ impl Remote {
             digest: desc.digest.clone(),
             why: "negative blob size".into(),
         })?;
+        crate::content::digest_hex(&desc.digest)?;
+        let url = format!("{}/v2/{}/blobs/{}", self.base, r.repository(), desc.digest);
+        let mut resp = self.get(&url, "", r.repository()).await?;
+        if let Some(len) = resp.content_length()
+            && len > size
+        {
+            return Err(ContentError::SizeMismatch {
+                digest: desc.digest.clone(),
+                expected: size,
+                actual: len,
+            }
+            .into());
+        }
         let mut writer = content.writer(&desc.digest, Some(size)).await?;
-        let mut stream = self
-            .client
-            .pull_blob_stream(r, desc)
-            .await
-            .map_err(|e| classify(e, r))?;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| classify_io(e, &desc.digest))?;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| http::net(&desc.digest, &e))? {
             writer.write(&chunk).await?;
-            if let Some(tx) = &tee
-                && tx.send(chunk).await.is_err()
-            {
-                tee = None;
+            if let Some(tx) = &tee {
+                for piece in chunk.chunks(TEE_CHUNK_BYTES) {
+                    // A copy: a slice would pin the whole (up to 400 KiB) network buffer.
+                    if tx.send(bytes::Bytes::copy_from_slice(piece)).await.is_err() {
+                        tee = None;
+                        break;
+                    }
+                }
             }
         }
         drop(tee);
@@ -291,6 +361,47 @@ fn parse_manifest(digest: &str, bytes: &[u8]) -> Result<OciImageManifest, Regist
     Ok(m)
 }
 
+/// What a manifest body fetched from a registry is.
+#[derive(Debug)]
+pub enum Decoded {
+    Manifest(OciImageManifest),
+    /// An index (or Docker manifest list); the digest of its linux/amd64 manifest.
+    Index {
+        platform_manifest: String,
+    },
+}
+
+/// Decodes a manifest or index body (`digest` names it in errors) and checks what a pull relies
+/// on: schema version, config size bound, well-formed digests, a linux/amd64 entry in an index.
+pub fn decode_manifest(digest: &str, bytes: &[u8]) -> Result<Decoded, RegistryError> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| invalid(digest, e))?;
+    let is_index = probe.manifests.is_some()
+        || matches!(
+            probe.media_type.as_deref(),
+            Some(
+                oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE
+                    | oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE
+            )
+        );
+    if !is_index {
+        return parse_manifest(digest, bytes).map(Decoded::Manifest);
+    }
+    let index: OciImageIndex = serde_json::from_slice(bytes).map_err(|e| invalid(digest, e))?;
+    let entry =
+        pick_platform(&index.manifests).ok_or_else(|| RegistryError::NoPlatform(digest.to_string()))?;
+    crate::content::digest_hex(&entry.digest).map_err(|e| invalid(digest, e))?;
+    Ok(Decoded::Index {
+        platform_manifest: entry.digest.clone(),
+    })
+}
+
 /// CRI: the host platform is linux/amd64; among amd64 entries prefer no variant, then v2, v1.
 pub fn pick_platform(entries: &[ImageIndexEntry]) -> Option<&ImageIndexEntry> {
     use oci_spec::image::{Arch, Os};
@@ -311,97 +422,6 @@ pub fn pick_platform(entries: &[ImageIndexEntry]) -> Option<&ImageIndexEntry> {
         .filter_map(|e| Some((rank(e)?, e)))
         .min_by_key(|(r, _)| *r)
         .map(|(_, e)| e)
-}
-
-fn classify(e: OciDistributionError, r: &oci_client::Reference) -> RegistryError {
-    use OciDistributionError as E;
-    match e {
-        E::RegistryError { envelope, url } => {
-            let words = envelope
-                .errors
-                .iter()
-                .map(|e| {
-                    if e.message.is_empty() {
-                        format!("{:?}", e.code)
-                    } else {
-                        e.message.clone()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            let msg = format!("{r}: {words} ({url})");
-            let code = envelope.errors.first().map(|e| &e.code);
-            match code {
-                Some(OciErrorCode::Unauthorized | OciErrorCode::Denied) => RegistryError::Unauthorized(msg),
-                Some(OciErrorCode::Toomanyrequests) => RegistryError::Server {
-                    status: 429,
-                    message: msg,
-                },
-                _ => RegistryError::NotFound(msg),
-            }
-        }
-        E::ServerError { code, url, message } => {
-            let msg = format!("{r}: {} ({url})", message.trim());
-            match code {
-                404 => RegistryError::NotFound(msg),
-                401 | 403 => RegistryError::Unauthorized(msg),
-                _ => RegistryError::Server {
-                    status: code,
-                    message: msg,
-                },
-            }
-        }
-        E::UnauthorizedError { url } => RegistryError::Unauthorized(format!("{r}: {url}")),
-        E::AuthenticationFailure(m) => RegistryError::Unauthorized(format!("{r}: {m}")),
-        E::ImageManifestNotFoundError(m) => RegistryError::NotFound(format!("{r}: {m}")),
-        E::DigestError(DigestError::VerificationError { expected, actual }) => {
-            RegistryError::DigestMismatch { expected, actual }
-        }
-        E::RequestError(e) if e.is_timeout() => RegistryError::Timeout(format!("{r}: {e}")),
-        E::RequestError(e) => RegistryError::Network(format!("{r}: {}", error_chain(&e))),
-        E::IoError(e) => classify_io(e, &r.to_string()),
-        E::ManifestParsingError(m) | E::VersionedParsingError(m) => RegistryError::InvalidManifest {
-            digest: r.to_string(),
-            why: m,
-        },
-        E::UnsupportedMediaTypeError(m) => RegistryError::InvalidManifest {
-            digest: r.to_string(),
-            why: format!("unsupported media type {m}"),
-        },
-        other => RegistryError::Network(format!("{r}: {other}")),
-    }
-}
-
-fn classify_io(e: std::io::Error, what: &str) -> RegistryError {
-    if let Some(inner) = e.get_ref() {
-        if let Some(DigestError::VerificationError { expected, actual }) = inner.downcast_ref::<DigestError>()
-        {
-            return RegistryError::DigestMismatch {
-                expected: expected.clone(),
-                actual: actual.clone(),
-            };
-        }
-        if let Some(re) = inner.downcast_ref::<reqwest::Error>()
-            && re.is_timeout()
-        {
-            return RegistryError::Timeout(format!("{what}: {re}"));
-        }
-    }
-    if e.kind() == std::io::ErrorKind::TimedOut {
-        return RegistryError::Timeout(format!("{what}: {e}"));
-    }
-    RegistryError::Network(format!("{what}: {}", error_chain(&e)))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
