@@ -309,9 +309,59 @@ async fn bad_requests_are_refused_before_anything_is_created() {
         host_port: 70000,
         host_ip: String::new(),
     }];
+    let mut injected = Vec::new();
+    for (field, edit) in [
+        (
+            "config.hostname",
+            (|c: &mut PodSandboxConfig| c.hostname = "web\n10.0.0.1 evil".into())
+                as fn(&mut PodSandboxConfig),
+        ),
+        ("metadata.name", |c| {
+            c.metadata.as_mut().unwrap().name = "x;K8S_POD_NAMESPACE=kube-system".into()
+        }),
+        ("metadata.namespace", |c| {
+            c.metadata.as_mut().unwrap().namespace = "ns=x".into()
+        }),
+        ("metadata.uid", |c| {
+            c.metadata.as_mut().unwrap().uid = "u\0id".into()
+        }),
+        ("dns_config.servers", |c| {
+            c.dns_config = Some(DnsConfig {
+                servers: vec!["1.1.1.1\nnameserver 6.6.6.6".into()],
+                ..Default::default()
+            })
+        }),
+        ("dns_config.searches", |c| {
+            c.dns_config = Some(DnsConfig {
+                searches: vec!["a.com b.com".into()],
+                ..Default::default()
+            })
+        }),
+        ("dns_config.options", |c| {
+            c.dns_config = Some(DnsConfig {
+                options: vec!["ndots:1\nsearch evil".into()],
+                ..Default::default()
+            })
+        }),
+        ("config.annotations", |c| {
+            c.annotations.insert("k".into(), "v".repeat(256 * 1024));
+        }),
+        ("config.labels", |c| {
+            c.labels.insert("k".repeat(318), "v".into());
+        }),
+    ] {
+        let mut req = request("x");
+        edit(req.config.as_mut().unwrap());
+        injected.push((field, req));
+    }
     for req in [no_meta, handler, long_host, sysctl, cgroup, port] {
         let e = m.run(req).await.unwrap_err();
         assert!(e.is_invalid_argument(), "{e}");
+    }
+    for (field, req) in injected {
+        let e = m.run(req).await.unwrap_err();
+        assert!(e.is_invalid_argument(), "{field}: {e}");
+        assert!(e.to_string().contains(field), "{field} not named in: {e}");
     }
     std::fs::remove_file(env.dir.join("net.d/10-fake.conflist")).unwrap();
     assert!(matches!(

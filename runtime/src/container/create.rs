@@ -37,6 +37,8 @@ impl Containers {
             .as_ref()
             .ok_or_else(|| ContainerError::Invalid("container metadata is required".into()))?;
         cri_api::validate::metadata_name("container name", &meta.name)
+            .and_then(|()| cri_api::validate::labels("config.labels", &config.labels))
+            .and_then(|()| cri_api::validate::annotations("config.annotations", &config.annotations))
             .map_err(|e| ContainerError::Invalid(e.to_string()))?;
         if !pod.ready {
             return Err(ContainerError::PodNotReady(pod.id.clone()));
