@@ -442,3 +442,37 @@ async fn recovery_deletes_networks_no_record_owns() {
     assert_eq!(count(&env.dir.join("state/ns")), 0);
     let _ = crate::cgroup::remove(&env.manager.cgroups, &rec.meta.cgroup_parent);
 }
+
+#[tokio::test]
+async fn recovery_leaves_a_pod_with_an_unreadable_record_untouched() {
+    let Some(env) = env() else { return };
+    let id = env.manager.run(request("u")).await.unwrap();
+    let rec = env.manager.sandbox(&id).unwrap().unwrap();
+    store::put_raw_status(&env.manager.db, &id, b"{\"state\":{\"from\":\"a newer crius\"}}");
+    let found = env.manager.recover().unwrap();
+    assert_eq!(found.unreadable, 1);
+    assert_eq!(found.orphans_removed, 0);
+    assert_eq!(found.networks_deleted, 0);
+    let ns = rec.meta.namespaces.net.clone().unwrap();
+    assert!(
+        crate::netns::is_pinned(&ns),
+        "the pod's network namespace was unpinned"
+    );
+    assert!(rec.meta.files.dir.exists(), "the pod's files were removed");
+    assert_eq!(
+        count(&env.dir.join("cache/results")),
+        1,
+        "the pod's network was deleted"
+    );
+    let listed = env.manager.list(None).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert_eq!(listed[0].state, PodSandboxState::SandboxNotready as i32);
+    assert_eq!(listed[0].metadata.as_ref().unwrap().name, "u");
+    // Stop refuses rather than act on what it cannot read; the test then repairs the record.
+    assert!(env.manager.stop(id.clone()).await.is_err());
+    assert!(crate::netns::is_pinned(&ns));
+    let status = serde_json::to_vec(&rec.status).unwrap();
+    store::put_raw_status(&env.manager.db, &id, &status);
+    env.manager.remove(id).await.unwrap();
+}
