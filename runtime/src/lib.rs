@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod events;
 pub mod handover;
 pub mod info;
+pub mod private;
 pub mod server;
 pub mod shim_client;
 pub mod shim_exec;

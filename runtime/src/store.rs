@@ -1,4 +1,5 @@
-//! The embedded, crash-safe state store: one redb database at `<root>/crius.redb`, and its
+//! The embedded, crash-safe state store: one redb database at `<root>/crius.redb` (mode 0600:
+//! it holds every container's environment, so every secret passed as an env var), and its
 //! schema version.
 //!
 //! Each domain crate defines its own tables in this one database (sandbox, container, image
@@ -10,6 +11,7 @@
 //! version is migrated step by step in one transaction; a newer one is refused, since this
 //! daemon could not read its records and recovery must never act on records it cannot read.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,6 +50,12 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
+    #[error("cannot make state database {path} private (mode 0600): {source}")]
+    Mode {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "state database {path} has schema version {found}, newer than version {supported} that this \
          crius {version} reads; refusing to start rather than act on records it cannot read \
@@ -69,6 +77,13 @@ pub fn open(root: &Path) -> Result<Arc<redb::Database>, StoreError> {
     let db = redb::Database::create(&path).map_err(|source| StoreError::Open {
         path: path.clone(),
         source,
+    })?;
+    // Root only: the records hold every container's environment (secrets passed as env vars).
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        StoreError::Mode {
+            path: path.clone(),
+            source,
+        }
     })?;
     migrate(&db, &path)?;
     Ok(Arc::new(db))
@@ -135,11 +150,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reopens_existing_database_versioned() {
+    fn reopens_existing_database_private_and_versioned() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
         drop(open(dir.path()).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let db = open(dir.path()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "an existing database is tightened");
         assert_eq!(schema_version(&db, &path).unwrap(), SCHEMA_VERSION);
     }
 
