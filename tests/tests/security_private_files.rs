@@ -12,10 +12,13 @@ use k8s_cri::v1::KeyValue;
 
 const SUID: &str = "bin/suid-busybox";
 
-/// Runs `args` as nobody, with no supplementary groups.
+/// Runs `args` as nobody, with no supplementary groups. A shell in between execs `args`:
+/// setpriv itself still holds root's capabilities when it calls execve, so its own exec would
+/// search root-only directories that nobody cannot.
 fn as_nobody(args: &[&Path]) -> Output {
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["/bin/sh", "-c", "exec \"$@\"", "sh"])
         .args(args)
         .output()
         .expect("running setpriv")
