@@ -62,7 +62,10 @@ impl ContentStore {
     /// Opens (creating) `<root>/content/blobs/sha256` and removes temp files left by a crash.
     pub fn open(root: &Path) -> Result<ContentStore, ContentError> {
         let dir = root.join("content").join("blobs").join("sha256");
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // Root's alone (`content`, `blobs` and `sha256`): blobs are the images' bytes.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)
+            .map_err(io_err(&dir))?;
         let store = ContentStore { dir };
         store.remove_temp_files();
         Ok(store)

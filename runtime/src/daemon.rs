@@ -4,7 +4,7 @@
 //! opens only after recovery; a shutdown stops accepting, gives in-flight RPCs a bounded time,
 //! removes the socket and never touches running containers.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -61,9 +61,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Signal)?;
     check_cgroup_driver(&config)?;
+    // Whatever umask crius was started with, nothing it creates is group- or world-writable.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    nix::sys::stat::umask(umask | nix::sys::stat::Mode::from_bits_truncate(0o022));
     for dir in [&config.root, &config.state] {
-        create_private_dir(dir)?;
+        crate::private::create_dir(dir).map_err(|source| DaemonError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
     }
+    crate::private::tighten(&config.root, &config.state);
     let listener = bind_socket(&config.listen)?;
     let db = match store::open(&config.root) {
         Ok(db) => db,
@@ -264,26 +271,20 @@ pub fn open_sandboxes(
     )
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
-        path: dir.into(),
-        source,
-    })?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(|source| DaemonError::Dir {
-        path: dir.into(),
-        source,
-    })
-}
-
-/// Binds the CRI socket (mode 0660). A socket on which a daemon answers is left alone and
-/// refused; a stale socket file (nobody listening) is replaced.
+/// Binds the CRI socket (mode 0600: root only, like every socket crius makes; a missing parent
+/// directory is created 0700). A socket on which a daemon answers is left alone and refused; a
+/// stale socket file (nobody listening) is replaced.
 fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     let sock_err = |source| DaemonError::Socket {
         path: path.into(),
         source,
     };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(sock_err)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(sock_err)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
@@ -297,7 +298,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
         Err(e) => return Err(sock_err(e)),
     }
     let listener = UnixListener::bind(path).map_err(sock_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(sock_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(sock_err)?;
     Ok(listener)
 }
 
@@ -313,7 +314,7 @@ mod tests {
         assert!(path.exists());
         let live = bind_socket(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o660);
+        assert_eq!(mode, 0o600);
         assert!(matches!(bind_socket(&path), Err(DaemonError::AlreadyServing(_))));
         drop(live);
     }

@@ -8,6 +8,7 @@ pub mod events;
 pub mod handover;
 pub mod info;
 mod notify;
+pub mod private;
 pub mod server;
 pub mod shim_client;
 pub mod shim_exec;

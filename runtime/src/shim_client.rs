@@ -6,6 +6,7 @@
 //! daemon only with FD_CLOEXEC, so concurrently spawned children never hold it open.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -97,16 +98,20 @@ impl ShimClient {
             path: cfg_path.clone(),
             source: std::io::Error::other(e),
         })?;
-        std::fs::write(&cfg_path, body).map_err(|source| ShimError::Config {
+        crate::private::write_file(&cfg_path, &body).map_err(|source| ShimError::Config {
             path: cfg_path.clone(),
             source,
         })?;
-        let log = std::fs::File::create(cfg.shim_dir.join(crius_shim_api::SHIM_LOG)).map_err(|source| {
-            ShimError::Config {
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(cfg.shim_dir.join(crius_shim_api::SHIM_LOG))
+            .map_err(|source| ShimError::Config {
                 path: cfg.shim_dir.join(crius_shim_api::SHIM_LOG),
                 source,
-            }
-        })?;
+            })?;
         let spawn_err = |source| ShimError::Spawn {
             binary: self.binary.clone(),
             source,

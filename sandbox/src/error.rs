@@ -16,8 +16,6 @@ pub enum InvalidRequest {
     Missing { what: &'static str },
     #[error(transparent)]
     Input(#[from] cri_api::validate::InvalidInput),
-    #[error("hostname {hostname:?} is invalid: {reason}")]
-    Hostname { hostname: String, reason: &'static str },
     #[error(transparent)]
     Sysctl(#[from] SysctlError),
     #[error("cgroup_parent: {0}")]

@@ -1,7 +1,8 @@
 //! CRI ListPodSandbox with its filters: id (full or unique prefix), state, label selector (every
 //! pair must match).
 //!
-//! Invariant: read-only; sandboxes still being created are not listed.
+//! Invariant: read-only; sandboxes still being created are not listed; a sandbox whose record
+//! cannot be read is listed NOTREADY when its metadata can still be read.
 
 use std::sync::Arc;
 
@@ -23,12 +24,23 @@ impl SandboxManager {
 
     fn list_blocking(&self, filter: Option<PodSandboxFilter>) -> Result<Vec<PodSandbox>, SandboxError> {
         let filter = filter.unwrap_or_default();
+        let mut unreadable = Vec::new();
         let mut records = if filter.id.is_empty() {
-            store::list(&self.db)?
+            let (records, bad) = store::scan(&self.db)?;
+            unreadable = bad;
+            records
         } else {
             // CRI: an id filter matches a full id or a unique prefix; anything else matches nothing.
             match self.resolve(&filter.id) {
-                Ok(Some(id)) => store::get(&self.db, &id)?.into_iter().collect(),
+                Ok(Some(id)) => match store::get(&self.db, &id) {
+                    Ok(r) => r.into_iter().collect(),
+                    Err(store::StoreError::Corrupt { .. }) => {
+                        unreadable = store::scan(&self.db)?.1;
+                        unreadable.retain(|u| u.id == id);
+                        Vec::new()
+                    }
+                    Err(e) => return Err(e.into()),
+                },
                 Ok(None) | Err(SandboxError::Invalid(_)) => Vec::new(),
                 Err(e) => return Err(e),
             }
@@ -43,8 +55,15 @@ impl SandboxManager {
                 .iter()
                 .all(|(k, v)| r.meta.config.labels.get(k) == Some(v))
         });
-        records.sort_by_key(|r| r.meta.created_at);
-        Ok(records
+        // Unreadable records are listed NOTREADY with what could be read of them.
+        let salvaged = unreadable.into_iter().filter_map(|u| u.listed).filter(|p| {
+            filter.state.as_ref().is_none_or(|s| s.state == p.state)
+                && filter
+                    .label_selector
+                    .iter()
+                    .all(|(k, v)| p.labels.get(k) == Some(v))
+        });
+        let mut items: Vec<PodSandbox> = records
             .into_iter()
             .map(|r| PodSandbox {
                 state: cri_state(r.status.state),
@@ -55,6 +74,9 @@ impl SandboxManager {
                 annotations: r.meta.config.annotations.clone(),
                 runtime_handler: r.meta.runtime_handler,
             })
-            .collect())
+            .chain(salvaged)
+            .collect();
+        items.sort_by_key(|p| p.created_at);
+        Ok(items)
     }
 }

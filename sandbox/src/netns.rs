@@ -11,7 +11,7 @@
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
@@ -96,10 +96,14 @@ pub fn pin(req: NsRequest) -> Result<PinnedNamespaces, NsError> {
     if !(req.net || req.ipc || req.uts) {
         return Ok(PinnedNamespaces::default());
     }
-    std::fs::create_dir_all(&req.dir).map_err(|source| NsError::Dir {
-        path: req.dir.clone(),
-        source,
-    })?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&req.dir)
+        .map_err(|source| NsError::Dir {
+            path: req.dir.clone(),
+            source,
+        })?;
     let dir = req.dir.clone();
     let result = std::thread::Builder::new()
         .name("crius-pinns".into())

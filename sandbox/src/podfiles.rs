@@ -5,6 +5,7 @@
 //! unmounts `shm` before deleting the directory, so it never deletes through a mount.
 
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use cri_api::v1::DnsConfig;
@@ -82,10 +83,15 @@ pub fn create(
     dns: Option<&DnsConfig>,
     host: &HostFiles,
 ) -> Result<(), FilesError> {
-    std::fs::create_dir_all(&files.dir).map_err(|source| FilesError::Write {
-        path: files.dir.clone(),
-        source,
-    })?;
+    // Root's alone; containers reach the files through their bind mounts.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&files.dir)
+        .map_err(|source| FilesError::Write {
+            path: files.dir.clone(),
+            source,
+        })?;
     write_atomic(&files.hostname, format!("{hostname}\n").as_bytes())?;
     write_atomic(&files.resolv_conf, &resolv_conf(dns, &host.resolv_conf))?;
     if let Some(shm) = &files.shm {
@@ -167,7 +173,16 @@ fn write_atomic(path: &Path, content: &[u8]) -> Result<(), FilesError> {
         source,
     };
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    // 0644 whatever the umask: a container's non-root user reads them through the bind mount.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(err)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(err)?;
     f.write_all(content).map_err(err)?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(err)

@@ -9,6 +9,8 @@
 //! files, cgroup — and its name freed, so the kubelet's retry succeeds. Network state of other
 //! records is left alone: Stop/Remove still run CNI DEL from the record. A cached CNI attachment
 //! of one of this daemon's pods (namespace under `state/ns`) that no record owns gets CNI DEL.
+//! A record that does not decode is owned state all the same: its namespaces, pod files and
+//! network are never treated as orphans, and its id and decode error are logged.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -29,12 +31,26 @@ pub struct Recovered {
     pub orphans_removed: usize,
     /// CNI attachments of this crius's pods that no record owns, deleted.
     pub networks_deleted: usize,
+    /// Records that do not decode; their pods are left untouched.
+    pub unreadable: usize,
 }
 
 impl SandboxManager {
     pub(crate) fn recover(&self) -> Result<Recovered, SandboxError> {
-        let mut records = store::list(&self.db)?;
-        let mut out = Recovered::default();
+        let (mut records, unreadable) = store::scan(&self.db)?;
+        for u in &unreadable {
+            tracing::error!(
+                sandbox = %u.id,
+                error = %u.error,
+                listed = u.listed.is_some(),
+                "pod sandbox record cannot be read; the pod is left untouched (namespaces, files, \
+                 cgroup, infra process and network kept)"
+            );
+        }
+        let mut out = Recovered {
+            unreadable: unreadable.len(),
+            ..Default::default()
+        };
         records.retain(|rec| {
             if !rec.status.creating {
                 return true;
@@ -67,7 +83,12 @@ impl SandboxManager {
                 Err(e) => tracing::error!(sandbox = %rec.meta.id, error = %e, "cannot update sandbox status"),
             }
         }
-        let known: HashSet<&str> = records.iter().map(|r| r.meta.id.as_str()).collect();
+        // Unreadable records own their state like any other: never orphans.
+        let known: HashSet<&str> = records
+            .iter()
+            .map(|r| r.meta.id.as_str())
+            .chain(unreadable.iter().map(|u| u.id.as_str()))
+            .collect();
         for (dir, ns) in [
             (self.config.state_dir.join("ns"), true),
             (self.config.state_dir.join("pods"), false),
@@ -81,6 +102,7 @@ impl SandboxManager {
             not_ready = out.marked_not_ready,
             orphans = out.orphans_removed,
             half_created = out.half_created_removed,
+            unreadable = out.unreadable,
             "pod sandboxes recovered"
         );
         Ok(out)

@@ -185,6 +185,11 @@ impl SandboxManager {
         if !md.uid.is_empty() {
             validate::metadata_name("metadata.uid", &md.uid).map_err(InvalidRequest::from)?;
         }
+        if let Some(d) = &config.dns_config {
+            validate::dns_config(&d.servers, &d.searches, &d.options).map_err(InvalidRequest::from)?;
+        }
+        validate::labels("config.labels", &config.labels).map_err(InvalidRequest::from)?;
+        validate::annotations("config.annotations", &config.annotations).map_err(InvalidRequest::from)?;
         if !req.runtime_handler.is_empty() {
             return Err(InvalidRequest::RuntimeHandler(req.runtime_handler).into());
         }
@@ -328,25 +333,16 @@ fn validate_ports(config: &PodSandboxConfig) -> Result<(), InvalidRequest> {
     Ok(())
 }
 
-/// The pod's hostname: the requested one, or the host's for host-network pods and when empty.
+/// The pod's hostname: the requested one (an RFC 1123 name: it becomes a line of `hosts`), or
+/// the host's for host-network pods and when empty.
 fn pod_hostname(config: &PodSandboxConfig, host_net: bool) -> Result<String, InvalidRequest> {
     if host_net || config.hostname.is_empty() {
         return Ok(nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".into()));
     }
-    let h = &config.hostname;
-    let bad = |reason| InvalidRequest::Hostname {
-        hostname: h.clone(),
-        reason,
-    };
-    if h.len() > 64 {
-        return Err(bad("longer than 64 bytes"));
-    }
-    if h.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/') {
-        return Err(bad("contains whitespace, a control character or '/'"));
-    }
-    Ok(h.clone())
+    validate::hostname("config.hostname", &config.hostname)?;
+    Ok(config.hostname.clone())
 }
 
 /// The CNI attachment: CNI_ARGS with the Kubernetes keys and the capability arguments.

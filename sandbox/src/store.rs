@@ -137,8 +137,24 @@ fn decode(id: &str, meta: &[u8], status: &[u8]) -> Result<Record, StoreError> {
     })
 }
 
-/// Every readable record; unreadable ones are logged and skipped.
+/// Every readable record (see [`scan`] for the others).
 pub fn list(db: &redb::Database) -> Result<Vec<Record>, StoreError> {
+    Ok(scan(db)?.0)
+}
+
+/// A sandbox whose metadata or status does not decode (a newer crius's format, damage), or
+/// has only one of the two. Nothing acts on it: its namespaces, files, cgroup, infra process
+/// and network stay as they are.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub id: String,
+    pub error: String,
+    /// The pod as ListPodSandbox shows it (NOTREADY), when its metadata can still be read.
+    pub listed: Option<cri_api::v1::PodSandbox>,
+}
+
+/// Every record: the readable ones and the unreadable ones (never rewritten or removed here).
+pub fn scan(db: &redb::Database) -> Result<(Vec<Record>, Vec<Unreadable>), StoreError> {
     let tx = db.begin_read().map_err(db_err)?;
     let meta = tx.open_table(META).map_err(db_err)?;
     let status = tx.open_table(STATUS).map_err(db_err)?;
@@ -148,16 +164,51 @@ pub fn list(db: &redb::Database) -> Result<Vec<Record>, StoreError> {
         statuses.insert(k.value().to_string(), v.value().to_vec());
     }
     let mut out = Vec::new();
+    let mut unreadable = Vec::new();
     for entry in meta.iter().map_err(db_err)? {
         let (k, v) = entry.map_err(db_err)?;
         let id = k.value();
-        let Some(s) = statuses.get(id) else { continue };
-        match decode(id, v.value(), s) {
-            Ok(r) => out.push(r),
-            Err(e) => tracing::warn!(error = %e, "skipping sandbox record"),
-        }
+        let error = match statuses.remove(id) {
+            Some(s) => match decode(id, v.value(), &s) {
+                Ok(r) => {
+                    out.push(r);
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            },
+            None => format!("sandbox record {id} has metadata but no status"),
+        };
+        unreadable.push(Unreadable {
+            id: id.to_string(),
+            listed: salvage(id, v.value()),
+            error,
+        });
     }
-    Ok(out)
+    unreadable.extend(statuses.into_keys().map(|id| Unreadable {
+        error: format!("sandbox record {id} has a status but no metadata"),
+        id,
+        listed: None,
+    }));
+    Ok((out, unreadable))
+}
+
+/// What ListPodSandbox can still show of a record whose metadata is at least JSON with a
+/// readable `config.metadata`.
+fn salvage(id: &str, meta: &[u8]) -> Option<cri_api::v1::PodSandbox> {
+    fn field<T: serde::de::DeserializeOwned>(v: &serde_json::Value, pointer: &str) -> Option<T> {
+        v.pointer(pointer)
+            .and_then(|x| serde_json::from_value(x.clone()).ok())
+    }
+    let v: serde_json::Value = serde_json::from_slice(meta).ok()?;
+    Some(cri_api::v1::PodSandbox {
+        id: id.to_string(),
+        metadata: Some(field(&v, "/config/metadata")?),
+        state: cri_api::v1::PodSandboxState::SandboxNotready as i32,
+        created_at: field(&v, "/created_at").unwrap_or_default(),
+        labels: field(&v, "/config/labels").unwrap_or_default(),
+        annotations: field(&v, "/config/annotations").unwrap_or_default(),
+        runtime_handler: field(&v, "/runtime_handler").unwrap_or_default(),
+    })
 }
 
 /// Ids starting with `prefix` (at most `limit`).
@@ -194,4 +245,12 @@ pub fn delete(db: &redb::Database, id: &str, name_key: &str) -> Result<(), Store
             .map_err(db_err)?;
     }
     tx.commit().map_err(db_err)
+}
+
+/// Overwrites a record's status with raw bytes (tests of unreadable records).
+#[cfg(test)]
+pub(crate) fn put_raw_status(db: &redb::Database, id: &str, bytes: &[u8]) {
+    let tx = db.begin_write().unwrap();
+    tx.open_table(STATUS).unwrap().insert(id, bytes).unwrap();
+    tx.commit().unwrap();
 }

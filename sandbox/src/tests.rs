@@ -310,9 +310,59 @@ async fn bad_requests_are_refused_before_anything_is_created() {
         host_port: 70000,
         host_ip: String::new(),
     }];
+    let mut injected = Vec::new();
+    for (field, edit) in [
+        (
+            "config.hostname",
+            (|c: &mut PodSandboxConfig| c.hostname = "web\n10.0.0.1 evil".into())
+                as fn(&mut PodSandboxConfig),
+        ),
+        ("metadata.name", |c| {
+            c.metadata.as_mut().unwrap().name = "x;K8S_POD_NAMESPACE=kube-system".into()
+        }),
+        ("metadata.namespace", |c| {
+            c.metadata.as_mut().unwrap().namespace = "ns=x".into()
+        }),
+        ("metadata.uid", |c| {
+            c.metadata.as_mut().unwrap().uid = "u\0id".into()
+        }),
+        ("dns_config.servers", |c| {
+            c.dns_config = Some(DnsConfig {
+                servers: vec!["1.1.1.1\nnameserver 6.6.6.6".into()],
+                ..Default::default()
+            })
+        }),
+        ("dns_config.searches", |c| {
+            c.dns_config = Some(DnsConfig {
+                searches: vec!["a.com b.com".into()],
+                ..Default::default()
+            })
+        }),
+        ("dns_config.options", |c| {
+            c.dns_config = Some(DnsConfig {
+                options: vec!["ndots:1\nsearch evil".into()],
+                ..Default::default()
+            })
+        }),
+        ("config.annotations", |c| {
+            c.annotations.insert("k".into(), "v".repeat(256 * 1024));
+        }),
+        ("config.labels", |c| {
+            c.labels.insert("k".repeat(318), "v".into());
+        }),
+    ] {
+        let mut req = request("x");
+        edit(req.config.as_mut().unwrap());
+        injected.push((field, req));
+    }
     for req in [no_meta, handler, long_host, sysctl, cgroup, port] {
         let e = m.run(req).await.unwrap_err();
         assert!(e.is_invalid_argument(), "{e}");
+    }
+    for (field, req) in injected {
+        let e = m.run(req).await.unwrap_err();
+        assert!(e.is_invalid_argument(), "{field}: {e}");
+        assert!(e.to_string().contains(field), "{field} not named in: {e}");
     }
     std::fs::remove_file(env.dir.join("net.d/10-fake.conflist")).unwrap();
     assert!(matches!(
@@ -392,4 +442,38 @@ async fn recovery_deletes_networks_no_record_owns() {
     assert_eq!(count(&env.dir.join("cache/results")), 1);
     assert_eq!(count(&env.dir.join("state/ns")), 0);
     let _ = crate::cgroup::remove(&env.manager.cgroups, &rec.meta.cgroup_parent);
+}
+
+#[tokio::test]
+async fn recovery_leaves_a_pod_with_an_unreadable_record_untouched() {
+    let Some(env) = env() else { return };
+    let id = env.manager.run(request("u")).await.unwrap();
+    let rec = env.manager.sandbox(&id).unwrap().unwrap();
+    store::put_raw_status(&env.manager.db, &id, b"{\"state\":{\"from\":\"a newer crius\"}}");
+    let found = env.manager.recover().unwrap();
+    assert_eq!(found.unreadable, 1);
+    assert_eq!(found.orphans_removed, 0);
+    assert_eq!(found.networks_deleted, 0);
+    let ns = rec.meta.namespaces.net.clone().unwrap();
+    assert!(
+        crate::netns::is_pinned(&ns),
+        "the pod's network namespace was unpinned"
+    );
+    assert!(rec.meta.files.dir.exists(), "the pod's files were removed");
+    assert_eq!(
+        count(&env.dir.join("cache/results")),
+        1,
+        "the pod's network was deleted"
+    );
+    let listed = env.manager.list(None).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert_eq!(listed[0].state, PodSandboxState::SandboxNotready as i32);
+    assert_eq!(listed[0].metadata.as_ref().unwrap().name, "u");
+    // Stop refuses rather than act on what it cannot read; the test then repairs the record.
+    assert!(env.manager.stop(id.clone()).await.is_err());
+    assert!(crate::netns::is_pinned(&ns));
+    let status = serde_json::to_vec(&rec.status).unwrap();
+    store::put_raw_status(&env.manager.db, &id, &status);
+    env.manager.remove(id).await.unwrap();
 }

@@ -8,11 +8,11 @@ use crius_tests::util;
 use k8s_cri::v1::VersionRequest;
 
 #[tokio::test]
-async fn socket_is_mode_0660() {
+async fn socket_is_root_only() {
     let d = Daemon::start().await.unwrap();
     let meta = std::fs::metadata(&d.socket).unwrap();
     assert!(meta.file_type().is_socket());
-    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert!(d.root.join("crius.redb").is_file(), "database created under root");
 }
 

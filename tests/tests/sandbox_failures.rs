@@ -176,3 +176,90 @@ async fn twenty_concurrent_pods_leave_no_leak() {
     assert!(items.is_empty());
     assert_no_leaks(&d, &net, &ids);
 }
+
+/// Requests whose strings would inject lines into resolv.conf/hosts or keys into CNI_ARGS.
+fn injected_requests() -> Vec<(&'static str, PodSandboxConfig)> {
+    let edits: [(&'static str, fn(&mut PodSandboxConfig)); 7] = [
+        ("config.hostname", |c| {
+            c.hostname = "evil\n10.0.0.1 kubernetes.default".into()
+        }),
+        ("metadata.name", |c| {
+            c.metadata.as_mut().unwrap().name = "x;K8S_POD_NAMESPACE=kube-system".into()
+        }),
+        ("metadata.namespace", |c| {
+            c.metadata.as_mut().unwrap().namespace = "a=b".into()
+        }),
+        ("metadata.uid", |c| {
+            c.metadata.as_mut().unwrap().uid = "uid\nx".into()
+        }),
+        ("dns_config.servers", |c| {
+            c.dns_config = Some(DnsConfig {
+                servers: vec!["10.96.0.10\nnameserver 6.6.6.6".into()],
+                ..Default::default()
+            })
+        }),
+        ("dns_config.searches", |c| {
+            c.dns_config = Some(DnsConfig {
+                searches: vec!["svc.cluster.local evil.example".into()],
+                ..Default::default()
+            })
+        }),
+        ("dns_config.options", |c| {
+            c.dns_config = Some(DnsConfig {
+                options: vec!["ndots:5\nnameserver 6.6.6.6".into()],
+                ..Default::default()
+            })
+        }),
+    ];
+    edits
+        .into_iter()
+        .map(|(field, edit)| {
+            let mut cfg = pods::pod_config("injected", "uid-injected");
+            edit(&mut cfg);
+            (field, cfg)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn injected_dns_hostname_and_names_are_refused_and_leave_nothing() {
+    let net = TestNet::new(24);
+    let mut d = net.daemon().await.unwrap();
+    let _cleanup = pods::PodCleanup::new(&d);
+    for (field, cfg) in injected_requests() {
+        let req = RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: String::new(),
+        };
+        let e = d.runtime.run_pod_sandbox(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}: {e:?}");
+        assert!(
+            e.message().contains(field),
+            "{field} not named in {:?}",
+            e.message()
+        );
+        assert!(d.pods().await.is_empty());
+        assert_no_leaks(&d, &net, &[]);
+    }
+    // Nothing was reserved either: the same pod with clean strings runs (and is then removed).
+    let req = RunPodSandboxRequest {
+        config: Some(pods::pod_config("injected", "uid-injected")),
+        runtime_handler: String::new(),
+    };
+    let id = d
+        .runtime
+        .run_pod_sandbox(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let resolv = std::fs::read_to_string(d.state.join("pods").join(&id).join("resolv.conf")).unwrap();
+    assert!(!resolv.contains("6.6.6.6"), "{resolv}");
+    d.runtime
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_no_leaks(&d, &net, &[id]);
+}

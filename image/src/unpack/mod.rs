@@ -163,7 +163,9 @@ impl Layers {
     /// Opens (creating) `<root>/layers` and removes temp dirs a crash left behind.
     pub fn open(root: &Path) -> io::Result<Layers> {
         let dir = root.join("layers");
-        std::fs::create_dir_all(&dir)?;
+        // Root's alone: layers hold the images' setuid binaries, runnable only in containers.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)?;
         for e in std::fs::read_dir(&dir)?.flatten() {
             if e.file_name().to_string_lossy().starts_with(".tmp-") {
                 let _ = std::fs::remove_dir_all(e.path());

@@ -45,10 +45,15 @@ pub fn connect_control(shim_dir: &std::path::Path) -> std::io::Result<std::os::u
 }
 
 /// Binds `<dir>/<name>` as a listening unix socket (any length of path), replacing a stale one.
+/// The socket is mode 0600: only root may connect (its directory is root's alone as well).
 pub fn bind_socket(dir: &std::path::Path, name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_file(dir.join(name));
     let d = std::fs::File::open(dir)?;
-    std::os::unix::net::UnixListener::bind(short_socket_path(&d, name))
+    let path = short_socket_path(&d, name);
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 #[cfg(test)]
@@ -62,6 +67,12 @@ mod tests {
         std::fs::create_dir_all(&long).unwrap();
         let l = bind_socket(&long, CONTROL_SOCKET).unwrap();
         assert!(long.join(CONTROL_SOCKET).exists());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(long.join(CONTROL_SOCKET))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
         let _c = connect_control(&long).unwrap();
         l.accept().unwrap();
     }

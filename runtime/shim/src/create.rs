@@ -10,6 +10,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -206,7 +207,11 @@ fn create(config_path: &Path) -> Result<(Monitor, Pid), CreateError> {
             message,
         })?;
     }
-    fs::create_dir_all(&cfg.youki_root).map_err(io_err(format!("create {}", cfg.youki_root.display())))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.youki_root)
+        .map_err(io_err(format!("create {}", cfg.youki_root.display())))?;
     let ctl_path = cfg.shim_dir.join(crius_shim_api::CONTROL_SOCKET);
     let ctl = crius_shim_api::bind_socket(&cfg.shim_dir, crius_shim_api::CONTROL_SOCKET)
         .map_err(io_err(format!("bind {}", ctl_path.display())))?;

@@ -41,6 +41,8 @@ impl Containers {
             .as_ref()
             .ok_or_else(|| ContainerError::Invalid("container metadata is required".into()))?;
         cri_api::validate::metadata_name("container name", &meta.name)
+            .and_then(|()| cri_api::validate::labels("config.labels", &config.labels))
+            .and_then(|()| cri_api::validate::annotations("config.annotations", &config.annotations))
             .map_err(|e| ContainerError::Invalid(e.to_string()))?;
         if !pod.ready {
             return Err(ContainerError::PodNotReady(pod.id.clone()));
@@ -152,8 +154,9 @@ impl Containers {
         let bundle = self.bundle_dir(&id);
         let shim_dir = self.shim_dir(&id);
         undo.dirs = true;
-        std::fs::create_dir_all(&shim_dir).map_err(io_err("create", &shim_dir))?;
-        std::fs::create_dir_all(self.youki_root()).map_err(io_err("create", &self.youki_root()))?;
+        crate::private::create_dir(&shim_dir).map_err(io_err("create", &shim_dir))?;
+        crate::private::create_dir(&bundle).map_err(io_err("create", &bundle))?;
+        crate::private::create_dir(&self.youki_root()).map_err(io_err("create", &self.youki_root()))?;
         let rootfs_dir = self.rootfs_dir(&id);
         rootfs::mount(&lowers, &self.layer_dir(&id), &rootfs_dir)?;
         undo.mounted = true;
@@ -185,7 +188,8 @@ impl Containers {
             path: spec_path.clone(),
             source: std::io::Error::other(e),
         })?;
-        std::fs::write(&spec_path, body).map_err(io_err("write", &spec_path))?;
+        // Root only: the spec holds the container's environment (secrets passed as env vars).
+        crate::private::write_file(&spec_path, &body).map_err(io_err("write", &spec_path))?;
         crius_sandbox::crash::point("create-container:after-spec");
         if let Some(p) = log_path.as_ref().and_then(|p| p.parent()) {
             std::fs::create_dir_all(p).map_err(io_err("create log directory", p))?;

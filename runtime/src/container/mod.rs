@@ -309,12 +309,16 @@ impl Containers {
     }
 
     /// Every record (exits folded in).
+    /// Every container, those with an unreadable record included as far as they can be read
+    /// (state UNKNOWN, see `record::Unreadable`).
     pub(crate) fn all(&self) -> Result<Vec<Record>, ContainerError> {
-        self.records
-            .list()?
+        let (records, unreadable) = self.records.scan()?;
+        let mut all = records
             .into_iter()
             .map(|r| self.fold_exit(r))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        all.extend(unreadable.into_iter().filter_map(|u| u.salvaged));
+        Ok(all)
     }
 
     /// Ids of the containers of one pod (for StopPodSandbox/RemovePodSandbox).

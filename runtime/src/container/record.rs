@@ -100,6 +100,74 @@ impl Record {
     }
 }
 
+/// A record that does not decode. Its container is left exactly as it is (shim, mounts,
+/// writable layer, cgroup): nothing acts on a record it cannot read.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    /// The database key (the container id).
+    pub id: String,
+    pub error: String,
+    /// The fields that could still be read (`sandbox_id` and `config.metadata` at least), as a
+    /// record in state UNKNOWN, so the container can be listed; None if even those are gone.
+    pub salvaged: Option<Record>,
+}
+
+impl Unreadable {
+    fn new(id: &str, bytes: &[u8], error: &serde_json::Error) -> Unreadable {
+        let error = error.to_string();
+        let salvaged = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| salvage(id, &v, &error));
+        Unreadable {
+            id: id.to_string(),
+            error,
+            salvaged,
+        }
+    }
+}
+
+/// Field by field, what a record that failed to decode as a whole still says.
+fn salvage(id: &str, v: &serde_json::Value, error: &str) -> Option<Record> {
+    fn field<T: serde::de::DeserializeOwned>(v: &serde_json::Value, pointer: &str) -> Option<T> {
+        v.pointer(pointer)
+            .and_then(|x| serde_json::from_value(x.clone()).ok())
+    }
+    let sandbox_id: String = field(v, "/sandbox_id")?;
+    let metadata: cri_api::v1::ContainerMetadata = field(v, "/config/metadata")?;
+    Some(Record {
+        id: id.to_string(),
+        sandbox_id,
+        config: ContainerConfig {
+            metadata: Some(metadata),
+            image: field(v, "/config/image"),
+            labels: field(v, "/config/labels").unwrap_or_default(),
+            annotations: field(v, "/config/annotations").unwrap_or_default(),
+            ..Default::default()
+        },
+        image_name: field(v, "/image_name").unwrap_or_default(),
+        image_id: field(v, "/image_id").unwrap_or_default(),
+        image_ref: field(v, "/image_ref").unwrap_or_default(),
+        log_path: field(v, "/log_path"),
+        cgroup_path: field(v, "/cgroup_path").unwrap_or_default(),
+        created_at: field(v, "/created_at").unwrap_or_default(),
+        stop_signal: None,
+        uid: 0,
+        gid: 0,
+        additional_gids: Vec::new(),
+        status: Status {
+            state: State::Unknown,
+            pid: field(v, "/status/pid").unwrap_or_default(),
+            shim_pid: field(v, "/status/shim_pid").unwrap_or_default(),
+            started_at: field(v, "/status/started_at").unwrap_or_default(),
+            finished_at: 0,
+            exit_code: 0,
+            reason: "Unreadable".into(),
+            message: format!("crius cannot read this container's record ({error}); it is left untouched"),
+            resources: None,
+        },
+    })
+}
+
 pub fn name_key(sandbox_id: &str, name: &str, attempt: u32) -> String {
     format!("{sandbox_id}/{name}/{attempt}")
 }
@@ -194,18 +262,39 @@ impl Records {
             })
     }
 
+    /// Every readable record (see [`Records::scan`] for the others).
     pub fn list(&self) -> Result<Vec<Record>, RecordError> {
+        Ok(self.scan()?.0)
+    }
+
+    /// Every record: the readable ones, and those whose bytes do not decode (a newer crius's
+    /// format, or damage). The latter are never rewritten or removed here.
+    pub fn scan(&self) -> Result<(Vec<Record>, Vec<Unreadable>), RecordError> {
         let txn = self.db.begin_read().map_err(db("begin read"))?;
         let t = txn.open_table(CONTAINERS).map_err(db("open containers"))?;
         let mut out = Vec::new();
+        let mut unreadable = Vec::new();
         for item in t.iter().map_err(db("scan containers"))? {
             let (k, v) = item.map_err(db("scan containers"))?;
             match serde_json::from_slice(v.value()) {
                 Ok(r) => out.push(r),
-                Err(e) => tracing::warn!(id = k.value(), "skipping corrupt container record: {e}"),
+                Err(e) => unreadable.push(Unreadable::new(k.value(), v.value(), &e)),
             }
         }
-        Ok(out)
+        Ok((out, unreadable))
+    }
+
+    /// What can be read of an unreadable record, for listing it (None: readable or missing).
+    pub fn salvage(&self, id: &str) -> Result<Option<Record>, RecordError> {
+        let txn = self.db.begin_read().map_err(db("begin read"))?;
+        let t = txn.open_table(CONTAINERS).map_err(db("open containers"))?;
+        let Some(v) = t.get(id).map_err(db("get container"))? else {
+            return Ok(None);
+        };
+        Ok(match serde_json::from_slice::<Record>(v.value()) {
+            Ok(_) => None,
+            Err(e) => Unreadable::new(id, v.value(), &e).salvaged,
+        })
     }
 
     /// The one door for status changes: `f` edits a copy, which is committed if `f` succeeds.
@@ -322,6 +411,46 @@ mod tests {
         assert!(r.get("a").unwrap().is_none());
         r.insert(&rec("b", "web")).unwrap();
         assert_eq!(r.list().unwrap().len(), 1);
+    }
+
+    fn put_raw(db: &redb::Database, id: &str, bytes: &[u8]) {
+        let txn = db.begin_write().unwrap();
+        txn.open_table(CONTAINERS).unwrap().insert(id, bytes).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn unreadable_records_are_reported_salvaged_and_never_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
+        let r = Records::new(db.clone()).unwrap();
+        r.insert(&rec("a", "web")).unwrap();
+        // A newer format: same document, one field changed type.
+        let mut newer = serde_json::to_value(rec("b", "api")).unwrap();
+        newer["status"]["state"] = serde_json::json!({"running": {"since": 1}});
+        newer["status"]["pid"] = serde_json::json!(4242);
+        put_raw(&db, "b", &serde_json::to_vec(&newer).unwrap());
+        put_raw(&db, "c", b"\x00garbage");
+        let (ok, bad) = r.scan().unwrap();
+        assert_eq!(ok.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(bad.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+        assert!(bad.iter().all(|u| !u.error.is_empty()));
+        let b = bad[0].salvaged.as_ref().expect("b is salvaged");
+        assert_eq!((b.sandbox_id.as_str(), b.name(), b.attempt()), ("pod", "api", 1));
+        assert_eq!(b.status.state, State::Unknown);
+        assert_eq!(b.status.pid, 4242);
+        assert!(bad[1].salvaged.is_none());
+        assert_eq!(r.salvage("b").unwrap().unwrap().name(), "api");
+        assert!(r.salvage("a").unwrap().is_none());
+        assert!(matches!(r.get("c"), Err(RecordError::Corrupt { .. })));
+        let e = r.update::<RecordError>("c", |s| {
+            s.state = State::Exited;
+            Ok(())
+        });
+        assert!(matches!(e, Err(RecordError::Corrupt { .. })));
+        let txn = redb::ReadableDatabase::begin_read(db.as_ref()).unwrap();
+        let t = txn.open_table(CONTAINERS).unwrap();
+        assert_eq!(t.get("c").unwrap().unwrap().value(), b"\x00garbage");
     }
 
     #[test]

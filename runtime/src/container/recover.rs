@@ -13,8 +13,13 @@
 //! layers under `<root>/containers`, the cgroups named in an orphan bundle, shim processes of an
 //! orphan directory and image leases held by no record are removed.
 //!
+//! A record that does not decode (a newer crius's format, damage) is no orphan: its container
+//! is not probed, marked, stopped or cleaned; its id counts as known, so its bundle, shim,
+//! writable layer and image lease stay; the key and the decode error are logged.
+//!
 //! Invariants: one broken container is logged and marked (its `message` says why), never stops
-//! start-up; nothing a record owns is removed; only entries named like container ids are touched.
+//! start-up; nothing a record owns is removed, readable or not; only entries named like
+//! container ids are touched.
 
 use crate::spec::unescape_mountinfo;
 use std::collections::HashSet;
@@ -40,6 +45,8 @@ pub struct Recovered {
     pub exited: usize,
     pub unknown: usize,
     pub failed: usize,
+    /// Records that do not decode; their containers are left untouched.
+    pub unreadable: usize,
     pub orphans_removed: usize,
 }
 
@@ -53,13 +60,22 @@ enum Outcome {
 impl Containers {
     /// Reconciles every container record with the shims and the kernel, then removes orphans.
     pub async fn recover(self: &Arc<Self>) -> Recovered {
-        let records = match self.records.list() {
+        let (records, unreadable) = match self.records.scan() {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list container records; skipping container recovery");
                 return Recovered::default();
             }
         };
+        for u in &unreadable {
+            tracing::error!(
+                id = %u.id,
+                error = %u.error,
+                listed = u.salvaged.is_some(),
+                "container record cannot be read; the container is left untouched (shim, mounts, \
+                 writable layer, cgroup and image lease kept)"
+            );
+        }
         let leased: HashSet<String> = match self.images.leased_containers() {
             Ok(l) => l.into_iter().collect(),
             Err(e) => {
@@ -69,9 +85,15 @@ impl Containers {
         };
         let mut out = Recovered {
             containers: records.len(),
+            unreadable: unreadable.len(),
             ..Default::default()
         };
-        let known: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
+        // Unreadable records own their state like any other: never orphans.
+        let known: HashSet<String> = records
+            .iter()
+            .map(|r| r.id.clone())
+            .chain(unreadable.iter().map(|u| u.id.clone()))
+            .collect();
         let tasks = records.into_iter().map(|r| {
             let this = self.clone();
             let has_lease = leased.contains(&r.id);
@@ -106,6 +128,7 @@ impl Containers {
             exited = out.exited,
             unknown = out.unknown,
             failed = out.failed,
+            unreadable = out.unreadable,
             orphans = out.orphans_removed,
             "containers recovered"
         );

@@ -6,6 +6,7 @@
 //! path that is not a mount point is fine) and detaches lazily so a busy mount cannot block
 //! removal.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
@@ -50,8 +51,16 @@ pub fn mount(lowers: &[PathBuf], layer_dir: &Path, target: &Path) -> Result<(), 
     }
     let upper = layer_dir.join("upper");
     let work = layer_dir.join("work");
-    for d in [&upper, &work, &target.to_path_buf()] {
-        std::fs::create_dir_all(d).map_err(io_err("create", d))?;
+    // The writable layer's parent and the overlay work dir are root's alone; `upper` is the
+    // container's `/` (overlayfs takes the root's mode from it), so it stays searchable.
+    crate::private::create_dir(layer_dir).map_err(io_err("create", layer_dir))?;
+    crate::private::create_dir(&work).map_err(io_err("create", &work))?;
+    for (d, mode) in [(&upper, 0o755), (&target.to_path_buf(), 0o755)] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(d)
+            .map_err(io_err("create", d))?;
     }
     let opts = overlay_options(lowers, &upper, &work)?;
     nix::mount::mount(

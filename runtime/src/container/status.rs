@@ -8,7 +8,7 @@ use cri_api::v1::{
     LinuxContainerUser,
 };
 
-use super::record::Record;
+use super::record::{Record, RecordError};
 use super::{ContainerError, Containers};
 
 impl Containers {
@@ -23,9 +23,17 @@ impl Containers {
     }
 
     fn status_blocking(&self, id: &str, verbose: bool) -> Result<ContainerStatusResponse, ContainerError> {
-        let all = self.records.list()?;
+        let (mut all, unreadable) = self.records.scan()?;
+        all.extend(unreadable.into_iter().filter_map(|u| u.salvaged));
         let id = super::resolve_id(&all, id).ok_or_else(|| ContainerError::NotFound(id.into()))?;
-        let r = self.refreshed(&id)?;
+        // An unreadable record answers with what could be read of it (state UNKNOWN).
+        let r = match self.refreshed(&id) {
+            Err(ContainerError::Record(RecordError::Corrupt { .. })) => self
+                .records
+                .salvage(&id)?
+                .ok_or_else(|| ContainerError::NotFound(id.clone()))?,
+            r => r?,
+        };
         let mut info = HashMap::new();
         if verbose {
             let spec: serde_json::Value = std::fs::read(self.bundle_dir(&id).join("config.json"))

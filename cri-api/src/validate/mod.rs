@@ -1,7 +1,17 @@
-//! Validation of identifiers and names that arrive over the wire.
+//! Validation of identifiers, names and other strings that arrive over the wire, before they
+//! reach a file, a path, an environment variable or the database.
 //!
-//! Invariant: an id that passes [`object_id`] is 1..=64 lowercase hex characters and can be joined
-//! to a directory path without escaping it; names that pass [`metadata_name`] are never used as paths.
+//! Invariants: an id that passes [`object_id`] is 1..=64 lowercase hex characters and can be
+//! joined to a directory path without escaping it; a name that passes [`metadata_name`] is never
+//! used as a path and holds none of the separators of the formats it is written into (CNI_ARGS
+//! `K=V;K=V`, the name index, log lines). DNS settings and hostnames: [`dns`]; label and
+//! annotation size caps: [`maps`].
+
+mod dns;
+mod maps;
+
+pub use dns::{DNS_OPTIONS_MAX, DNS_SEARCHES_MAX, DNS_SERVERS_MAX, HOSTNAME_MAX, dns_config, hostname};
+pub use maps::{ANNOTATIONS_TOTAL_MAX, LABEL_KEY_MAX, LABELS_TOTAL_MAX, annotations, labels};
 
 /// Why a piece of wire input was refused. Always maps to gRPC `InvalidArgument`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,6 +32,24 @@ pub enum InvalidInput {
         what: &'static str,
         value: String,
         ch: char,
+    },
+    #[error("{what} {value:?} is invalid: {reason}")]
+    Malformed {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("{what} has {count} entries, at most {max} are allowed")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("{what} total {total} bytes, at most {max} are allowed")]
+    TooLarge {
+        what: &'static str,
+        total: usize,
+        max: usize,
     },
 }
 
@@ -49,8 +77,15 @@ pub fn object_id(what: &'static str, value: &str) -> Result<(), InvalidInput> {
 /// Longest metadata name accepted (Kubernetes object names are at most 253 bytes).
 pub const NAME_MAX: usize = 253;
 
-/// Checks a metadata name (pod or container name, namespace). Names are keys in the name index,
-/// never path components, but control characters would corrupt logs and the index key format.
+/// Characters refused in metadata names besides control characters: `/` (a path separator and
+/// the container name index separator), `;` and `=` (the CNI_ARGS pair and key separators: a pod
+/// name `x;K8S_POD_NAMESPACE=kube-system` would otherwise forge a key the plugins read).
+/// Kubernetes object names, namespaces and UIDs never contain any of them.
+const NAME_FORBIDDEN: &[char] = &['/', ';', '='];
+
+/// Checks a metadata name (pod or container name, namespace, uid). Names are keys in the name
+/// index and values in CNI_ARGS, never path components; see [`NAME_FORBIDDEN`]. Control
+/// characters (newline, NUL, ...) would forge log lines and break the NUL-separated index key.
 pub fn metadata_name(what: &'static str, value: &str) -> Result<(), InvalidInput> {
     if value.is_empty() {
         return Err(InvalidInput::Empty { what });
@@ -63,7 +98,10 @@ pub fn metadata_name(what: &'static str, value: &str) -> Result<(), InvalidInput
             max: NAME_MAX,
         });
     }
-    if let Some(ch) = value.chars().find(|c| c.is_control() || *c == '/') {
+    if let Some(ch) = value
+        .chars()
+        .find(|c| c.is_control() || NAME_FORBIDDEN.contains(c))
+    {
         return Err(InvalidInput::BadChar {
             what,
             value: value.to_string(),
@@ -94,8 +132,29 @@ mod tests {
     }
 
     #[test]
-    fn names_reject_control_chars_and_slashes() {
+    fn names_reject_control_chars_and_separators() {
         assert!(metadata_name("name", "nginx-7d9f").is_ok());
+        assert!(metadata_name("uid", "0b1c2d3e-aaaa-bbbb-cccc-0123456789ab").is_ok());
+        assert!(metadata_name("name", "Mixed_Case.name").is_ok());
+        for (bad, ch) in [
+            ("a;b", ';'),
+            ("K8S_POD_NAME=x", '='),
+            ("a\0b", '\0'),
+            ("a\rb", '\r'),
+            ("a\tb", '\t'),
+            ("a\u{7f}b", '\u{7f}'),
+        ] {
+            assert_eq!(
+                metadata_name("metadata.name", bad),
+                Err(InvalidInput::BadChar {
+                    what: "metadata.name",
+                    value: bad.into(),
+                    ch
+                }),
+                "{bad:?}"
+            );
+        }
+        assert!(metadata_name("name", "").is_err());
         assert!(matches!(
             metadata_name("name", "a/b"),
             Err(InvalidInput::BadChar { ch: '/', .. })
