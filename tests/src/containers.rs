@@ -214,7 +214,10 @@ impl World {
             .into_inner()
             .info;
         let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("status info is JSON");
-        v["cgroupPath"].as_str().expect("cgroupPath in the info").to_string()
+        v["cgroupPath"]
+            .as_str()
+            .expect("cgroupPath in the info")
+            .to_string()
     }
 
     pub async fn exec(

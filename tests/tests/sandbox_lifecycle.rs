@@ -402,14 +402,15 @@ async fn pod_pid_namespace_has_an_infra_process_as_pid_1() {
         net_of(format!("/proc/{pid}/ns/pid")),
         net_of("/proc/self/ns/pid".into())
     );
-    // The infra process sits in the pod cgroup, in every v1 hierarchy (it is born there).
+    // The infra process sits in the pod cgroup's infra leaf, in every v1 hierarchy (it is born
+    // there): never in the pod cgroup itself, which holds the containers' cgroups.
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(cg.contains(&format!("/crius/{id}")), "{cg}");
+    assert!(cg.contains(&format!("/crius/{id}/crius-infra")), "{cg}");
     for line in cg
         .lines()
         .filter(|l| l.split(':').nth(1).is_some_and(|c| !c.is_empty()))
     {
-        assert!(line.ends_with(&format!("/crius/{id}")), "{line}");
+        assert!(line.ends_with(&format!("/crius/{id}/crius-infra")), "{line}");
     }
     stop(&mut d, &id).await;
     let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))

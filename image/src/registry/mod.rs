@@ -160,22 +160,23 @@ impl Remote {
         };
         // A host without a CA bundle cannot build a verifying TLS client. A plain-HTTP endpoint
         // needs none: it then gets a client that trusts no certificate at all.
-        let http = match builder().build() {
-            Ok(c) => c,
-            Err(_) if endpoint.plain_http => builder()
-                .tls_certs_only(std::iter::empty())
-                .build()
-                .map_err(|e| RegistryError::Tls {
-                    endpoint: endpoint.host.clone(),
-                    why: http::error_chain(&e),
-                })?,
-            Err(e) => {
-                return Err(RegistryError::Tls {
-                    endpoint: endpoint.host.clone(),
-                    why: http::error_chain(&e),
-                });
-            }
-        };
+        let http =
+            match builder().build() {
+                Ok(c) => c,
+                Err(_) if endpoint.plain_http => builder()
+                    .tls_certs_only(std::iter::empty())
+                    .build()
+                    .map_err(|e| RegistryError::Tls {
+                        endpoint: endpoint.host.clone(),
+                        why: http::error_chain(&e),
+                    })?,
+                Err(e) => {
+                    return Err(RegistryError::Tls {
+                        endpoint: endpoint.host.clone(),
+                        why: http::error_chain(&e),
+                    });
+                }
+            };
         let scheme = if endpoint.plain_http { "http" } else { "https" };
         let token = match &auth {
             RegistryAuth::Bearer(t) => Some(format!("Bearer {t}")),

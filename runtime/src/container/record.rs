@@ -149,6 +149,7 @@ fn salvage(id: &str, v: &serde_json::Value, error: &str) -> Option<Record> {
         image_ref: field(v, "/image_ref").unwrap_or_default(),
         log_path: field(v, "/log_path"),
         cgroup_path: field(v, "/cgroup_path").unwrap_or_default(),
+        systemd_cgroup: field(v, "/systemd_cgroup").unwrap_or_default(),
         created_at: field(v, "/created_at").unwrap_or_default(),
         stop_signal: None,
         uid: 0,
