@@ -33,18 +33,42 @@ pub fn parse_oom_kills(text: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The file in the shim dir holding the pod cgroup's OOM-kill count from before the container
+/// ran (systemd driver only, see [`oom_killed`]).
+pub const OOM_BASELINE: &str = "oom-baseline";
+
+/// The OOM-kill count of the cgroup containing the container's (v2 `memory.events` counts every
+/// descendant's kills).
+pub fn parent_oom_kills(cgroup_path: &str) -> Option<u64> {
+    let parent = Path::new(cgroup_path).parent()?.to_str()?;
+    let events = fs::read_to_string(under("", parent)?.join("memory.events")).ok()?;
+    Some(parse_oom_kills(&events))
+}
+
 /// True when the kernel OOM-killed a process of the container's memory cgroup.
-pub fn oom_killed(cgroup_path: &str) -> bool {
+///
+/// Under the systemd driver the container's scope is stopped, and its cgroup removed, as soon as
+/// it is empty, which can be before the shim has reaped init. Then the pod cgroup's count says
+/// it: a kill there since `baseline` (taken before the container ran) while init died of SIGKILL
+/// is this container's OOM kill, unless another container of the pod was OOM-killed meanwhile.
+pub fn oom_killed(cgroup_path: &str, sigkilled: bool, baseline: Option<u64>) -> bool {
     let candidates = [
         under("memory", cgroup_path).map(|p| p.join("memory.oom_control")),
         under("", cgroup_path).map(|p| p.join("memory.events")),
     ];
-    candidates
+    match candidates
         .into_iter()
         .flatten()
         .find_map(|p| fs::read_to_string(p).ok())
-        .map(|t| parse_oom_kills(&t) > 0)
-        .unwrap_or(false)
+    {
+        Some(t) => parse_oom_kills(&t) > 0,
+        None => {
+            sigkilled
+                && baseline
+                    .zip(parent_oom_kills(cgroup_path))
+                    .is_some_and(|(before, now)| now > before)
+        }
+    }
 }
 
 /// Every pid listed in the container's cgroup (v1 `pids`, `memory` or `freezer`, else v2).

@@ -253,6 +253,12 @@ fn create(config_path: &Path) -> Result<(Monitor, Pid), CreateError> {
     };
 
     proc_setup::after_libcontainer(oom_before);
+    if cfg.systemd_cgroup
+        && let Some(n) = crate::cgroup::parent_oom_kills(&cfg.cgroup_path)
+    {
+        // Before the container runs: see cgroup::oom_killed.
+        let _ = fs::write(cfg.shim_dir.join(crate::cgroup::OOM_BASELINE), n.to_string());
+    }
     let sigfd = proc_setup::sigchld_fd().map_err(|e| io_err("signalfd")(e.into()))?;
     for fd in [&stdout_fd, &io.stderr].into_iter().flatten() {
         proc_setup::set_nonblocking(fd).map_err(|e| io_err("O_NONBLOCK")(e.into()))?;

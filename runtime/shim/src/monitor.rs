@@ -271,10 +271,14 @@ impl Monitor {
                 break;
             }
         }
+        let baseline = std::fs::read_to_string(self.cfg.shim_dir.join(cgroup::OOM_BASELINE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
         let st = ExitStatus {
             exit_code,
             finished_at,
-            oom_killed: cgroup::oom_killed(&self.cfg.cgroup_path),
+            // 128 + SIGKILL: what the OOM killer leaves.
+            oom_killed: cgroup::oom_killed(&self.cfg.cgroup_path, exit_code == 137, baseline),
         };
         let path = self.cfg.shim_dir.join(crius_shim_api::EXIT_FILE);
         if let Err(e) = st.write_atomic(&path) {
