@@ -52,16 +52,6 @@ pub fn expand(slice: &str) -> Result<PathBuf, CgroupError> {
     Ok(path)
 }
 
-/// The slice that contains `slice` (`a-b.slice` → `a.slice`, `a.slice` → `-.slice`).
-pub fn parent_of(slice: &str) -> Result<String, CgroupError> {
-    expand(slice)?;
-    let stem = slice.trim_end_matches(".slice");
-    Ok(match stem.rsplit_once('-') {
-        Some((parent, _)) => format!("{parent}.slice"),
-        None => "-.slice".to_string(),
-    })
-}
-
 /// A pod's slice as the request names it: a slice name (`kubepods-pod1.slice`, what containerd
 /// accepts) or its expanded path (`/kubepods.slice/kubepods-pod1.slice`, what kubelet sends).
 /// Returns the slice name and its cgroupfs path.
@@ -129,16 +119,6 @@ mod tests {
         ] {
             assert!(expand(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn parents() {
-        assert_eq!(
-            parent_of("kubepods-besteffort-pod1.slice").unwrap(),
-            "kubepods-besteffort.slice"
-        );
-        assert_eq!(parent_of("crius.slice").unwrap(), "-.slice");
-        assert!(parent_of("x").is_err());
     }
 
     #[test]
