@@ -261,19 +261,6 @@ pub fn remove(h: &Hierarchies, cgroup: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// Removes only the infra leaf of a pod cgroup crius did not create. Idempotent.
-pub fn remove_infra_leaf(h: &Hierarchies, pod: &Path) -> Result<(), CgroupError> {
-    for mount in h.all() {
-        let dir = below(mount, &pod.join(INFRA_LEAF));
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(CgroupError::Remove { path: dir, source }),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

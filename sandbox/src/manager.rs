@@ -70,7 +70,9 @@ impl SandboxManager {
                 cgroup::kill_all(&self.cgroups, pod, CGROUP_KILL_WAIT);
                 cgroup::remove(&self.cgroups, pod)?;
             }
-            (cgroup::Driver::Cgroupfs, false) => cgroup::remove_infra_leaf(&self.cgroups, pod)?,
+            (cgroup::Driver::Cgroupfs, false) => {
+                cgroup::remove(&self.cgroups, &pod.join(cgroup::INFRA_LEAF))?
+            }
             (cgroup::Driver::Systemd, true) => {
                 if let Some(name) = crate::slice::name_of(pod) {
                     pause::stop_unit(&self.config.shim_path, name)?;
