@@ -6,7 +6,6 @@
 pub mod content;
 #[cfg(test)]
 mod fake_registry;
-mod keyed;
 pub mod pull;
 pub mod record;
 pub mod reference;

@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::content::{ContentError, ContentStore};
-use crate::keyed::KeyedLocks;
 use crate::record::ImageRecord;
 use crate::reference::{ImageRef, RegistryHosts, is_hex64};
 use crate::unpack::Layers;
+use cri_api::keyed::KeyedLocks;
 
 /// Image id (config digest) → JSON [`ImageRecord`].
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("image_records");

@@ -26,8 +26,6 @@ pub enum InvalidRequest {
     Unsupported(String),
     #[error("port mapping {mapping}: {reason}")]
     PortMapping { mapping: String, reason: &'static str },
-    #[error("sandbox id prefix {prefix:?} is ambiguous ({count} sandboxes match)")]
-    AmbiguousId { prefix: String, count: usize },
 }
 
 #[derive(Debug, thiserror::Error)]

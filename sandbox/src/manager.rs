@@ -8,7 +8,7 @@
 //! - A sandbox being created is invisible to Status and List until it is READY (or rolled back).
 //! - [`SandboxManager::teardown`] is idempotent: every step tolerates its work being done already.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -54,7 +54,7 @@ pub struct SandboxManager {
     pub(crate) db: Arc<redb::Database>,
     pub(crate) cni: Cni,
     pub(crate) cgroups: Hierarchies,
-    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    pub(crate) locks: cri_api::keyed::KeyedLocks,
     creating: Mutex<HashSet<String>>,
     hook: RwLock<Option<Arc<dyn ContainerHook>>>,
 }
@@ -97,7 +97,7 @@ impl SandboxManager {
             db,
             cni,
             cgroups,
-            locks: Mutex::default(),
+            locks: Default::default(),
             creating: Mutex::default(),
             hook: RwLock::new(None),
         });
@@ -114,13 +114,14 @@ impl SandboxManager {
         self.hook.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The record of a READY or NOTREADY sandbox (not one being created), by full id. This is
+    /// The record of a READY or NOTREADY sandbox (not one being created), by id or unique
+    /// prefix. This is
     /// what the container code reads: namespace paths, pod files, cgroup parent, infra pid.
-    pub fn sandbox(&self, id: &str) -> Result<Option<Record>, SandboxError> {
-        if self.is_creating(id) {
+    pub fn sandbox(&self, id_or_prefix: &str) -> Result<Option<Record>, SandboxError> {
+        let Some(id) = self.resolve(id_or_prefix)? else {
             return Ok(None);
-        }
-        Ok(store::get(&self.db, id)?)
+        };
+        Ok(store::get(&self.db, &id)?)
     }
 
     /// Runs `f` on the blocking pool; the task finishes even if the caller is dropped.
@@ -132,16 +133,6 @@ impl SandboxManager {
         tokio::task::spawn_blocking(move || f(&this))
             .await
             .map_err(|e| SandboxError::Task(e.to_string()))?
-    }
-
-    /// The lock serialising mutating verbs on one sandbox.
-    pub(crate) fn lock_for(&self, id: &str) -> Arc<Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(id.to_string()).or_default().clone()
-    }
-
-    pub(crate) fn forget_lock(&self, id: &str) {
-        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 
     pub(crate) fn set_creating(&self, id: &str, on: bool) {
@@ -160,27 +151,18 @@ impl SandboxManager {
             .contains(id)
     }
 
-    /// Resolves a full id or a unique prefix of one to a full id; None when nothing matches.
+    /// Resolves a full id or a unique prefix of one to a full id (the rule all verbs share,
+    /// [`cri_api::validate::resolve_id`]); None when nothing matches or the pod is still being
+    /// created.
     pub(crate) fn resolve(&self, id_or_prefix: &str) -> Result<Option<String>, SandboxError> {
-        match cri_api::validate::object_id("pod sandbox id", id_or_prefix) {
-            Ok(()) => {}
-            // CRI: ids are opaque to clients (critest probes with UUIDs); one crius could never
-            // have issued matches nothing, so Stop/Remove stay idempotent and Status says NotFound.
-            Err(cri_api::validate::InvalidInput::BadId { .. }) => return Ok(None),
-            Err(e) => return Err(InvalidRequest::from(e).into()),
-        }
-        let ids = store::ids_with_prefix(&self.db, id_or_prefix, 2)?;
-        match ids.as_slice() {
-            [] => Ok(None),
-            [one] if self.is_creating(one) => Ok(None),
-            [one] => Ok(Some(one.clone())),
-            _ if ids.iter().any(|i| i == id_or_prefix) => Ok(Some(id_or_prefix.to_string())),
-            _ => Err(InvalidRequest::AmbiguousId {
-                prefix: id_or_prefix.to_string(),
-                count: ids.len(),
-            }
-            .into()),
-        }
+        let matches = if cri_api::validate::plausible_id(id_or_prefix) {
+            store::ids_with_prefix(&self.db, id_or_prefix, cri_api::validate::PREFIX_CANDIDATES)?
+        } else {
+            Vec::new()
+        };
+        let id = cri_api::validate::resolve_id("pod sandbox id", id_or_prefix, &matches)
+            .map_err(InvalidRequest::from)?;
+        Ok(id.filter(|id| !self.is_creating(id)))
     }
 
     pub(crate) fn ns_dir(&self, id: &str) -> PathBuf {

@@ -52,8 +52,7 @@ impl SandboxManager {
             self.set_creating(&id, false);
             return Err(e.into());
         }
-        let lock = self.lock_for(&id);
-        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.locks.blocking_lock(&id);
         crate::crash::point("run-pod-sandbox:after-record");
         // Until CNI ADD is attempted there is no network to tear down.
         rec.status.network_torn_down = true;
@@ -65,9 +64,6 @@ impl SandboxManager {
             }
         }
         self.set_creating(&id, false);
-        if result.is_err() {
-            self.forget_lock(&id);
-        }
         result.map(|()| id)
     }
 

@@ -23,8 +23,7 @@ impl SandboxManager {
         let Some(id) = self.resolve(id_or_prefix)? else {
             return Ok(());
         };
-        let lock = self.lock_for(&id);
-        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.locks.blocking_lock(&id);
         let Some(rec) = store::get(&self.db, &id)? else {
             return Ok(());
         };

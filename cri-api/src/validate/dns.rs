@@ -161,6 +161,7 @@ mod tests {
             | InvalidInput::TooLong { what, .. }
             | InvalidInput::BadChar { what, .. }
             | InvalidInput::Malformed { what, .. }
+            | InvalidInput::AmbiguousId { what, .. }
             | InvalidInput::TooMany { what, .. }
             | InvalidInput::TooLarge { what, .. } => what,
         }

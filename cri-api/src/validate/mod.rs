@@ -8,9 +8,11 @@
 //! annotation size caps: [`maps`].
 
 mod dns;
+mod id;
 mod maps;
 
 pub use dns::{DNS_OPTIONS_MAX, DNS_SEARCHES_MAX, DNS_SERVERS_MAX, HOSTNAME_MAX, dns_config, hostname};
+pub use id::{PREFIX_CANDIDATES, plausible_id, resolve_id};
 pub use maps::{ANNOTATIONS_TOTAL_MAX, LABEL_KEY_MAX, LABELS_TOTAL_MAX, annotations, labels};
 
 /// Why a piece of wire input was refused. Always maps to gRPC `InvalidArgument`.
@@ -44,6 +46,16 @@ pub enum InvalidInput {
         what: &'static str,
         count: usize,
         max: usize,
+    },
+    #[error(
+        "{what} prefix {prefix:?} is ambiguous: it matches {candidates}{}",
+        if *more { " and more" } else { "" }
+    )]
+    AmbiguousId {
+        what: &'static str,
+        prefix: String,
+        candidates: String,
+        more: bool,
     },
     #[error("{what} total {total} bytes, at most {max} are allowed")]
     TooLarge {

@@ -295,18 +295,42 @@ pub fn signal(cgroup: &str, init: i32, signal: i32, all: bool) {
     }
 }
 
+/// The container cgroup's directories that exist, across all hierarchies.
+fn dirs(cgroup: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(ROOT)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| dir(&e.file_name().to_string_lossy(), cgroup))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.extend(dir("", cgroup));
+    dirs.retain(|d| d.is_dir());
+    dirs
+}
+
 /// Removes the container's (empty) cgroup in every hierarchy; missing or busy ones are left.
 pub fn remove(cgroup: &str) {
-    let Ok(entries) = std::fs::read_dir(ROOT) else {
-        return;
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .filter_map(|e| dir(&e.file_name().to_string_lossy(), cgroup))
-        .collect();
-    dirs.extend(dir("", cgroup));
-    for d in dirs {
+    for d in dirs(cgroup) {
         let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// Kills every process in the container's cgroup and removes it, waiting up to `wait` for the
+/// killed processes to leave it. False when some directory is still there.
+pub fn kill_and_remove(cgroup: &str, wait: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        signal(cgroup, 0, libc::SIGKILL, true);
+        remove(cgroup);
+        if dirs(cgroup).is_empty() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -2,9 +2,9 @@
 //! record CREATED.
 //!
 //! Invariants: the name `<pod>/<name>/<attempt>` is unique (AlreadyExists, checked up front and
-//! again in the transaction that inserts the record); any failure undoes every earlier step in
-//! reverse order ([`Undo`]); the record is written only after the shim reported the container
-//! created. Everything but the shim round trip runs on the blocking pool (the image's account
+//! again in the transaction that inserts the record); any failure undoes every earlier step
+//! through the one container teardown (`teardown.rs`), whose steps all tolerate not having been
+//! done; the record is written only after the shim reported the container created. Everything but the shim round trip runs on the blocking pool (the image's account
 //! files are read there, never on an async worker).
 
 use std::path::{Component, Path, PathBuf};
@@ -17,16 +17,6 @@ use super::{ContainerError, Containers, PodInfo, io_err, new_id, now_ns, rootfs}
 use crate::spec::{self, ImageProcess, SpecInput, UserDb};
 use crius_sandbox::cgroup::Driver;
 use crius_sandbox::slice;
-
-/// What has been done so far, to undo on failure.
-#[derive(Default)]
-struct Undo {
-    id: String,
-    leased: bool,
-    dirs: bool,
-    mounted: bool,
-    shim: bool,
-}
 
 impl Containers {
     /// CRI: CreateContainer. Returns the new container's id.
@@ -65,17 +55,18 @@ impl Containers {
             }
             creating.insert(key.clone(), id.clone());
         }
-        let mut undo = Undo {
-            id: id.clone(),
-            ..Default::default()
-        };
-        let result = self.create_steps(&mut undo, pod, config, sandbox_config).await;
+        let result = self.create_steps(&id, pod, config, sandbox_config).await;
         match &result {
             Ok(()) => {
                 self.events.send(&id, &pod.id, super::EventKind::Created);
                 self.watch_exit(&id);
             }
-            Err(_) => self.undo(undo).await,
+            Err(e) => {
+                tracing::debug!(id, error = %e, "CreateContainer failed; rolling back");
+                if let Err(te) = self.teardown(&id, None).await {
+                    tracing::error!(id, error = %te, "CreateContainer rollback incomplete; recovery removes the rest");
+                }
+            }
         }
         self.creating
             .lock()
@@ -86,7 +77,7 @@ impl Containers {
 
     async fn create_steps(
         self: &Arc<Self>,
-        undo: &mut Undo,
+        id: &str,
         pod: &PodInfo,
         config: ContainerConfig,
         sandbox_config: Option<PodSandboxConfig>,
@@ -94,22 +85,13 @@ impl Containers {
         // The pod's recorded config, never the request's copy, decides what the pod allows
         // (a privileged container needs a pod that was created privileged).
         drop(sandbox_config);
-        let (mut done, pod_info) = (std::mem::take(undo), pod.clone());
-        let (done, prepared) = self
-            .blocking(move |c| {
-                let r = c.prepare(&mut done, &pod_info, config);
-                (done, r)
-            })
-            .await;
-        *undo = done;
-        let (mut record, shim_cfg) = prepared?;
-        let id = record.id.clone();
-        undo.shim = true;
+        let (key, pod_info) = (id.to_string(), pod.clone());
+        let (mut record, shim_cfg) = self.blocking(move |c| c.prepare(&key, &pod_info, config)).await?;
         let (pid, shim_pid) = self
             .shim
             .create(&shim_cfg)
             .await
-            .map_err(ContainerError::shim(&id))?;
+            .map_err(ContainerError::shim(id))?;
         record.status.pid = pid;
         record.status.shim_pid = shim_pid;
         crius_sandbox::crash::point("create-container:after-shim");
@@ -125,11 +107,11 @@ impl Containers {
     /// the shim reported, and the shim's configuration.
     fn prepare(
         &self,
-        undo: &mut Undo,
+        id: &str,
         pod: &PodInfo,
         config: ContainerConfig,
     ) -> Result<(Record, crius_shim_api::ShimConfig), ContainerError> {
-        let id = undo.id.clone();
+        let id = id.to_string();
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image_name.is_empty() {
             return Err(ContainerError::Invalid("container image is required".into()));
@@ -149,17 +131,14 @@ impl Containers {
         let log_path = log_path(&pod.config, &config)?;
 
         let lowers = self.images.lease(&image.id, &id).map_err(ContainerError::Image)?;
-        undo.leased = true;
         crius_sandbox::crash::point("create-container:after-lease");
         let bundle = self.bundle_dir(&id);
         let shim_dir = self.shim_dir(&id);
-        undo.dirs = true;
         crate::private::create_dir(&shim_dir).map_err(io_err("create", &shim_dir))?;
         crate::private::create_dir(&bundle).map_err(io_err("create", &bundle))?;
         crate::private::create_dir(&self.youki_root()).map_err(io_err("create", &self.youki_root()))?;
         let rootfs_dir = self.rootfs_dir(&id);
         rootfs::mount(&lowers, &self.layer_dir(&id), &rootfs_dir)?;
-        undo.mounted = true;
         crius_sandbox::crash::point("create-container:after-mount");
 
         let target_pid = self.target_pid_namespace(&config)?;
@@ -268,43 +247,6 @@ impl Containers {
             });
         }
         Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", target.status.pid))))
-    }
-
-    /// Undoes a failed create, newest step first. Best effort: every step is tried.
-    async fn undo(self: &Arc<Self>, u: Undo) {
-        if u.shim
-            && let Err(e) = self
-                .shim
-                .request(&self.shim_dir(&u.id), crius_shim_api::Request::Shutdown)
-                .await
-        {
-            tracing::debug!(id = u.id, "rollback: shim shutdown: {e}");
-        }
-        self.blocking(move |c| c.undo_files(&u)).await
-    }
-
-    /// The filesystem and image-store half of [`Containers::undo`].
-    fn undo_files(&self, u: &Undo) {
-        let id = u.id.as_str();
-        if u.mounted
-            && let Err(e) = rootfs::unmount(&self.rootfs_dir(id))
-        {
-            tracing::warn!(id, "rollback: {e}");
-        }
-        if u.dirs {
-            for d in [self.bundle_dir(id), self.layer_dir(id)] {
-                if let Err(e) = std::fs::remove_dir_all(&d)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(id, dir = %d.display(), "rollback: {e}");
-                }
-            }
-        }
-        if u.leased
-            && let Err(e) = self.images.release(id)
-        {
-            tracing::warn!(id, "rollback: release image lease: {e}");
-        }
     }
 }
 

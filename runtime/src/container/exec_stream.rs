@@ -25,11 +25,12 @@ use crius_streaming::ProcessIo;
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 impl Containers {
-    /// The full id of a RUNNING container (`id` may be a unique prefix); `action` names the
-    /// verb in the FailedPrecondition error.
-    pub fn running(&self, id: &str, action: &'static str) -> Result<String, ContainerError> {
-        let all = self.records.list()?;
-        let full = super::resolve_id(&all, id).ok_or_else(|| ContainerError::NotFound(id.into()))?;
+    /// The full id of the RUNNING container `query` names; `action` names the verb in the
+    /// FailedPrecondition error.
+    pub fn running(&self, query: &str, action: &'static str) -> Result<String, ContainerError> {
+        let full = self
+            .resolve(query)?
+            .ok_or_else(|| ContainerError::NotFound(query.into()))?;
         let r = self.refreshed(&full)?;
         if r.status.state != State::Running {
             return Err(ContainerError::WrongState {

@@ -20,13 +20,14 @@ impl Containers {
     /// CRI: ExecSync.
     pub async fn exec_sync(
         self: &std::sync::Arc<Self>,
-        id: &str,
+        query: &str,
         cmd: Vec<String>,
         timeout_seconds: i64,
     ) -> Result<ExecSyncResponse, ContainerError> {
         if cmd.is_empty() || cmd[0].is_empty() {
             return Err(ContainerError::Invalid("exec needs a command".into()));
         }
+        let id = &self.find(query).await?;
         let r = self.refreshed_off(id).await?;
         if r.status.state != State::Running {
             return Err(ContainerError::WrongState {

@@ -5,7 +5,8 @@
 //! `<state>/containers/<id>/` = the OCI bundle (`config.json`, `rootfs/` mount point) and
 //! `shim/` (shim config, control socket, exit file); `<state>/youki/` is libcontainer's root.
 //!
-//! Invariants: verbs on one container are serialised by its lock ([`Containers::lock`]);
+//! Invariants: every verb resolves the client's id once ([`Containers::resolve`]); verbs that
+//! change one container are serialised by its lock (`locks`, keyed by the full id);
 //! a record exists only for a container whose shim reported success; every create failure
 //! undoes what it did; stop and remove of an unknown container succeed. The async verbs never
 //! touch the disk, a mount, a cgroup or redb on an async worker: that work runs through
@@ -29,6 +30,7 @@ mod stats;
 mod status;
 pub(crate) mod stdio;
 mod stop;
+mod teardown;
 mod update;
 mod watch;
 
@@ -130,7 +132,9 @@ pub struct Containers {
     host: HostFacts,
     root: PathBuf,
     state: PathBuf,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per-container locks, keyed by full id: verbs that change a container hold its lock for
+    /// their whole run.
+    locks: cri_api::keyed::KeyedLocks,
     /// Names being created right now (`<pod>/<name>/<attempt>`), so concurrent creates of one
     /// name fail fast instead of both doing the work.
     creating: Mutex<HashMap<String, String>>,
@@ -158,7 +162,7 @@ impl Containers {
             host: HostFacts::detect(),
             root: root.to_path_buf(),
             state: state.to_path_buf(),
-            locks: Mutex::new(HashMap::new()),
+            locks: Default::default(),
             creating: Mutex::new(HashMap::new()),
             cpu_samples: Mutex::new(HashMap::new()),
             events: Events::default(),
@@ -195,14 +199,31 @@ impl Containers {
         self.blocking(move |c| c.refreshed(&id)).await
     }
 
-    /// The per-container lock; verbs that change a container hold it for their whole run.
-    pub(crate) fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(id.to_string()).or_default().clone()
+    /// The container a client's `query` names: its full id or a unique prefix of one (the rule
+    /// of [`cri_api::validate::resolve_id`], shared with the pod verbs). `None`: no container
+    /// has it; an ambiguous prefix is InvalidArgument naming the candidates.
+    pub(crate) fn resolve(&self, query: &str) -> Result<Option<String>, ContainerError> {
+        let matches = if cri_api::validate::plausible_id(query) {
+            self.records
+                .ids_with_prefix(query, cri_api::validate::PREFIX_CANDIDATES)?
+        } else {
+            Vec::new()
+        };
+        cri_api::validate::resolve_id("container id", query, &matches)
+            .map_err(|e| ContainerError::Invalid(e.to_string()))
     }
 
-    fn forget_lock(&self, id: &str) {
-        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    /// [`Containers::resolve`] on the blocking pool: what every verb does first.
+    pub(crate) async fn resolve_off(self: &Arc<Self>, query: &str) -> Result<Option<String>, ContainerError> {
+        let query = query.to_string();
+        self.blocking(move |c| c.resolve(&query)).await
+    }
+
+    /// [`Containers::resolve_off`] for the verbs that need the container: NotFound otherwise.
+    pub(crate) async fn find(self: &Arc<Self>, query: &str) -> Result<String, ContainerError> {
+        self.resolve_off(query)
+            .await?
+            .ok_or_else(|| ContainerError::NotFound(query.into()))
     }
 
     pub(crate) fn bundle_dir(&self, id: &str) -> PathBuf {
@@ -407,18 +428,4 @@ pub(crate) fn new_id() -> Result<String, ContainerError> {
         .and_then(|mut f| f.read_exact(&mut b))
         .map_err(io_err("read", Path::new("/dev/urandom")))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-}
-
-/// Resolves a full id or a unique prefix of one (crictl accepts prefixes).
-pub(crate) fn resolve_id(records: &[Record], query: &str) -> Option<String> {
-    if let Some(r) = records.iter().find(|r| r.id == query) {
-        return Some(r.id.clone());
-    }
-    let mut hits = records
-        .iter()
-        .filter(|r| !query.is_empty() && r.id.starts_with(query));
-    match (hits.next(), hits.next()) {
-        (Some(r), None) => Some(r.id.clone()),
-        _ => None,
-    }
 }

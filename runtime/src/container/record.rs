@@ -263,6 +263,21 @@ impl Records {
             })
     }
 
+    /// Up to `limit` ids that start with `prefix`, in key order (readable records or not).
+    pub fn ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, RecordError> {
+        let txn = self.db.begin_read().map_err(db("begin read"))?;
+        let t = txn.open_table(CONTAINERS).map_err(db("open containers"))?;
+        let mut out = Vec::new();
+        for item in t.range(prefix..).map_err(db("scan containers"))? {
+            let (k, _) = item.map_err(db("scan containers"))?;
+            if !k.value().starts_with(prefix) || out.len() == limit {
+                break;
+            }
+            out.push(k.value().to_string());
+        }
+        Ok(out)
+    }
+
     /// Every readable record (see [`Records::scan`] for the others).
     pub fn list(&self) -> Result<Vec<Record>, RecordError> {
         Ok(self.scan()?.0)

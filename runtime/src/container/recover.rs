@@ -30,7 +30,7 @@ use std::time::Duration;
 use crius_shim_api::{ExitStatus, ProcessStatus, Request, Response};
 
 use super::record::{Record, State};
-use super::{ContainerError, Containers, cgroupfs, now_ns, rootfs};
+use super::{ContainerError, Containers, now_ns, rootfs};
 
 /// How long recovering one container may take before it is marked and skipped.
 pub const PER_CONTAINER: Duration = Duration::from_secs(15);
@@ -48,6 +48,13 @@ pub struct Recovered {
     /// Records that do not decode; their containers are left untouched.
     pub unreadable: usize,
     pub orphans_removed: usize,
+}
+
+/// What the shim of a live record answered.
+enum Probe {
+    Alive(ProcessStatus, i32),
+    Exited(Option<ExitStatus>),
+    Gone(String),
 }
 
 enum Outcome {
@@ -121,7 +128,7 @@ impl Containers {
                 }
             }
         }
-        out.orphans_removed = self.remove_orphans(&known, &leased).await;
+        out.orphans_removed = self.remove_orphans(known, leased).await;
         tracing::info!(
             containers = out.containers,
             reconnected = out.reconnected,
@@ -145,25 +152,46 @@ impl Containers {
         }
     }
 
-    async fn recover_one(&self, r: Record, has_lease: bool) -> Result<Outcome, ContainerError> {
-        let id = r.id.clone();
-        if !has_lease {
-            // A crash between the lease and the record, or a lost lease: take it again so image
-            // GC keeps the layers this container's rootfs stands on.
-            if let Err(e) = self.images.lease(&r.image_id, &id) {
-                tracing::warn!(id, error = %e, "cannot take the image lease again");
-            }
-        }
-        let r = self.fold_exit(r)?;
+    /// One record: the blocking reads and writes run on the blocking pool, only the shim probe
+    /// on the async runtime.
+    async fn recover_one(self: &Arc<Self>, r: Record, has_lease: bool) -> Result<Outcome, ContainerError> {
+        let r = self
+            .blocking(move |c| {
+                if !has_lease {
+                    // A crash between the lease and the record, or a lost lease: take it again
+                    // so image GC keeps the layers this container's rootfs stands on.
+                    if let Err(e) = c.images.lease(&r.image_id, &r.id) {
+                        tracing::warn!(id = %r.id, error = %e, "cannot take the image lease again");
+                    }
+                }
+                c.fold_exit(r)
+            })
+            .await?;
         if !matches!(r.status.state, State::Running | State::Created | State::Unknown) {
             return Ok(Outcome::Untouched);
         }
-        let probe = tokio::time::timeout(PROBE, self.shim.request(&self.shim_dir(&id), Request::State)).await;
-        match probe {
+        let probe =
+            tokio::time::timeout(PROBE, self.shim.request(&self.shim_dir(&r.id), Request::State)).await;
+        let probe = match probe {
             Ok(Ok(Response::State(st))) if st.status != ProcessStatus::Exited && st.exit.is_none() => {
+                Probe::Alive(st.status, st.pid)
+            }
+            Ok(Ok(Response::State(st))) => Probe::Exited(st.exit),
+            Ok(Ok(resp)) => Probe::Gone(format!("unexpected answer {resp:?}")),
+            Ok(Err(e)) => Probe::Gone(e.to_string()),
+            Err(_) => Probe::Gone(format!("no answer within {PROBE:?}")),
+        };
+        self.blocking(move |c| c.settle(r, probe)).await
+    }
+
+    /// Records what the probe of a live record found.
+    fn settle(&self, r: Record, probe: Probe) -> Result<Outcome, ContainerError> {
+        let id = r.id.clone();
+        match probe {
+            Probe::Alive(status, pid) => {
                 if r.status.state == State::Unknown {
                     self.records.update::<ContainerError>(&id, |s| {
-                        s.state = if st.status == ProcessStatus::Running {
+                        s.state = if status == ProcessStatus::Running {
                             State::Running
                         } else {
                             State::Created
@@ -174,14 +202,14 @@ impl Containers {
                 }
                 self.ensure_rootfs(&r);
                 self.watch_exit(&id);
-                tracing::debug!(id, pid = st.pid, "reconnected to the container's shim");
+                tracing::debug!(id, pid, "reconnected to the container's shim");
                 Ok(Outcome::Reconnected)
             }
-            Ok(Ok(Response::State(st))) => {
+            Probe::Exited(exit) => {
                 // The shim lingers after init exited; its exit file is the truth, else its answer.
                 let r = self.fold_exit(self.refreshed(&id)?)?;
                 if r.status.state != State::Exited {
-                    let exit = st.exit.unwrap_or(ExitStatus {
+                    let exit = exit.unwrap_or(ExitStatus {
                         exit_code: 255,
                         finished_at: now_ns(),
                         oom_killed: false,
@@ -190,12 +218,7 @@ impl Containers {
                 }
                 Ok(Outcome::Exited)
             }
-            other => {
-                let why = match other {
-                    Ok(Ok(resp)) => format!("unexpected answer {resp:?}"),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("no answer within {PROBE:?}"),
-                };
+            Probe::Gone(why) => {
                 if init_alive(&r) {
                     tracing::warn!(
                         id,
@@ -250,53 +273,31 @@ impl Containers {
         }
     }
 
-    /// Removes container state that no record owns; returns how many containers' worth.
-    async fn remove_orphans(&self, known: &HashSet<String>, leased: &HashSet<String>) -> usize {
-        let mut removed = HashSet::new();
-        let bundles = self.state.join("containers");
-        for id in orphan_ids(&bundles, known) {
-            let shim_dir = self.shim_dir(&id);
-            if shim_dir.join(crius_shim_api::CONTROL_SOCKET).exists() {
-                match tokio::time::timeout(PER_CONTAINER, self.shim.request(&shim_dir, Request::Shutdown))
-                    .await
-                {
-                    Ok(Ok(_)) => tracing::info!(id, "shut down an orphaned shim"),
-                    Ok(Err(e)) => tracing::debug!(id, "orphaned shim: {e}"),
-                    Err(_) => tracing::warn!(id, "orphaned shim did not shut down in time"),
-                }
+    /// Tears down container state that no record owns, through the one container teardown;
+    /// returns how many containers' worth.
+    async fn remove_orphans(self: &Arc<Self>, known: HashSet<String>, leased: HashSet<String>) -> usize {
+        let orphans: HashSet<String> = self
+            .blocking(move |c| {
+                [
+                    c.state.join("containers"),
+                    c.youki_root(),
+                    c.root.join("containers"),
+                ]
+                .iter()
+                .flat_map(|dir| orphan_ids(dir, &known))
+                .chain(leased.into_iter().filter(|id| !known.contains(id)))
+                .collect()
+            })
+            .await;
+        let tasks = orphans.iter().map(|id| async move {
+            match tokio::time::timeout(PER_CONTAINER, self.teardown(id, None)).await {
+                Ok(Ok(())) => tracing::info!(id, "removed orphaned container state"),
+                Ok(Err(e)) => tracing::warn!(id, error = %e, "cannot remove all orphaned container state"),
+                Err(_) => tracing::warn!(id, "removing orphaned container state timed out"),
             }
-            let bundle = self.bundle_dir(&id);
-            for pid in pids_mentioning(&bundle) {
-                tracing::info!(id, pid, "killing an orphaned shim process");
-                kill(pid);
-            }
-            if let Some(cgroup) = bundle_cgroup(&bundle.join("config.json")) {
-                for pid in cgroup_procs(&cgroup) {
-                    kill(pid);
-                }
-                remove_cgroup(&cgroup);
-            }
-            if let Err(e) = rootfs::unmount(&self.rootfs_dir(&id)) {
-                tracing::warn!(id, error = %e, "cannot unmount an orphaned rootfs");
-            }
-            remove_dir(&bundle);
-            removed.insert(id);
-        }
-        for dir in [self.youki_root(), self.root.join("containers")] {
-            for id in orphan_ids(&dir, known) {
-                remove_dir(&dir.join(&id));
-                removed.insert(id);
-            }
-        }
-        for id in leased.iter().filter(|id| !known.contains(*id)) {
-            match self.images.release(id) {
-                Ok(()) => {
-                    removed.insert(id.clone());
-                }
-                Err(e) => tracing::warn!(id, error = %e, "cannot release an orphaned image lease"),
-            }
-        }
-        removed.len()
+        });
+        futures_util::future::join_all(tasks).await;
+        orphans.len()
     }
 }
 
@@ -318,96 +319,11 @@ fn is_container_id(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn remove_dir(d: &Path) {
-    match std::fs::remove_dir_all(d) {
-        Ok(()) => tracing::info!(dir = %d.display(), "removed orphaned container state"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot remove orphaned container state"),
-    }
-}
-
-fn kill(pid: i32) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-}
-
 /// The container's init still runs (its pid is in the container's cgroup, so not a reused pid).
 fn init_alive(r: &Record) -> bool {
     r.status.pid > 0
         && std::fs::read_to_string(format!("/proc/{}/cgroup", r.status.pid))
             .is_ok_and(|c| c.lines().any(|l| l.ends_with(r.cgroup_path.as_str())))
-}
-
-/// The cgroupfs path of an OCI bundle's `linux.cgroupsPath`: as written (cgroupfs driver), or
-/// the scope `<slice path>/<prefix>-<name>.scope` that `<slice>:<prefix>:<name>` names (systemd).
-fn bundle_cgroup(config: &Path) -> Option<String> {
-    let body = std::fs::read(config).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    let path = v.pointer("/linux/cgroupsPath")?.as_str()?;
-    if path.starts_with('/') {
-        return Some(path.to_string());
-    }
-    let mut parts = path.splitn(3, ':');
-    let (slice, prefix, name) = (parts.next()?, parts.next()?, parts.next()?);
-    let dir = crius_sandbox::slice::expand(slice).ok()?;
-    Some(
-        crius_sandbox::slice::scope_path(&dir, prefix, name)
-            .to_string_lossy()
-            .into_owned(),
-    )
-}
-
-/// Every process of a cgroup, across all hierarchies.
-fn cgroup_procs(cgroup: &str) -> Vec<i32> {
-    let mut pids = HashSet::new();
-    for d in cgroup_dirs(cgroup) {
-        if let Ok(s) = std::fs::read_to_string(d.join("cgroup.procs")) {
-            pids.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-        }
-    }
-    pids.into_iter().collect()
-}
-
-fn cgroup_dirs(cgroup: &str) -> Vec<std::path::PathBuf> {
-    let mut dirs: Vec<_> = std::fs::read_dir(cgroupfs::ROOT)
-        .map(|e| {
-            e.flatten()
-                .filter_map(|e| cgroupfs::dir(&e.file_name().to_string_lossy(), cgroup))
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.extend(cgroupfs::dir("", cgroup));
-    dirs.retain(|d| d.is_dir());
-    dirs
-}
-
-/// Removes a cgroup whose processes were just killed (they take a moment to leave it).
-fn remove_cgroup(cgroup: &str) {
-    for _ in 0..50 {
-        cgroupfs::remove(cgroup);
-        if cgroup_dirs(cgroup).is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    tracing::warn!(cgroup, "cannot remove an orphaned container cgroup");
-}
-
-/// Processes whose command line names `dir` (a shim started with `--config <dir>/shim/…`).
-fn pids_mentioning(dir: &Path) -> Vec<i32> {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
-        })
-        .collect()
 }
 
 /// Whether `path` is a mount point in this mount namespace (`/proc/self/mountinfo`).
@@ -423,24 +339,6 @@ pub(crate) fn is_mount_point(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bundle_cgroups_of_both_drivers() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("config.json");
-        for (written, expected) in [
-            ("/crius/p/c", "/crius/p/c"),
-            (
-                "kubepods-pod1.slice:crius:c1",
-                "/kubepods.slice/kubepods-pod1.slice/crius-c1.scope",
-            ),
-        ] {
-            std::fs::write(&f, format!(r#"{{"linux":{{"cgroupsPath":"{written}"}}}}"#)).unwrap();
-            assert_eq!(bundle_cgroup(&f).as_deref(), Some(expected));
-        }
-        std::fs::write(&f, r#"{"linux":{"cgroupsPath":"bad/slice:x:y"}}"#).unwrap();
-        assert_eq!(bundle_cgroup(&f), None);
-    }
 
     #[test]
     fn mountinfo_escapes_are_decoded() {
@@ -466,14 +364,5 @@ mod tests {
         }
         let known: HashSet<String> = [a.clone()].into();
         assert_eq!(orphan_ids(d.path(), &known), vec![b]);
-    }
-
-    #[test]
-    fn bundle_cgroup_is_read_from_the_spec() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("config.json");
-        std::fs::write(&p, r#"{"linux":{"cgroupsPath":"/crius/pod/ctr"}}"#).unwrap();
-        assert_eq!(bundle_cgroup(&p).as_deref(), Some("/crius/pod/ctr"));
-        assert_eq!(bundle_cgroup(&d.path().join("missing")), None);
     }
 }

@@ -10,11 +10,12 @@ use super::{ContainerError, Containers};
 
 impl Containers {
     /// CRI: ReopenContainerLog.
-    pub async fn reopen_log(self: &std::sync::Arc<Self>, id: &str) -> Result<(), ContainerError> {
+    pub async fn reopen_log(self: &std::sync::Arc<Self>, query: &str) -> Result<(), ContainerError> {
+        let id = &self.find(query).await?;
         let r = self.refreshed_off(id).await?;
         if r.status.state != State::Running {
             return Err(ContainerError::WrongState {
-                id: id.into(),
+                id: id.clone(),
                 state: r.status.state,
                 action: "reopen its log",
                 wanted: "a running container",

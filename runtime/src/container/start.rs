@@ -13,9 +13,9 @@ use super::{ContainerError, Containers, now_ns};
 
 impl Containers {
     /// CRI: StartContainer.
-    pub async fn start(self: &Arc<Self>, id: &str) -> Result<(), ContainerError> {
-        let lock = self.lock(id);
-        let _guard = lock.lock().await;
+    pub async fn start(self: &Arc<Self>, query: &str) -> Result<(), ContainerError> {
+        let id = &self.find(query).await?;
+        let _guard = self.locks.lock(id).await;
         let r = self.refreshed_off(id).await?;
         if r.status.state != State::Created {
             return Err(ContainerError::WrongState {
@@ -40,7 +40,7 @@ impl Containers {
                 source: e,
             });
         }
-        let id = id.to_string();
+        let id = id.clone();
         self.blocking(move |c| c.record_started(&id)).await
     }
 

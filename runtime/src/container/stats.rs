@@ -31,8 +31,8 @@ fn u(v: Option<u64>) -> Option<UInt64Value> {
 
 impl Containers {
     /// CRI: ContainerStats.
-    pub async fn stats(self: &std::sync::Arc<Self>, id: &str) -> Result<ContainerStats, ContainerError> {
-        let id = id.to_string();
+    pub async fn stats(self: &std::sync::Arc<Self>, query: &str) -> Result<ContainerStats, ContainerError> {
+        let id = self.find(query).await?;
         self.blocking(move |c| Ok(c.stats_of(&c.refreshed(&id)?))).await
     }
 

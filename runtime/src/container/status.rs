@@ -12,20 +12,17 @@ use super::record::{Record, RecordError};
 use super::{ContainerError, Containers};
 
 impl Containers {
-    /// CRI: ContainerStatus. `id` may be a unique prefix.
+    /// CRI: ContainerStatus.
     pub async fn status(
         self: &std::sync::Arc<Self>,
-        id: &str,
+        query: &str,
         verbose: bool,
     ) -> Result<ContainerStatusResponse, ContainerError> {
-        let id = id.to_string();
-        self.blocking(move |c| c.status_blocking(&id, verbose)).await
+        let id = self.find(query).await?;
+        self.blocking(move |c| c.status_blocking(id, verbose)).await
     }
 
-    fn status_blocking(&self, id: &str, verbose: bool) -> Result<ContainerStatusResponse, ContainerError> {
-        let (mut all, unreadable) = self.records.scan()?;
-        all.extend(unreadable.into_iter().filter_map(|u| u.salvaged));
-        let id = super::resolve_id(&all, id).ok_or_else(|| ContainerError::NotFound(id.into()))?;
+    fn status_blocking(&self, id: String, verbose: bool) -> Result<ContainerStatusResponse, ContainerError> {
         // An unreadable record answers with what could be read of it (state UNKNOWN).
         let r = match self.refreshed(&id) {
             Err(ContainerError::Record(RecordError::Corrupt { .. })) => self

@@ -23,10 +23,12 @@ const SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Containers {
     /// CRI: StopContainer.
-    pub async fn stop(self: &Arc<Self>, id: &str, timeout_seconds: i64) -> Result<(), ContainerError> {
-        let lock = self.lock(id);
-        let _guard = lock.lock().await;
-        let r = match self.refreshed_off(id).await {
+    pub async fn stop(self: &Arc<Self>, query: &str, timeout_seconds: i64) -> Result<(), ContainerError> {
+        let Some(id) = self.resolve_off(query).await? else {
+            return Ok(());
+        };
+        let _guard = self.locks.lock(&id).await;
+        let r = match self.refreshed_off(&id).await {
             Ok(r) => r,
             Err(ContainerError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),

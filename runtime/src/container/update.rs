@@ -12,12 +12,11 @@ impl Containers {
     /// CRI: UpdateContainerResources (Linux part).
     pub async fn update_resources(
         self: &std::sync::Arc<Self>,
-        id: &str,
+        query: &str,
         resources: Option<LinuxContainerResources>,
     ) -> Result<(), ContainerError> {
-        let lock = self.lock(id);
-        let _guard = lock.lock().await;
-        let id = id.to_string();
+        let id = self.find(query).await?;
+        let _guard = self.locks.lock(&id).await;
         self.blocking(move |c| c.update_locked(&id, resources)).await
     }
 

@@ -130,7 +130,6 @@ impl RuntimeService for Runtime {
 
     async fn create_container(&self, req: Request<CreateContainerRequest>) -> Rpc<CreateContainerResponse> {
         let req = req.into_inner();
-        cri_api::validate::object_id("pod sandbox id", &req.pod_sandbox_id).map_err(error::invalid)?;
         let config = req
             .config
             .ok_or_else(|| Status::invalid_argument("container config is required"))?;
@@ -154,7 +153,7 @@ impl RuntimeService for Runtime {
     }
 
     async fn start_container(&self, req: Request<StartContainerRequest>) -> Rpc<StartContainerResponse> {
-        let id = container_id(req.into_inner().container_id)?;
+        let id = req.into_inner().container_id;
         let c = self.0.containers.clone();
         detached(async move { c.start(&id).await }).await?;
         Ok(Response::new(StartContainerResponse {}))
@@ -162,23 +161,13 @@ impl RuntimeService for Runtime {
 
     async fn stop_container(&self, req: Request<StopContainerRequest>) -> Rpc<StopContainerResponse> {
         let req = req.into_inner();
-        // CRI: stopping something that does not exist succeeds, whatever its id looks like.
-        if is_foreign_id(&req.container_id) {
-            return Ok(Response::new(StopContainerResponse {}));
-        }
-        let id = container_id(req.container_id)?;
         let c = self.0.containers.clone();
-        detached(async move { c.stop(&id, req.timeout).await }).await?;
+        detached(async move { c.stop(&req.container_id, req.timeout).await }).await?;
         Ok(Response::new(StopContainerResponse {}))
     }
 
     async fn remove_container(&self, req: Request<RemoveContainerRequest>) -> Rpc<RemoveContainerResponse> {
         let id = req.into_inner().container_id;
-        // CRI: removing something that does not exist succeeds, whatever its id looks like.
-        if is_foreign_id(&id) {
-            return Ok(Response::new(RemoveContainerResponse {}));
-        }
-        let id = container_id(id)?;
         let c = self.0.containers.clone();
         detached(async move { c.remove(&id).await }).await?;
         Ok(Response::new(RemoveContainerResponse {}))
@@ -197,7 +186,7 @@ impl RuntimeService for Runtime {
 
     async fn container_status(&self, req: Request<ContainerStatusRequest>) -> Rpc<ContainerStatusResponse> {
         let req = req.into_inner();
-        let id = container_id(req.container_id)?;
+        let id = req.container_id;
         let status = self
             .0
             .containers
@@ -212,7 +201,7 @@ impl RuntimeService for Runtime {
         req: Request<UpdateContainerResourcesRequest>,
     ) -> Rpc<UpdateContainerResourcesResponse> {
         let req = req.into_inner();
-        let id = container_id(req.container_id)?;
+        let id = req.container_id;
         let c = self.0.containers.clone();
         detached(async move { c.update_resources(&id, req.linux).await }).await?;
         Ok(Response::new(UpdateContainerResourcesResponse {}))
@@ -222,7 +211,7 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<ReopenContainerLogRequest>,
     ) -> Rpc<ReopenContainerLogResponse> {
-        let id = container_id(req.into_inner().container_id)?;
+        let id = req.into_inner().container_id;
         self.0
             .containers
             .reopen_log(&id)
@@ -233,7 +222,7 @@ impl RuntimeService for Runtime {
 
     async fn exec_sync(&self, req: Request<ExecSyncRequest>) -> Rpc<ExecSyncResponse> {
         let req = req.into_inner();
-        let id = container_id(req.container_id)?;
+        let id = req.container_id;
         let c = self.0.containers.clone();
         // Detached, so a client that gives up early still gets its exec killed at the timeout.
         let resp = detached(async move { c.exec_sync(&id, req.cmd, req.timeout).await }).await?;
@@ -246,7 +235,7 @@ impl RuntimeService for Runtime {
             return Err(Status::invalid_argument("exec needs a command"));
         }
         stdio_wanted(req.tty, req.stdin, req.stdout, req.stderr)?;
-        let id = container_id(req.container_id)?;
+        let id = req.container_id;
         req.container_id = self
             .0
             .containers
@@ -263,7 +252,7 @@ impl RuntimeService for Runtime {
     async fn attach(&self, req: Request<AttachRequest>) -> Rpc<AttachResponse> {
         let mut req = req.into_inner();
         stdio_wanted(req.tty, req.stdin, req.stdout, req.stderr)?;
-        let id = container_id(req.container_id)?;
+        let id = req.container_id;
         req.container_id = self
             .0
             .containers
@@ -278,12 +267,14 @@ impl RuntimeService for Runtime {
     }
 
     async fn port_forward(&self, req: Request<PortForwardRequest>) -> Rpc<PortForwardResponse> {
-        let req = req.into_inner();
-        cri_api::validate::object_id("pod sandbox id", &req.pod_sandbox_id).map_err(error::invalid)?;
-        if !self.pod(&req.pod_sandbox_id)?.ready {
-            let e = crate::container::ContainerError::PodNotReady(req.pod_sandbox_id.clone());
-            return Err(error::container(e));
+        let mut req = req.into_inner();
+        let pod = self.pod(&req.pod_sandbox_id)?;
+        if !pod.ready {
+            return Err(error::container(crate::container::ContainerError::PodNotReady(
+                pod.id,
+            )));
         }
+        req.pod_sandbox_id = pod.id;
         let url = self
             .streaming()?
             .url(Pending::PortForward(req))
@@ -292,7 +283,7 @@ impl RuntimeService for Runtime {
     }
 
     async fn container_stats(&self, req: Request<ContainerStatsRequest>) -> Rpc<ContainerStatsResponse> {
-        let id = container_id(req.into_inner().container_id)?;
+        let id = req.into_inner().container_id;
         let stats = self.0.containers.stats(&id).await.map_err(error::container)?;
         Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
     }
@@ -313,7 +304,6 @@ impl RuntimeService for Runtime {
 
     async fn pod_sandbox_stats(&self, req: Request<PodSandboxStatsRequest>) -> Rpc<PodSandboxStatsResponse> {
         let id = req.into_inner().pod_sandbox_id;
-        cri_api::validate::object_id("pod sandbox id", &id).map_err(error::invalid)?;
         let pod = self.pod_stats_input(&id)?;
         let stats = self
             .0
@@ -429,16 +419,6 @@ fn stdio_wanted(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<()
     Ok(())
 }
 
-/// A container id (or unique prefix) from the wire. An id crius could never have issued names
-/// no container: NotFound; an empty one is InvalidArgument.
-fn container_id(id: String) -> Result<String, Status> {
-    if is_foreign_id(&id) {
-        return Err(Status::not_found(format!("container {id:?} not found")));
-    }
-    cri_api::validate::object_id("container id", &id).map_err(error::invalid)?;
-    Ok(id)
-}
-
 /// The handover key of a RunPodSandbox: its metadata (None when missing; validation rejects it).
 fn pod_key(req: &RunPodSandboxRequest) -> Option<String> {
     let m = req.config.as_ref()?.metadata.as_ref()?;
@@ -446,14 +426,6 @@ fn pod_key(req: &RunPodSandboxRequest) -> Option<String> {
         "pod\0{}\0{}\0{}\0{}",
         m.name, m.namespace, m.uid, m.attempt
     ))
-}
-
-/// A non-empty id that is not one crius issues (critest probes with UUIDs).
-fn is_foreign_id(id: &str) -> bool {
-    matches!(
-        cri_api::validate::object_id("id", id),
-        Err(cri_api::validate::InvalidInput::BadId { .. })
-    )
 }
 
 /// Runs a mutating container verb in its own task, so a client that goes away mid-call never

@@ -1,0 +1,179 @@
+//! The one container teardown, shared by RemoveContainer (after its stop), the rollback of a
+//! failed CreateContainer and recovery's removal of state no record owns: shim, processes,
+//! cgroup, libcontainer state, rootfs mount, bundle, writable layer, image lease.
+//!
+//! Invariants: every step tolerates having been done already and runs even when an earlier one
+//! failed, so a teardown interrupted anywhere (a crash, a busy mount) is simply run again; the
+//! first failure is returned and the caller keeps the record for that retry; only the
+//! container's own directories and cgroup are touched (ids are validated hex, the cgroup comes
+//! from the record or the container's own spec).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crius_shim_api::Request;
+
+use super::{ContainerError, Containers, cgroupfs, rootfs};
+use crate::shim_client::ShimError;
+
+/// How long a shim may take to shut down (it deletes the container through libcontainer).
+const SHUTDOWN: Duration = Duration::from_secs(10);
+/// How long killed processes may take to leave the container's cgroup.
+const CGROUP_DRAIN: Duration = Duration::from_secs(2);
+
+impl Containers {
+    /// Tears down everything container `id` may own except its record. `cgroup` is its cgroupfs
+    /// path when known; otherwise it is read from the bundle's `config.json`, if any.
+    pub(crate) async fn teardown(
+        self: &Arc<Self>,
+        id: &str,
+        cgroup: Option<String>,
+    ) -> Result<(), ContainerError> {
+        let shim_dir = self.shim_dir(id);
+        let shim_done = if shim_dir.join(crius_shim_api::CONTROL_SOCKET).exists() {
+            match tokio::time::timeout(SHUTDOWN, self.shim.request(&shim_dir, Request::Shutdown)).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(ShimError::Unreachable { .. })) => false,
+                Ok(Err(e)) => {
+                    tracing::warn!(id, error = %e, "shim shutdown failed; killing it");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(id, timeout = ?SHUTDOWN, "shim did not shut down in time; killing it");
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        let id = id.to_string();
+        self.blocking(move |c| c.teardown_files(&id, cgroup, shim_done))
+            .await
+    }
+
+    /// The blocking half of [`Containers::teardown`], after the shim answered (`shim_done`)
+    /// or was found gone or hung.
+    fn teardown_files(
+        &self,
+        id: &str,
+        cgroup: Option<String>,
+        shim_done: bool,
+    ) -> Result<(), ContainerError> {
+        let bundle = self.bundle_dir(id);
+        let mut first: Option<ContainerError> = None;
+        let mut note = |step: &'static str, r: Result<(), ContainerError>| {
+            if let Err(e) = r {
+                tracing::warn!(id, step, error = %e, "container teardown step failed");
+                first.get_or_insert(e);
+            }
+        };
+        if !shim_done {
+            // No shim did libcontainer's delete: kill a hung shim, then do it here.
+            for pid in pids_mentioning(&bundle) {
+                tracing::info!(id, pid, "killing the container's shim");
+                kill(pid);
+            }
+            note("libcontainer state", remove_dir(&self.youki_root().join(id)));
+        }
+        if let Some(cgroup) = cgroup.or_else(|| bundle_cgroup(&bundle.join("config.json")))
+            && !cgroupfs::kill_and_remove(&cgroup, CGROUP_DRAIN)
+        {
+            note(
+                "cgroup",
+                Err(ContainerError::Invalid(format!(
+                    "container cgroup {cgroup} still has processes after SIGKILL"
+                ))),
+            );
+        }
+        note("rootfs mount", rootfs::unmount(&self.rootfs_dir(id)));
+        note("bundle", remove_dir(&bundle));
+        note("writable layer", remove_dir(&self.layer_dir(id)));
+        note(
+            "image lease",
+            self.images.release(id).map_err(ContainerError::Image),
+        );
+        first.map_or(Ok(()), Err)
+    }
+}
+
+fn remove_dir(d: &Path) -> Result<(), ContainerError> {
+    match std::fs::remove_dir_all(d) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(super::io_err("remove", d)(e)),
+    }
+}
+
+fn kill(pid: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+}
+
+/// The cgroupfs path of an OCI bundle's `linux.cgroupsPath`: as written (cgroupfs driver), or
+/// the scope `<slice path>/<prefix>-<name>.scope` that `<slice>:<prefix>:<name>` names (systemd).
+pub(super) fn bundle_cgroup(config: &Path) -> Option<String> {
+    let body = std::fs::read(config).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let path = v.pointer("/linux/cgroupsPath")?.as_str()?;
+    if path.starts_with('/') {
+        return Some(path.to_string());
+    }
+    let mut parts = path.splitn(3, ':');
+    let (slice, prefix, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let dir = crius_sandbox::slice::expand(slice).ok()?;
+    Some(
+        crius_sandbox::slice::scope_path(&dir, prefix, name)
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// Processes whose command line names `dir` (a shim started with `--config <dir>/shim/…`).
+fn pids_mentioning(dir: &Path) -> Vec<i32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_cgroups_of_both_drivers() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.json");
+        for (written, expected) in [
+            ("/crius/p/c", "/crius/p/c"),
+            (
+                "kubepods-pod1.slice:crius:c1",
+                "/kubepods.slice/kubepods-pod1.slice/crius-c1.scope",
+            ),
+        ] {
+            std::fs::write(&f, format!(r#"{{"linux":{{"cgroupsPath":"{written}"}}}}"#)).unwrap();
+            assert_eq!(bundle_cgroup(&f).as_deref(), Some(expected));
+        }
+        std::fs::write(&f, r#"{"linux":{"cgroupsPath":"bad/slice:x:y"}}"#).unwrap();
+        assert_eq!(bundle_cgroup(&f), None);
+    }
+
+    #[test]
+    fn bundle_cgroup_is_read_from_the_spec() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("config.json");
+        std::fs::write(&p, r#"{"linux":{"cgroupsPath":"/crius/pod/ctr"}}"#).unwrap();
+        assert_eq!(bundle_cgroup(&p).as_deref(), Some("/crius/pod/ctr"));
+        assert_eq!(bundle_cgroup(&d.path().join("missing")), None);
+    }
+}
