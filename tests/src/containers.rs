@@ -26,15 +26,18 @@ pub struct World {
 }
 
 impl World {
-    /// A world whose pod uses network `n` (each test picks its own).
-    pub async fn new(n: u8) -> Result<World> {
-        World::with_image(n, ImageSpec::busybox()).await
+    /// A world with busybox on a freshly allocated test network. Panics when not root.
+    pub async fn new() -> Result<World> {
+        World::with_image(ImageSpec::busybox()).await
     }
 
-    pub async fn with_image(n: u8, spec: ImageSpec) -> Result<World> {
+    /// Like [`World::new`], with `spec` pushed and pulled as the world's image.
+    pub async fn with_image(spec: ImageSpec) -> Result<World> {
+        crate::util::require_root();
+        let net = TestNet::new();
+        let n = net.n;
         let reg = Registry::start()?;
         let pushed = images::push(&reg, "test/busybox", "1", &spec).await?;
-        let net = TestNet::new(n);
         let mut d = net.daemon().await?;
         d.images
             .pull_image(PullImageRequest {

@@ -63,7 +63,9 @@ impl Daemon {
             .items
     }
 
+    /// Starts a daemon with `opts`. Panics when not root: see [`util::require_root`].
     pub async fn start_with(opts: DaemonOptions) -> Result<Daemon> {
+        util::require_root();
         let dir = tempfile::Builder::new()
             .prefix("crius-test.")
             .tempdir_in("/tmp")?

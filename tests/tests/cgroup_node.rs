@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crius_tests::containers::World;
-use crius_tests::{pods, util};
+use crius_tests::pods;
 use k8s_cri::v1::*;
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -49,11 +49,7 @@ fn resources(memory: i64) -> LinuxContainerResources {
 
 #[tokio::test]
 async fn limits_reach_the_kernel_and_the_container_sees_its_own_cgroup() {
-    assert!(
-        util::is_root(),
-        "needs root: creates cgroups, namespaces and mounts"
-    );
-    let mut w = World::new(150).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let expected_driver = if systemd_driver() {
         CgroupDriver::Systemd
     } else {
@@ -203,11 +199,7 @@ async fn shared_pid_pod(w: &mut World) -> (String, PodSandboxConfig) {
 
 #[tokio::test]
 async fn swap_limit_needs_a_memory_limit_at_least_as_large() {
-    assert!(
-        util::is_root(),
-        "needs root: creates cgroups, namespaces and mounts"
-    );
-    let mut w = World::new(151).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let mut cfg = w.config("swap", &["sleep", "3600"]);
     cfg.linux = Some(LinuxContainerConfig {
         resources: Some(LinuxContainerResources {
@@ -247,11 +239,7 @@ async fn swap_limit_needs_a_memory_limit_at_least_as_large() {
 
 #[tokio::test]
 async fn every_process_of_a_shared_pid_pod_is_in_its_own_cgroup() {
-    assert!(
-        util::is_root(),
-        "needs root: creates cgroups, namespaces and mounts"
-    );
-    let mut w = World::new(152).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let (pod, cfg) = shared_pid_pod(&mut w).await;
     let c =
         w.d.runtime

@@ -63,11 +63,7 @@ async fn assert_nothing_left(w: &mut World, id: &str) {
 
 #[tokio::test]
 async fn every_state_stops_and_removes_cleanly() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(61).await.unwrap();
+    let mut w = World::new().await.unwrap();
 
     // Created, then removed without ever starting.
     let created = w.create(w.config("created", &["sleep", "1000"])).await.unwrap();
@@ -139,11 +135,7 @@ async fn every_state_stops_and_removes_cleanly() {
 
 #[tokio::test]
 async fn sigkill_from_outside_shows_exit_137() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(62).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let id = w.run("victim", &["sleep", "1000"]).await;
     let pid = w.pid(&id).await;
     assert!(pid > 1);
@@ -157,11 +149,7 @@ async fn sigkill_from_outside_shows_exit_137() {
 
 #[tokio::test]
 async fn names_images_and_pods_are_checked() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(63).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let a = w.create(w.config("dup", &["sleep", "1000"])).await.unwrap();
     let dup = w.create(w.config("dup", &["sleep", "1000"])).await.unwrap_err();
     assert_eq!(dup.code(), Code::AlreadyExists);

@@ -47,7 +47,7 @@ fn own_status<'a>(ev: &'a ContainerEventResponse) -> Option<&'a ContainerStatus>
 
 #[tokio::test]
 async fn every_transition_of_a_pod_lifecycle_is_published_in_order() {
-    let mut w = World::new(90).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let mut a = subscribe(&w).await;
     let mut b = subscribe(&w).await;
 

@@ -40,7 +40,7 @@ async fn recover_from_crash(d: &mut Daemon, step: &str) {
 
 #[tokio::test]
 async fn crash_inside_run_pod_sandbox_leaks_nothing_and_the_retry_succeeds() {
-    let net = TestNet::new(93);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = PodCleanup::new(&d);
     let req = || RunPodSandboxRequest {
@@ -124,7 +124,7 @@ fn container_cgroups(pod: &str) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
-    let mut w = World::new(94).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _cleanup = PodCleanup::new(&w.d);
     let containers = w.d.state.join("containers");
     for step in [
@@ -191,7 +191,7 @@ async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
 
 #[tokio::test]
 async fn create_container_retried_after_a_client_deadline_gets_one_container() {
-    let mut w = World::new(95).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _cleanup = PodCleanup::new(&w.d);
     let cfg = w.config("late", &["sh", "-c", "sleep 1000"]);
     let mut req = tonic::Request::new(CreateContainerRequest {

@@ -86,7 +86,7 @@ fn is_zombie(pid: i32) -> bool {
 
 #[tokio::test]
 async fn five_running_pods_survive_sigkill() {
-    let mut w = World::new(91).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _cleanup = PodCleanup::new(&w.d);
     let mut pods_ = vec![(w.pod.clone(), w.pod_config())];
     for i in 1..5 {
@@ -204,7 +204,7 @@ async fn five_running_pods_survive_sigkill() {
 
 #[tokio::test]
 async fn sigterm_leaves_containers_running() {
-    let mut w = World::new(92).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _cleanup = PodCleanup::new(&w.d);
     let id = w
         .run(
@@ -270,7 +270,7 @@ fn kill9(pid: i32) {
 
 #[tokio::test]
 async fn containers_whose_shim_died_with_the_daemon_are_unknown_or_exited() {
-    let mut w = World::new(96).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _cleanup = PodCleanup::new(&w.d);
     let orphan = w.run("orphan", &["sh", "-c", LOOP]).await;
     let lost = w.run("lost", &["sh", "-c", LOOP]).await;

@@ -74,7 +74,7 @@ async fn listed_state(w: &mut World, id: &str) -> Option<i32> {
 
 #[tokio::test]
 async fn a_container_with_an_unreadable_record_keeps_running_through_restarts() {
-    let mut w = World::new(25).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let id = w
         .run("keeper", &["sh", "-c", "echo kept > /marker; exec sleep 3600"])
         .await;

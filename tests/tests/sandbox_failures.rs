@@ -40,7 +40,7 @@ fn assert_no_leaks(d: &Daemon, net: &TestNet, ids: &[String]) {
 
 #[tokio::test]
 async fn failing_cni_plugin_fails_the_rpc_and_leaves_nothing() {
-    let net = TestNet::new(19);
+    let net = TestNet::new();
     let bin = tempfile::tempdir().unwrap();
     let plugin = bin.path().join("crius-test-fail");
     std::fs::write(
@@ -96,7 +96,7 @@ async fn failing_cni_plugin_fails_the_rpc_and_leaves_nothing() {
 
 #[tokio::test]
 async fn twenty_concurrent_pods_leave_no_leak() {
-    let net = TestNet::new(20);
+    let net = TestNet::new();
     let d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut tasks = Vec::new();
@@ -223,7 +223,7 @@ fn injected_requests() -> Vec<(&'static str, PodSandboxConfig)> {
 
 #[tokio::test]
 async fn injected_dns_hostname_and_names_are_refused_and_leave_nothing() {
-    let net = TestNet::new(24);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     for (field, cfg) in injected_requests() {

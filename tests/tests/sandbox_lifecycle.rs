@@ -48,7 +48,7 @@ async fn remove(d: &mut Daemon, id: &str) {
 
 #[tokio::test]
 async fn run_status_list_stop_remove_round_trip() {
-    let net = TestNet::new(11);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let a = run(&mut d, pods::pod_config("alpha", "uid-a")).await.unwrap();
@@ -64,7 +64,7 @@ async fn run_status_list_stop_remove_round_trip() {
     assert!(s.created_at > 0);
     assert_eq!(s.metadata.unwrap().name, "alpha");
     let ip = s.network.unwrap().ip;
-    assert!(ip.starts_with("10.85.11."), "pod IP {ip:?}");
+    assert!(ip.starts_with(&net.ip_prefix()), "pod IP {ip:?}");
     let opts = s.linux.unwrap().namespaces.unwrap().options.unwrap();
     assert_eq!(opts.network, NamespaceMode::Pod as i32);
     assert_eq!(opts.pid, NamespaceMode::Container as i32);
@@ -173,7 +173,7 @@ async fn run_status_list_stop_remove_round_trip() {
 
 #[tokio::test]
 async fn same_metadata_twice_is_already_exists_naming_the_holder() {
-    let net = TestNet::new(12);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let a = run(&mut d, pods::pod_config("dup", "uid-dup")).await.unwrap();
@@ -194,7 +194,7 @@ async fn same_metadata_twice_is_already_exists_naming_the_holder() {
 
 #[tokio::test]
 async fn host_network_pod_has_no_netns_and_the_hosts_files() {
-    let net = TestNet::new(13);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("hostnet", "uid-h");
@@ -235,7 +235,7 @@ async fn host_network_pod_has_no_netns_and_the_hosts_files() {
 
 #[tokio::test]
 async fn hostname_resolv_conf_and_hosts_come_from_the_config() {
-    let net = TestNet::new(14);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("files", "uid-f");
@@ -289,7 +289,7 @@ async fn hostname_resolv_conf_and_hosts_come_from_the_config() {
 
 #[tokio::test]
 async fn safe_and_unsafe_sysctls_are_set_inside_the_pod() {
-    let net = TestNet::new(15);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("sysctl", "uid-s");
@@ -367,7 +367,7 @@ async fn safe_and_unsafe_sysctls_are_set_inside_the_pod() {
 
 #[tokio::test]
 async fn pod_pid_namespace_has_an_infra_process_as_pid_1() {
-    let net = TestNet::new(16);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("pidpod", "uid-p");

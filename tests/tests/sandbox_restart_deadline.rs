@@ -11,7 +11,7 @@ use k8s_cri::v1::*;
 
 #[tokio::test]
 async fn sandbox_survives_a_daemon_restart_and_is_torn_down_after_it() {
-    let net = TestNet::new(21);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let req = RunPodSandboxRequest {
@@ -87,7 +87,7 @@ impl Drop for OpenGate {
 
 #[tokio::test]
 async fn expired_client_deadline_does_not_leave_a_half_created_pod() {
-    let net = TestNet::new(22);
+    let net = TestNet::new();
     let bin = tempfile::tempdir().unwrap();
     let gate = bin.path().join("open");
     // A plugin that holds ADD until the test opens the gate, then passes the previous result on.
@@ -170,7 +170,7 @@ async fn expired_client_deadline_does_not_leave_a_half_created_pod() {
 
 #[tokio::test]
 async fn teardown_tolerates_a_vanished_network_namespace() {
-    let net = TestNet::new(23);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("vanish", "uid-vanish");
