@@ -34,6 +34,8 @@ pub struct TestNet {
 
 impl TestNet {
     /// Allocates the lowest free network number. Panics when not root or when all are in use.
+    // No `Default`: allocating a host-wide network number is not a default value.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> TestNet {
         crate::util::require_root();
         std::fs::create_dir_all(LOCK_DIR).unwrap_or_else(|e| panic!("create {LOCK_DIR}: {e}"));
@@ -273,6 +275,22 @@ pub fn pod_config(name: &str, uid: &str) -> PodSandboxConfig {
         }),
         ..Default::default()
     }
+}
+
+/// The pod-level security context of `cfg` (as [`pod_config`] builds it: present).
+pub fn security_context(cfg: &mut PodSandboxConfig) -> &mut LinuxSandboxSecurityContext {
+    cfg.linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .expect("the pod config has a linux security context")
+}
+
+/// The namespace modes of `cfg` (as [`pod_config`] builds it: present).
+pub fn namespace_options(cfg: &mut PodSandboxConfig) -> &mut NamespaceOption {
+    security_context(cfg)
+        .namespace_options
+        .as_mut()
+        .expect("the pod config has namespace options")
 }
 
 /// The pinned namespace file of a pod: `<state>/ns/<id>/<kind>`.

@@ -48,6 +48,17 @@ pub fn require_root() {
     );
 }
 
+/// The entry names of `dir`; none when it cannot be read (e.g. it does not exist).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Mount points at or below `dir`, deepest first (so they can be unmounted in order).
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {

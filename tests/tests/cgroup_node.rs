@@ -177,23 +177,8 @@ async fn limits_reach_the_kernel_and_the_container_sees_its_own_cgroup() {
 async fn shared_pid_pod(w: &mut World) -> (String, PodSandboxConfig) {
     let mut cfg = w.pod_config();
     cfg.metadata.as_mut().unwrap().name = "shared-pid".into();
-    cfg.linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options
-        .get_or_insert_with(Default::default)
-        .pid = NamespaceMode::Pod as i32;
-    let id =
-        w.d.runtime
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id;
+    pods::namespace_options(&mut cfg).pid = NamespaceMode::Pod as i32;
+    let id = w.d.run_pod(cfg.clone()).await.unwrap();
     (id, cfg)
 }
 
@@ -262,15 +247,7 @@ async fn every_process_of_a_shared_pid_pod_is_in_its_own_cgroup() {
     );
     // The infra process (PID 1 of the pod's namespace) is in a cgroup of its own below the pod
     // cgroup, never in the pod cgroup that holds the containers' cgroups (cgroup v2 forbids it).
-    let status =
-        w.d.runtime
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.clone(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+    let status = w.d.pod_status(&pod).await.unwrap();
     let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
     let pod_cgroup = info["cgroupParent"].as_str().unwrap().to_string();
     let infra = info["pid"].as_i64().expect("the pod has an infra process");

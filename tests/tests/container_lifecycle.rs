@@ -259,17 +259,9 @@ async fn names_images_and_pods_are_checked() {
 
     // Removing the pod removes its containers.
     let pod = w.pod.clone();
-    w.d.runtime
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+    w.d.stop_pod(&pod).await.unwrap();
     assert_eq!(state(&w.state(&a).await), ContainerState::ContainerExited);
-    w.d.runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
-        .await
-        .unwrap();
+    w.d.remove_pod(&pod).await.unwrap();
     assert_nothing_left(&mut w, &a).await;
     assert_nothing_left(&mut w, &b).await;
 }

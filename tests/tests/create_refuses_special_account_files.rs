@@ -80,13 +80,7 @@ async fn special_passwd_and_group_are_invalid_and_never_stall_the_daemon() {
         let pushed = images::push(&w.reg, "special", &format!("{i}"), &spec)
             .await
             .unwrap();
-        w.d.images
-            .pull_image(PullImageRequest {
-                image: Some(image_ref(pushed.reference.clone())),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        w.d.pull(&pushed.reference).await.unwrap();
         refs.push((pushed.reference, file, why));
     }
 

@@ -14,17 +14,7 @@ use k8s_cri::v1::*;
 const LOOP: &str = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done";
 
 async fn pod_ip(w: &mut World, pod: &str) -> String {
-    let st =
-        w.d.runtime
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+    let st = w.d.pod_status(pod).await.unwrap().status.unwrap();
     assert_eq!(st.state, PodSandboxState::SandboxReady as i32, "pod {pod}");
     st.network.unwrap().ip
 }
@@ -92,16 +82,7 @@ async fn five_running_pods_survive_sigkill() {
     for i in 1..5 {
         let mut cfg = pods::pod_config(&format!("survivor-{i}"), &format!("uid-survivor-{i}"));
         cfg.log_directory = w.log_dir.to_string_lossy().into_owned();
-        let id =
-            w.d.runtime
-                .run_pod_sandbox(RunPodSandboxRequest {
-                    config: Some(cfg.clone()),
-                    runtime_handler: String::new(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .pod_sandbox_id;
+        let id = w.d.run_pod(cfg.clone()).await.unwrap();
         pods_.push((id, cfg));
     }
     let mut before = Vec::new();
@@ -192,12 +173,7 @@ async fn five_running_pods_survive_sigkill() {
     w.stop(id0, 0).await.unwrap();
     assert_eq!(w.state(id0).await.state, ContainerState::ContainerExited as i32);
     for (pod, ..) in pods_.iter().skip(1) {
-        w.d.runtime
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .unwrap();
+        w.d.remove_pod(&pod).await.unwrap();
     }
     w.teardown().await.unwrap();
 }

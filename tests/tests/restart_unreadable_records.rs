@@ -62,13 +62,7 @@ fn assert_untouched(w: &World, id: &str, init: i32, shims: &[i32]) {
 }
 
 async fn listed_state(w: &mut World, id: &str) -> Option<i32> {
-    let items =
-        w.d.runtime
-            .list_containers(ListContainersRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .containers;
+    let items = w.d.containers().await;
     items.into_iter().find(|c| c.id == id).map(|c| c.state)
 }
 

@@ -3,7 +3,7 @@
 //! privileged container in a pod that is not privileged is refused without leaving anything.
 
 use crius_tests::containers::World;
-use crius_tests::pods::PodCleanup;
+use crius_tests::pods::{self, PodCleanup};
 use crius_tests::security::*;
 use k8s_cri::v1::*;
 
@@ -86,14 +86,7 @@ async fn privileged_container_needs_a_privileged_pod() {
     let cfg = sleeper(&w, "priv", privileged_with_runtime_default());
     // The request's copy of the pod config claims privilege; the pod itself was not created so.
     let mut claimed = w.pod_config();
-    claimed
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .privileged = true;
+    pods::security_context(&mut claimed).privileged = true;
     let pod = w.pod.clone();
     let err = create_in(&mut w, &pod, &claimed, cfg).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
