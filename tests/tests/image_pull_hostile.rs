@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use crius_tests::images::{self, Compression, ImageSpec, Layer, pull};
 use crius_tests::{Daemon, Registry};
-use k8s_cri::v1::*;
 
 /// Python 3.11's tarfile output: `run/`, the FIFO `run/fifo` (uid 7, gid 8) and `run/readme`.
 const PYTHON_FIFO_TAR: &[u8] = include_bytes!("../../image/src/unpack/testdata/python-fifo.tar");

@@ -3,7 +3,7 @@
 //! no namespace, pod files, IP, veth, cgroup, mount, shim process or directory — and the
 //! kubelet's retry of the same RPC succeeds.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crius_tests::containers::World;
 use crius_tests::pods::{self, PodCleanup, TestNet};

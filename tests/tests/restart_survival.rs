@@ -173,7 +173,7 @@ async fn five_running_pods_survive_sigkill() {
     w.stop(id0, 0).await.unwrap();
     assert_eq!(w.state(id0).await.state, ContainerState::ContainerExited as i32);
     for (pod, ..) in pods_.iter().skip(1) {
-        w.d.remove_pod(&pod).await.unwrap();
+        w.d.remove_pod(pod).await.unwrap();
     }
     w.teardown().await.unwrap();
 }
