@@ -1,4 +1,5 @@
-//! The daemon configuration: the TOML file of DESIGN.md "Configuration", flag overrides, defaults.
+//! The daemon configuration: the TOML file (`/etc/crius/config.toml`; its keys are a contract for
+//! the docs and tests), flag overrides, defaults.
 //!
 //! Invariants: unknown keys and wrong types are errors that name the key path (`streaming.port`);
 //! [`Config::default_toml`] prints a file that [`Config::from_toml`] loads back to the same value.

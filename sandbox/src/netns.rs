@@ -265,8 +265,12 @@ mod tests {
     use super::*;
     use crate::sysctl::{OwnedNamespaces, validate};
 
-    fn root() -> bool {
-        nix::unistd::geteuid().is_root()
+    /// Panics when not root: these tests create and pin namespaces.
+    fn require_root() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root: creates and pins namespaces"
+        );
     }
 
     /// Runs `f` on a fresh thread that joined the namespace at `path`.
@@ -282,10 +286,7 @@ mod tests {
 
     #[test]
     fn pins_configures_and_unpins() {
-        if !root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        require_root();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("ns").join("abc");
         let sysctls = validate(
@@ -343,10 +344,7 @@ mod tests {
 
     #[test]
     fn failed_sysctl_leaves_nothing() {
-        if !root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        require_root();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("x");
         let sysctls = validate(

@@ -39,11 +39,13 @@ impl Drop for Env {
 }
 
 /// A fake plugin: ADD fails when the pod name is `fail`, otherwise returns 10.9.9.9 on eth0.
-fn env() -> Option<Env> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root");
-        return None;
-    }
+///
+/// Panics when not root: the manager pins namespaces and mounts tmpfs.
+fn env() -> Env {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the sandbox manager tests need root: they pin namespaces and mount tmpfs"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     for d in ["bin", "net.d", "state", "cache"] {
@@ -86,12 +88,12 @@ fn env() -> Option<Env> {
         db,
     )
     .unwrap();
-    Some(Env {
+    Env {
         _tmp: tmp,
         dir,
         cgroup_root,
         manager,
-    })
+    }
 }
 
 fn config(name: &str) -> PodSandboxConfig {
@@ -145,7 +147,7 @@ fn count(dir: &Path) -> usize {
 
 #[tokio::test]
 async fn run_records_status_and_cni_args_then_stop_and_remove_clean_up() {
-    let Some(env) = env() else { return };
+    let env = env();
     let m = &env.manager;
     let hook = Arc::new(RecordingHook::default());
     m.set_container_hook(hook.clone());
@@ -199,7 +201,7 @@ async fn run_records_status_and_cni_args_then_stop_and_remove_clean_up() {
 
 #[tokio::test]
 async fn failed_cni_add_rolls_everything_back_and_frees_the_name() {
-    let Some(env) = env() else { return };
+    let env = env();
     let m = &env.manager;
     let e = m.run(request("fail")).await.unwrap_err();
     assert!(matches!(e, SandboxError::Network(_)), "{e}");
@@ -218,7 +220,7 @@ async fn failed_cni_add_rolls_everything_back_and_frees_the_name() {
 
 #[tokio::test]
 async fn names_are_reserved_and_list_filters_apply() {
-    let Some(env) = env() else { return };
+    let env = env();
     let m = &env.manager;
     let a = m.run(request("a")).await.unwrap();
     let b = m.run(request("b")).await.unwrap();
@@ -283,7 +285,7 @@ async fn names_are_reserved_and_list_filters_apply() {
 
 #[tokio::test]
 async fn bad_requests_are_refused_before_anything_is_created() {
-    let Some(env) = env() else { return };
+    let env = env();
     let m = &env.manager;
     let mut no_meta = request("x");
     no_meta.config.as_mut().unwrap().metadata = None;
@@ -375,7 +377,7 @@ async fn bad_requests_are_refused_before_anything_is_created() {
 
 #[tokio::test]
 async fn recovery_marks_pods_with_lost_namespaces_not_ready() {
-    let Some(env) = env() else { return };
+    let env = env();
     let id = env.manager.run(request("r")).await.unwrap();
     let rec = env.manager.sandbox(&id).unwrap().unwrap();
     // What a reboot does to `state`: the pinned namespaces are gone.
@@ -396,7 +398,7 @@ async fn recovery_marks_pods_with_lost_namespaces_not_ready() {
 
 #[tokio::test]
 async fn recovery_tears_down_a_pod_whose_run_never_finished() {
-    let Some(env) = env() else { return };
+    let env = env();
     let id = env.manager.run(request("half")).await.unwrap();
     // What a crash just before READY leaves: every side effect done, the record still creating.
     store::update(&env.manager.db, &id, |s| {
@@ -422,7 +424,7 @@ async fn recovery_tears_down_a_pod_whose_run_never_finished() {
 
 #[tokio::test]
 async fn recovery_deletes_networks_no_record_owns() {
-    let Some(env) = env() else { return };
+    let env = env();
     let id = env.manager.run(request("lost")).await.unwrap();
     let rec = env.manager.sandbox(&id).unwrap().unwrap();
     // The record is gone (a lost database), its network and namespaces are not.
@@ -446,7 +448,7 @@ async fn recovery_deletes_networks_no_record_owns() {
 
 #[tokio::test]
 async fn recovery_leaves_a_pod_with_an_unreadable_record_untouched() {
-    let Some(env) = env() else { return };
+    let env = env();
     let id = env.manager.run(request("u")).await.unwrap();
     let rec = env.manager.sandbox(&id).unwrap().unwrap();
     store::put_raw_status(&env.manager.db, &id, b"{\"state\":{\"from\":\"a newer crius\"}}");

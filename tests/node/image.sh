@@ -17,9 +17,10 @@ set -euo pipefail
 out=${1:?usage: image.sh OUT_DIR MIRROR}
 mirror=${2:?usage: image.sh OUT_DIR MIRROR}
 
-# The boot set from NODEVM.md, then what the integration tests expect on their host: the CNI
-# plugins in /usr/lib/cni, docker-registry on PATH, /bin/busybox (the test images are built from
-# it), iptables, ip, nsenter/mount, jq (the Makefile's DEB_PACKAGES without the build tools).
+# What a minbase bookworm needs to boot under qemu with systemd as PID 1 (kernel, initramfs, udev,
+# kmod, dbus), then what the integration tests expect on their host: the CNI plugins in
+# /usr/lib/cni, docker-registry on PATH, /bin/busybox (the test images are built from it),
+# iptables, ip, nsenter/mount, jq (the Makefile's DEB_PACKAGES without the build tools).
 packages=(
     systemd systemd-sysv linux-image-amd64 udev iproute2 kmod dbus procps initramfs-tools ca-certificates
     containernetworking-plugins docker-registry busybox-static iptables util-linux jq

@@ -26,38 +26,25 @@ pub struct World {
 }
 
 impl World {
-    /// A world whose pod uses network `n` (each test picks its own).
-    pub async fn new(n: u8) -> Result<World> {
-        World::with_image(n, ImageSpec::busybox()).await
+    /// A world with busybox on a freshly allocated test network. Panics when not root.
+    pub async fn new() -> Result<World> {
+        World::with_image(ImageSpec::busybox()).await
     }
 
-    pub async fn with_image(n: u8, spec: ImageSpec) -> Result<World> {
+    /// Like [`World::new`], with `spec` pushed and pulled as the world's image.
+    pub async fn with_image(spec: ImageSpec) -> Result<World> {
+        crate::util::require_root();
+        let net = TestNet::new();
+        let n = net.n;
         let reg = Registry::start()?;
         let pushed = images::push(&reg, "test/busybox", "1", &spec).await?;
-        let net = TestNet::new(n);
         let mut d = net.daemon().await?;
-        d.images
-            .pull_image(PullImageRequest {
-                image: Some(k8s_cri::v1::ImageSpec {
-                    image: pushed.reference.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await?;
+        d.pull(&pushed.reference).await?;
         let log_dir = d.dir.join("pod-logs");
         std::fs::create_dir_all(&log_dir)?;
         let mut cfg = pods::pod_config("ctr-pod", &format!("uid-ctr-{n}"));
         cfg.log_directory = log_dir.to_string_lossy().into_owned();
-        let pod = d
-            .runtime
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(cfg),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = d.run_pod(cfg).await?;
         Ok(World {
             d,
             net,
@@ -83,16 +70,8 @@ impl World {
             .items;
         ids.extend(listed.into_iter().map(|p| p.id).filter(|id| *id != self.pod));
         for id in ids {
-            self.d
-                .runtime
-                .stop_pod_sandbox(StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await?;
-            self.d
-                .runtime
-                .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-                .await?;
+            self.d.stop_pod(&id).await?;
+            self.d.remove_pod(&id).await?;
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! A real `crius` daemon for one test: its own root, state, socket, CNI config dir and log file
-//! inside a fresh temp dir, and tonic CRI clients over its unix socket.
+//! inside a fresh temp dir, tonic CRI clients over its unix socket, and short wrappers around the
+//! pod and pull RPCs.
 //!
 //! Invariant: dropping a [`Daemon`] kills the daemon (if still running) and every process whose
 //! command line names its directory (shims), detaches every mount below it and removes it.
@@ -11,6 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    PodSandboxConfig, PodSandboxStatusRequest, PodSandboxStatusResponse, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StopPodSandboxRequest,
+};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::util;
@@ -53,6 +58,56 @@ impl Daemon {
         Daemon::start_with(DaemonOptions::default()).await
     }
 
+    /// Every container the daemon lists (no filter). Panics if the RPC fails.
+    pub async fn containers(&mut self) -> Vec<k8s_cri::v1::Container> {
+        self.runtime
+            .list_containers(k8s_cri::v1::ListContainersRequest::default())
+            .await
+            .expect("ListContainers")
+            .into_inner()
+            .containers
+    }
+
+    /// RunPodSandbox with `config` on the default runtime handler; the new pod's id.
+    pub async fn run_pod(&mut self, config: PodSandboxConfig) -> Result<String, tonic::Status> {
+        let req = RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        };
+        self.runtime
+            .run_pod_sandbox(req)
+            .await
+            .map(|r| r.into_inner().pod_sandbox_id)
+    }
+
+    /// PodSandboxStatus, verbose (with the `info` map).
+    pub async fn pod_status(&mut self, id: &str) -> Result<PodSandboxStatusResponse, tonic::Status> {
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        };
+        self.runtime.pod_sandbox_status(req).await.map(|r| r.into_inner())
+    }
+
+    pub async fn stop_pod(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let req = StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        };
+        self.runtime.stop_pod_sandbox(req).await.map(|_| ())
+    }
+
+    pub async fn remove_pod(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let req = RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        };
+        self.runtime.remove_pod_sandbox(req).await.map(|_| ())
+    }
+
+    /// PullImage of `image` without credentials; the image reference the daemon answers.
+    pub async fn pull(&mut self, image: &str) -> Result<String, tonic::Status> {
+        crate::images::pull(&mut self.images, image).await
+    }
+
     /// Every pod sandbox the daemon lists (no filter). Panics if the RPC fails.
     pub async fn pods(&mut self) -> Vec<k8s_cri::v1::PodSandbox> {
         self.runtime
@@ -63,7 +118,9 @@ impl Daemon {
             .items
     }
 
+    /// Starts a daemon with `opts`. Panics when not root: see [`util::require_root`].
     pub async fn start_with(opts: DaemonOptions) -> Result<Daemon> {
+        util::require_root();
         let dir = tempfile::Builder::new()
             .prefix("crius-test.")
             .tempdir_in("/tmp")?

@@ -1,5 +1,6 @@
 //! Test images built by the suite itself from Debian's `busybox-static` (`/bin/busybox` plus the
-//! applet links a shell needs) and pushed to a [`Registry`] with oci-client.
+//! applet links a shell needs), pushed to a [`Registry`] with oci-client, and pulled back through
+//! a daemon's CRI ImageService.
 //!
 //! Tars are deterministic (fixed mtimes, owners), so the same spec always has the same digests.
 
@@ -110,6 +111,21 @@ pub fn client() -> Client {
         protocol: ClientProtocol::Http,
         ..Default::default()
     })
+}
+
+/// PullImage of `image` without credentials through `c`; the image reference the daemon answers.
+pub async fn pull(
+    c: &mut k8s_cri::v1::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+    image: &str,
+) -> Result<String, tonic::Status> {
+    let req = k8s_cri::v1::PullImageRequest {
+        image: Some(k8s_cri::v1::ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    c.pull_image(req).await.map(|r| r.into_inner().image_ref)
 }
 
 /// Builds `spec` and pushes it as `<registry>/<repo>:<tag>`.

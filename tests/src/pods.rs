@@ -1,32 +1,83 @@
 //! Pod-sandbox helpers: a per-test bridge network (own bridge name, own /24 inside 10.85.0.0/16,
 //! own host-local data dir) that is deleted on drop, pod configs, and running code inside a
 //! pod's pinned namespaces from a throw-away thread.
+//!
+//! Invariant: a network number `n` belongs to the one [`TestNet`] holding an exclusive `flock` on
+//! `/run/crius-tests/net-<n>.lock`, across every test binary running on the host; the kernel drops
+//! the lock when the TestNet drops or its process dies, so a crashed run frees its numbers.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_cri::v1::*;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sched::CloneFlags;
 
+/// Where the per-number lock files live (tmpfs: gone after a reboot, like the bridges).
+const LOCK_DIR: &str = "/run/crius-tests";
+/// Network numbers handed out: subnets 10.85.1.0/24 to 10.85.254.0/24.
+const NUMBERS: std::ops::RangeInclusive<u8> = 1..=254;
+
 /// A test's own CNI network: bridge `crius-t<n>`, subnet `10.85.<n>.0/24`, host-local state in a
-/// temp dir. Dropping it deletes the bridge and the IPAM dir.
+/// temp dir, with `n` allocated (see the module invariant). Dropping it deletes the bridge, the
+/// IPAM dir and the nat rules tagged with its name, then releases `n`.
 pub struct TestNet {
     pub n: u8,
     pub bridge: String,
     pub name: String,
     pub ipam_dir: PathBuf,
+    /// Held for the TestNet's lifetime; dropped after `Drop::drop` has cleaned up.
+    _lock: Flock<File>,
 }
 
 impl TestNet {
-    pub fn new(n: u8) -> TestNet {
-        let ipam_dir = std::env::temp_dir().join(format!("crius-test-ipam-{n}-{}", std::process::id()));
-        TestNet {
-            n,
-            bridge: format!("crius-t{n}"),
-            name: format!("crius-test-{n}"),
-            ipam_dir,
+    /// Allocates the lowest free network number. Panics when not root or when all are in use.
+    // No `Default`: allocating a host-wide network number is not a default value.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> TestNet {
+        crate::util::require_root();
+        std::fs::create_dir_all(LOCK_DIR).unwrap_or_else(|e| panic!("create {LOCK_DIR}: {e}"));
+        for n in NUMBERS {
+            let path = TestNet::lock_path(n);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+                continue;
+            };
+            let net = TestNet {
+                n,
+                bridge: format!("crius-t{n}"),
+                name: format!("crius-test-{n}"),
+                ipam_dir: std::env::temp_dir().join(format!("crius-test-ipam-{n}-{}", std::process::id())),
+                _lock: lock,
+            };
+            // A holder that died without its Drop may have left the bridge and nat rules.
+            net.remove_host_state();
+            return net;
         }
+        panic!("every test network number {NUMBERS:?} is locked under {LOCK_DIR}: too many tests at once");
+    }
+
+    /// The file whose `flock` owns network number `n`.
+    pub fn lock_path(n: u8) -> PathBuf {
+        Path::new(LOCK_DIR).join(format!("net-{n}.lock"))
+    }
+
+    /// `10.85.<n>.`: the prefix of every address host-local hands out on this network.
+    pub fn ip_prefix(&self) -> String {
+        format!("10.85.{}.", self.n)
+    }
+
+    fn remove_host_state(&self) {
+        remove_iptables_rules_of(&self.name);
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = std::fs::remove_dir_all(&self.ipam_dir);
     }
 
     /// bridge + host-local, portmap (portMappings capability), loopback; `extra` plugins are
@@ -90,9 +141,7 @@ impl TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
-        remove_iptables_rules_of(&self.name);
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
-        let _ = std::fs::remove_dir_all(&self.ipam_dir);
+        self.remove_host_state();
     }
 }
 
@@ -226,6 +275,22 @@ pub fn pod_config(name: &str, uid: &str) -> PodSandboxConfig {
         }),
         ..Default::default()
     }
+}
+
+/// The pod-level security context of `cfg` (as [`pod_config`] builds it: present).
+pub fn security_context(cfg: &mut PodSandboxConfig) -> &mut LinuxSandboxSecurityContext {
+    cfg.linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .expect("the pod config has a linux security context")
+}
+
+/// The namespace modes of `cfg` (as [`pod_config`] builds it: present).
+pub fn namespace_options(cfg: &mut PodSandboxConfig) -> &mut NamespaceOption {
+    security_context(cfg)
+        .namespace_options
+        .as_mut()
+        .expect("the pod config has namespace options")
 }
 
 /// The pinned namespace file of a pod: `<state>/ns/<id>/<kind>`.

@@ -24,15 +24,7 @@ pub async fn run_pod(
         .security_context
         .get_or_insert_with(Default::default);
     tweak(sc);
-    let id =
-        w.d.runtime
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+    let id = w.d.run_pod(cfg.clone()).await?;
     Ok((id, cfg))
 }
 
@@ -102,13 +94,7 @@ pub fn own_bounding_set() -> u64 {
 
 /// No container state of a refused create is left: no records, no bundle or layer dirs.
 pub async fn assert_no_containers_left(w: &mut World) {
-    let listed =
-        w.d.runtime
-            .list_containers(ListContainersRequest::default())
-            .await
-            .expect("ListContainers")
-            .into_inner()
-            .containers;
+    let listed = w.d.containers().await;
     assert!(listed.is_empty(), "records left: {listed:?}");
     for p in [w.d.state.join("containers"), w.d.root.join("containers")] {
         let left: Vec<_> = std::fs::read_dir(&p).into_iter().flatten().flatten().collect();

@@ -1,4 +1,4 @@
-//! Small helpers shared by fixtures: locating built binaries, free ports, root checks, mounts.
+//! Small helpers shared by fixtures: locating built binaries, free ports, the root check, mounts.
 
 use std::path::{Path, PathBuf};
 
@@ -37,8 +37,26 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+/// Panics unless the test runs as root. The integration suite starts real daemons, which make
+/// namespaces, mounts, cgroups and bridges: without root every test would fail later and less
+/// clearly, so the harness fails first, naming the reason.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the crius integration tests need root (they run a real daemon that creates namespaces, \
+         mounts, cgroups and bridges): run them as root, e.g. `sudo -E make test`"
+    );
+}
+
+/// The entry names of `dir`; none when it cannot be read (e.g. it does not exist).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Mount points at or below `dir`, deepest first (so they can be unmounted in order).

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crius_tests::containers::World;
-use crius_tests::{pods, util};
+use crius_tests::pods;
 use k8s_cri::v1::*;
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -49,11 +49,7 @@ fn resources(memory: i64) -> LinuxContainerResources {
 
 #[tokio::test]
 async fn limits_reach_the_kernel_and_the_container_sees_its_own_cgroup() {
-    assert!(
-        util::is_root(),
-        "needs root: creates cgroups, namespaces and mounts"
-    );
-    let mut w = World::new(150).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let expected_driver = if systemd_driver() {
         CgroupDriver::Systemd
     } else {
@@ -181,33 +177,14 @@ async fn limits_reach_the_kernel_and_the_container_sees_its_own_cgroup() {
 async fn shared_pid_pod(w: &mut World) -> (String, PodSandboxConfig) {
     let mut cfg = w.pod_config();
     cfg.metadata.as_mut().unwrap().name = "shared-pid".into();
-    cfg.linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options
-        .get_or_insert_with(Default::default)
-        .pid = NamespaceMode::Pod as i32;
-    let id =
-        w.d.runtime
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id;
+    pods::namespace_options(&mut cfg).pid = NamespaceMode::Pod as i32;
+    let id = w.d.run_pod(cfg.clone()).await.unwrap();
     (id, cfg)
 }
 
 #[tokio::test]
 async fn swap_limit_needs_a_memory_limit_at_least_as_large() {
-    assert!(
-        util::is_root(),
-        "needs root: creates cgroups, namespaces and mounts"
-    );
-    let mut w = World::new(151).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let mut cfg = w.config("swap", &["sleep", "3600"]);
     cfg.linux = Some(LinuxContainerConfig {
         resources: Some(LinuxContainerResources {
@@ -247,11 +224,7 @@ async fn swap_limit_needs_a_memory_limit_at_least_as_large() {
 
 #[tokio::test]
 async fn every_process_of_a_shared_pid_pod_is_in_its_own_cgroup() {
-    assert!(
-        util::is_root(),
-        "needs root: creates cgroups, namespaces and mounts"
-    );
-    let mut w = World::new(152).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let (pod, cfg) = shared_pid_pod(&mut w).await;
     let c =
         w.d.runtime
@@ -274,15 +247,7 @@ async fn every_process_of_a_shared_pid_pod_is_in_its_own_cgroup() {
     );
     // The infra process (PID 1 of the pod's namespace) is in a cgroup of its own below the pod
     // cgroup, never in the pod cgroup that holds the containers' cgroups (cgroup v2 forbids it).
-    let status =
-        w.d.runtime
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.clone(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+    let status = w.d.pod_status(&pod).await.unwrap();
     let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
     let pod_cgroup = info["cgroupParent"].as_str().unwrap().to_string();
     let infra = info["pid"].as_i64().expect("the pod has an infra process");

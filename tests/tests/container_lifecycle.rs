@@ -63,11 +63,7 @@ async fn assert_nothing_left(w: &mut World, id: &str) {
 
 #[tokio::test]
 async fn every_state_stops_and_removes_cleanly() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(61).await.unwrap();
+    let mut w = World::new().await.unwrap();
 
     // Created, then removed without ever starting.
     let created = w.create(w.config("created", &["sleep", "1000"])).await.unwrap();
@@ -139,11 +135,7 @@ async fn every_state_stops_and_removes_cleanly() {
 
 #[tokio::test]
 async fn sigkill_from_outside_shows_exit_137() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(62).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let id = w.run("victim", &["sleep", "1000"]).await;
     let pid = w.pid(&id).await;
     assert!(pid > 1);
@@ -157,11 +149,7 @@ async fn sigkill_from_outside_shows_exit_137() {
 
 #[tokio::test]
 async fn names_images_and_pods_are_checked() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(63).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let a = w.create(w.config("dup", &["sleep", "1000"])).await.unwrap();
     let dup = w.create(w.config("dup", &["sleep", "1000"])).await.unwrap_err();
     assert_eq!(dup.code(), Code::AlreadyExists);
@@ -271,17 +259,9 @@ async fn names_images_and_pods_are_checked() {
 
     // Removing the pod removes its containers.
     let pod = w.pod.clone();
-    w.d.runtime
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+    w.d.stop_pod(&pod).await.unwrap();
     assert_eq!(state(&w.state(&a).await), ContainerState::ContainerExited);
-    w.d.runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
-        .await
-        .unwrap();
+    w.d.remove_pod(&pod).await.unwrap();
     assert_nothing_left(&mut w, &a).await;
     assert_nothing_left(&mut w, &b).await;
 }

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use crius_tests::containers::World;
-use crius_tests::util;
 use k8s_cri::v1::*;
 
 /// The container's memory limit as its cgroup holds it (cgroup v1 or v2), found through the
@@ -27,11 +26,7 @@ async fn memory_limit(w: &mut World, id: &str) -> String {
 
 #[tokio::test]
 async fn stats_and_resource_updates() {
-    assert!(
-        util::is_root(),
-        "needs root: creates cgroups, namespaces and mounts"
-    );
-    let mut w = World::new(66).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let mut cfg = w.config("busy", &["sh", "-c", "while true; do :; done"]);
     cfg.labels.insert("role".into(), "busy".into());
     cfg.linux = Some(LinuxContainerConfig {
@@ -122,11 +117,7 @@ async fn stats_and_resource_updates() {
 
 #[tokio::test]
 async fn over_the_memory_limit_is_oom_killed() {
-    assert!(
-        util::is_root(),
-        "needs root: creates cgroups, namespaces and mounts"
-    );
-    let mut w = World::new(67).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let mut cfg = w.config("hog", &["sh", "-c", "head -c 200000000 /dev/zero | tail"]);
     cfg.linux = Some(LinuxContainerConfig {
         resources: Some(LinuxContainerResources {
@@ -145,11 +136,7 @@ async fn over_the_memory_limit_is_oom_killed() {
 
 #[tokio::test]
 async fn two_containers_of_a_pod_share_localhost() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(68).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let server = w
         .run(
             "server",

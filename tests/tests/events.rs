@@ -47,7 +47,7 @@ fn own_status<'a>(ev: &'a ContainerEventResponse) -> Option<&'a ContainerStatus>
 
 #[tokio::test]
 async fn every_transition_of_a_pod_lifecycle_is_published_in_order() {
-    let mut w = World::new(90).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let mut a = subscribe(&w).await;
     let mut b = subscribe(&w).await;
 
@@ -110,16 +110,8 @@ async fn every_transition_of_a_pod_lifecycle_is_published_in_order() {
 
     // Pod teardown removes the exited container: DELETED, with the pod now NOTREADY.
     let pod = w.pod.clone();
-    w.d.runtime
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-    w.d.runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod })
-        .await
-        .unwrap();
+    w.d.stop_pod(&pod).await.unwrap();
+    w.d.remove_pod(&pod).await.unwrap();
     for s in [&mut a, &mut b] {
         let evs = events_for(s, &quits, 1).await;
         assert_eq!(kinds(&evs), vec![ContainerDeletedEvent]);

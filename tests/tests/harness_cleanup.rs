@@ -18,7 +18,7 @@ fn gone(pid: i32) -> bool {
 
 #[tokio::test]
 async fn dropping_a_daemon_kills_its_containers_and_removes_their_cgroups() {
-    let mut w = World::new(139).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let id = w.run("sleeper", &["sleep", "3600"]).await;
     let pid = w.pid(&id).await;
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();

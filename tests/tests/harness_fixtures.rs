@@ -1,8 +1,10 @@
-//! The harness's own fixtures: the local registry answers and the busybox test images push and
-//! pull back with the digests the builder computed.
+//! The harness's own fixtures: the local registry answers, the busybox test images push and
+//! pull back with the digests the builder computed, and test networks are allocated.
 
 use crius_tests::Registry;
 use crius_tests::images::{self, Compression, ImageSpec};
+use crius_tests::pods::TestNet;
+use nix::fcntl::{Flock, FlockArg};
 use oci_client::secrets::RegistryAuth;
 
 #[tokio::test]
@@ -78,4 +80,27 @@ fn busybox_layer_links_a_shell() {
             "{needed} missing from the busybox layer"
         );
     }
+}
+
+/// Two networks at once get different numbers, so different bridges and subnets; a number stays
+/// taken (for every process on the host) while its TestNet lives and is free once it drops.
+#[test]
+fn test_networks_are_allocated_and_released() {
+    let a = TestNet::new();
+    let b = TestNet::new();
+    assert_ne!(a.n, b.n);
+    assert_ne!(a.bridge, b.bridge);
+    assert_ne!(a.ip_prefix(), b.ip_prefix());
+    let lock = TestNet::lock_path(a.n);
+    let free = || {
+        let file = std::fs::File::open(&lock).unwrap();
+        Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok()
+    };
+    assert!(!free(), "{} is free while its TestNet lives", lock.display());
+    drop(a);
+    assert!(
+        free(),
+        "{} still locked after its TestNet dropped",
+        lock.display()
+    );
 }

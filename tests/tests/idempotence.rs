@@ -15,18 +15,8 @@ async fn stop_and_remove_of_unknown_objects_succeed() {
     let mut d = Daemon::start().await.unwrap();
     for id in IDS {
         let id = id.to_string();
-        d.runtime
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: id.clone(),
-            })
-            .await
-            .unwrap();
-        d.runtime
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: id.clone(),
-            })
-            .await
-            .unwrap();
+        d.stop_pod(&id).await.unwrap();
+        d.remove_pod(&id).await.unwrap();
         d.runtime
             .stop_container(StopContainerRequest {
                 container_id: id.clone(),
@@ -56,14 +46,7 @@ async fn status_of_unknown_objects_is_not_found() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound, "{id}: {e}");
-        let e = d
-            .runtime
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap_err();
+        let e = d.pod_status(id).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound, "{id}: {e}");
     }
 }

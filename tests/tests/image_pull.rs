@@ -2,7 +2,7 @@
 //! tags of one image, mirrors (including `fallback = false` for a host that does not exist),
 //! gzip/zstd/raw layers, and concurrent pulls of one image.
 
-use crius_tests::images::{self, Compression, ImageSpec, Pushed};
+use crius_tests::images::{self, Compression, ImageSpec, Pushed, pull};
 use crius_tests::{Daemon, DaemonOptions, Registry};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::*;
@@ -13,15 +13,6 @@ fn spec(image: &str) -> Option<k8s_cri::v1::ImageSpec> {
         image: image.to_string(),
         ..Default::default()
     })
-}
-
-async fn pull(c: &mut ImageServiceClient<Channel>, image: &str) -> Result<String, tonic::Status> {
-    c.pull_image(PullImageRequest {
-        image: spec(image),
-        ..Default::default()
-    })
-    .await
-    .map(|r| r.into_inner().image_ref)
 }
 
 async fn status(c: &mut ImageServiceClient<Channel>, image: &str, verbose: bool) -> ImageStatusResponse {

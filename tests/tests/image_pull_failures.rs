@@ -1,23 +1,9 @@
 //! Pulls that fail say why with the right code and leave nothing behind: unknown images, bad
 //! references, a corrupted blob in the registry; the next pull of a good image works.
 
-use crius_tests::images::{self, ImageSpec};
+use crius_tests::images::{self, ImageSpec, pull};
 use crius_tests::{Daemon, Registry};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::*;
-use tonic::transport::Channel;
-
-async fn pull(c: &mut ImageServiceClient<Channel>, image: &str) -> Result<String, tonic::Status> {
-    c.pull_image(PullImageRequest {
-        image: Some(k8s_cri::v1::ImageSpec {
-            image: image.to_string(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .map(|r| r.into_inner().image_ref)
-}
 
 /// Every file under `dir`, relative.
 fn files(dir: &std::path::Path) -> Vec<String> {

@@ -5,26 +5,11 @@
 use std::os::unix::fs::FileTypeExt;
 use std::time::{Duration, Instant};
 
-use crius_tests::images::{self, Compression, ImageSpec, Layer};
+use crius_tests::images::{self, Compression, ImageSpec, Layer, pull};
 use crius_tests::{Daemon, Registry};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::*;
-use tonic::transport::Channel;
 
 /// Python 3.11's tarfile output: `run/`, the FIFO `run/fifo` (uid 7, gid 8) and `run/readme`.
 const PYTHON_FIFO_TAR: &[u8] = include_bytes!("../../image/src/unpack/testdata/python-fifo.tar");
-
-async fn pull(c: &mut ImageServiceClient<Channel>, image: &str) -> Result<String, tonic::Status> {
-    c.pull_image(PullImageRequest {
-        image: Some(k8s_cri::v1::ImageSpec {
-            image: image.to_string(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .map(|r| r.into_inner().image_ref)
-}
 
 /// A /proc/<pid>/status field in kB.
 fn status_kb(pid: u32, field: &str) -> u64 {

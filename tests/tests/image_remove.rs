@@ -2,7 +2,7 @@
 //! tag is left, removal frees blobs and layers, and removing twice succeeds.
 
 use crius_tests::images::{self, ImageSpec};
-use crius_tests::{Daemon, Registry};
+use crius_tests::{Daemon, Registry, util};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
@@ -15,14 +15,7 @@ fn spec(image: &str) -> Option<k8s_cri::v1::ImageSpec> {
 }
 
 async fn pull(c: &mut ImageServiceClient<Channel>, image: &str) -> String {
-    c.pull_image(PullImageRequest {
-        image: spec(image),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .image_ref
+    images::pull(c, image).await.unwrap()
 }
 
 async fn remove(c: &mut ImageServiceClient<Channel>, image: &str) {
@@ -40,16 +33,6 @@ async fn get(c: &mut ImageServiceClient<Channel>, image: &str) -> Option<Image> 
     .unwrap()
     .into_inner()
     .image
-}
-
-fn entries(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|r| {
-            r.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -87,9 +70,12 @@ async fn remove_by_tag_then_digest_then_id() {
             .images
             .is_empty()
     );
-    assert!(entries(&d.root.join("layers")).is_empty(), "layers freed");
     assert!(
-        entries(&d.root.join("content/blobs/sha256")).is_empty(),
+        util::dir_entries(&d.root.join("layers")).is_empty(),
+        "layers freed"
+    );
+    assert!(
+        util::dir_entries(&d.root.join("content/blobs/sha256")).is_empty(),
         "blobs freed"
     );
     remove(c, &p.config_digest).await;
@@ -106,7 +92,7 @@ async fn removing_the_last_tag_removes_the_image_and_a_repull_works() {
     pull(&mut d.images, &p.reference).await;
     remove(&mut d.images, &p.reference).await;
     assert!(get(&mut d.images, &p.config_digest).await.is_none());
-    assert!(entries(&d.root.join("layers")).is_empty());
+    assert!(util::dir_entries(&d.root.join("layers")).is_empty());
     assert_eq!(pull(&mut d.images, &p.reference).await, p.config_digest);
     let layer = d
         .root

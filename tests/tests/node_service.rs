@@ -98,31 +98,14 @@ async fn containers_survive_restart_and_stop_of_the_service() {
     let pushed = images::push(&reg, "test/busybox", "1", &images::ImageSpec::busybox())
         .await
         .unwrap();
-    im.pull_image(PullImageRequest {
-        image: Some(ImageSpec {
-            image: pushed.reference.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    images::pull(&mut im, &pushed.reference).await.unwrap();
 
     let log_dir = tempfile::tempdir().unwrap();
     let mut pod_cfg = pods::pod_config("service", "uid-service");
     pod_cfg.log_directory = log_dir.path().to_string_lossy().into_owned();
     // Host network: the guest's CNI set-up is not what this test is about. PID mode POD: the
     // infra process must survive the restarts too.
-    let ns = pod_cfg
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap();
+    let ns = pods::namespace_options(&mut pod_cfg);
     ns.network = NamespaceMode::Node as i32;
     ns.pid = NamespaceMode::Pod as i32;
     let pod = rt

@@ -3,7 +3,7 @@
 //! no namespace, pod files, IP, veth, cgroup, mount, shim process or directory — and the
 //! kubelet's retry of the same RPC succeeds.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crius_tests::containers::World;
 use crius_tests::pods::{self, PodCleanup, TestNet};
@@ -11,16 +11,6 @@ use crius_tests::{Daemon, util};
 use k8s_cri::v1::*;
 
 const CRASH_ENV: &str = "CRIUS_TEST_CRASH_AT";
-
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|r| {
-            r.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// Restarts `d` with the crash hook armed at `step`.
 async fn arm(d: &mut Daemon, step: &str) {
@@ -40,7 +30,7 @@ async fn recover_from_crash(d: &mut Daemon, step: &str) {
 
 #[tokio::test]
 async fn crash_inside_run_pod_sandbox_leaks_nothing_and_the_retry_succeeds() {
-    let net = TestNet::new(93);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = PodCleanup::new(&d);
     let req = || RunPodSandboxRequest {
@@ -55,8 +45,8 @@ async fn crash_inside_run_pod_sandbox_leaks_nothing_and_the_retry_succeeds() {
     ] {
         arm(&mut d, step).await;
         assert!(d.runtime.run_pod_sandbox(req()).await.is_err(), "{step}");
-        let mut ids = entries(&d.state.join("ns"));
-        ids.extend(entries(&d.state.join("pods")));
+        let mut ids = util::dir_entries(&d.state.join("ns"));
+        ids.extend(util::dir_entries(&d.state.join("pods")));
         if step != "run-pod-sandbox:after-record" {
             assert!(
                 !ids.is_empty(),
@@ -68,15 +58,15 @@ async fn crash_inside_run_pod_sandbox_leaks_nothing_and_the_retry_succeeds() {
         let listed = d.pods().await;
         assert!(listed.is_empty(), "{step}: {listed:?}");
         assert!(
-            entries(&d.state.join("ns")).is_empty(),
+            util::dir_entries(&d.state.join("ns")).is_empty(),
             "{step}: pinned namespaces left"
         );
         assert!(
-            entries(&d.state.join("pods")).is_empty(),
+            util::dir_entries(&d.state.join("pods")).is_empty(),
             "{step}: pod files left"
         );
         assert!(
-            entries(&d.cni_cache_dir.join("results")).is_empty(),
+            util::dir_entries(&d.cni_cache_dir.join("results")).is_empty(),
             "{step}: CNI cache left"
         );
         assert!(
@@ -99,16 +89,8 @@ async fn crash_inside_run_pod_sandbox_leaks_nothing_and_the_retry_succeeds() {
             .unwrap_or_else(|e| panic!("{step}: retry: {e}"))
             .into_inner()
             .pod_sandbox_id;
-        d.runtime
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: id.clone(),
-            })
-            .await
-            .unwrap();
-        d.runtime
-            .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await
-            .unwrap();
+        d.stop_pod(&id).await.unwrap();
+        d.remove_pod(&id).await.unwrap();
     }
 }
 
@@ -124,7 +106,7 @@ fn container_cgroups(pod: &str) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
-    let mut w = World::new(94).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _cleanup = PodCleanup::new(&w.d);
     let containers = w.d.state.join("containers");
     for step in [
@@ -138,7 +120,7 @@ async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
         assert!(w.create(cfg.clone()).await.is_err(), "{step}");
         if step != "create-container:after-lease" {
             assert!(
-                !entries(&containers).is_empty(),
+                !util::dir_entries(&containers).is_empty(),
                 "{step}: the crash left a bundle for recovery to remove"
             );
         }
@@ -150,21 +132,15 @@ async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
         }
         recover_from_crash(&mut w.d, step).await;
 
-        let listed =
-            w.d.runtime
-                .list_containers(ListContainersRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .containers;
+        let listed = w.d.containers().await;
         assert!(listed.is_empty(), "{step}: {listed:?}");
-        assert!(entries(&containers).is_empty(), "{step}: bundles left");
+        assert!(util::dir_entries(&containers).is_empty(), "{step}: bundles left");
         assert!(
-            entries(&w.d.root.join("containers")).is_empty(),
+            util::dir_entries(&w.d.root.join("containers")).is_empty(),
             "{step}: writable layers left"
         );
         assert!(
-            entries(&w.d.state.join("youki")).is_empty(),
+            util::dir_entries(&w.d.state.join("youki")).is_empty(),
             "{step}: libcontainer state left"
         );
         let mounts: Vec<_> = util::mounts_under(&containers);
@@ -191,7 +167,7 @@ async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
 
 #[tokio::test]
 async fn create_container_retried_after_a_client_deadline_gets_one_container() {
-    let mut w = World::new(95).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _cleanup = PodCleanup::new(&w.d);
     let cfg = w.config("late", &["sh", "-c", "sleep 1000"]);
     let mut req = tonic::Request::new(CreateContainerRequest {
@@ -208,17 +184,11 @@ async fn create_container_retried_after_a_client_deadline_gets_one_container() {
     if let Ok(r) = first {
         assert_eq!(r.into_inner().container_id, id);
     }
-    let listed =
-        w.d.runtime
-            .list_containers(ListContainersRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .containers;
+    let listed = w.d.containers().await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].id, id);
     assert_eq!(
-        entries(&w.d.state.join("containers")),
+        util::dir_entries(&w.d.state.join("containers")),
         vec![id.clone()],
         "no second bundle"
     );

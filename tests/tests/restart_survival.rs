@@ -14,17 +14,7 @@ use k8s_cri::v1::*;
 const LOOP: &str = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done";
 
 async fn pod_ip(w: &mut World, pod: &str) -> String {
-    let st =
-        w.d.runtime
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+    let st = w.d.pod_status(pod).await.unwrap().status.unwrap();
     assert_eq!(st.state, PodSandboxState::SandboxReady as i32, "pod {pod}");
     st.network.unwrap().ip
 }
@@ -86,22 +76,13 @@ fn is_zombie(pid: i32) -> bool {
 
 #[tokio::test]
 async fn five_running_pods_survive_sigkill() {
-    let mut w = World::new(91).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _cleanup = PodCleanup::new(&w.d);
     let mut pods_ = vec![(w.pod.clone(), w.pod_config())];
     for i in 1..5 {
         let mut cfg = pods::pod_config(&format!("survivor-{i}"), &format!("uid-survivor-{i}"));
         cfg.log_directory = w.log_dir.to_string_lossy().into_owned();
-        let id =
-            w.d.runtime
-                .run_pod_sandbox(RunPodSandboxRequest {
-                    config: Some(cfg.clone()),
-                    runtime_handler: String::new(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .pod_sandbox_id;
+        let id = w.d.run_pod(cfg.clone()).await.unwrap();
         pods_.push((id, cfg));
     }
     let mut before = Vec::new();
@@ -192,19 +173,14 @@ async fn five_running_pods_survive_sigkill() {
     w.stop(id0, 0).await.unwrap();
     assert_eq!(w.state(id0).await.state, ContainerState::ContainerExited as i32);
     for (pod, ..) in pods_.iter().skip(1) {
-        w.d.runtime
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .unwrap();
+        w.d.remove_pod(pod).await.unwrap();
     }
     w.teardown().await.unwrap();
 }
 
 #[tokio::test]
 async fn sigterm_leaves_containers_running() {
-    let mut w = World::new(92).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _cleanup = PodCleanup::new(&w.d);
     let id = w
         .run(
@@ -270,7 +246,7 @@ fn kill9(pid: i32) {
 
 #[tokio::test]
 async fn containers_whose_shim_died_with_the_daemon_are_unknown_or_exited() {
-    let mut w = World::new(96).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _cleanup = PodCleanup::new(&w.d);
     let orphan = w.run("orphan", &["sh", "-c", LOOP]).await;
     let lost = w.run("lost", &["sh", "-c", LOOP]).await;

@@ -62,19 +62,13 @@ fn assert_untouched(w: &World, id: &str, init: i32, shims: &[i32]) {
 }
 
 async fn listed_state(w: &mut World, id: &str) -> Option<i32> {
-    let items =
-        w.d.runtime
-            .list_containers(ListContainersRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .containers;
+    let items = w.d.containers().await;
     items.into_iter().find(|c| c.id == id).map(|c| c.state)
 }
 
 #[tokio::test]
 async fn a_container_with_an_unreadable_record_keeps_running_through_restarts() {
-    let mut w = World::new(25).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let id = w
         .run("keeper", &["sh", "-c", "echo kept > /marker; exec sleep 3600"])
         .await;

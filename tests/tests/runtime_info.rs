@@ -1,17 +1,8 @@
 //! Version, Status, RuntimeConfig, ImageFsInfo and UNIMPLEMENTED answers of a real daemon.
 
+use crius_tests::pods::TestNet;
 use crius_tests::{Daemon, DaemonOptions};
 use k8s_cri::v1::*;
-
-const BRIDGE_CONFLIST: &str = r#"{
-  "cniVersion": "0.4.0", "name": "crius-info-test",
-  "plugins": [
-    {"type": "bridge", "bridge": "crius-t0", "isGateway": true,
-     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.85.250.0/24"}]]}},
-    {"type": "portmap", "capabilities": {"portMappings": true}},
-    {"type": "loopback"}
-  ]
-}"#;
 
 #[tokio::test]
 async fn version_names_crius_and_v1() {
@@ -62,8 +53,9 @@ async fn network_not_ready_without_cni_config() {
 
 #[tokio::test]
 async fn network_ready_with_cni_config_and_verbose_info() {
+    let test_net = TestNet::new();
     let opts = DaemonOptions {
-        cni_conflist: Some(BRIDGE_CONFLIST.into()),
+        cni_conflist: Some(test_net.conflist("")),
         ..Default::default()
     };
     let mut d = Daemon::start_with(opts).await.unwrap();
@@ -83,6 +75,7 @@ async fn network_ready_with_cni_config_and_verbose_info() {
 
 #[tokio::test]
 async fn network_goes_ready_when_config_appears() {
+    let test_net = TestNet::new();
     let mut d = Daemon::start().await.unwrap();
     let s = d
         .runtime
@@ -91,7 +84,7 @@ async fn network_goes_ready_when_config_appears() {
         .unwrap()
         .into_inner();
     assert!(!condition(&s, "NetworkReady").status);
-    std::fs::write(d.conf_dir.join("10-late.conflist"), BRIDGE_CONFLIST).unwrap();
+    std::fs::write(d.conf_dir.join("10-late.conflist"), test_net.conflist("")).unwrap();
     let s = d
         .runtime
         .status(StatusRequest::default())

@@ -40,7 +40,7 @@ fn assert_no_leaks(d: &Daemon, net: &TestNet, ids: &[String]) {
 
 #[tokio::test]
 async fn failing_cni_plugin_fails_the_rpc_and_leaves_nothing() {
-    let net = TestNet::new(19);
+    let net = TestNet::new();
     let bin = tempfile::tempdir().unwrap();
     let plugin = bin.path().join("crius-test-fail");
     std::fs::write(
@@ -67,11 +67,7 @@ async fn failing_cni_plugin_fails_the_rpc_and_leaves_nothing() {
         host_port: util::free_port() as i32,
         host_ip: String::new(),
     }];
-    let req = RunPodSandboxRequest {
-        config: Some(cfg.clone()),
-        runtime_handler: String::new(),
-    };
-    let e = d.runtime.run_pod_sandbox(req).await.unwrap_err();
+    let e = d.run_pod(cfg.clone()).await.unwrap_err();
     assert!(
         e.message().contains("crius test plugin refuses: on purpose"),
         "{}",
@@ -86,17 +82,13 @@ async fn failing_cni_plugin_fails_the_rpc_and_leaves_nothing() {
     );
     assert_no_leaks(&d, &net, &[]);
     // The name was released with the rollback.
-    let req = RunPodSandboxRequest {
-        config: Some(cfg),
-        runtime_handler: String::new(),
-    };
-    let e = d.runtime.run_pod_sandbox(req).await.unwrap_err();
+    let e = d.run_pod(cfg).await.unwrap_err();
     assert_ne!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
 }
 
 #[tokio::test]
 async fn twenty_concurrent_pods_leave_no_leak() {
-    let net = TestNet::new(20);
+    let net = TestNet::new();
     let d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut tasks = Vec::new();
@@ -104,16 +96,7 @@ async fn twenty_concurrent_pods_leave_no_leak() {
         let mut client = d.runtime.clone();
         let mut cfg = pods::pod_config(&format!("many-{i}"), &format!("uid-many-{i}"));
         if i % 4 == 0 {
-            cfg.linux
-                .as_mut()
-                .unwrap()
-                .security_context
-                .as_mut()
-                .unwrap()
-                .namespace_options
-                .as_mut()
-                .unwrap()
-                .pid = NamespaceMode::Pod as i32;
+            pods::namespace_options(&mut cfg).pid = NamespaceMode::Pod as i32;
         }
         tasks.push(tokio::spawn(async move {
             let req = RunPodSandboxRequest {
@@ -223,15 +206,11 @@ fn injected_requests() -> Vec<(&'static str, PodSandboxConfig)> {
 
 #[tokio::test]
 async fn injected_dns_hostname_and_names_are_refused_and_leave_nothing() {
-    let net = TestNet::new(24);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     for (field, cfg) in injected_requests() {
-        let req = RunPodSandboxRequest {
-            config: Some(cfg),
-            runtime_handler: String::new(),
-        };
-        let e = d.runtime.run_pod_sandbox(req).await.unwrap_err();
+        let e = d.run_pod(cfg).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}: {e:?}");
         assert!(
             e.message().contains(field),
@@ -242,24 +221,12 @@ async fn injected_dns_hostname_and_names_are_refused_and_leave_nothing() {
         assert_no_leaks(&d, &net, &[]);
     }
     // Nothing was reserved either: the same pod with clean strings runs (and is then removed).
-    let req = RunPodSandboxRequest {
-        config: Some(pods::pod_config("injected", "uid-injected")),
-        runtime_handler: String::new(),
-    };
     let id = d
-        .runtime
-        .run_pod_sandbox(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let resolv = std::fs::read_to_string(d.state.join("pods").join(&id).join("resolv.conf")).unwrap();
-    assert!(!resolv.contains("6.6.6.6"), "{resolv}");
-    d.runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
+        .run_pod(pods::pod_config("injected", "uid-injected"))
         .await
         .unwrap();
+    let resolv = std::fs::read_to_string(d.state.join("pods").join(&id).join("resolv.conf")).unwrap();
+    assert!(!resolv.contains("6.6.6.6"), "{resolv}");
+    d.remove_pod(&id).await.unwrap();
     assert_no_leaks(&d, &net, &[id]);
 }

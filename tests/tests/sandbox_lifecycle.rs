@@ -7,64 +7,31 @@ use crius_tests::Daemon;
 use crius_tests::pods::{self, TestNet};
 use k8s_cri::v1::*;
 
-async fn run(d: &mut Daemon, config: PodSandboxConfig) -> Result<String, tonic::Status> {
-    let req = RunPodSandboxRequest {
-        config: Some(config),
-        runtime_handler: String::new(),
-    };
-    d.runtime
-        .run_pod_sandbox(req)
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
-}
-
-async fn status(d: &mut Daemon, id: &str) -> Result<PodSandboxStatusResponse, tonic::Status> {
-    let req = PodSandboxStatusRequest {
-        pod_sandbox_id: id.into(),
-        verbose: true,
-    };
-    d.runtime.pod_sandbox_status(req).await.map(|r| r.into_inner())
-}
-
 async fn list(d: &mut Daemon, filter: PodSandboxFilter) -> Vec<String> {
     let req = ListPodSandboxRequest { filter: Some(filter) };
     let items = d.runtime.list_pod_sandbox(req).await.unwrap().into_inner().items;
     items.into_iter().map(|p| p.id).collect()
 }
 
-async fn stop(d: &mut Daemon, id: &str) {
-    let req = StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    };
-    d.runtime.stop_pod_sandbox(req).await.unwrap();
-}
-
-async fn remove(d: &mut Daemon, id: &str) {
-    let req = RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    };
-    d.runtime.remove_pod_sandbox(req).await.unwrap();
-}
-
 #[tokio::test]
 async fn run_status_list_stop_remove_round_trip() {
-    let net = TestNet::new(11);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
-    let a = run(&mut d, pods::pod_config("alpha", "uid-a")).await.unwrap();
+    let a = d.run_pod(pods::pod_config("alpha", "uid-a")).await.unwrap();
     let mut cfg_b = pods::pod_config("beta", "uid-b");
     cfg_b.labels.insert("tier".into(), "backend".into());
-    let b = run(&mut d, cfg_b).await.unwrap();
+    let b = d.run_pod(cfg_b).await.unwrap();
     assert_eq!(a.len(), 64);
 
-    let st = status(&mut d, &a).await.unwrap();
+    let st = d.pod_status(&a).await.unwrap();
     let s = st.status.unwrap();
     assert_eq!(s.id, a);
     assert_eq!(s.state, PodSandboxState::SandboxReady as i32);
     assert!(s.created_at > 0);
     assert_eq!(s.metadata.unwrap().name, "alpha");
     let ip = s.network.unwrap().ip;
-    assert!(ip.starts_with("10.85.11."), "pod IP {ip:?}");
+    assert!(ip.starts_with(&net.ip_prefix()), "pod IP {ip:?}");
     let opts = s.linux.unwrap().namespaces.unwrap().options.unwrap();
     assert_eq!(opts.network, NamespaceMode::Pod as i32);
     assert_eq!(opts.pid, NamespaceMode::Container as i32);
@@ -130,9 +97,9 @@ async fn run_status_list_stop_remove_round_trip() {
     };
     assert!(list(&mut d, nomatch).await.is_empty());
 
-    stop(&mut d, &a).await;
-    stop(&mut d, &a).await;
-    let s = status(&mut d, &a).await.unwrap().status.unwrap();
+    d.stop_pod(&a).await.unwrap();
+    d.stop_pod(&a).await.unwrap();
+    let s = d.pod_status(&a).await.unwrap().status.unwrap();
     assert_eq!(s.state, PodSandboxState::SandboxNotready as i32);
     assert_eq!(net.allocated_ips().len(), 1, "stop released the IP");
     assert!(
@@ -155,10 +122,10 @@ async fn run_status_list_stop_remove_round_trip() {
     };
     assert_eq!(list(&mut d, ready).await, vec![b.clone()]);
 
-    remove(&mut d, &a).await;
-    remove(&mut d, &a).await;
-    remove(&mut d, &b).await;
-    let e = status(&mut d, &a).await.unwrap_err();
+    d.remove_pod(&a).await.unwrap();
+    d.remove_pod(&a).await.unwrap();
+    d.remove_pod(&b).await.unwrap();
+    let e = d.pod_status(&a).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     assert!(list(&mut d, PodSandboxFilter::default()).await.is_empty());
     assert!(!d.state.join("ns").join(&a).exists());
@@ -167,56 +134,47 @@ async fn run_status_list_stop_remove_round_trip() {
     assert!(net.allocated_ips().is_empty());
     assert!(net.veths().is_empty());
     // CRI: stop and remove of something unknown succeed.
-    stop(&mut d, &"f".repeat(64)).await;
-    remove(&mut d, &"f".repeat(64)).await;
+    d.stop_pod(&"f".repeat(64)).await.unwrap();
+    d.remove_pod(&"f".repeat(64)).await.unwrap();
 }
 
 #[tokio::test]
 async fn same_metadata_twice_is_already_exists_naming_the_holder() {
-    let net = TestNet::new(12);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
-    let a = run(&mut d, pods::pod_config("dup", "uid-dup")).await.unwrap();
-    let e = run(&mut d, pods::pod_config("dup", "uid-dup")).await.unwrap_err();
+    let a = d.run_pod(pods::pod_config("dup", "uid-dup")).await.unwrap();
+    let e = d.run_pod(pods::pod_config("dup", "uid-dup")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
     assert!(e.message().contains(&a), "{}", e.message());
     // A new attempt is a different pod.
     let mut next = pods::pod_config("dup", "uid-dup");
     next.metadata.as_mut().unwrap().attempt = 1;
-    let b = run(&mut d, next).await.unwrap();
-    remove(&mut d, &a).await;
+    let b = d.run_pod(next).await.unwrap();
+    d.remove_pod(&a).await.unwrap();
     // The name is free again once the holder is gone.
-    let c = run(&mut d, pods::pod_config("dup", "uid-dup")).await.unwrap();
-    remove(&mut d, &b).await;
-    remove(&mut d, &c).await;
+    let c = d.run_pod(pods::pod_config("dup", "uid-dup")).await.unwrap();
+    d.remove_pod(&b).await.unwrap();
+    d.remove_pod(&c).await.unwrap();
     assert!(net.allocated_ips().is_empty());
 }
 
 #[tokio::test]
 async fn host_network_pod_has_no_netns_and_the_hosts_files() {
-    let net = TestNet::new(13);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("hostnet", "uid-h");
-    let ns = cfg
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap();
+    let ns = pods::namespace_options(&mut cfg);
     ns.network = NamespaceMode::Node as i32;
-    let id = run(&mut d, cfg).await.unwrap();
+    let id = d.run_pod(cfg).await.unwrap();
     assert!(!pods::ns_path(&d.state, &id, "net").exists());
     assert!(
         !pods::ns_path(&d.state, &id, "uts").exists(),
         "UTS follows the host network"
     );
     assert!(pods::is_pinned(&pods::ns_path(&d.state, &id, "ipc")));
-    let s = status(&mut d, &id).await.unwrap().status.unwrap();
+    let s = d.pod_status(&id).await.unwrap().status.unwrap();
     assert_eq!(s.network.unwrap_or_default().ip, "");
     let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
     let pod_dir = d.state.join("pods").join(&id);
@@ -229,13 +187,13 @@ async fn host_network_pod_has_no_netns_and_the_hosts_files() {
         std::fs::read("/etc/hosts").unwrap()
     );
     assert!(net.allocated_ips().is_empty(), "no CNI for a host-network pod");
-    remove(&mut d, &id).await;
+    d.remove_pod(&id).await.unwrap();
     assert!(!pod_dir.exists());
 }
 
 #[tokio::test]
 async fn hostname_resolv_conf_and_hosts_come_from_the_config() {
-    let net = TestNet::new(14);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("files", "uid-f");
@@ -245,8 +203,9 @@ async fn hostname_resolv_conf_and_hosts_come_from_the_config() {
         searches: vec!["google.com".into()],
         options: vec!["ndots:8".into()],
     });
-    let id = run(&mut d, cfg).await.unwrap();
-    let ip = status(&mut d, &id)
+    let id = d.run_pod(cfg).await.unwrap();
+    let ip = d
+        .pod_status(&id)
         .await
         .unwrap()
         .status
@@ -278,18 +237,18 @@ async fn hostname_resolv_conf_and_hosts_come_from_the_config() {
     // Empty DNSConfig: the host's resolv.conf.
     let mut plain = pods::pod_config("files2", "uid-f2");
     plain.dns_config = Some(DnsConfig::default());
-    let id2 = run(&mut d, plain).await.unwrap();
+    let id2 = d.run_pod(plain).await.unwrap();
     assert_eq!(
         std::fs::read(d.state.join("pods").join(&id2).join("resolv.conf")).unwrap(),
         std::fs::read("/etc/resolv.conf").unwrap_or_default()
     );
-    remove(&mut d, &id).await;
-    remove(&mut d, &id2).await;
+    d.remove_pod(&id).await.unwrap();
+    d.remove_pod(&id2).await.unwrap();
 }
 
 #[tokio::test]
 async fn safe_and_unsafe_sysctls_are_set_inside_the_pod() {
-    let net = TestNet::new(15);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("sysctl", "uid-s");
@@ -301,7 +260,7 @@ async fn safe_and_unsafe_sysctls_are_set_inside_the_pod() {
             "80".to_string(),
         ),
     ]);
-    let id = run(&mut d, cfg).await.unwrap();
+    let id = d.run_pod(cfg).await.unwrap();
     let read = |p: &'static str| move || std::fs::read_to_string(p).unwrap().trim().to_string();
     let ipc = pods::ns_path(&d.state, &id, "ipc");
     let netns = pods::ns_path(&d.state, &id, "net");
@@ -321,12 +280,12 @@ async fn safe_and_unsafe_sysctls_are_set_inside_the_pod() {
         ),
         "80"
     );
-    remove(&mut d, &id).await;
+    d.remove_pod(&id).await.unwrap();
 
     // Host-wide sysctls, and net.* without a pod network namespace, are refused up front.
     let mut bad = pods::pod_config("sysctl-bad", "uid-sb");
     bad.linux.as_mut().unwrap().sysctls = HashMap::from([("kernel.panic".to_string(), "1".to_string())]);
-    let e = run(&mut d, bad).await.unwrap_err();
+    let e = d.run_pod(bad).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("kernel.panic"), "{}", e.message());
     let mut hostnet = pods::pod_config("sysctl-hostnet", "uid-sh");
@@ -340,7 +299,7 @@ async fn safe_and_unsafe_sysctls_are_set_inside_the_pod() {
         .as_mut()
         .unwrap()
         .network = NamespaceMode::Node as i32;
-    let e = run(&mut d, hostnet).await.unwrap_err();
+    let e = d.run_pod(hostnet).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     // A value the kernel refuses fails the RPC and leaves nothing behind.
     let mut refused = pods::pod_config("sysctl-refused", "uid-sr");
@@ -348,7 +307,7 @@ async fn safe_and_unsafe_sysctls_are_set_inside_the_pod() {
         "net.ipv4.ip_unprivileged_port_start".to_string(),
         "not-a-number".to_string(),
     )]);
-    let e = run(&mut d, refused).await.unwrap_err();
+    let e = d.run_pod(refused).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(
         e.message().contains("ip_unprivileged_port_start"),
@@ -367,23 +326,14 @@ async fn safe_and_unsafe_sysctls_are_set_inside_the_pod() {
 
 #[tokio::test]
 async fn pod_pid_namespace_has_an_infra_process_as_pid_1() {
-    let net = TestNet::new(16);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("pidpod", "uid-p");
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-        .pid = NamespaceMode::Pod as i32;
-    let id = run(&mut d, cfg).await.unwrap();
+    pods::namespace_options(&mut cfg).pid = NamespaceMode::Pod as i32;
+    let id = d.run_pod(cfg).await.unwrap();
     let info: serde_json::Value =
-        serde_json::from_str(&status(&mut d, &id).await.unwrap().info["info"]).unwrap();
+        serde_json::from_str(&d.pod_status(&id).await.unwrap().info["info"]).unwrap();
     let pid = info["pid"].as_i64().expect("infra pid in verbose info");
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let nspid = st.lines().find(|l| l.starts_with("NSpid:")).unwrap();
@@ -412,11 +362,11 @@ async fn pod_pid_namespace_has_an_infra_process_as_pid_1() {
     {
         assert!(line.ends_with(&format!("/crius/{id}/crius-infra")), "{line}");
     }
-    stop(&mut d, &id).await;
+    d.stop_pod(&id).await.unwrap();
     let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
         .unwrap_or(true);
     assert!(gone, "infra process killed by stop");
-    remove(&mut d, &id).await;
+    d.remove_pod(&id).await.unwrap();
     assert!(pods::pod_cgroup_dirs(&id).is_empty());
 }

@@ -11,29 +11,8 @@ use crius_tests::{Daemon, util};
 use k8s_cri::v1::*;
 
 async fn run(d: &mut Daemon, config: PodSandboxConfig) -> (String, String) {
-    let req = RunPodSandboxRequest {
-        config: Some(config),
-        runtime_handler: String::new(),
-    };
-    let id = d
-        .runtime
-        .run_pod_sandbox(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let req = PodSandboxStatusRequest {
-        pod_sandbox_id: id.clone(),
-        verbose: false,
-    };
-    let st = d
-        .runtime
-        .pod_sandbox_status(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let id = d.run_pod(config).await.unwrap();
+    let st = d.pod_status(&id).await.unwrap().status.unwrap();
     (id, st.network.unwrap().ip)
 }
 
@@ -58,25 +37,24 @@ fn fetch(addr: &str) -> String {
 
 #[tokio::test]
 async fn pod_ip_answers_from_the_host() {
-    let net = TestNet::new(17);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let (id, ip) = run(&mut d, pods::pod_config("web", "uid-web")).await;
-    assert!(ip.starts_with("10.85.17."), "{ip}");
+    assert!(ip.starts_with(&net.ip_prefix()), "{ip}");
     let server = serve_once_in_pod(&pods::ns_path(&d.state, &id, "net"), 8080, b"hello from the pod");
     let got = tokio::task::spawn_blocking(move || fetch(&format!("{ip}:8080")))
         .await
         .unwrap();
     assert_eq!(got, "hello from the pod");
     server.join().unwrap();
-    let req = RemovePodSandboxRequest { pod_sandbox_id: id };
-    d.runtime.remove_pod_sandbox(req).await.unwrap();
+    d.remove_pod(&id).await.unwrap();
     assert!(net.veths().is_empty());
 }
 
 #[tokio::test]
 async fn host_port_is_reachable_through_loopback() {
-    let net = TestNet::new(18);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let host_port = util::free_port();
@@ -109,14 +87,10 @@ async fn host_port_is_reachable_through_loopback() {
         .unwrap();
     assert_eq!(got, "via hostPort");
     server.join().unwrap();
-    let req = StopPodSandboxRequest {
-        pod_sandbox_id: id.clone(),
-    };
-    d.runtime.stop_pod_sandbox(req).await.unwrap();
+    d.stop_pod(&id).await.unwrap();
     assert!(
         pods::iptables_rules_mentioning(&id).is_empty(),
         "stop removed the port mapping"
     );
-    let req = RemovePodSandboxRequest { pod_sandbox_id: id };
-    d.runtime.remove_pod_sandbox(req).await.unwrap();
+    d.remove_pod(&id).await.unwrap();
 }

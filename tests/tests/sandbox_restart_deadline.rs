@@ -11,32 +11,11 @@ use k8s_cri::v1::*;
 
 #[tokio::test]
 async fn sandbox_survives_a_daemon_restart_and_is_torn_down_after_it() {
-    let net = TestNet::new(21);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
-    let req = RunPodSandboxRequest {
-        config: Some(pods::pod_config("survivor", "uid-sv")),
-        runtime_handler: String::new(),
-    };
-    let id = d
-        .runtime
-        .run_pod_sandbox(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let status = |id: &str| PodSandboxStatusRequest {
-        pod_sandbox_id: id.into(),
-        verbose: false,
-    };
-    let before = d
-        .runtime
-        .pod_sandbox_status(status(&id))
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let id = d.run_pod(pods::pod_config("survivor", "uid-sv")).await.unwrap();
+    let before = d.pod_status(&id).await.unwrap().status.unwrap();
 
     d.kill().await.unwrap();
     // Pod networking does not depend on the daemon.
@@ -44,36 +23,22 @@ async fn sandbox_survives_a_daemon_restart_and_is_torn_down_after_it() {
     assert_eq!(net.veths().len(), 1);
     d.restart().await.unwrap();
 
-    let after = d
-        .runtime
-        .pod_sandbox_status(status(&id))
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let after = d.pod_status(&id).await.unwrap().status.unwrap();
     assert_eq!(after.state, PodSandboxState::SandboxReady as i32);
     assert_eq!(after.network, before.network);
     assert_eq!(after.created_at, before.created_at);
     // The name is still reserved.
-    let req = RunPodSandboxRequest {
-        config: Some(pods::pod_config("survivor", "uid-sv")),
-        runtime_handler: String::new(),
-    };
-    let e = d.runtime.run_pod_sandbox(req).await.unwrap_err();
+    let e = d
+        .run_pod(pods::pod_config("survivor", "uid-sv"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
 
     // Teardown after the restart uses the recorded network and CNI result.
-    let req = StopPodSandboxRequest {
-        pod_sandbox_id: id.clone(),
-    };
-    d.runtime.stop_pod_sandbox(req).await.unwrap();
+    d.stop_pod(&id).await.unwrap();
     assert!(net.allocated_ips().is_empty());
     assert!(net.veths().is_empty());
-    let req = RemovePodSandboxRequest {
-        pod_sandbox_id: id.clone(),
-    };
-    d.runtime.remove_pod_sandbox(req).await.unwrap();
+    d.remove_pod(&id).await.unwrap();
     assert!(!d.state.join("ns").join(&id).exists());
 }
 
@@ -87,7 +52,7 @@ impl Drop for OpenGate {
 
 #[tokio::test]
 async fn expired_client_deadline_does_not_leave_a_half_created_pod() {
-    let net = TestNet::new(22);
+    let net = TestNet::new();
     let bin = tempfile::tempdir().unwrap();
     let gate = bin.path().join("open");
     // A plugin that holds ADD until the test opens the gate, then passes the previous result on.
@@ -159,10 +124,7 @@ async fn expired_client_deadline_does_not_leave_a_half_created_pod() {
     let e = d.runtime.run_pod_sandbox(req()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
     assert!(e.message().contains(&pod.id));
-    let req = RemovePodSandboxRequest {
-        pod_sandbox_id: pod.id.clone(),
-    };
-    d.runtime.remove_pod_sandbox(req).await.unwrap();
+    d.remove_pod(&pod.id).await.unwrap();
     assert!(net.allocated_ips().is_empty());
     assert!(net.veths().is_empty());
     assert!(pods::iptables_rules_mentioning(&pod.id).is_empty());
@@ -170,7 +132,7 @@ async fn expired_client_deadline_does_not_leave_a_half_created_pod() {
 
 #[tokio::test]
 async fn teardown_tolerates_a_vanished_network_namespace() {
-    let net = TestNet::new(23);
+    let net = TestNet::new();
     let mut d = net.daemon().await.unwrap();
     let _cleanup = pods::PodCleanup::new(&d);
     let mut cfg = pods::pod_config("vanish", "uid-vanish");
@@ -180,44 +142,20 @@ async fn teardown_tolerates_a_vanished_network_namespace() {
         host_port: crius_tests::util::free_port() as i32,
         host_ip: String::new(),
     }];
-    let req = RunPodSandboxRequest {
-        config: Some(cfg),
-        runtime_handler: String::new(),
-    };
-    let id = d
-        .runtime
-        .run_pod_sandbox(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let id = d.run_pod(cfg).await.unwrap();
     d.kill().await.unwrap();
     // What a reboot (or an operator) does: the pinned namespace is gone.
     let netns = pods::ns_path(&d.state, &id, "net");
     nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH).unwrap();
     std::fs::remove_file(&netns).unwrap();
     d.restart().await.unwrap();
-    let req = PodSandboxStatusRequest {
-        pod_sandbox_id: id.clone(),
-        verbose: false,
-    };
-    let st = d
-        .runtime
-        .pod_sandbox_status(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let st = d.pod_status(&id).await.unwrap().status.unwrap();
     assert_eq!(
         st.state,
         PodSandboxState::SandboxNotready as i32,
         "recovery noticed the lost netns"
     );
-    let req = RemovePodSandboxRequest {
-        pod_sandbox_id: id.clone(),
-    };
-    d.runtime.remove_pod_sandbox(req).await.unwrap();
+    d.remove_pod(&id).await.unwrap();
     assert!(net.allocated_ips().is_empty());
     assert!(net.veths().is_empty());
     // portmap finds its rules by the sandbox id alone: they must be gone. bridge finds its ipMasq

@@ -6,7 +6,6 @@ use crius_runtime::spec::ALL_CAPS;
 use crius_tests::containers::World;
 use crius_tests::pods::PodCleanup;
 use crius_tests::security::*;
-use crius_tests::util;
 use k8s_cri::v1::*;
 
 /// containerd's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
@@ -35,11 +34,7 @@ async fn cap_eff(w: &mut World, name: &str, sc: LinuxContainerSecurityContext) -
 
 #[tokio::test]
 async fn default_add_drop_and_all() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(120).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let host = own_bounding_set();
 
@@ -69,11 +64,7 @@ async fn default_add_drop_and_all() {
 
 #[tokio::test]
 async fn unknown_or_unavailable_capabilities_are_refused() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(121).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let err = w
         .create(sleeper(&w, "bogus", caps(&["NOT_A_CAP"], &[])))

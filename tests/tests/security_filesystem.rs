@@ -4,7 +4,6 @@
 use crius_tests::containers::World;
 use crius_tests::pods::PodCleanup;
 use crius_tests::security::*;
-use crius_tests::util;
 use k8s_cri::v1::*;
 
 fn mounted_at(mountinfo: &str, point: &str) -> bool {
@@ -13,11 +12,7 @@ fn mounted_at(mountinfo: &str, point: &str) -> bool {
 
 #[tokio::test]
 async fn readonly_rootfs_and_default_masks() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(126).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let id = w
         .create(sleeper(
@@ -89,11 +84,7 @@ async fn readonly_rootfs_and_default_masks() {
 
 #[tokio::test]
 async fn requested_masked_and_readonly_paths() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(127).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let id = w
         .create(sleeper(
@@ -125,11 +116,7 @@ async fn requested_masked_and_readonly_paths() {
 
 #[tokio::test]
 async fn no_new_privileges_only_when_asked() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(128).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     for (name, nnp, want) in [("nnp", true, "1"), ("plain", false, "0")] {
         let id = w

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use crius_tests::containers::World;
 use crius_tests::pods::PodCleanup;
 use crius_tests::security::*;
-use crius_tests::util;
 use k8s_cri::v1::*;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
@@ -118,12 +117,8 @@ async fn mountinfo(w: &mut World, id: &str) -> String {
 
 #[tokio::test]
 async fn mount_propagation_modes() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     let mut host = HostMounts::new();
-    let mut w = World::new(135).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let (pod, pod_cfg) = run_pod(&mut w, "prop", |sc| sc.privileged = true).await.unwrap();
     let pod = (pod.as_str(), &pod_cfg);
@@ -205,12 +200,8 @@ async fn mount_propagation_modes() {
 
 #[tokio::test]
 async fn propagation_from_a_private_source_is_refused() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     let mut host = HostMounts::new();
-    let mut w = World::new(136).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let (pod, pod_cfg) = run_pod(&mut w, "prop", |sc| sc.privileged = true).await.unwrap();
     let private = host.source("private", MsFlags::MS_PRIVATE);
@@ -235,12 +226,8 @@ async fn propagation_from_a_private_source_is_refused() {
 
 #[tokio::test]
 async fn readonly_and_recursive_readonly_mounts() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     let mut host = HostMounts::new();
-    let mut w = World::new(137).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let status =
         w.d.runtime
@@ -311,11 +298,7 @@ async fn readonly_and_recursive_readonly_mounts() {
 
 #[tokio::test]
 async fn symlinked_host_path_and_devices() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(138).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("real")).unwrap();

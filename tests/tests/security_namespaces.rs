@@ -5,7 +5,6 @@
 use crius_tests::containers::World;
 use crius_tests::pods::PodCleanup;
 use crius_tests::security::*;
-use crius_tests::util;
 use k8s_cri::v1::*;
 
 fn ns(pid: NamespaceMode, ipc: NamespaceMode, network: NamespaceMode) -> NamespaceOption {
@@ -32,12 +31,8 @@ async fn pid1_cmdline(w: &mut World, id: &str) -> String {
 
 #[tokio::test]
 async fn pid_namespace_modes() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     use NamespaceMode::*;
-    let mut w = World::new(132).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
 
     // CONTAINER: the container's own command is PID 1.
@@ -103,12 +98,8 @@ async fn pid_namespace_modes() {
 
 #[tokio::test]
 async fn pod_shared_pid_namespace_has_the_infra_process_as_pid_1() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     use NamespaceMode::*;
-    let mut w = World::new(133).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let (pod, pod_cfg) = run_pod(&mut w, "podpid", |sc| {
         sc.namespace_options = Some(ns(Pod, Pod, Pod));
@@ -185,12 +176,8 @@ fn has_shm(sysvipc: &str, id: i32) -> bool {
 
 #[tokio::test]
 async fn host_ipc_and_host_network() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     use NamespaceMode::*;
-    let mut w = World::new(134).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let shm = HostShm::new();
     let (pod, pod_cfg) = run_pod(&mut w, "hostns", |sc| {

@@ -82,7 +82,7 @@ fn promised(w: &World, id: &str) -> Vec<(PathBuf, u32)> {
 
 #[tokio::test]
 async fn an_unprivileged_user_reads_no_state_and_runs_no_setuid_binary_from_a_layer() {
-    let mut w = World::with_image(26, suid_image()).await.unwrap();
+    let mut w = World::with_image(suid_image()).await.unwrap();
     let mut cfg = w.config("private", &["sleep", "3600"]);
     cfg.envs = vec![KeyValue {
         key: "API_TOKEN".into(),
@@ -139,7 +139,7 @@ async fn an_unprivileged_user_reads_no_state_and_runs_no_setuid_binary_from_a_la
 
 #[tokio::test]
 async fn modes_left_open_are_tightened_at_start_up() {
-    let mut w = World::new(27).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let id = w.run("tighten", &["sleep", "3600"]).await;
     w.d.stop().await.unwrap();
     // What an older crius (0711/0755 directories, 0644 files) left behind.

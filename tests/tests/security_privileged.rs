@@ -3,9 +3,8 @@
 //! privileged container in a pod that is not privileged is refused without leaving anything.
 
 use crius_tests::containers::World;
-use crius_tests::pods::PodCleanup;
+use crius_tests::pods::{self, PodCleanup};
 use crius_tests::security::*;
-use crius_tests::util;
 use k8s_cri::v1::*;
 
 fn privileged_with_runtime_default() -> LinuxContainerSecurityContext {
@@ -21,11 +20,7 @@ fn privileged_with_runtime_default() -> LinuxContainerSecurityContext {
 
 #[tokio::test]
 async fn privileged_container_sees_the_host() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(122).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let (pod, pod_cfg) = run_pod(&mut w, "priv", |sc| sc.privileged = true).await.unwrap();
     let cfg = sleeper(&w, "priv", privileged_with_runtime_default());
@@ -86,23 +81,12 @@ async fn privileged_container_sees_the_host() {
 
 #[tokio::test]
 async fn privileged_container_needs_a_privileged_pod() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(123).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let cfg = sleeper(&w, "priv", privileged_with_runtime_default());
     // The request's copy of the pod config claims privilege; the pod itself was not created so.
     let mut claimed = w.pod_config();
-    claimed
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .privileged = true;
+    pods::security_context(&mut claimed).privileged = true;
     let pod = w.pod.clone();
     let err = create_in(&mut w, &pod, &claimed, cfg).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");

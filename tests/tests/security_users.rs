@@ -7,7 +7,6 @@ use crius_tests::containers::World;
 use crius_tests::images::{ImageSpec, Layer};
 use crius_tests::pods::PodCleanup;
 use crius_tests::security::*;
-use crius_tests::util;
 use k8s_cri::v1::*;
 
 /// busybox whose /etc/group makes www-data (33) a member of `web` (70) and `video` (44).
@@ -41,11 +40,7 @@ fn int(v: i64) -> Option<Int64Value> {
 
 #[tokio::test]
 async fn run_as_user_name_and_group() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::with_image(124, image_with_groups()).await.unwrap();
+    let mut w = World::with_image(image_with_groups()).await.unwrap();
     let _clean = PodCleanup::new(&w.d);
 
     let (id, _, user) = ids(
@@ -113,11 +108,7 @@ async fn run_as_user_name_and_group() {
 
 #[tokio::test]
 async fn supplemental_groups_merge_and_strict() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::with_image(125, image_with_groups()).await.unwrap();
+    let mut w = World::with_image(image_with_groups()).await.unwrap();
     let _clean = PodCleanup::new(&w.d);
     let status =
         w.d.runtime

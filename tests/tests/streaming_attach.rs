@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use crius_tests::containers::World;
 use crius_tests::streaming::{RemoteCommand, Stdio};
-use crius_tests::util;
 use k8s_cri::v1::{AttachRequest, ContainerState};
 use tonic::Code;
 
@@ -41,11 +40,7 @@ async fn until_both_attached(writer: &mut RemoteCommand, reader: &mut RemoteComm
 
 #[tokio::test]
 async fn attach_stdin_once_fan_out_and_terminal_resize() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(92).await.unwrap();
+    let mut w = World::new().await.unwrap();
 
     // critest's shell container: stdin + stdin_once, no terminal.
     let mut cfg = w.config("shell", &["/bin/sh"]);

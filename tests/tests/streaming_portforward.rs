@@ -42,11 +42,7 @@ async fn get_through(w: &mut World, pod: &str, port: u16) -> String {
 
 #[tokio::test]
 async fn port_forward_bridge_and_host_network_pods() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut w = World::new(93).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let cleanup = PodCleanup::new(&w.d);
 
     // Bridge network: httpd on the pod's own port 80, reached through its loopback.
@@ -88,16 +84,7 @@ async fn port_forward_bridge_and_host_network_pods() {
         .and_then(|s| s.namespace_options.as_mut())
         .unwrap();
     ns.network = NamespaceMode::Node as i32;
-    let host_pod =
-        w.d.runtime
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(host_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id;
+    let host_pod = w.d.run_pod(host_cfg.clone()).await.unwrap();
     let mut cfg = w.config("host-web", &[]);
     cfg.command = httpd(port, "hello-host");
     let host_web =
@@ -118,22 +105,12 @@ async fn port_forward_bridge_and_host_network_pods() {
     // Refusals: unknown pod, stopped pod.
     let unknown = "0".repeat(64);
     assert_eq!(pf_url(&mut w, &unknown).await.unwrap_err().code(), Code::NotFound);
-    w.d.runtime
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: host_pod.clone(),
-        })
-        .await
-        .unwrap();
+    w.d.stop_pod(&host_pod).await.unwrap();
     assert_eq!(
         pf_url(&mut w, &host_pod).await.unwrap_err().code(),
         Code::FailedPrecondition
     );
-    w.d.runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: host_pod,
-        })
-        .await
-        .unwrap();
+    w.d.remove_pod(&host_pod).await.unwrap();
 
     drop(cleanup);
     w.teardown().await.unwrap();

@@ -1,7 +1,7 @@
 //! The shim on its own, as the daemon drives it: a busybox-static bundle in a temp dir,
 //! `crius-shim create` with a report pipe on fd 3, control requests over `ctl.sock`, the CRI
 //! log, the exit file, the exec helper, and nothing left behind after `shutdown`.
-//! Needs root and cgroupfs (skips otherwise).
+//! Needs root (fails otherwise); runs against whichever cgroup layout the host mounts (v1 or v2).
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -15,8 +15,24 @@ use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, RootBuilder, Spec};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_crius-shim");
 
-fn root_and_cgroups() -> bool {
-    nix::unistd::geteuid().is_root() && Path::new("/sys/fs/cgroup/memory").exists()
+/// Panics when not root: the shim creates namespaces, mounts and cgroups.
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the shim lifecycle tests need root: the shim creates namespaces, mounts and cgroups"
+    );
+}
+
+/// The directory a container's cgroup gets: in the memory hierarchy under cgroup v1, in the
+/// unified hierarchy under v2.
+fn cgroup_dir(cgroup_path: &str) -> PathBuf {
+    let root = Path::new("/sys/fs/cgroup");
+    let rel = cgroup_path.trim_start_matches('/');
+    if root.join("cgroup.controllers").exists() {
+        root.join(rel)
+    } else {
+        root.join("memory").join(rel)
+    }
 }
 
 /// One container under test; `Drop` removes everything it may have left.
@@ -172,9 +188,7 @@ impl Ctr {
             "libcontainer state removed"
         );
         assert!(
-            !Path::new("/sys/fs/cgroup/memory")
-                .join(self.cgroup_path().trim_start_matches('/'))
-                .exists(),
+            !cgroup_dir(&self.cgroup_path()).exists(),
             "container cgroup removed"
         );
         assert!(!self.shim_dir().join(CONTROL_SOCKET).exists());
@@ -238,6 +252,8 @@ impl Drop for Ctr {
         {
             let _ = std::fs::remove_dir(ctl.path().join(self.cgroup_path().trim_start_matches('/')));
         }
+        // Under cgroup v2 the container's cgroup sits directly in the unified root.
+        let _ = std::fs::remove_dir(cgroup_dir(&self.cgroup_path()));
     }
 }
 
@@ -266,10 +282,7 @@ fn log_records(path: &Path) -> Vec<(String, String, String)> {
 
 #[test]
 fn create_start_logs_exit_and_shutdown() {
-    if !root_and_cgroups() {
-        eprintln!("skipped: needs root and cgroup v1");
-        return;
-    }
+    require_root();
     let mut c = Ctr::new("logs");
     c.write_spec(&[
         "sh",
@@ -319,10 +332,7 @@ fn create_start_logs_exit_and_shutdown() {
 
 #[test]
 fn sigkill_is_exit_137_and_exec_runs_inside() {
-    if !root_and_cgroups() {
-        eprintln!("skipped: needs root and cgroup v1");
-        return;
-    }
+    require_root();
     let mut c = Ctr::new("kill");
     c.write_spec(&["sleep", "1000"]);
     let CreateReport::Created { .. } = c.create() else {
@@ -367,10 +377,7 @@ fn sigkill_is_exit_137_and_exec_runs_inside() {
 
 #[test]
 fn created_container_can_be_removed_without_start() {
-    if !root_and_cgroups() {
-        eprintln!("skipped: needs root and cgroup v1");
-        return;
-    }
+    require_root();
     let mut c = Ctr::new("created");
     c.write_spec(&["sleep", "1000"]);
     let CreateReport::Created { pid, .. } = c.create() else {
@@ -382,10 +389,7 @@ fn created_container_can_be_removed_without_start() {
 
 #[test]
 fn bad_command_is_reported_and_leaves_nothing() {
-    if !root_and_cgroups() {
-        eprintln!("skipped: needs root and cgroup v1");
-        return;
-    }
+    require_root();
     let mut c = Ctr::new("bad");
     c.write_spec(&["/no/such/program"]);
     match c.create() {
@@ -394,9 +398,5 @@ fn bad_command_is_reported_and_leaves_nothing() {
     }
     assert!(!c.youki_root().join(&c.id).exists());
     assert!(!c.shim_dir().join(CONTROL_SOCKET).exists());
-    assert!(
-        !Path::new("/sys/fs/cgroup/memory")
-            .join(c.cgroup_path().trim_start_matches('/'))
-            .exists()
-    );
+    assert!(!cgroup_dir(&c.cgroup_path()).exists(), "container cgroup removed");
 }

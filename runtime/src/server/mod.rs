@@ -29,17 +29,17 @@ pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 pub struct Crius {
     pub config: Config,
     pub db: Arc<redb::Database>,
-    /// Image records, blobs, layers and container leases on layers (issue 4).
+    /// Image records, blobs, layers and container leases on layers.
     pub images: Arc<crius_image::ImageStore>,
-    /// Pod sandboxes: pinned namespaces, CNI, pod files and cgroups, sandbox records (issue 5).
+    /// Pod sandboxes: pinned namespaces, CNI, pod files and cgroups, sandbox records.
     pub sandboxes: Arc<crius_sandbox::SandboxManager>,
-    /// Containers: records, rootfs, shims, exec, stats (issue 6).
+    /// Containers: records, rootfs, shims, exec, stats.
     pub containers: Arc<crate::container::Containers>,
-    /// GetContainerEvents subscribers (issue 9).
+    /// GetContainerEvents subscribers.
     pub events: Arc<crate::events::EventBus>,
-    /// Creates finished after their client gave up, kept for the retry (issue 9).
+    /// Creates finished after their client gave up, kept for the retry.
     pub handover: Arc<crate::handover::Handover>,
-    /// The Exec/Attach/PortForward server (issue 8), set once at start-up.
+    /// The Exec/Attach/PortForward server, set once at start-up.
     pub streaming: std::sync::OnceLock<Arc<crius_streaming::StreamingServer>>,
     ready: AtomicBool,
 }

@@ -63,10 +63,22 @@ pub enum StreamingError {
 }
 
 impl StreamingServer {
-    /// Binds `address:port` (port 0 picks one) and starts serving.
+    /// Binds `address:port` (port 0 picks one) and starts serving; URLs stay valid for
+    /// [`TOKEN_TTL`], kubelet's request cache TTL.
     pub async fn start(
         address: &str,
         port: u16,
+        backend: Arc<dyn StreamBackend>,
+    ) -> Result<Arc<StreamingServer>, StreamingError> {
+        StreamingServer::start_with_token_ttl(address, port, TOKEN_TTL, backend).await
+    }
+
+    /// [`StreamingServer::start`] with URLs valid for `token_ttl` (tests use a short one instead
+    /// of waiting out the real minute).
+    pub async fn start_with_token_ttl(
+        address: &str,
+        port: u16,
+        token_ttl: std::time::Duration,
         backend: Arc<dyn StreamBackend>,
     ) -> Result<Arc<StreamingServer>, StreamingError> {
         let bind = format!("{address}:{port}");
@@ -85,7 +97,7 @@ impl StreamingServer {
             .map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
         let server = Arc::new(StreamingServer {
-            cache: RequestCache::new(TOKEN_TTL, MAX_IN_FLIGHT),
+            cache: RequestCache::new(token_ttl, MAX_IN_FLIGHT),
             addr,
             backend,
         });
@@ -98,7 +110,7 @@ impl StreamingServer {
         self.addr
     }
 
-    /// Caches `req` and returns the absolute URL its client must use (within one minute, once).
+    /// Caches `req` and returns the absolute URL its client must use (once, before the token TTL).
     pub fn url(&self, req: Pending) -> Result<String, StreamingError> {
         let path = req.path();
         let token = self.cache.insert(req)?;

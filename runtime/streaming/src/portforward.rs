@@ -5,9 +5,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+// tokio's clock, not std's: the pairing deadline follows `tokio::time::pause` in tests.
+use tokio::time::Instant;
 
 use super::backend::StreamBackend;
 use super::spdy::{Session, Stream};
@@ -34,7 +36,7 @@ pub async fn serve(mut session: Session, pod: String, backend: Arc<dyn StreamBac
         let oldest = pairs.values().map(|p| p.since).min();
         let expiry = async {
             match oldest {
-                Some(t) => tokio::time::sleep_until((t + PAIR_TIMEOUT).into()).await,
+                Some(t) => tokio::time::sleep_until(t + PAIR_TIMEOUT).await,
                 None => std::future::pending().await,
             }
         };

@@ -227,6 +227,11 @@ async fn unknown_protocol_is_refused_with_the_accepted_list() {
     let bad = format!("http://{}/exec/deadbeef", s.local_addr());
     let (code, head, mut tcp) = upgrade(&bad, "SPDY/3.1", &["v4.channel.k8s.io"]).await;
     assert_eq!(code, 404, "{head}");
+    assert!(body(&head, &mut tcp).await.contains("token"), "{head}");
+}
+
+/// Reads the body of a response whose head `head` was just read from `tcp`.
+async fn body(head: &str, tcp: &mut TcpStream) -> String {
     let len: usize = head
         .lines()
         .find_map(|l| {
@@ -237,7 +242,25 @@ async fn unknown_protocol_is_refused_with_the_accepted_list() {
         .unwrap();
     let mut body = vec![0u8; len];
     tcp.read_exact(&mut body).await.unwrap();
-    assert!(String::from_utf8_lossy(&body).contains("token"), "{head}");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A URL used after its token's TTL is a 404 naming expiry, answered before any upgrade, so the
+/// request never reaches the backend. The TTL is shortened instead of waiting out the minute.
+#[tokio::test]
+async fn an_expired_url_is_refused() {
+    let ttl = std::time::Duration::from_millis(100);
+    let s = StreamingServer::start_with_token_ttl("127.0.0.1", 0, ttl, Arc::new(Fake))
+        .await
+        .unwrap();
+    let fresh = s.url(exec(&["echo", "in", "time"], false, false)).unwrap();
+    let stale = s.url(exec(&["echo", "too", "late"], false, false)).unwrap();
+    let (code, head, _) = upgrade(&fresh, "SPDY/3.1", &["v4.channel.k8s.io"]).await;
+    assert_eq!(code, 101, "a URL used within its TTL works: {head}");
+    tokio::time::sleep(ttl * 2).await;
+    let (code, head, mut tcp) = upgrade(&stale, "SPDY/3.1", &["v4.channel.k8s.io"]).await;
+    assert_eq!(code, 404, "{head}");
+    assert!(body(&head, &mut tcp).await.contains("expired"), "{head}");
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! `crius-bench`: measures crius and containerd side by side through one CRI client (issue 3).
+//! `crius-bench`: measures crius and containerd side by side through one CRI client.
 //!
 //! It starts a local registry on 127.0.0.1, pushes its images there (built from busybox-static),
 //! starts each runtime with its own directories and socket, runs the scenarios with the runtimes
