@@ -45,7 +45,7 @@ fn assert_ambiguous<T: std::fmt::Debug>(verb: &str, r: Result<T, tonic::Status>,
 
 #[tokio::test]
 async fn container_verbs_resolve_unique_prefixes_and_refuse_ambiguous_ones() {
-    let mut w = World::new(170).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let mut ids = Vec::new();
     let (shared, a, b) = loop {
         let n = ids.len();
@@ -166,7 +166,7 @@ async fn container_verbs_resolve_unique_prefixes_and_refuse_ambiguous_ones() {
 
 #[tokio::test]
 async fn pod_verbs_resolve_unique_prefixes_and_refuse_ambiguous_ones() {
-    let mut w = World::new(171).await.unwrap();
+    let mut w = World::new().await.unwrap();
     let mut ids = vec![w.pod.clone()];
     let (shared, a, b) = loop {
         let n = ids.len();
