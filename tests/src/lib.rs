@@ -8,6 +8,7 @@ pub mod images;
 pub mod pods;
 pub mod registry;
 pub mod security;
+pub mod stall;
 pub mod streaming;
 pub mod util;
 

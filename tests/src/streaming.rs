@@ -421,22 +421,7 @@ pub async fn forward(
 /// `stdin` (then closes it with `[255, 0]`), returns the output and the status.
 pub async fn ws_exec(url: &str, stdin: Option<&[u8]>) -> Finished {
     use tokio_tungstenite::tungstenite::Message;
-    let ws_url = url.replacen("http://", "ws://", 1);
-    let mut req =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url).unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "v5.channel.k8s.io".parse().unwrap());
-    let host = url
-        .strip_prefix("http://")
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let tcp = TcpStream::connect(host).await.unwrap();
-    let (mut ws, resp) = bounded("websocket handshake", tokio_tungstenite::client_async(req, tcp))
-        .await
-        .unwrap();
+    let (mut ws, resp) = ws_connect(url, "v5.channel.k8s.io").await;
     assert_eq!(resp.headers()["Sec-WebSocket-Protocol"], "v5.channel.k8s.io");
     if let Some(data) = stdin {
         let mut m = vec![0u8];
@@ -462,4 +447,31 @@ pub async fn ws_exec(url: &str, stdin: Option<&[u8]>) -> Finished {
         stderr,
         status,
     }
+}
+
+/// Opens a WebSocket to the streaming `url` (http://) offering `subprotocol`; returns the
+/// socket and the server's handshake response.
+pub async fn ws_connect(
+    url: &str,
+    subprotocol: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url).unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", subprotocol.parse().unwrap());
+    let host = url
+        .strip_prefix("http://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let tcp = TcpStream::connect(host).await.unwrap();
+    bounded("websocket handshake", tokio_tungstenite::client_async(req, tcp))
+        .await
+        .unwrap()
 }

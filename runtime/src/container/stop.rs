@@ -5,7 +5,9 @@
 //! returns only once the exit is recorded (or the shim is found gone, which records an exit).
 //! A shim that does not answer a signal request within [`SIGNAL_TIMEOUT`] does not keep the
 //! container alive: the daemon signals it through its cgroup itself (the stop signal to init,
-//! then SIGKILL to every process), and the shim records the exit when it gets to it.
+//! then SIGKILL to every process, without asking that shim again), and once the cgroup is empty
+//! and init is dead it records the exit itself if the shim has not (a hung shim never will). The
+//! grace period counts from the call, so a hung shim does not lengthen it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,13 +49,17 @@ impl Containers {
             return Ok(());
         }
         let id = r.id.as_str();
+        let started = Instant::now();
+        let mut shim_answers = true;
         if timeout_seconds > 0 && r.status.state == State::Running {
             let signal = stop_signal(r.stop_signal.as_deref());
-            if self.kill(&r, signal, false).await? {
-                return Ok(());
+            match self.kill(&r, signal, false).await? {
+                Signalled::ShimGone => return Ok(()),
+                Signalled::ByCgroup => shim_answers = false,
+                Signalled::ByShim => {}
             }
-            let deadline = Instant::now() + Duration::from_secs(timeout_seconds as u64);
-            if self.wait_exit(id, deadline).await? {
+            let deadline = started + Duration::from_secs(timeout_seconds as u64);
+            if self.wait_exit(&r, deadline, !shim_answers, signal).await? {
                 return Ok(());
             }
             tracing::info!(
@@ -62,10 +68,21 @@ impl Containers {
                 "container ignored its stop signal; killing it"
             );
         }
-        if self.kill(&r, libc::SIGKILL, true).await? {
-            return Ok(());
+        if shim_answers {
+            match self.kill(&r, libc::SIGKILL, true).await? {
+                Signalled::ShimGone => return Ok(()),
+                Signalled::ByCgroup => shim_answers = false,
+                Signalled::ByShim => {}
+            }
+        } else {
+            let (cgroup, init) = (r.cgroup_path.clone(), r.status.pid);
+            self.blocking(move |_| cgroupfs::signal(&cgroup, init, libc::SIGKILL, true))
+                .await;
         }
-        if self.wait_exit(id, Instant::now() + KILL_GRACE).await? {
+        if self
+            .wait_exit(&r, Instant::now() + KILL_GRACE, !shim_answers, libc::SIGKILL)
+            .await?
+        {
             return Ok(());
         }
         Err(ContainerError::Shim {
@@ -74,8 +91,8 @@ impl Containers {
         })
     }
 
-    /// Sends a signal through the shim. `Ok(true)`: the shim is gone, and an exit was recorded.
-    async fn kill(self: &Arc<Self>, r: &Record, signal: i32, all: bool) -> Result<bool, ContainerError> {
+    /// Sends a signal through the shim, or through the cgroup when the shim does not answer.
+    async fn kill(self: &Arc<Self>, r: &Record, signal: i32, all: bool) -> Result<Signalled, ContainerError> {
         match self
             .shim
             .request_within(
@@ -85,7 +102,7 @@ impl Containers {
             )
             .await
         {
-            Ok(_) => Ok(false),
+            Ok(_) => Ok(Signalled::ByShim),
             Err(ShimError::Timeout(t)) => {
                 tracing::warn!(
                     id = r.id,
@@ -95,12 +112,12 @@ impl Containers {
                 let (cgroup, init) = (r.cgroup_path.clone(), r.status.pid);
                 self.blocking(move |_| cgroupfs::signal(&cgroup, init, signal, all))
                     .await;
-                Ok(false)
+                Ok(Signalled::ByCgroup)
             }
             Err(ShimError::Unreachable { .. }) => {
                 let r = r.clone();
                 self.blocking(move |c| c.shim_gone(&r)).await?;
-                Ok(true)
+                Ok(Signalled::ShimGone)
             }
             Err(e) => Err(ContainerError::Shim {
                 id: r.id.clone(),
@@ -130,12 +147,30 @@ impl Containers {
         Ok(())
     }
 
-    /// Polls for the exit until `deadline`; true once the record says EXITED.
-    async fn wait_exit(self: &Arc<Self>, id: &str, deadline: Instant) -> Result<bool, ContainerError> {
+    /// Polls for the exit until `deadline`; true once the record says EXITED. With
+    /// `shim_hung`, a container whose cgroup is empty and whose init is dead counts as exited
+    /// too: the exit is recorded here, as `signal` would have ended it (the shim cannot).
+    async fn wait_exit(
+        self: &Arc<Self>,
+        r: &Record,
+        deadline: Instant,
+        shim_hung: bool,
+        signal: i32,
+    ) -> Result<bool, ContainerError> {
+        let id = r.id.as_str();
         let mut pause = Duration::from_millis(5);
         loop {
             if self.refreshed_off(id).await?.status.state == State::Exited {
                 return Ok(true);
+            }
+            if shim_hung {
+                let (cgroup, init) = (r.cgroup_path.clone(), r.status.pid);
+                if self.blocking(move |_| dead(&cgroup, init)).await {
+                    let id = id.to_string();
+                    self.blocking(move |c| c.record_hung_shim_exit(&id, signal))
+                        .await?;
+                    return Ok(true);
+                }
             }
             let now = Instant::now();
             if now >= deadline {
@@ -144,6 +179,53 @@ impl Containers {
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(Duration::from_millis(100));
         }
+    }
+
+    /// Records the end of a container killed around its hung shim: 128 + SIGKILL when that was
+    /// the signal (nothing else can have ended it after that), else unknown (255).
+    fn record_hung_shim_exit(&self, id: &str, signal: i32) -> Result<(), ContainerError> {
+        let exit = crius_shim_api::ExitStatus {
+            exit_code: if signal == libc::SIGKILL {
+                128 + signal
+            } else {
+                255
+            },
+            finished_at: now_ns(),
+            oom_killed: false,
+        };
+        let msg = format!(
+            "killed through its cgroup: the container's shim did not answer within {SIGNAL_TIMEOUT:?}"
+        );
+        self.record_lost_exit(id, &exit, &msg)?;
+        Ok(())
+    }
+}
+
+/// How a signal reached the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signalled {
+    ByShim,
+    /// The shim did not answer in time; the daemon signalled the cgroup itself.
+    ByCgroup,
+    /// The shim is gone and an exit was recorded.
+    ShimGone,
+}
+
+/// No process is left in the container's cgroup and `init` is gone or a zombie (a hung shim
+/// cannot reap it).
+fn dead(cgroup: &str, init: i32) -> bool {
+    if !cgroupfs::pids(cgroup).is_empty() {
+        return false;
+    }
+    if init <= 0 {
+        return true;
+    }
+    match std::fs::read_to_string(format!("/proc/{init}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => true,
     }
 }
 

@@ -222,11 +222,15 @@ async fn serve_spdy(server: Arc<StreamingServer>, mut session: Session, protocol
             return;
         }
     };
+    // Streams opened after the expected ones are refused as they come: unread, they would fill
+    // the session's queue and stop its reader, which then could not see the client leave.
+    let extra = remotecommand::refuse_further(&mut session);
     let wiring = remotecommand::wire(&mut streams, want.tty, session.gone.clone());
     let (io, drain) = wiring.split();
     let outcome = run(&*backend, &pending, io).await;
     drain.drain().await;
     remotecommand::finish(&streams.error, version, &outcome).await;
+    extra.abort();
     session.close().await;
 }
 

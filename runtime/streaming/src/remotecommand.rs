@@ -2,8 +2,9 @@
 //! error, stdin, stdout, stderr and resize streams; the server waits for all it expects, runs the
 //! command, half-closes stdout/stderr once drained, then writes the status on the error stream.
 //!
-//! Invariant: a resize message longer than [`MAX_RESIZE_PENDING`] bytes ends the session as if
-//! the client had gone (the process is killed); nothing buffers client input without bound.
+//! Invariant: a resize message longer than [`MAX_RESIZE_PENDING`] bytes, or one that is not a
+//! terminal size, ends the session as if the client had gone (the process is killed); nothing
+//! buffers client input without bound.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +21,14 @@ pub const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes of one unfinished resize message held (a real one is about 30 bytes).
 pub const MAX_RESIZE_PENDING: usize = 4096;
 
-#[derive(Debug, thiserror::Error)]
-#[error("terminal resize message longer than {MAX_RESIZE_PENDING} bytes")]
-pub struct ResizeTooLarge;
+/// A resize stream the session cannot go on with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BadResize {
+    #[error("terminal resize message longer than {MAX_RESIZE_PENDING} bytes")]
+    TooLarge,
+    #[error("terminal resize message is not a terminal size: {0}")]
+    Malformed(String),
+}
 
 /// Protocol versions for exec/attach, newest first (the server's preference list).
 pub const SUPPORTED: [&str; 5] = [
@@ -107,6 +113,21 @@ pub async fn collect(session: &mut Session, want: Wanted, version: u8) -> Result
         stdout,
         stderr,
         resize,
+    })
+}
+
+/// Resets every stream the client opens from now on (a remote command's streams are all
+/// collected); the task ends with the session.
+pub fn refuse_further(session: &mut Session) -> tokio::task::JoinHandle<()> {
+    let mut incoming = std::mem::replace(&mut session.incoming, mpsc::channel(1).1);
+    tokio::spawn(async move {
+        while let Some(s) = incoming.recv().await {
+            tracing::debug!(
+                streamtype = s.kind(),
+                "stream opened after the command started; resetting it"
+            );
+            s.tx.reset().await;
+        }
     })
 }
 
@@ -207,33 +228,49 @@ pub fn wire(streams: &mut Streams, tty: bool, mut gone: tokio::sync::watch::Rece
 }
 
 /// Splits complete JSON objects (`{"Width":80,"Height":24}`) off the front of `buf`. The client
-/// writes one object per message, newline-separated or back to back; bad objects are skipped.
-/// An unfinished object longer than [`MAX_RESIZE_PENDING`] is an error.
-pub fn take_resizes(buf: &mut Vec<u8>) -> Result<Vec<TermSize>, ResizeTooLarge> {
+/// writes one object per message, newline-separated or back to back. Something that is not a
+/// terminal size, or an unfinished object longer than [`MAX_RESIZE_PENDING`], is an error (the
+/// caller ends the session); nothing of the buffer is kept then.
+pub fn take_resizes(buf: &mut Vec<u8>) -> Result<Vec<TermSize>, BadResize> {
     let mut out = Vec::new();
     let mut consumed = 0;
     let mut stream = serde_json::Deserializer::from_slice(buf).into_iter::<serde_json::Value>();
+    let mut bad = None;
     while let Some(item) = stream.next() {
         match item {
-            Ok(v) => {
-                consumed = stream.byte_offset();
-                if let Ok(size) = serde_json::from_value::<TermSize>(v) {
+            // Only an object is a size (serde would also take `[w, h]`; client-go never sends it).
+            Ok(v) if !v.is_object() => {
+                bad = Some(BadResize::Malformed(format!("{v} is not an object")));
+                break;
+            }
+            Ok(v) => match serde_json::from_value::<TermSize>(v) {
+                Ok(size) => {
+                    consumed = stream.byte_offset();
                     out.push(size);
                 }
-            }
+                Err(e) => {
+                    bad = Some(BadResize::Malformed(e.to_string()));
+                    break;
+                }
+            },
             Err(e) if e.is_eof() => break,
-            Err(_) => {
-                consumed = buf.len();
+            Err(e) => {
+                bad = Some(BadResize::Malformed(e.to_string()));
                 break;
             }
         }
     }
     buf.drain(..consumed);
-    if buf.len() > MAX_RESIZE_PENDING {
-        buf.clear();
-        return Err(ResizeTooLarge);
+    if bad.is_none() && buf.len() > MAX_RESIZE_PENDING {
+        bad = Some(BadResize::TooLarge);
     }
-    Ok(out)
+    match bad {
+        Some(e) => {
+            buf.clear();
+            Err(e)
+        }
+        None => Ok(out),
+    }
 }
 
 /// Writes the outcome on the error stream in the negotiated version's encoding and closes it.
@@ -287,6 +324,20 @@ mod tests {
         buf.extend(std::iter::repeat_n(b' ', MAX_RESIZE_PENDING));
         assert!(take_resizes(&mut buf).is_err());
         assert!(buf.is_empty(), "nothing is kept");
+    }
+
+    #[test]
+    fn a_malformed_resize_message_is_refused() {
+        for bad in [&b"not json\n"[..], br#"{"Width":"wide","Height":1}"#, b"[1,2]"] {
+            let mut buf = br#"{"Width":80,"Height":24}"#.to_vec();
+            buf.extend_from_slice(bad);
+            assert!(
+                matches!(take_resizes(&mut buf), Err(BadResize::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(buf.is_empty(), "nothing is kept");
+        }
     }
 
     #[test]

@@ -14,6 +14,20 @@ use super::*;
 
 struct Fake;
 
+/// Tags of the `wait` commands that saw their client go.
+static GONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Waits (up to 10 s) until the `wait` command tagged `tag` saw its client go.
+async fn saw_client_go(tag: &str) -> bool {
+    for _ in 0..1000 {
+        if GONE.lock().unwrap().iter().any(|t| t == tag) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
 #[async_trait::async_trait]
 impl StreamBackend for Fake {
     async fn exec(&self, req: &ExecRequest, mut io: ProcessIo) -> Result<i32, BackendError> {
@@ -45,6 +59,12 @@ impl StreamBackend for Fake {
                     .send(format!("{}x{}", size.width, size.height).into_bytes())
                     .await
                     .unwrap();
+                Ok(0)
+            }
+            Some("wait") => {
+                // Runs until the client is gone, then notes its tag in GONE.
+                let _ = io.client_gone.wait_for(|g| *g).await;
+                GONE.lock().unwrap().push(req.cmd[1].clone());
                 Ok(0)
             }
             _ => Err(BackendError::NotFound("no such command".into())),
@@ -365,4 +385,72 @@ async fn websocket_v5_exec() {
     let _ = ws.close(None).await;
     assert_eq!(stdout, b"hello");
     assert_eq!(status.unwrap()["status"], "Success");
+}
+
+#[tokio::test]
+async fn streams_opened_after_the_command_started_are_refused_and_a_leaving_client_is_seen() {
+    let s = server().await;
+    let url = s.url(exec(&["wait", "extra-streams"], false, false)).unwrap();
+    let (code, head, tcp) = upgrade(&url, "SPDY/3.1", &["v4.channel.k8s.io"]).await;
+    assert_eq!(code, 101, "{head}");
+    let mut c = Client::new(tcp);
+    c.open(1, &[("streamtype", "error")], true).await;
+    c.open(3, &[("streamtype", "stdout")], true).await;
+    c.open(5, &[("streamtype", "stderr")], true).await;
+    // Far more streams than the session queues for a reader nobody drains.
+    let extra: Vec<u32> = (0..100).map(|i| 7 + 2 * i).collect();
+    for id in &extra {
+        c.open(*id, &[("streamtype", "stdout")], false).await;
+    }
+    let mut reset = std::collections::HashSet::new();
+    while reset.len() < extra.len() {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), c.next()).await;
+        match next
+            .expect("the extra streams are refused")
+            .expect("the session stays up")
+        {
+            Frame::RstStream { stream_id, .. } => {
+                reset.insert(stream_id);
+            }
+            Frame::SynReply { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(c);
+    assert!(
+        saw_client_go("extra-streams").await,
+        "the command never learned that its client left"
+    );
+}
+
+#[tokio::test]
+async fn websocket_message_on_a_channel_the_client_may_not_write_ends_the_session() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    for (tag, msg) in [
+        ("ws-channel-9", vec![9u8, 1, 2]),
+        ("ws-channel-stdout", vec![1u8, b'x']),
+    ] {
+        let s = server().await;
+        let url = s.url(exec(&["wait", tag], true, false)).unwrap();
+        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            url.replacen("http://", "ws://", 1),
+        )
+        .unwrap();
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "v5.channel.k8s.io".parse().unwrap());
+        let tcp = TcpStream::connect(s.local_addr()).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        ws.send(Message::binary(msg)).await.unwrap();
+        assert!(saw_client_go(tag).await, "{tag}: the session went on");
+        // The server finishes with the status and closes.
+        let mut closed = false;
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "{tag}: the server closed the websocket");
+    }
 }

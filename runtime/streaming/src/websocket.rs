@@ -2,6 +2,11 @@
 //! `v5.channel.k8s.io` for exec/attach (first byte of each binary message is the channel: 0 stdin,
 //! 1 stdout, 2 stderr, 3 error, 4 resize; the client sends `[255, 0]` to close stdin), and
 //! `SPDY/3.1+portforward.k8s.io`, SPDY bytes carried in binary messages, for port-forward.
+//!
+//! Invariant: a client message the channel protocol has no place for (a channel other than
+//! stdin, resize and v5's close of stdin, or a resize that is not a terminal size) ends the
+//! session as if the client had gone, as does a frame tungstenite refuses (oversized, unmasked,
+//! reserved opcode).
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -104,7 +109,13 @@ where
                     }
                 }
                 CLOSE if v5 && payload.first() == Some(&STDIN) => stdin_tx = None,
-                _ => {}
+                other => {
+                    tracing::warn!(
+                        channel = other,
+                        "websocket message on a channel the client may not write; ending the session"
+                    );
+                    break;
+                }
             }
         }
         let _ = gone_tx.send(true);

@@ -6,6 +6,7 @@
 //! registry but the local one (crius through `fallback = false` mirrors, containerd through
 //! certs.d hosts.toml files with a `[host]` table).
 
+mod flood;
 mod report;
 mod runtimes;
 mod scenarios;
@@ -53,6 +54,15 @@ struct Args {
     /// ExecSync round trips.
     #[arg(long, default_value_t = 50)]
     execs: usize,
+    /// Seconds `yes` runs in the log throughput scenario.
+    #[arg(long, default_value_t = 10)]
+    log_secs: u64,
+    /// Seconds an exec client stalls in the stalled-exec scenario.
+    #[arg(long, default_value_t = 60)]
+    stall_secs: u64,
+    /// Scenarios to run (numbers); all by default.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
+    only: Vec<u32>,
     /// Where to write the Markdown table.
     #[arg(long, default_value = "crius-bench.md")]
     markdown: PathBuf,
@@ -120,149 +130,197 @@ async fn main() -> Result<()> {
         outcome(scenarios::ensure_image(r, &small).await)?;
     }
 
-    eprintln!("scenario 1: pull a {} MiB image x{}", args.pull_mb, args.pulls);
-    let mut pulls: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = BTreeMap::new();
-    for i in 0..args.pulls {
-        for k in order(rts.len(), i) {
-            let r = &mut rts[k];
-            let entry = pulls.entry(r.name).or_insert_with(|| Ok(Vec::new()));
-            if let Ok(samples) = entry {
-                match outcome(scenarios::pull_once(r, &big).await)? {
-                    Outcome::Done(d) => samples.push(d),
-                    Outcome::Unsupported(m) => *entry = Err(m),
+    let run = |n: u32| args.only.contains(&n);
+    if run(1) {
+        eprintln!("scenario 1: pull a {} MiB image x{}", args.pull_mb, args.pulls);
+        let mut pulls: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = BTreeMap::new();
+        for i in 0..args.pulls {
+            for k in order(rts.len(), i) {
+                let r = &mut rts[k];
+                let entry = pulls.entry(r.name).or_insert_with(|| Ok(Vec::new()));
+                if let Ok(samples) = entry {
+                    match outcome(scenarios::pull_once(r, &big).await)? {
+                        Outcome::Done(d) => samples.push(d),
+                        Outcome::Unsupported(m) => *entry = Err(m),
+                    }
                 }
             }
         }
-    }
-    rows.push(times_row(
-        &format!("1. PullImage {} MiB", args.pull_mb),
-        &names,
-        &pulls,
-    ));
-
-    eprintln!("scenario 2: pod lifecycle x{}", args.pods);
-    let mut steps: BTreeMap<&str, BTreeMap<&'static str, Vec<Duration>>> = BTreeMap::new();
-    let mut unsupported: BTreeMap<&str, String> = BTreeMap::new();
-    for i in 0..args.pods {
-        for k in order(rts.len(), i) {
-            let r = &mut rts[k];
-            if unsupported.contains_key(r.name) {
-                continue;
-            }
-            let out = steps.entry(r.name).or_default();
-            if let Outcome::Unsupported(m) =
-                outcome(scenarios::lifecycle_once(r, &format!("seq-{i}"), &small, out).await)?
-            {
-                unsupported.insert(r.name, m);
-            }
-        }
-    }
-    for step in scenarios::STEPS {
-        let per: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = names
-            .iter()
-            .map(|n| {
-                let samples = steps
-                    .get(n)
-                    .and_then(|m| m.get(step))
-                    .cloned()
-                    .unwrap_or_default();
-                let v = match (samples.is_empty(), unsupported.get(n)) {
-                    (true, Some(m)) => Err(m.clone()),
-                    (true, None) => Err("no samples".to_string()),
-                    (false, _) => Ok(samples),
-                };
-                (*n, v)
-            })
-            .collect();
-        rows.push(times_row(&format!("2. {step}"), &names, &per));
+        rows.push(times_row(
+            &format!("1. PullImage {} MiB", args.pull_mb),
+            &names,
+            &pulls,
+        ));
     }
 
-    eprintln!(
-        "scenario 3: {} pods concurrently, {} in flight, x{}",
-        args.concurrent, args.in_flight, args.rounds
-    );
-    let mut conc: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = BTreeMap::new();
-    for round in 0..args.rounds {
-        for k in order(rts.len(), round) {
-            let r = &mut rts[k];
-            let entry = conc.entry(r.name).or_insert_with(|| Ok(Vec::new()));
-            if let Ok(samples) = entry {
-                match outcome(
-                    scenarios::concurrent_start(r, round, args.concurrent, args.in_flight, &small).await,
-                )? {
-                    Outcome::Done(d) => samples.push(d),
-                    Outcome::Unsupported(m) => *entry = Err(m),
+    if run(2) {
+        eprintln!("scenario 2: pod lifecycle x{}", args.pods);
+        let mut steps: BTreeMap<&str, BTreeMap<&'static str, Vec<Duration>>> = BTreeMap::new();
+        let mut unsupported: BTreeMap<&str, String> = BTreeMap::new();
+        for i in 0..args.pods {
+            for k in order(rts.len(), i) {
+                let r = &mut rts[k];
+                if unsupported.contains_key(r.name) {
+                    continue;
+                }
+                let out = steps.entry(r.name).or_default();
+                if let Outcome::Unsupported(m) =
+                    outcome(scenarios::lifecycle_once(r, &format!("seq-{i}"), &small, out).await)?
+                {
+                    unsupported.insert(r.name, m);
                 }
             }
         }
+        for step in scenarios::STEPS {
+            let per: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = names
+                .iter()
+                .map(|n| {
+                    let samples = steps
+                        .get(n)
+                        .and_then(|m| m.get(step))
+                        .cloned()
+                        .unwrap_or_default();
+                    let v = match (samples.is_empty(), unsupported.get(n)) {
+                        (true, Some(m)) => Err(m.clone()),
+                        (true, None) => Err("no samples".to_string()),
+                        (false, _) => Ok(samples),
+                    };
+                    (*n, v)
+                })
+                .collect();
+            rows.push(times_row(&format!("2. {step}"), &names, &per));
+        }
     }
-    rows.push(times_row(
-        &format!(
-            "3. {} pods x 1 container, {} in flight (wall)",
-            args.concurrent, args.in_flight
-        ),
-        &names,
-        &conc,
-    ));
 
-    eprintln!("scenario 4: memory with {} pods", args.memory_pods);
-    let mut mem_rows: Vec<Row> = [
-        "4. daemon RSS idle (just started)",
-        "4. daemon RSS after scenarios 1-3, no pods",
-        "4. daemon RSS with pods",
-        "4. shim PSS per container",
-        "4. shim RSS per container",
-        "4. pod infra (pause) PSS per pod",
-    ]
-    .iter()
-    .map(|w| Row {
-        what: w.to_string(),
-        cells: Vec::new(),
-    })
-    .collect();
-    for r in rts.iter_mut() {
-        match outcome(scenarios::memory(r, args.memory_pods, &small).await)? {
-            Outcome::Done(m) => {
-                let values = [
-                    fresh_rss[r.name] as f64,
-                    m.daemon_idle_kb as f64,
-                    m.daemon_loaded_kb as f64,
-                    m.shim_pss_kb,
-                    m.shim_rss_kb,
-                ];
-                let mut cells: Vec<Cell> = values.iter().map(|v| Cell::Value(*v, "kB")).collect();
-                cells.push(m.infra_pss_kb.map_or_else(
-                    || Cell::NotMeasured("pause is a busybox stand-in here".into()),
-                    |v| Cell::Value(v, "kB"),
-                ));
-                for (row, c) in mem_rows.iter_mut().zip(cells) {
-                    row.cells.push((r.name.to_string(), c));
-                }
-            }
-            Outcome::Unsupported(m) => {
-                // Idle daemon RSS needs no verb.
-                mem_rows[0]
-                    .cells
-                    .push((r.name.to_string(), Cell::Value(fresh_rss[r.name] as f64, "kB")));
-                for row in mem_rows.iter_mut().skip(1) {
-                    row.cells
-                        .push((r.name.to_string(), Cell::NotSupported(m.clone())));
+    if run(3) {
+        eprintln!(
+            "scenario 3: {} pods concurrently, {} in flight, x{}",
+            args.concurrent, args.in_flight, args.rounds
+        );
+        let mut conc: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = BTreeMap::new();
+        for round in 0..args.rounds {
+            for k in order(rts.len(), round) {
+                let r = &mut rts[k];
+                let entry = conc.entry(r.name).or_insert_with(|| Ok(Vec::new()));
+                if let Ok(samples) = entry {
+                    match outcome(
+                        scenarios::concurrent_start(r, round, args.concurrent, args.in_flight, &small).await,
+                    )? {
+                        Outcome::Done(d) => samples.push(d),
+                        Outcome::Unsupported(m) => *entry = Err(m),
+                    }
                 }
             }
         }
+        rows.push(times_row(
+            &format!(
+                "3. {} pods x 1 container, {} in flight (wall)",
+                args.concurrent, args.in_flight
+            ),
+            &names,
+            &conc,
+        ));
     }
-    rows.extend(mem_rows);
 
-    eprintln!("scenario 5: ExecSync `true` x{}", args.execs);
-    let mut execs: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = BTreeMap::new();
-    for r in rts.iter_mut() {
-        let v = match outcome(scenarios::exec_sync(r, args.execs, &small).await)? {
-            Outcome::Done(s) => Ok(s),
-            Outcome::Unsupported(m) => Err(m),
-        };
-        execs.insert(r.name, v);
+    if run(4) {
+        eprintln!("scenario 4: memory with {} pods", args.memory_pods);
+        let mut mem_rows = value_rows(&[
+            "4. daemon RSS idle (just started)",
+            "4. daemon RSS after scenarios 1-3, no pods",
+            "4. daemon RSS with pods",
+            "4. shim PSS per container",
+            "4. shim RSS per container",
+            "4. pod infra (pause) PSS per pod",
+        ]);
+        for r in rts.iter_mut() {
+            match outcome(scenarios::memory(r, args.memory_pods, &small).await)? {
+                Outcome::Done(m) => {
+                    let values = [
+                        fresh_rss[r.name] as f64,
+                        m.daemon_idle_kb as f64,
+                        m.daemon_loaded_kb as f64,
+                        m.shim_pss_kb,
+                        m.shim_rss_kb,
+                    ];
+                    let mut cells: Vec<Cell> = values.iter().map(|v| Cell::Value(*v, "kB")).collect();
+                    cells.push(m.infra_pss_kb.map_or_else(
+                        || Cell::NotMeasured("pause is a busybox stand-in here".into()),
+                        |v| Cell::Value(v, "kB"),
+                    ));
+                    push_cells(&mut mem_rows, r.name, cells);
+                }
+                Outcome::Unsupported(m) => {
+                    // Idle daemon RSS needs no verb.
+                    mem_rows[0]
+                        .cells
+                        .push((r.name.to_string(), Cell::Value(fresh_rss[r.name] as f64, "kB")));
+                    for row in mem_rows.iter_mut().skip(1) {
+                        row.cells
+                            .push((r.name.to_string(), Cell::NotSupported(m.clone())));
+                    }
+                }
+            }
+        }
+        rows.extend(mem_rows);
     }
-    rows.push(times_row("5. ExecSync `true`", &names, &execs));
+
+    if run(5) {
+        eprintln!("scenario 5: ExecSync `true` x{}", args.execs);
+        let mut execs: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = BTreeMap::new();
+        for r in rts.iter_mut() {
+            let v = match outcome(scenarios::exec_sync(r, args.execs, &small).await)? {
+                Outcome::Done(s) => Ok(s),
+                Outcome::Unsupported(m) => Err(m),
+            };
+            execs.insert(r.name, v);
+        }
+        rows.push(times_row("5. ExecSync `true`", &names, &execs));
+    }
+
+    if run(6) {
+        eprintln!("scenario 6: `yes` into the CRI log for {} s", args.log_secs);
+        let mut flood_rows = value_rows(&[
+            "6. `yes` log throughput (CRI log file growth)",
+            "6. shim CPU per GB logged",
+            "6. daemon CPU per GB logged",
+        ]);
+        for r in rts.iter_mut() {
+            let cells = match outcome(flood::log_throughput(r, args.log_secs, &small).await)? {
+                Outcome::Done(t) => vec![
+                    Cell::Value(t.mb_per_s, "MB/s"),
+                    Cell::Value(t.shim_cpu_s_per_gb, "CPU s/GB"),
+                    Cell::Value(t.daemon_cpu_s_per_gb, "CPU s/GB"),
+                ],
+                Outcome::Unsupported(m) => vec![Cell::NotSupported(m); 3],
+            };
+            push_cells(&mut flood_rows, r.name, cells);
+        }
+        rows.extend(flood_rows);
+    }
+
+    if run(7) {
+        eprintln!(
+            "scenario 7: exec `yes` with a client stalled {} s",
+            args.stall_secs
+        );
+        let secs = args.stall_secs;
+        let mut stall_rows = value_rows(&[
+            "7. daemon RSS before a stalled exec of `yes`".to_string(),
+            format!("7. daemon RSS max during {secs} s of it"),
+            format!("7. daemon RSS at the end of the {secs} s"),
+        ]);
+        for r in rts.iter_mut() {
+            let cells = match outcome(flood::stalled_exec(r, secs, &small).await)? {
+                Outcome::Done(m) => [m.before_kb, m.max_kb, m.end_kb]
+                    .iter()
+                    .map(|v| Cell::Value(*v as f64, "kB"))
+                    .collect(),
+                Outcome::Unsupported(m) => vec![Cell::NotSupported(m); 3],
+            };
+            push_cells(&mut stall_rows, r.name, cells);
+        }
+        rows.extend(stall_rows);
+    }
 
     for r in rts {
         r.shutdown().await;
@@ -284,6 +342,24 @@ async fn main() -> Result<()> {
     std::fs::write(&args.markdown, report::markdown(&rows, &names, &header))?;
     eprintln!("wrote {}", args.markdown.display());
     Ok(())
+}
+
+/// Empty rows named `whats`, to be filled runtime by runtime.
+fn value_rows(whats: &[impl ToString]) -> Vec<Row> {
+    whats
+        .iter()
+        .map(|w| Row {
+            what: w.to_string(),
+            cells: Vec::new(),
+        })
+        .collect()
+}
+
+/// Adds one runtime's cells to `rows`, one each, in order.
+fn push_cells(rows: &mut [Row], runtime: &str, cells: Vec<Cell>) {
+    for (row, c) in rows.iter_mut().zip(cells) {
+        row.cells.push((runtime.to_string(), c));
+    }
 }
 
 /// Runtime order for run `i`: alternating, so drift hits every runtime alike.

@@ -51,6 +51,8 @@ fn render(cell: Option<&Cell>) -> String {
                 s.median, s.p90, s.min, s.max, s.n
             )
         }
+        // Small figures (CPU seconds) keep two decimals; kB and MB/s need none.
+        Some(Cell::Value(v, unit)) if *v < 10.0 => format!("{v:.2} {unit}"),
         Some(Cell::Value(v, unit)) => format!("{v:.0} {unit}"),
         Some(Cell::NotSupported(why)) => format!("not supported ({})", short(why)),
         Some(Cell::NotMeasured(why)) => format!("not measured ({})", short(why)),
