@@ -250,8 +250,8 @@ impl AttachHub {
                 self.listener.as_raw_fd(),
                 SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             ) {
-                // SAFETY: accept4 just returned this fd; nothing else owns it.
                 Ok(fd) => {
+                    // SAFETY: accept4 just returned this fd; nothing else owns it.
                     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
                     if self.closing {
                         continue; // dropped: the client sees EOF at once

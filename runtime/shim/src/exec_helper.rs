@@ -151,6 +151,7 @@ fn build(
     };
     let dup = |fd: i32| -> Result<OwnedFd, ExecError> {
         nix::unistd::dup(fd)
+            // SAFETY: dup just returned this fd; nothing else owns it.
             .map(|d| unsafe { OwnedFd::from_raw_fd(d) })
             .map_err(|e| fail(format!("dup fd {fd}: {e}")))
     };
