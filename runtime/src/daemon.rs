@@ -45,7 +45,7 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Streaming(#[from] crate::streaming::StreamingError),
+    Streaming(#[from] crius_streaming::StreamingError),
     #[error("cannot install signal handler: {0}")]
     Signal(#[source] std::io::Error),
     #[error("cgroup_manager = \"systemd\" needs {0}")]
@@ -117,7 +117,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         sandboxes: crius.sandboxes.clone(),
         containers: crius.containers.clone(),
     });
-    let streaming = match crate::streaming::StreamingServer::start(
+    let streaming = match crius_streaming::StreamingServer::start(
         &crius.config.streaming.address,
         crius.config.streaming.port,
         backend,

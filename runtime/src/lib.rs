@@ -15,4 +15,3 @@ pub mod shim_exec;
 pub mod spec;
 pub mod store;
 pub mod stream_backend;
-pub mod streaming;

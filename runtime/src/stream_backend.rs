@@ -13,7 +13,7 @@ use cri_api::v1::{AttachRequest, ExecRequest};
 use crius_sandbox::SandboxManager;
 
 use crate::container::Containers;
-use crate::streaming::{BackendError, ProcessIo, StreamBackend};
+use crius_streaming::{BackendError, ProcessIo, StreamBackend};
 
 /// How long connecting to a port inside a pod may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);

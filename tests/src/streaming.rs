@@ -1,5 +1,5 @@
 //! Streaming clients written for the suite: the HTTP upgrade by hand, a SPDY/3.1 client on the
-//! daemon's own frame and header codec (`crius_runtime::streaming::spdy`), the Kubernetes
+//! daemon's own frame and header codec (`crius_streaming::spdy`), the Kubernetes
 //! remote-command and port-forward protocols on top of it, and a WebSocket `v5.channel.k8s.io`
 //! exec client. Streams are opened in the order client-go opens them.
 //!
@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crius_runtime::streaming::spdy::frame::{FLAG_FIN, Frame};
-use crius_runtime::streaming::spdy::headers::{Decoder, Encoder, Headers};
+use crius_streaming::spdy::frame::{FLAG_FIN, Frame};
+use crius_streaming::spdy::headers::{Decoder, Encoder, Headers};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use crius_runtime::streaming::spdy::frame::{FLAG_FIN, Frame};
-use crius_runtime::streaming::spdy::headers::{Encoder, Headers};
+use crius_streaming::spdy::frame::{FLAG_FIN, Frame};
+use crius_streaming::spdy::headers::{Encoder, Headers};
 use crius_tests::containers::World;
 use crius_tests::streaming::{bounded, upgrade};
 use crius_tests::util;

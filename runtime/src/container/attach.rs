@@ -18,7 +18,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, soc
 use super::exec_stream::gone;
 use super::stdio::RawIo;
 use super::{ContainerError, Containers};
-use crate::streaming::ProcessIo;
+use crius_streaming::ProcessIo;
 
 impl Containers {
     /// Streaming Attach: until the container exits or the client goes away.

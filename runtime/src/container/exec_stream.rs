@@ -19,7 +19,7 @@ use super::record::State;
 use super::stdio::{RawIo, copy_out, set_winsize};
 use super::{ContainerError, Containers};
 use crate::shim_exec::ExecStdio;
-use crate::streaming::ProcessIo;
+use crius_streaming::ProcessIo;
 
 /// How long output may keep flowing after the exec'd process exited.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);

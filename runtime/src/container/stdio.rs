@@ -14,7 +14,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use crate::streaming::TermSize;
+use crius_streaming::TermSize;
 
 /// Largest chunk read from a process at once.
 pub const CHUNK: usize = 32 * 1024;

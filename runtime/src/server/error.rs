@@ -107,8 +107,8 @@ pub fn events_lagged(e: crate::events::Lagged) -> Status {
 }
 
 /// A streaming URL that could not be issued (too many tokens in flight, or no server).
-pub fn streaming(e: crate::streaming::StreamingError) -> Status {
-    use crate::streaming::StreamingError as E;
+pub fn streaming(e: crius_streaming::StreamingError) -> Status {
+    use crius_streaming::StreamingError as E;
     let msg = e.to_string();
     match e {
         E::Token(_) => Status::resource_exhausted(msg),

@@ -40,7 +40,7 @@ pub struct Crius {
     /// Creates finished after their client gave up, kept for the retry (issue 9).
     pub handover: Arc<crate::handover::Handover>,
     /// The Exec/Attach/PortForward server (issue 8), set once at start-up.
-    pub streaming: std::sync::OnceLock<Arc<crate::streaming::StreamingServer>>,
+    pub streaming: std::sync::OnceLock<Arc<crius_streaming::StreamingServer>>,
     ready: AtomicBool,
 }
 

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Crius, error, unimplemented};
 use crate::info;
-use crate::streaming::Pending;
+use crius_streaming::Pending;
 
 pub struct Runtime(pub Arc<Crius>);
 
@@ -379,7 +379,7 @@ impl RuntimeService for Runtime {
 }
 
 impl Runtime {
-    fn streaming(&self) -> Result<&crate::streaming::StreamingServer, Status> {
+    fn streaming(&self) -> Result<&crius_streaming::StreamingServer, Status> {
         self.0
             .streaming
             .get()

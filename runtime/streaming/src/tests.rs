@@ -14,7 +14,7 @@ use super::*;
 
 struct Fake;
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl StreamBackend for Fake {
     async fn exec(&self, req: &ExecRequest, mut io: ProcessIo) -> Result<i32, BackendError> {
         match req.cmd.first().map(String::as_str) {

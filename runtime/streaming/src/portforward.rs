@@ -161,7 +161,7 @@ mod tests {
 
     struct NoPod;
 
-    #[tonic::async_trait]
+    #[async_trait::async_trait]
     impl StreamBackend for NoPod {
         async fn exec(&self, _: &cri_api::v1::ExecRequest, _: ProcessIo) -> Result<i32, BackendError> {
             Err(BackendError::Failed("no exec here".into()))

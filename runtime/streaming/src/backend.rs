@@ -40,7 +40,7 @@ pub enum BackendError {
     Failed(String),
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait StreamBackend: Send + Sync + 'static {
     /// Runs `req.cmd` in the container; returns its exit code.
     async fn exec(&self, req: &ExecRequest, io: ProcessIo) -> Result<i32, BackendError>;
