@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of the fuzz targets whose inputs are plain byte formats (tar streams,
-shim frames, WebSocket channel messages) into fuzz/corpus/<target>/. A few valid inputs each, so
+shim frames) into fuzz/corpus/<target>/. A few valid inputs each, so
 the fuzzer starts from the shapes real peers send. Run from anywhere: python3 fuzz/seeds/make_seeds.py
+(The SPDY and WebSocket seeds come from the streaming crate's own encoders: runtime/streaming/src/
+fuzz_seeds.rs, written with `CRIUS_WRITE_FUZZ_SEEDS=1 cargo test -p crius-streaming fuzz_seeds`.)
 """
 import io
 import json

@@ -32,7 +32,7 @@ pub enum HeaderError {
 }
 
 /// Largest inflated header block accepted (SPDY peers send a handful of short headers).
-const MAX_BLOCK: usize = 256 * 1024;
+pub const MAX_BLOCK: usize = 256 * 1024;
 
 /// The outbound side: compresses header blocks.
 pub struct Encoder {
