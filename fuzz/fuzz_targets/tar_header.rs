@@ -1,5 +1,6 @@
-//! The tar header walker alone (no filesystem): any bytes as a decompressed layer. Beyond "no
-//! panic": extension bodies stay within the cap, an over-cap extension header is refused before
+//! The tar header walker alone (no filesystem): after a mode byte, any bytes as a decompressed
+//! layer. An odd mode byte first sets the checksum of every non-zero 512-byte block, so that
+//! mutated headers get past the checksum to the fields behind it. Beyond "no panic": extension bodies stay within the cap, an over-cap extension header is refused before
 //! one byte of its body is read, entry data streams (what a reader gets is exactly what was pulled
 //! from the input), and header-only types carry no data.
 #![no_main]
@@ -26,7 +27,25 @@ impl Read for Counting<'_> {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+/// The header checksum (the field itself counted as spaces), as six octal digits, NUL, space.
+fn set_checksums(tar: &mut [u8]) {
+    for b in tar.chunks_exact_mut(512).filter(|b| b.iter().any(|x| *x != 0)) {
+        b[148..156].fill(b' ');
+        let sum: u32 = b.iter().map(|x| u32::from(*x)).sum();
+        b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    }
+}
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&mode, data)) = input.split_first() else { return };
+    let mut fixed = Vec::new();
+    let data = if mode & 1 == 1 {
+        fixed.extend_from_slice(data);
+        set_checksums(&mut fixed);
+        &fixed[..]
+    } else {
+        data
+    };
     let pulled = Rc::new(Cell::new(0));
     let mut s = TarStream::new(Counting {
         data,

@@ -38,26 +38,31 @@ def info(name, kind=tarfile.REGTYPE, link="", uid=0, mode=0o644):
     return i
 
 
+def put_tar(name, data):
+    # The target's first byte is its mode: odd sets every header's checksum before the walk.
+    put("tar_header", name, b"\x01" + data)
+
+
 def tar_seeds():
     deep = "d/" * 70 + "file"
-    put("tar_header", "gnu-long-name-and-link.tar", tar(tarfile.GNU_FORMAT, [
+    put_tar("gnu-long-name-and-link.tar", tar(tarfile.GNU_FORMAT, [
         (info("dir/", tarfile.DIRTYPE, mode=0o755), b""),
         (info(deep), b"long name\n"),
         (info("l", tarfile.SYMTYPE, link=deep + "-target"), b""),
         (info("h", tarfile.LNKTYPE, link=deep), b""),
     ]))
-    put("tar_header", "pax-local-and-global.tar", tar(tarfile.PAX_FORMAT, [
+    put_tar("pax-local-and-global.tar", tar(tarfile.PAX_FORMAT, [
         (info("caf\u00e9/" + "x" * 120), b"pax path\n"),
         (info("big-uid", uid=1 << 30), b"u"),
         (info("run/fifo", tarfile.FIFOTYPE, mode=0o620), b""),
         (info("dev/null", tarfile.CHRTYPE, mode=0o666), b""),
     ], pax_headers={"comment": "global header"}))
-    put("tar_header", "ustar-prefix.tar", tar(tarfile.USTAR_FORMAT, [
+    put_tar("ustar-prefix.tar", tar(tarfile.USTAR_FORMAT, [
         (info("p" * 120 + "/name"), b"prefix+name\n"),
         (info(".wh..wh..opq"), b""),
     ]))
     # GNU base-256 numeric fields (uid over the 7 octal digits).
-    put("tar_header", "gnu-base256.tar", tar(tarfile.GNU_FORMAT, [
+    put_tar("gnu-base256.tar", tar(tarfile.GNU_FORMAT, [
         (info("b256", uid=1 << 40), b"b"),
     ]))
 
