@@ -102,14 +102,21 @@ bench: deps
 	$(call dist,--release,release)
 	CRIUS_BIN_DIR=$(TARGET_DIR)/release/dist $(TARGET_DIR)/release/crius-bench --markdown docs/PERFORMANCE.md $(BENCH_ARGS)
 
-# libFuzzer targets (fuzz/, nightly): each runs FUZZ_SECONDS from the committed seeds in
+# libFuzzer targets (fuzz/, its own workspace): each runs FUZZ_SECONDS from the committed seeds in
 # fuzz/corpus/<target>; what it finds goes to fuzz/.corpus/<target> (new inputs) and
-# fuzz/artifacts/<target> (crashes, each to become a regression test).
+# fuzz/artifacts/<target> (crashes, each to become a regression test). cargo-fuzz passes
+# nightly-only flags (-Zsanitizer=address); RUSTC_BOOTSTRAP=1 lets the stable toolchain take them,
+# so no nightly is needed. libFuzzer itself is C++, hence g++. FUZZ_BUILD=--dev builds unoptimised,
+# in about half the time: enough for a smoke run (CI), too slow for a long one.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := layer_unpack image_reference manifest_decode
-fuzz: deps
+FUZZ_BUILD ?=
+FUZZ_TARGETS := layer_unpack tar_header image_reference manifest_decode shim_frame spdy_frame spdy_headers \
+                websocket_channel
+fuzz:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(DEB_PACKAGES) g++"
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build $(FUZZ_BUILD)
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
 		mkdir -p .corpus/$$t && \
-		cargo +nightly fuzz run $$t .corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $(FUZZ_BUILD) $$t .corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done

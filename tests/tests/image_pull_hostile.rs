@@ -1,6 +1,7 @@
 //! Hostile layers from a real registry: a GNU long-name entry announcing 1 GiB is refused at once
 //! with INVALID_ARGUMENT, costs the daemon far less than 64 MB of peak RSS and leaves nothing; a
-//! layer written by Python's tarfile (a FIFO with empty device-number fields) pulls.
+//! layer written by Python's tarfile (a FIFO with empty device-number fields) pulls; a normal image
+//! of 300 MiB of incompressible layers adds at most 64 MiB to the daemon's peak RSS.
 
 use std::os::unix::fs::FileTypeExt;
 use std::time::{Duration, Instant};
@@ -92,4 +93,53 @@ async fn a_one_gib_long_name_is_refused_at_once_and_a_python_fifo_layer_pulls() 
         std::fs::read(layer.join("run/readme")).unwrap(),
         b"made by python\n"
     );
+}
+
+/// The memory bound holds for content far larger than it: three 100 MiB gzip layers of
+/// incompressible bytes (downloaded, stored and unpacked in parallel) grow the daemon's VmHWM by
+/// at most 64 MiB.
+#[tokio::test]
+async fn a_300_mib_image_adds_at_most_64_mib_to_the_peak_rss() {
+    const LAYER: usize = 100 << 20;
+    let reg = Registry::start().unwrap();
+    let spec = ImageSpec {
+        layers: (0..3u64)
+            .map(|i| Layer::Random {
+                path: format!("data/{i}.bin"),
+                bytes: LAYER,
+                seed: i + 1,
+            })
+            .collect(),
+        compression: Compression::Gzip,
+        ..ImageSpec::busybox()
+    };
+    let big = images::push(&reg, "big", "1", &spec).await.unwrap();
+
+    let mut d = Daemon::start().await.unwrap();
+    let pid = d.pid().unwrap();
+    let before = status_kb(pid, "VmHWM:");
+    let started = Instant::now();
+    let id = pull(&mut d.images, &big.reference).await.unwrap();
+    let grew = status_kb(pid, "VmHWM:").saturating_sub(before);
+    eprintln!(
+        "pulled 3 x {} MiB in {:?}: VmHWM {before} kB -> +{grew} kB",
+        LAYER >> 20,
+        started.elapsed()
+    );
+    assert_eq!(id, big.config_digest);
+    // Layer directories are named by chain ID: c1 = d1, cn = sha256(c(n-1) + " " + dn).
+    let mut chain = String::new();
+    for (i, diff_id) in big.diff_ids.iter().enumerate() {
+        chain = match i {
+            0 => diff_id.clone(),
+            _ => images::sha256_digest(format!("{chain} {diff_id}").as_bytes()),
+        };
+        let file = d
+            .root
+            .join("layers")
+            .join(chain.trim_start_matches("sha256:"))
+            .join(format!("data/{i}.bin"));
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), LAYER as u64, "{file:?}");
+    }
+    assert!(grew <= 64 << 10, "peak RSS grew by {grew} kB");
 }

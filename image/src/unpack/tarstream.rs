@@ -6,9 +6,10 @@
 //! (each ≤ [`MAX_SPECIAL_ENTRY`], checked from the header before one body byte is read) are held in
 //! memory; file data streams through [`Entry`]'s `Read`, and whatever an entry's reader left unread
 //! is skipped, not buffered. PAX `g` bodies are skipped after the same check. Numeric fields are
-//! parsed like Go's: octal with leading/trailing NUL and space trimmed (all-empty is 0) or base-256;
-//! header-only types (links, directories, devices, FIFOs) carry no data whatever their size field
-//! says; GNU long names win over PAX `path`, which wins over the header's name.
+//! parsed like Go's: octal with leading/trailing NUL and space trimmed (all-empty is 0) or base-256,
+//! and sizes over `i64::MAX` are refused; header-only types (links, directories, devices, FIFOs)
+//! carry no data whatever their size field says; GNU long names win over PAX `path`, which wins
+//! over the header's name.
 
 use std::io::{self, Read};
 
@@ -20,6 +21,9 @@ use super::UnpackError;
 pub const MAX_SPECIAL_ENTRY: u64 = 1 << 20;
 
 const BLOCK: u64 = 512;
+/// Sizes are int64 in Go's archive/tar; anything larger is refused, which also keeps a size plus
+/// its block padding from overflowing.
+const MAX_SIZE: u64 = i64::MAX as u64;
 
 /// One entry with its extension headers applied. Reading it yields the entry's data.
 pub struct Entry<'a, R: Read> {
@@ -156,6 +160,9 @@ impl<R: Read> TarStream<R> {
             };
             let kind = EntryType::new(b[156]);
             let size = numeric(&b[124..136]).map_err(|_| malformed("size field is not a number"))?;
+            if size > MAX_SIZE {
+                return Err(malformed("size field is out of range"));
+            }
             let special = match kind {
                 EntryType::GNULongName => Some("GNU long-name entry"),
                 EntryType::GNULongLink => Some("GNU long-link entry"),
@@ -234,7 +241,12 @@ impl<R: Read> TarStream<R> {
                 match key {
                     "path" => e.path = value.to_vec(),
                     "linkpath" => e.link = value.to_vec(),
-                    "size" => e.remaining = decimal()?,
+                    "size" => {
+                        e.remaining = decimal()?;
+                        if e.remaining > MAX_SIZE {
+                            return Err(malformed("PAX size is out of range"));
+                        }
+                    }
                     "uid" => e.uid = decimal()?,
                     "gid" => e.gid = decimal()?,
                     "mtime" => {

@@ -16,6 +16,8 @@ pub mod tokens;
 pub mod websocket;
 
 #[cfg(test)]
+mod fuzz_seeds;
+#[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 //! `SPDY/3.1+portforward.k8s.io`, SPDY bytes carried in binary messages, for port-forward.
 //!
 //! Invariant: a client message the channel protocol has no place for (a channel other than
-//! stdin, resize and v5's close of stdin, or a resize that is not a terminal size) ends the
+//! stdin, resize and close, or a resize that is not a terminal size) ends the
 //! session as if the client had gone, as does a frame tungstenite refuses (oversized, unmasked,
 //! reserved opcode).
 
@@ -17,7 +17,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::backend::ProcessIo;
-use super::remotecommand::{Wanted, take_resizes};
+use super::backend::TermSize;
+use super::remotecommand::{BadResize, Wanted, take_resizes};
 use super::status::{Outcome, status_json};
 
 pub const CHANNEL_V5: &str = "v5.channel.k8s.io";
@@ -42,6 +43,73 @@ pub fn config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
         .max_write_buffer_size(MAX_WRITE_BUFFER)
+}
+
+/// What one client message of the channel protocol carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// Bytes for the process's stdin (never empty).
+    Stdin(&'a [u8]),
+    /// The terminal sizes completed by this message (possibly none).
+    Resize(Vec<TermSize>),
+    /// v5: the client closed its stdin; later stdin messages are ignored.
+    CloseStdin,
+    /// Empty, stdin after its close, or a close the session has no use for (v4, repeated).
+    Ignored,
+}
+
+/// A client message the channel protocol has no place for; it ends the session.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChannelError {
+    #[error(transparent)]
+    Resize(#[from] BadResize),
+    #[error("websocket message on channel {0}, which a client may not write")]
+    Foreign(u8),
+}
+
+/// Client → server demultiplexing of the channel protocol, without I/O. Invariant: at most
+/// [`MAX_RESIZE_PENDING`](super::remotecommand::MAX_RESIZE_PENDING) bytes of an unfinished resize message are held between messages; a
+/// longer one is an error that ends the session.
+pub struct ChannelDecoder {
+    v5: bool,
+    stdin_closed: bool,
+    resize_buf: Vec<u8>,
+}
+
+impl ChannelDecoder {
+    pub fn new(v5: bool) -> ChannelDecoder {
+        ChannelDecoder {
+            v5,
+            stdin_closed: false,
+            resize_buf: Vec::new(),
+        }
+    }
+
+    /// Decodes one binary (or text) message: its first byte is the channel.
+    pub fn decode<'a>(&mut self, msg: &'a [u8]) -> Result<Input<'a>, ChannelError> {
+        let Some((&ch, payload)) = msg.split_first() else {
+            return Ok(Input::Ignored);
+        };
+        Ok(match ch {
+            STDIN if !self.stdin_closed && !payload.is_empty() => Input::Stdin(payload),
+            STDIN => Input::Ignored,
+            RESIZE => {
+                self.resize_buf.extend_from_slice(payload);
+                Input::Resize(take_resizes(&mut self.resize_buf)?)
+            }
+            CLOSE if self.v5 && payload.first() == Some(&STDIN) && !self.stdin_closed => {
+                self.stdin_closed = true;
+                Input::CloseStdin
+            }
+            CLOSE => Input::Ignored,
+            other => return Err(ChannelError::Foreign(other)),
+        })
+    }
+
+    /// Bytes of an unfinished resize message held for the next message.
+    pub fn pending_resize(&self) -> usize {
+        self.resize_buf.len()
+    }
 }
 
 /// The channel-protocol side of one exec/attach: the process's io plus what finishes it.
@@ -74,46 +142,31 @@ where
     let (gone_tx, gone) = watch::channel(false);
     let reader = tokio::spawn(async move {
         let mut stdin_tx = Some(stdin_tx);
-        let mut resize_buf = Vec::new();
+        let mut dec = ChannelDecoder::new(v5);
         while let Some(Ok(msg)) = source.next().await {
             let data = match msg {
-                Message::Binary(b) => b.to_vec(),
-                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Binary(b) => b,
+                Message::Text(t) => bytes::Bytes::from(t),
                 Message::Close(_) => break,
                 _ => continue,
             };
-            let Some((&ch, payload)) = data.split_first() else {
-                continue;
-            };
-            match ch {
-                STDIN => {
+            match dec.decode(&data) {
+                Ok(Input::Stdin(payload)) => {
                     if let Some(tx) = &stdin_tx
-                        && !payload.is_empty()
                         && tx.send(payload.to_vec()).await.is_err()
                     {
                         stdin_tx = None;
                     }
                 }
-                RESIZE => {
-                    resize_buf.extend_from_slice(payload);
-                    match take_resizes(&mut resize_buf) {
-                        Ok(sizes) => {
-                            for s in sizes {
-                                let _ = resize_tx.send(s).await;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!("{e}; ending the session");
-                            break;
-                        }
+                Ok(Input::Resize(sizes)) => {
+                    for s in sizes {
+                        let _ = resize_tx.send(s).await;
                     }
                 }
-                CLOSE if v5 && payload.first() == Some(&STDIN) => stdin_tx = None,
-                other => {
-                    tracing::warn!(
-                        channel = other,
-                        "websocket message on a channel the client may not write; ending the session"
-                    );
+                Ok(Input::CloseStdin) => stdin_tx = None,
+                Ok(Input::Ignored) => {}
+                Err(e) => {
+                    tracing::warn!("{e}; ending the session");
                     break;
                 }
             }
@@ -247,4 +300,48 @@ where
         let _ = sink.close().await;
     });
     local
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remotecommand::MAX_RESIZE_PENDING;
+
+    #[test]
+    fn channels_demultiplex_and_v5_closes_stdin() {
+        let mut d = ChannelDecoder::new(true);
+        assert_eq!(d.decode(b"\0abc").unwrap(), Input::Stdin(b"abc"));
+        assert_eq!(d.decode(b"\0").unwrap(), Input::Ignored);
+        assert_eq!(d.decode(b"").unwrap(), Input::Ignored);
+        assert_eq!(d.decode(b"\x01out"), Err(ChannelError::Foreign(1)));
+        assert_eq!(d.decode(b"\x09"), Err(ChannelError::Foreign(9)));
+        assert_eq!(
+            d.decode(b"\x04{\"Width\":80,\"Height\":24}{\"Wid").unwrap(),
+            Input::Resize(vec![TermSize {
+                width: 80,
+                height: 24
+            }])
+        );
+        assert_eq!(d.pending_resize(), 5);
+        assert_eq!(
+            d.decode(b"\x04th\":1,\"Height\":2}").unwrap(),
+            Input::Resize(vec![TermSize { width: 1, height: 2 }])
+        );
+        assert_eq!(d.decode(&[CLOSE, STDIN]).unwrap(), Input::CloseStdin);
+        assert_eq!(d.decode(b"\0late").unwrap(), Input::Ignored);
+        assert_eq!(d.decode(&[CLOSE, STDIN]).unwrap(), Input::Ignored);
+        let mut v4 = ChannelDecoder::new(false);
+        assert_eq!(v4.decode(&[CLOSE, STDIN]).unwrap(), Input::Ignored);
+        assert_eq!(v4.decode(b"\0x").unwrap(), Input::Stdin(b"x"));
+    }
+
+    #[test]
+    fn an_endless_resize_message_ends_the_session() {
+        let mut d = ChannelDecoder::new(true);
+        let mut msg = vec![RESIZE];
+        msg.extend_from_slice(b"{\"Width\":");
+        msg.resize(MAX_RESIZE_PENDING + 2, b' ');
+        assert!(d.decode(&msg).is_err());
+        assert_eq!(d.pending_resize(), 0);
+    }
 }

@@ -213,3 +213,24 @@ fn an_oversized_long_name_leaves_no_layer_and_no_temp_dir() {
     );
     assert_eq!(std::fs::read_dir(root.path().join("layers")).unwrap().count(), 0);
 }
+
+#[test]
+fn sizes_past_i64_max_are_malformed_not_an_overflow() {
+    // Base-256 size of u64::MAX in the header, and the same in a PAX `size` record: Go reads sizes
+    // as int64 and refuses these; adding the block padding to them overflowed.
+    let mut h = header("huge", b'0', 0);
+    h.as_old_mut().size = [0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+    h.set_cksum();
+    let base256 = archive(&[(h, b"")]);
+    let pax = archive(&[
+        (
+            header("PaxHeaders/huge", b'x', 29),
+            b"29 size=18446744073709551615\n",
+        ),
+        (header("huge", b'0', 0), b""),
+    ]);
+    for data in [base256, pax] {
+        let err = entries(&data).unwrap_err();
+        assert!(err.to_string().contains("size"), "{err}");
+    }
+}

@@ -32,7 +32,7 @@ pub enum HeaderError {
 }
 
 /// Largest inflated header block accepted (SPDY peers send a handful of short headers).
-const MAX_BLOCK: usize = 256 * 1024;
+pub const MAX_BLOCK: usize = 256 * 1024;
 
 /// The outbound side: compresses header blocks.
 pub struct Encoder {
@@ -66,8 +66,13 @@ impl Encoder {
             raw.extend_from_slice(&(v.len() as u32).to_be_bytes());
             raw.extend_from_slice(v.as_bytes());
         }
+        self.deflate(&raw)
+    }
+
+    /// Compresses one raw (uncompressed) header block, ending it with a sync flush.
+    fn deflate(&mut self, raw: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(raw.len() + 64);
-        let mut input = &raw[..];
+        let mut input = raw;
         loop {
             out.reserve(256);
             let before_in = self.z.total_in();
@@ -202,6 +207,25 @@ mod tests {
         // zlib header: CMF, FLG with FDICT set, then the DICTID (Adler-32 of the dictionary).
         assert_eq!(wire[1] & 0x20, 0x20);
         assert_eq!(&wire[2..6], &0xE3C6_A7C2u32.to_be_bytes());
+    }
+
+    #[test]
+    fn invalid_utf8_grows_by_at_most_three_times_and_re_encodes_past_the_cap() {
+        // One value of 100 KiB of 0xff: within the cap inflated, but each byte decodes to U+FFFD
+        // (3 bytes), so the decoded headers re-encode to a block the cap refuses (fuzzing found it).
+        let mut raw = 1u32.to_be_bytes().to_vec();
+        raw.extend_from_slice(&1u32.to_be_bytes());
+        raw.push(b'x');
+        raw.extend_from_slice(&(100u32 << 10).to_be_bytes());
+        raw.resize(raw.len() + (100 << 10), 0xff);
+        let block = Encoder::default().deflate(&raw);
+        let got = Decoder::default().decode(&block).unwrap();
+        assert_eq!(got.get("x").unwrap().len(), 3 * (100 << 10));
+        let again = Encoder::default().encode(&got);
+        assert_eq!(
+            Decoder::default().decode(&again),
+            Err(HeaderError::TooLarge(MAX_BLOCK))
+        );
     }
 
     #[test]

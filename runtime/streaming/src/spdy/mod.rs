@@ -11,4 +11,4 @@ mod session;
 pub mod test_client;
 
 pub use headers::Headers;
-pub use session::{Session, Stream, StreamWriter};
+pub use session::{MAX_INBOUND_FRAME, Session, Stream, StreamWriter};
