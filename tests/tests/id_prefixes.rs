@@ -275,13 +275,9 @@ async fn pod_verbs_resolve_unique_prefixes_and_refuse_ambiguous_ones() {
         .unwrap()
         .into_inner()
         .container_id;
-    let listed = rt
-        .list_containers(ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = w.d.containers().await;
     assert_eq!(listed.iter().find(|x| x.id == c).unwrap().pod_sandbox_id, a);
+    let rt = &mut w.d.runtime;
     rt.stop_pod_sandbox(stop(&pa)).await.unwrap();
     let st = rt.pod_sandbox_status(status(&a)).await.unwrap().into_inner();
     assert_eq!(st.status.unwrap().state, PodSandboxState::SandboxNotready as i32);

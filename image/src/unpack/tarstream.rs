@@ -271,16 +271,7 @@ impl<R: Read> TarStream<R> {
         if let Some(l) = long_link {
             e.link = l;
         }
-        // Go: these types have no data, whatever the size field says.
-        if matches!(
-            kind,
-            EntryType::Link
-                | EntryType::Symlink
-                | EntryType::Char
-                | EntryType::Block
-                | EntryType::Directory
-                | EntryType::Fifo
-        ) {
+        if header_only(kind) {
             e.remaining = 0;
         }
         e.src.unread = e.remaining + padding(e.remaining);
@@ -340,6 +331,19 @@ pub fn numeric(field: &[u8]) -> Result<u64, ()> {
     }
     let s = std::str::from_utf8(trimmed).map_err(|_| ())?;
     u64::from_str_radix(s, 8).map_err(|_| ())
+}
+
+/// Go's archive/tar: these entry types carry no data, whatever their size field says.
+pub fn header_only(kind: EntryType) -> bool {
+    matches!(
+        kind,
+        EntryType::Link
+            | EntryType::Symlink
+            | EntryType::Char
+            | EntryType::Block
+            | EntryType::Directory
+            | EntryType::Fifo
+    )
 }
 
 #[cfg(test)]
