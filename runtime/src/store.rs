@@ -89,22 +89,6 @@ pub fn open(root: &Path) -> Result<Arc<redb::Database>, StoreError> {
     Ok(Arc::new(db))
 }
 
-/// The schema version recorded in `db` (0 = none recorded).
-pub fn schema_version(db: &redb::Database, path: &Path) -> Result<u64, StoreError> {
-    let err = |what| {
-        let path = path.to_path_buf();
-        move |e: redb::Error| StoreError::Db {
-            path,
-            what,
-            source: e,
-        }
-    };
-    let txn = db.begin_write().map_err(|e| err("begin")(e.into()))?;
-    let t = txn.open_table(META).map_err(|e| err("open meta")(e.into()))?;
-    let v = t.get(SCHEMA_KEY).map_err(|e| err("read version")(e.into()))?;
-    Ok(v.map(|v| v.value()).unwrap_or(0))
-}
-
 fn migrate(db: &redb::Database, path: &Path) -> Result<(), StoreError> {
     let err = |what: &'static str| {
         let path = path.to_path_buf();
@@ -149,6 +133,13 @@ fn migrate(db: &redb::Database, path: &Path) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
+    /// The schema version recorded in `db` (0 = none recorded).
+    fn schema_version(db: &redb::Database) -> Result<u64, redb::Error> {
+        let txn = redb::ReadableDatabase::begin_read(db)?;
+        let t = txn.open_table(META)?;
+        Ok(t.get(SCHEMA_KEY)?.map(|v| v.value()).unwrap_or(0))
+    }
+
     #[test]
     fn reopens_existing_database_private_and_versioned() {
         let dir = tempfile::tempdir().unwrap();
@@ -160,7 +151,7 @@ mod tests {
         let db = open(dir.path()).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "an existing database is tightened");
-        assert_eq!(schema_version(&db, &path).unwrap(), SCHEMA_VERSION);
+        assert_eq!(schema_version(&db).unwrap(), SCHEMA_VERSION);
     }
 
     #[test]
@@ -175,7 +166,7 @@ mod tests {
             txn.commit().unwrap();
         }
         let db = open(dir.path()).unwrap();
-        assert_eq!(schema_version(&db, &path).unwrap(), SCHEMA_VERSION);
+        assert_eq!(schema_version(&db).unwrap(), SCHEMA_VERSION);
         let txn = redb::ReadableDatabase::begin_read(db.as_ref()).unwrap();
         let t = txn.open_table(T).unwrap();
         assert_eq!(t.get("a").unwrap().unwrap().value(), b"{}");
@@ -200,6 +191,6 @@ mod tests {
         );
         assert!(e.to_string().contains("refusing to start"), "{e}");
         let db = redb::Database::create(&path).unwrap();
-        assert_eq!(schema_version(&db, &path).unwrap(), SCHEMA_VERSION + 1);
+        assert_eq!(schema_version(&db).unwrap(), SCHEMA_VERSION + 1);
     }
 }

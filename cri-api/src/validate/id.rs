@@ -5,7 +5,7 @@
 //! (critest probes with UUIDs) names nothing; an exact id wins over longer ids it prefixes; an
 //! ambiguous prefix is refused naming the candidates, never resolved to one of them.
 
-use super::{ID_LEN, InvalidInput, object_id};
+use super::{InvalidInput, object_id};
 
 /// How many stored ids a lookup asks for: enough to name candidates in the error, bounded.
 pub const PREFIX_CANDIDATES: usize = 4;
@@ -44,7 +44,7 @@ pub fn resolve_id(
 /// Whether `query` could be an id crius issued or a prefix of one (for lookups that must not
 /// even touch the store otherwise).
 pub fn plausible_id(query: &str) -> bool {
-    !query.is_empty() && query.len() <= ID_LEN && object_id("id", query).is_ok()
+    object_id("id", query).is_ok()
 }
 
 #[cfg(test)]
