@@ -113,7 +113,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let events = crius
         .events
         .start(crius.containers.clone(), crius.sandboxes.clone());
-    let backend = Arc::new(crate::stream_backend::RuntimeStreams {
+    let backend = Arc::new(crate::node::streams::RuntimeStreams {
         sandboxes: crius.sandboxes.clone(),
         containers: crius.containers.clone(),
     });

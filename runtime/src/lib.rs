@@ -4,14 +4,11 @@
 pub mod config;
 pub mod container;
 pub mod daemon;
-pub mod events;
-pub mod handover;
 pub mod info;
+pub mod node;
 mod notify;
 pub mod private;
 pub mod server;
 pub mod shim_client;
-pub mod shim_exec;
 pub mod spec;
 pub mod store;
-pub mod stream_backend;

@@ -24,7 +24,6 @@ impl Containers {
         self: &Arc<Self>,
         pod: &PodInfo,
         config: ContainerConfig,
-        sandbox_config: Option<PodSandboxConfig>,
     ) -> Result<String, ContainerError> {
         let meta = config
             .metadata
@@ -55,7 +54,7 @@ impl Containers {
             }
             creating.insert(key.clone(), id.clone());
         }
-        let result = self.create_steps(&id, pod, config, sandbox_config).await;
+        let result = self.create_steps(&id, pod, config).await;
         match &result {
             Ok(()) => {
                 self.events.send(&id, &pod.id, super::EventKind::Created);
@@ -80,11 +79,7 @@ impl Containers {
         id: &str,
         pod: &PodInfo,
         config: ContainerConfig,
-        sandbox_config: Option<PodSandboxConfig>,
     ) -> Result<(), ContainerError> {
-        // The pod's recorded config, never the request's copy, decides what the pod allows
-        // (a privileged container needs a pod that was created privileged).
-        drop(sandbox_config);
         let (key, pod_info) = (id.to_string(), pod.clone());
         let (mut record, shim_cfg) = self.blocking(move |c| c.prepare(&key, &pod_info, config)).await?;
         let (pid, shim_pid) = self
@@ -144,12 +139,13 @@ impl Containers {
         let target_pid = self.target_pid_namespace(&config)?;
         let users = UserDb::load(&rootfs_dir)?;
         let (cgroup_path, spec_cgroups_path) = cgroup_paths(&pod, &id)?;
-        let sandbox_config = pod.config.clone();
         let oci = spec::build(&SpecInput {
             id: &id,
             sandbox_id: &pod.id,
             config: &config,
-            sandbox: &sandbox_config,
+            // The pod's recorded config, never a request's copy, decides what the pod allows
+            // (a privileged container needs a pod that was created privileged).
+            sandbox: &pod.config,
             image_name: &image_name,
             image: &process,
             rootfs: &rootfs_dir,

@@ -1,5 +1,5 @@
 //! Container lifecycle events as the container code sees them: which container, which pod, what
-//! happened. The daemon's event bus (`crate::events`) turns them into CRI `ContainerEventResponse`s
+//! happened. The daemon's event bus (`crate::node::events`) turns them into CRI `ContainerEventResponse`s
 //! with the pod's statuses for `GetContainerEvents`.
 //!
 //! Invariants: an event is sent only after the record change it reports has committed, and

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::record::State;
 use super::stdio::{RawIo, copy_out, set_winsize};
 use super::{ContainerError, Containers};
-use crate::shim_exec::ExecStdio;
+use crate::shim_client::ExecStdio;
 use crius_streaming::ProcessIo;
 
 /// How long output may keep flowing after the exec'd process exited.

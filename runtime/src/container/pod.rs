@@ -82,3 +82,16 @@ impl ContainerHook for PodHook {
         Ok(())
     }
 }
+
+impl super::PodStatsInput {
+    /// What the pod stats need from a pod's record.
+    pub fn of(r: &SandboxRecord) -> super::PodStatsInput {
+        super::PodStatsInput {
+            id: r.meta.id.clone(),
+            metadata: r.meta.config.metadata.clone(),
+            labels: r.meta.config.labels.clone(),
+            annotations: r.meta.config.annotations.clone(),
+            cgroup_parent: r.meta.cgroup_parent.to_string_lossy().into_owned(),
+        }
+    }
+}

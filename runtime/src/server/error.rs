@@ -101,8 +101,16 @@ pub fn container(e: crate::container::ContainerError) -> Status {
     }
 }
 
+/// A node verb's failure, as the side it came from maps it.
+pub fn node(e: crate::node::NodeError) -> Status {
+    match e {
+        crate::node::NodeError::Sandbox(e) => sandbox(e),
+        crate::node::NodeError::Container(e) => container(e),
+    }
+}
+
 /// A GetContainerEvents subscriber that read too slowly was dropped.
-pub fn events_lagged(e: crate::events::Lagged) -> Status {
+pub fn events_lagged(e: crate::node::events::Lagged) -> Status {
     Status::resource_exhausted(e.to_string())
 }
 

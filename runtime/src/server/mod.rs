@@ -1,7 +1,9 @@
 //! The CRI gRPC layer, and the only code in crius that touches tonic.
 //!
-//! Each RPC converts the request, calls the domain and maps the error (`error.rs`). The readiness
-//! gate and the per-RPC tracing span live here once, not in each handler.
+//! Each RPC converts the request, calls the domain (`crate::node`, `crate::container`, the
+//! sandbox and image crates) and maps the error (`error.rs`); it validates nothing and assembles
+//! nothing itself. The readiness gate, the per-RPC tracing span and the per-RPC log line
+//! (`log_layer.rs`) live here once, not in each handler.
 
 mod error;
 mod image_service;
@@ -11,69 +13,17 @@ mod runtime_service;
 pub use log_layer::RpcLog;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use cri_api::v1::image_service_server::ImageServiceServer;
 use cri_api::v1::runtime_service_server::RuntimeServiceServer;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::config::Config;
+pub use crate::node::Crius;
 
 pub use error::unimplemented;
 
 /// CRI: cri-client sends and accepts messages up to 16 MiB; tonic's default is 4 MiB.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
-
-/// What the RPC handlers share. Invariant: `ready` goes false → true once, when start-up
-/// recovery has finished; before that every RPC answers UNAVAILABLE.
-pub struct Crius {
-    pub config: Config,
-    pub db: Arc<redb::Database>,
-    /// Image records, blobs, layers and container leases on layers.
-    pub images: Arc<crius_image::ImageStore>,
-    /// Pod sandboxes: pinned namespaces, CNI, pod files and cgroups, sandbox records.
-    pub sandboxes: Arc<crius_sandbox::SandboxManager>,
-    /// Containers: records, rootfs, shims, exec, stats.
-    pub containers: Arc<crate::container::Containers>,
-    /// GetContainerEvents subscribers.
-    pub events: Arc<crate::events::EventBus>,
-    /// Creates finished after their client gave up, kept for the retry.
-    pub handover: Arc<crate::handover::Handover>,
-    /// The Exec/Attach/PortForward server, set once at start-up.
-    pub streaming: std::sync::OnceLock<Arc<crius_streaming::StreamingServer>>,
-    ready: AtomicBool,
-}
-
-impl Crius {
-    pub fn new(
-        config: Config,
-        db: Arc<redb::Database>,
-        images: Arc<crius_image::ImageStore>,
-        sandboxes: Arc<crius_sandbox::SandboxManager>,
-        containers: Arc<crate::container::Containers>,
-    ) -> Arc<Crius> {
-        Arc::new(Crius {
-            config,
-            db,
-            images,
-            sandboxes,
-            containers,
-            events: Arc::default(),
-            handover: Arc::default(),
-            streaming: std::sync::OnceLock::new(),
-            ready: AtomicBool::new(false),
-        })
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    /// Opens the readiness gate. Called once, after recovery.
-    pub fn mark_ready(&self) {
-        self.ready.store(true, Ordering::Release);
-    }
-}
 
 /// The readiness gate, applied to every RPC of both services.
 #[derive(Clone)]
@@ -118,6 +68,7 @@ mod tests {
     use tonic::service::Interceptor;
 
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn gate_answers_unavailable_until_ready() {

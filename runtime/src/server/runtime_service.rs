@@ -64,24 +64,9 @@ impl RuntimeService for Runtime {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    // Answer UNIMPLEMENTED, naming the RPC, until their issue lands.
     // Sandbox verbs run detached inside the sandbox manager: a dropped RPC cannot cut them short.
     async fn run_pod_sandbox(&self, req: Request<RunPodSandboxRequest>) -> Rpc<RunPodSandboxResponse> {
-        let req = req.into_inner();
-        let sandboxes = self.0.sandboxes.clone();
-        let Some(key) = pod_key(&req) else {
-            let pod_sandbox_id = sandboxes.run(req).await.map_err(error::sandbox)?;
-            return Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }));
-        };
-        // A pod created after an earlier attempt's client gave up is handed to this retry.
-        let probe = self.0.sandboxes.clone();
-        let exists = Box::new(move |id: &str| probe.sandbox(id).ok().flatten().is_some());
-        let pod_sandbox_id = self
-            .0
-            .handover
-            .create(key, exists, async move { sandboxes.run(req).await })
-            .await
-            .map_err(error::sandbox)?;
+        let pod_sandbox_id = self.0.run_pod(req.into_inner()).await.map_err(error::sandbox)?;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }))
     }
 
@@ -129,27 +114,14 @@ impl RuntimeService for Runtime {
     }
 
     async fn create_container(&self, req: Request<CreateContainerRequest>) -> Rpc<CreateContainerResponse> {
+        // `sandbox_config` is the client's copy of the pod config; the pod's record rules.
         let req = req.into_inner();
-        let config = req
-            .config
-            .ok_or_else(|| Status::invalid_argument("container config is required"))?;
-        let pod = self.pod(&req.pod_sandbox_id)?;
-        let containers = self.0.containers.clone();
-        let meta = config.metadata.clone().unwrap_or_default();
-        let key = format!("container\0{}\0{}\0{}", pod.id, meta.name, meta.attempt);
-        let probe = self.0.containers.clone();
-        let exists = Box::new(move |id: &str| probe.exists(id));
-        // Runs to completion (or full rollback) even if the client gives up; a container
-        // created after an earlier attempt's client gave up is handed to this retry.
-        let id = self
+        let container_id = self
             .0
-            .handover
-            .create(key, exists, async move {
-                containers.create(&pod, config, req.sandbox_config).await
-            })
+            .create_container(&req.pod_sandbox_id, req.config)
             .await
-            .map_err(error::container)?;
-        Ok(Response::new(CreateContainerResponse { container_id: id }))
+            .map_err(error::node)?;
+        Ok(Response::new(CreateContainerResponse { container_id }))
     }
 
     async fn start_container(&self, req: Request<StartContainerRequest>) -> Rpc<StartContainerResponse> {
@@ -268,13 +240,11 @@ impl RuntimeService for Runtime {
 
     async fn port_forward(&self, req: Request<PortForwardRequest>) -> Rpc<PortForwardResponse> {
         let mut req = req.into_inner();
-        let pod = self.pod(&req.pod_sandbox_id)?;
-        if !pod.ready {
-            return Err(error::container(crate::container::ContainerError::PodNotReady(
-                pod.id,
-            )));
-        }
-        req.pod_sandbox_id = pod.id;
+        req.pod_sandbox_id = self
+            .0
+            .port_forward_pod(&req.pod_sandbox_id)
+            .await
+            .map_err(error::node)?;
         let url = self
             .streaming()?
             .url(Pending::PortForward(req))
@@ -304,13 +274,7 @@ impl RuntimeService for Runtime {
 
     async fn pod_sandbox_stats(&self, req: Request<PodSandboxStatsRequest>) -> Rpc<PodSandboxStatsResponse> {
         let id = req.into_inner().pod_sandbox_id;
-        let pod = self.pod_stats_input(&id)?;
-        let stats = self
-            .0
-            .containers
-            .pod_stats(&pod)
-            .await
-            .map_err(error::container)?;
+        let stats = self.0.pod_stats(&id).await.map_err(error::node)?;
         Ok(Response::new(PodSandboxStatsResponse { stats: Some(stats) }))
     }
 
@@ -318,31 +282,8 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<ListPodSandboxStatsRequest>,
     ) -> Rpc<ListPodSandboxStatsResponse> {
-        let f = req.into_inner().filter.unwrap_or_default();
-        let filter = PodSandboxFilter {
-            id: f.id,
-            state: None,
-            label_selector: f.label_selector,
-        };
-        let pods = self
-            .0
-            .sandboxes
-            .list(Some(filter))
-            .await
-            .map_err(error::sandbox)?;
-        let mut stats = Vec::new();
-        for p in pods {
-            let Ok(input) = self.pod_stats_input(&p.id) else {
-                continue;
-            };
-            stats.push(
-                self.0
-                    .containers
-                    .pod_stats(&input)
-                    .await
-                    .map_err(error::container)?,
-            );
-        }
+        let filter = req.into_inner().filter;
+        let stats = self.0.list_pod_stats(filter).await.map_err(error::node)?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
 
@@ -376,33 +317,6 @@ impl Runtime {
             .map(|s| &**s)
             .ok_or_else(|| Status::unavailable("the streaming server is not running"))
     }
-
-    /// The pod a container is created in, as the container code needs it.
-    fn pod(&self, id: &str) -> Result<crate::container::PodInfo, Status> {
-        let rec = self
-            .0
-            .sandboxes
-            .sandbox(id)
-            .map_err(error::sandbox)?
-            .ok_or_else(|| error::container(crate::container::ContainerError::PodNotFound(id.into())))?;
-        Ok(crate::container::pod_info(&rec))
-    }
-
-    fn pod_stats_input(&self, id: &str) -> Result<crate::container::PodStatsInput, Status> {
-        let rec = self
-            .0
-            .sandboxes
-            .sandbox(id)
-            .map_err(error::sandbox)?
-            .ok_or_else(|| error::container(crate::container::ContainerError::PodNotFound(id.into())))?;
-        Ok(crate::container::PodStatsInput {
-            id: rec.meta.id.clone(),
-            metadata: rec.meta.config.metadata.clone(),
-            labels: rec.meta.config.labels.clone(),
-            annotations: rec.meta.config.annotations.clone(),
-            cgroup_parent: rec.meta.cgroup_parent.to_string_lossy().into_owned(),
-        })
-    }
 }
 
 /// CRI: a stream needs at least one of stdin/stdout/stderr, and a terminal merges stderr into
@@ -417,15 +331,6 @@ fn stdio_wanted(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<()
         ));
     }
     Ok(())
-}
-
-/// The handover key of a RunPodSandbox: its metadata (None when missing; validation rejects it).
-fn pod_key(req: &RunPodSandboxRequest) -> Option<String> {
-    let m = req.config.as_ref()?.metadata.as_ref()?;
-    Some(format!(
-        "pod\0{}\0{}\0{}\0{}",
-        m.name, m.namespace, m.uid, m.attempt
-    ))
 }
 
 /// Runs a mutating container verb in its own task, so a client that goes away mid-call never

@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tokio::io::Interest;
 use tokio::net::unix::pipe;
 
-use crate::shim_client::{ShimClient, ShimError, read_frame_async};
+use super::{ShimClient, ShimError, read_frame_async};
 
 /// How long libcontainer may take to send the pty master of a terminal exec.
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(30);

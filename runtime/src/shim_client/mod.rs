@@ -1,5 +1,6 @@
 //! The daemon's side of the shim protocol: spawning `crius-shim create` and reading its report,
-//! control requests over the shim's `ctl.sock`, and running `crius-shim exec-helper`.
+//! control requests over the shim's `ctl.sock`, and running `crius-shim exec-helper`, for
+//! ExecSync here and for the interactive exec of the streaming server in `exec.rs`.
 //!
 //! Invariants: nothing here blocks a tokio worker (socket I/O runs in `spawn_blocking`, pipes
 //! are read asynchronously); every wait is bounded; the report pipe's write end exists in the
@@ -17,6 +18,9 @@ use crius_shim_api::{
     RequestEnvelope, Response, ResponseEnvelope, ShimConfig,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+mod exec;
+pub use exec::{ExecStdio, InteractiveExec, Killer};
 
 /// How long `crius-shim create` may take to report (libcontainer needs ~20 ms on an idle host).
 pub const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
