@@ -93,6 +93,8 @@ fn init_tracing(config: &Config) -> Result<(), tracing_subscriber::filter::Parse
     let filter = tracing_subscriber::EnvFilter::builder().parse(&config.log_level)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.init(),

@@ -21,6 +21,22 @@ use super::{ContainerError, Containers};
 use crate::shim_client::ExecStdio;
 use crius_streaming::ProcessIo;
 
+/// CRI: a stream needs at least one of stdin/stdout/stderr, and a terminal merges stderr into
+/// stdout, so `tty` with `stderr` is refused (crictl sends `stderr: !tty`).
+fn stdio_wanted(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<(), ContainerError> {
+    if tty && stderr {
+        return Err(ContainerError::Invalid(
+            "tty and stderr cannot both be true".into(),
+        ));
+    }
+    if !(stdin || stdout || stderr) {
+        return Err(ContainerError::Invalid(
+            "one of stdin, stdout or stderr must be true".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// How long output may keep flowing after the exec'd process exited.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -53,15 +69,38 @@ impl Containers {
         self.blocking(move |c| c.running(&id, action)).await
     }
 
+    /// CRI: Exec, before its streaming URL is issued: a command, a usable stdio combination and
+    /// a RUNNING container, whose full id the returned request carries. The streaming server
+    /// runs only requests that passed here.
+    pub async fn exec_request(
+        self: &Arc<Self>,
+        mut req: cri_api::v1::ExecRequest,
+    ) -> Result<cri_api::v1::ExecRequest, ContainerError> {
+        if req.cmd.first().is_none_or(String::is_empty) {
+            return Err(ContainerError::Invalid("exec needs a command".into()));
+        }
+        stdio_wanted(req.tty, req.stdin, req.stdout, req.stderr)?;
+        req.container_id = self.running_off(&req.container_id, "exec").await?;
+        Ok(req)
+    }
+
+    /// CRI: Attach, before its streaming URL is issued (as [`Containers::exec_request`]).
+    pub async fn attach_request(
+        self: &Arc<Self>,
+        mut req: cri_api::v1::AttachRequest,
+    ) -> Result<cri_api::v1::AttachRequest, ContainerError> {
+        stdio_wanted(req.tty, req.stdin, req.stdout, req.stderr)?;
+        req.container_id = self.running_off(&req.container_id, "attach").await?;
+        Ok(req)
+    }
+
     /// Streaming Exec: runs `req.cmd` with the client's stdio; returns its exit code.
     pub async fn exec_stream(
         self: &Arc<Self>,
         req: &cri_api::v1::ExecRequest,
         io: ProcessIo,
     ) -> Result<i32, ContainerError> {
-        if req.cmd.is_empty() || req.cmd[0].is_empty() {
-            return Err(ContainerError::Invalid("exec needs a command".into()));
-        }
+        // Validated by `exec_request` when the URL was issued; the container may have stopped since.
         let id = self.running_off(&req.container_id, "exec").await?;
         let shim_req = ExecRequest {
             version: crius_shim_api::PROTOCOL_VERSION,

@@ -26,8 +26,8 @@ pub struct Handover {
     slots: Mutex<HashMap<String, Arc<watch::Sender<Slot>>>>,
 }
 
-/// Whether the object a parked id names still exists.
-pub type Exists = Box<dyn Fn(&str) -> bool + Send + Sync>;
+/// Whether the object a parked id names still exists (a store read: run on the blocking pool).
+pub type Exists = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Handover {
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<watch::Sender<Slot>>>> {
@@ -50,10 +50,19 @@ impl Handover {
                 Ok(s) => s.clone(),
                 Err(_) => Slot::Done(None),
             };
+            let alive = match &done {
+                Slot::Done(Some(id)) => {
+                    let (exists, id) = (exists.clone(), id.clone());
+                    tokio::task::spawn_blocking(move || exists(&id))
+                        .await
+                        .unwrap_or(false)
+                }
+                _ => false,
+            };
             let mut slots = self.slots();
             let same = slots.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot));
             match done {
-                Slot::Done(Some(id)) if exists(&id) => {
+                Slot::Done(Some(id)) if alive => {
                     if same {
                         slots.remove(&key);
                     }
@@ -123,7 +132,7 @@ mod tests {
     use std::time::Duration;
 
     fn yes() -> Exists {
-        Box::new(|_| true)
+        Arc::new(|_| true)
     }
 
     #[tokio::test]
@@ -183,7 +192,7 @@ mod tests {
         t.abort();
         let _ = t.await;
         let r = h
-            .create::<String, _>("k".into(), Box::new(|id| id != "gone"), async {
+            .create::<String, _>("k".into(), Arc::new(|id| id != "gone"), async {
                 Ok("fresh".to_string())
             })
             .await;

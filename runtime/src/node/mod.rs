@@ -91,7 +91,7 @@ impl Crius {
             return sandboxes.run(req).await;
         };
         let probe = self.sandboxes.clone();
-        let exists = Box::new(move |id: &str| probe.sandbox(id).ok().flatten().is_some());
+        let exists = Arc::new(move |id: &str| probe.sandbox(id).ok().flatten().is_some());
         self.handover
             .create(key, exists, async move { sandboxes.run(req).await })
             .await
@@ -112,7 +112,7 @@ impl Crius {
         let key = format!("container\0{}\0{}\0{}", pod.id, meta.name, meta.attempt);
         let containers = self.containers.clone();
         let probe = self.containers.clone();
-        let exists = Box::new(move |id: &str| probe.exists(id));
+        let exists = Arc::new(move |id: &str| probe.exists(id));
         Ok(self
             .handover
             .create(key, exists, async move { containers.create(&pod, config).await })

@@ -2,23 +2,33 @@
 
 use tonic::Status;
 
+/// An error and its causes as one message, each cause once: a cause whose text the message
+/// already holds (a `Display` that prints its `#[source]`) is not repeated.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    msg
+}
+
 /// The answer of every RPC whose issue has not landed yet: UNIMPLEMENTED naming the RPC.
 pub fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by crius yet"))
-}
-
-/// Wire input that failed validation.
-#[allow(dead_code)]
-pub fn invalid(e: cri_api::validate::InvalidInput) -> Status {
-    Status::invalid_argument(e.to_string())
 }
 
 /// Image store failures (lookups, records, removal, leases).
 pub fn image_store(e: crius_image::StoreError) -> Status {
     use crius_image::StoreError as E;
     match &e {
-        E::NotFound(_) => Status::not_found(e.to_string()),
-        E::Db { .. } | E::Corrupt { .. } | E::Content(_) | E::Io { .. } => Status::internal(e.to_string()),
+        E::NotFound(_) => Status::not_found(chain(&e)),
+        E::Db { .. } | E::Corrupt { .. } | E::Content(_) | E::Io { .. } => Status::internal(chain(&e)),
     }
 }
 
@@ -28,7 +38,7 @@ pub fn pull(e: crius_image::PullError) -> Status {
     use crius_image::content::ContentError as C;
     use crius_image::unpack::{LayerError as L, UnpackError as U};
     use crius_image::{PullError as P, RegistryError as R};
-    let msg = e.to_string();
+    let msg = chain(&e);
     match e {
         P::Reference(_) | P::InvalidConfig { .. } => Status::invalid_argument(msg),
         P::Registry { source, .. } => match source {
@@ -60,7 +70,7 @@ pub fn pull(e: crius_image::PullError) -> Status {
 /// (an invalid sysctl) is INVALID_ARGUMENT; a missing network config is FAILED_PRECONDITION.
 pub fn sandbox(e: crius_sandbox::SandboxError) -> Status {
     use crius_sandbox::SandboxError as E;
-    let msg = e.to_string();
+    let msg = chain(&e);
     if e.is_invalid_argument() {
         return Status::invalid_argument(msg);
     }
@@ -85,7 +95,7 @@ pub fn sandbox(e: crius_sandbox::SandboxError) -> Status {
 pub fn container(e: crate::container::ContainerError) -> Status {
     use crate::container::ContainerError as E;
     use crate::shim_client::ShimError as S;
-    let msg = e.to_string();
+    let msg = chain(&e);
     match e {
         E::NotFound(_) | E::PodNotFound(_) | E::ImageNotFound(_) => Status::not_found(msg),
         E::AlreadyExists { .. } => Status::already_exists(msg),
@@ -117,9 +127,40 @@ pub fn events_lagged(e: crate::node::events::Lagged) -> Status {
 /// A streaming URL that could not be issued (too many tokens in flight, or no server).
 pub fn streaming(e: crius_streaming::StreamingError) -> Status {
     use crius_streaming::StreamingError as E;
-    let msg = e.to_string();
+    let msg = chain(&e);
     match e {
         E::Token(_) => Status::resource_exhausted(msg),
         E::Bind { .. } => Status::unavailable(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("disk on fire")]
+    struct Root;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Mid {
+        #[error("write layer: {0}")]
+        Repeats(#[source] Root),
+        #[error("write layer")]
+        Hides(#[source] Root),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("create container c1")]
+    struct Top(#[source] Mid);
+
+    #[test]
+    fn chain_names_every_cause_once() {
+        assert_eq!(
+            super::chain(&Top(Mid::Repeats(Root))),
+            "create container c1: write layer: disk on fire"
+        );
+        assert_eq!(
+            super::chain(&Top(Mid::Hides(Root))),
+            "create container c1: write layer: disk on fire"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! CRI `ImageService`: each handler converts, calls the domain, maps the error.
 //!
-//! Invariant: mutating work (pull, remove) runs in a spawned task, so it finishes or rolls back
-//! on its own when the client's deadline drops the handler future.
+//! Invariants: mutating work (pull, remove) runs in a spawned task, so it finishes or rolls back
+//! on its own when the client's deadline drops the handler future; every store call runs on the
+//! blocking pool.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use cri_api::v1::image_service_server::ImageService;
 use cri_api::v1::*;
 use tonic::{Request, Response, Status};
 
-use super::{Crius, error};
+use super::{Crius, error, ids};
 use crate::info;
 
 pub struct Images(pub Arc<Crius>);
@@ -25,49 +26,61 @@ fn task_failed(rpc: &str, e: tokio::task::JoinError) -> Status {
     Status::internal(format!("{rpc} task failed: {e}"))
 }
 
+/// Runs a store call on the blocking pool (the store reads redb and files).
+async fn blocking<T: Send + 'static>(
+    rpc: &'static str,
+    f: impl FnOnce() -> Result<T, crius_image::StoreError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| task_failed(rpc, e))?
+        .map_err(error::image_store)
+}
+
 #[tonic::async_trait]
 impl ImageService for Images {
     /// CRI: the filter names one image in any form ImageStatus accepts.
     async fn list_images(&self, req: Request<ListImagesRequest>) -> Rpc<ListImagesResponse> {
         let filter = spec_image(req.into_inner().filter.and_then(|f| f.image));
-        let store = &self.0.images;
-        let records = if filter.is_empty() {
-            store.list().map_err(error::image_store)?
-        } else {
-            store
-                .get(&filter)
-                .map_err(error::image_store)?
-                .into_iter()
-                .collect()
-        };
-        let images = records.iter().map(crius_image::ImageRecord::to_cri).collect();
+        let store = self.0.images.clone();
+        let images = blocking("ListImages", move || {
+            let records = if filter.is_empty() {
+                store.list()?
+            } else {
+                store.get(&filter)?.into_iter().collect()
+            };
+            Ok(records.iter().map(crius_image::ImageRecord::to_cri).collect())
+        })
+        .await?;
         Ok(Response::new(ListImagesResponse { images }))
     }
 
     /// CRI: an unknown image is OK with no image; `verbose` adds `info` (chain ID, image config).
     async fn image_status(&self, req: Request<ImageStatusRequest>) -> Rpc<ImageStatusResponse> {
-        let req = req.into_inner();
-        let store = &self.0.images;
-        let Some(record) = store.get(&spec_image(req.image)).map_err(error::image_store)? else {
-            return Ok(Response::new(ImageStatusResponse::default()));
-        };
-        let info = if req.verbose {
-            record.verbose_info(&store.config_json(&record.id).map_err(error::image_store)?)
-        } else {
-            HashMap::new()
-        };
-        Ok(Response::new(ImageStatusResponse {
-            image: Some(record.to_cri()),
-            info,
-        }))
+        let req = ids::inner(req);
+        let store = self.0.images.clone();
+        let resp = blocking("ImageStatus", move || {
+            let Some(record) = store.get(&spec_image(req.image))? else {
+                return Ok(ImageStatusResponse::default());
+            };
+            let info = if req.verbose {
+                record.verbose_info(&store.config_json(&record.id)?)
+            } else {
+                HashMap::new()
+            };
+            Ok(ImageStatusResponse {
+                image: Some(record.to_cri()),
+                info,
+            })
+        })
+        .await?;
+        Ok(Response::new(resp))
     }
 
     async fn pull_image(&self, req: Request<PullImageRequest>) -> Rpc<PullImageResponse> {
-        let req = req.into_inner();
+        let req = ids::inner(req);
+        // An empty or malformed reference is the image crate's InvalidArgument.
         let image = spec_image(req.image);
-        if image.is_empty() {
-            return Err(Status::invalid_argument("PullImage: image reference is empty"));
-        }
         let creds = req
             .auth
             .map(|a| crius_image::Credentials {
@@ -89,12 +102,9 @@ impl ImageService for Images {
 
     /// CRI: removing an image that does not exist succeeds.
     async fn remove_image(&self, req: Request<RemoveImageRequest>) -> Rpc<RemoveImageResponse> {
-        let image = spec_image(req.into_inner().image);
+        let image = spec_image(ids::inner(req).image);
         let store = self.0.images.clone();
-        tokio::task::spawn_blocking(move || store.remove(&image))
-            .await
-            .map_err(|e| task_failed("RemoveImage", e))?
-            .map_err(error::image_store)?;
+        blocking("RemoveImage", move || store.remove(&image)).await?;
         Ok(Response::new(RemoveImageResponse {}))
     }
 

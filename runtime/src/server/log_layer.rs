@@ -1,4 +1,6 @@
-//! One log line per finished RPC: method, gRPC code, latency, and the message of a failure.
+//! One log line per finished RPC: method, gRPC code, latency, and the message of a failure (the
+//! error with its causes, each once: `error::chain`). It is logged inside the RPC's span, so it
+//! carries the pod, container and image ids the handler recorded there (`ids.rs`).
 //! Success is logged at debug, a client's error (NotFound, InvalidArgument, ...) at info, a
 //! runtime failure (Internal, Unknown, DataLoss, Unavailable, DeadlineExceeded) at error, so a
 //! failed CreateContainer always leaves a line.
@@ -42,7 +44,6 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_string();
         let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -62,23 +63,24 @@ where
                         .and_then(|v| v.to_str().ok())
                         .map(|m| percent_decode(m))
                         .unwrap_or_default();
-                    log(&method, code, &message, elapsed);
+                    log(code, &message, elapsed);
                 }
-                Err(e) => tracing::error!(method, ?elapsed, error = %e, "rpc failed in transport"),
+                Err(e) => tracing::error!(?elapsed, error = %e, "rpc failed in transport"),
             }
             res
         })
     }
 }
 
-fn log(method: &str, code: tonic::Code, message: &str, elapsed: std::time::Duration) {
+/// The method and ids are the fields of the RPC's span (`rpc_span`), which this runs in.
+fn log(code: tonic::Code, message: &str, elapsed: std::time::Duration) {
     use tonic::Code as C;
     match code {
-        C::Ok => tracing::debug!(method, ?elapsed, "rpc ok"),
+        C::Ok => tracing::debug!(?elapsed, "rpc ok"),
         C::Internal | C::Unknown | C::DataLoss | C::Unavailable | C::DeadlineExceeded => {
-            tracing::error!(method, code = ?code, ?elapsed, message, "rpc failed")
+            tracing::error!(code = ?code, ?elapsed, message, "rpc failed")
         }
-        _ => tracing::info!(method, code = ?code, ?elapsed, message, "rpc refused"),
+        _ => tracing::info!(code = ?code, ?elapsed, message, "rpc refused"),
     }
 }
 
@@ -103,6 +105,84 @@ fn percent_decode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tonic::codegen::http;
+    use tower::{Layer, Service};
+
+    /// Collects what the fmt subscriber writes.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs one RPC answering `status` (None: OK) through the layer, inside `rpc_span` with a
+    /// container id recorded as a handler does, and returns the log.
+    fn logged(status: Option<(i32, &'static str)>) -> String {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let inner = tower::service_fn(move |_req: http::Request<()>| async move {
+                let mut resp = http::Response::new(());
+                if let Some((code, msg)) = status {
+                    resp.headers_mut()
+                        .insert("grpc-status", code.to_string().parse().unwrap());
+                    resp.headers_mut().insert("grpc-message", msg.parse().unwrap());
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            let mut svc = super::RpcLog.layer(inner);
+            let req = http::Request::builder()
+                .uri("/runtime.v1.RuntimeService/StartContainer")
+                .body(())
+                .unwrap();
+            let span = crate::server::rpc_span(&req);
+            let _in = span.enter();
+            crate::server::ids::record(crate::server::ids::CONTAINER, "c0ffee");
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(svc.call(req)).unwrap();
+        });
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn one_line_per_rpc_with_its_ids_at_the_level_of_its_code() {
+        let ok = logged(None);
+        assert_eq!(ok.lines().count(), 1, "{ok}");
+        assert!(ok.contains("DEBUG") && ok.contains("rpc ok"), "{ok}");
+        assert!(ok.contains("container=c0ffee"), "{ok}");
+        assert!(ok.contains("/runtime.v1.RuntimeService/StartContainer"), "{ok}");
+
+        let refused = logged(Some((5, "container%20c0ffee%20not%20found")));
+        assert_eq!(refused.lines().count(), 1, "{refused}");
+        assert!(
+            refused.contains(" INFO ") && refused.contains("NotFound"),
+            "{refused}"
+        );
+        assert!(refused.contains("container c0ffee not found"), "{refused}");
+
+        let failed = logged(Some((13, "container%20c0ffee:%20shim:%20gone")));
+        assert_eq!(failed.lines().count(), 1, "{failed}");
+        assert!(
+            failed.contains("ERROR") && failed.contains("Internal"),
+            "{failed}"
+        );
+        assert!(failed.contains("container c0ffee: shim: gone"), "{failed}");
+        assert!(failed.contains("container=c0ffee"), "{failed}");
+    }
+
     #[test]
     fn decodes_grpc_messages() {
         assert_eq!(super::percent_decode("no%20such%20pod%3A%20x"), "no such pod: x");

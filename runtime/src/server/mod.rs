@@ -6,6 +6,7 @@
 //! (`log_layer.rs`) live here once, not in each handler.
 
 mod error;
+mod ids;
 mod image_service;
 mod log_layer;
 mod runtime_service;
@@ -58,9 +59,11 @@ pub fn services(crius: Arc<Crius>) -> (RuntimeSvc, ImageSvc) {
     )
 }
 
-/// The tracing span every RPC runs in, named by its gRPC path.
+/// The tracing span every RPC runs in, named by its gRPC path; the handlers record the ids the
+/// RPC is about in its empty fields (`ids.rs`).
 pub fn rpc_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
-    tracing::info_span!("rpc", method = %req.uri().path())
+    use tracing::field::Empty;
+    tracing::info_span!("rpc", method = %req.uri().path(), pod = Empty, container = Empty, image = Empty)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use cri_api::v1::*;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{Crius, error, unimplemented};
+use super::{Crius, error, ids, unimplemented};
 use crate::info;
 use crius_streaming::Pending;
 
@@ -66,12 +66,13 @@ impl RuntimeService for Runtime {
 
     // Sandbox verbs run detached inside the sandbox manager: a dropped RPC cannot cut them short.
     async fn run_pod_sandbox(&self, req: Request<RunPodSandboxRequest>) -> Rpc<RunPodSandboxResponse> {
-        let pod_sandbox_id = self.0.run_pod(req.into_inner()).await.map_err(error::sandbox)?;
+        let pod_sandbox_id = self.0.run_pod(ids::inner(req)).await.map_err(error::sandbox)?;
+        ids::record(ids::POD, &pod_sandbox_id);
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id }))
     }
 
     async fn stop_pod_sandbox(&self, req: Request<StopPodSandboxRequest>) -> Rpc<StopPodSandboxResponse> {
-        let id = req.into_inner().pod_sandbox_id;
+        let id = ids::inner(req).pod_sandbox_id;
         self.0.sandboxes.stop(id).await.map_err(error::sandbox)?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
@@ -80,7 +81,7 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<RemovePodSandboxRequest>,
     ) -> Rpc<RemovePodSandboxResponse> {
-        let id = req.into_inner().pod_sandbox_id;
+        let id = ids::inner(req).pod_sandbox_id;
         self.0.sandboxes.remove(id).await.map_err(error::sandbox)?;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
@@ -89,7 +90,7 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<PodSandboxStatusRequest>,
     ) -> Rpc<PodSandboxStatusResponse> {
-        let req = req.into_inner();
+        let req = ids::inner(req);
         let (status, info) = self
             .0
             .sandboxes
@@ -115,31 +116,32 @@ impl RuntimeService for Runtime {
 
     async fn create_container(&self, req: Request<CreateContainerRequest>) -> Rpc<CreateContainerResponse> {
         // `sandbox_config` is the client's copy of the pod config; the pod's record rules.
-        let req = req.into_inner();
+        let req = ids::inner(req);
         let container_id = self
             .0
             .create_container(&req.pod_sandbox_id, req.config)
             .await
             .map_err(error::node)?;
+        ids::record(ids::CONTAINER, &container_id);
         Ok(Response::new(CreateContainerResponse { container_id }))
     }
 
     async fn start_container(&self, req: Request<StartContainerRequest>) -> Rpc<StartContainerResponse> {
-        let id = req.into_inner().container_id;
+        let id = ids::inner(req).container_id;
         let c = self.0.containers.clone();
         detached(async move { c.start(&id).await }).await?;
         Ok(Response::new(StartContainerResponse {}))
     }
 
     async fn stop_container(&self, req: Request<StopContainerRequest>) -> Rpc<StopContainerResponse> {
-        let req = req.into_inner();
+        let req = ids::inner(req);
         let c = self.0.containers.clone();
         detached(async move { c.stop(&req.container_id, req.timeout).await }).await?;
         Ok(Response::new(StopContainerResponse {}))
     }
 
     async fn remove_container(&self, req: Request<RemoveContainerRequest>) -> Rpc<RemoveContainerResponse> {
-        let id = req.into_inner().container_id;
+        let id = ids::inner(req).container_id;
         let c = self.0.containers.clone();
         detached(async move { c.remove(&id).await }).await?;
         Ok(Response::new(RemoveContainerResponse {}))
@@ -157,7 +159,7 @@ impl RuntimeService for Runtime {
     }
 
     async fn container_status(&self, req: Request<ContainerStatusRequest>) -> Rpc<ContainerStatusResponse> {
-        let req = req.into_inner();
+        let req = ids::inner(req);
         let id = req.container_id;
         let status = self
             .0
@@ -172,7 +174,7 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<UpdateContainerResourcesRequest>,
     ) -> Rpc<UpdateContainerResourcesResponse> {
-        let req = req.into_inner();
+        let req = ids::inner(req);
         let id = req.container_id;
         let c = self.0.containers.clone();
         detached(async move { c.update_resources(&id, req.linux).await }).await?;
@@ -183,7 +185,7 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<ReopenContainerLogRequest>,
     ) -> Rpc<ReopenContainerLogResponse> {
-        let id = req.into_inner().container_id;
+        let id = ids::inner(req).container_id;
         self.0
             .containers
             .reopen_log(&id)
@@ -193,7 +195,7 @@ impl RuntimeService for Runtime {
     }
 
     async fn exec_sync(&self, req: Request<ExecSyncRequest>) -> Rpc<ExecSyncResponse> {
-        let req = req.into_inner();
+        let req = ids::inner(req);
         let id = req.container_id;
         let c = self.0.containers.clone();
         // Detached, so a client that gives up early still gets its exec killed at the timeout.
@@ -202,18 +204,8 @@ impl RuntimeService for Runtime {
     }
 
     async fn exec(&self, req: Request<ExecRequest>) -> Rpc<ExecResponse> {
-        let mut req = req.into_inner();
-        if req.cmd.first().is_none_or(String::is_empty) {
-            return Err(Status::invalid_argument("exec needs a command"));
-        }
-        stdio_wanted(req.tty, req.stdin, req.stdout, req.stderr)?;
-        let id = req.container_id;
-        req.container_id = self
-            .0
-            .containers
-            .running_off(&id, "exec")
-            .await
-            .map_err(error::container)?;
+        let c = &self.0.containers;
+        let req = c.exec_request(ids::inner(req)).await.map_err(error::container)?;
         let url = self
             .streaming()?
             .url(Pending::Exec(req))
@@ -222,13 +214,9 @@ impl RuntimeService for Runtime {
     }
 
     async fn attach(&self, req: Request<AttachRequest>) -> Rpc<AttachResponse> {
-        let mut req = req.into_inner();
-        stdio_wanted(req.tty, req.stdin, req.stdout, req.stderr)?;
-        let id = req.container_id;
-        req.container_id = self
-            .0
-            .containers
-            .running_off(&id, "attach")
+        let c = &self.0.containers;
+        let req = c
+            .attach_request(ids::inner(req))
             .await
             .map_err(error::container)?;
         let url = self
@@ -239,7 +227,7 @@ impl RuntimeService for Runtime {
     }
 
     async fn port_forward(&self, req: Request<PortForwardRequest>) -> Rpc<PortForwardResponse> {
-        let mut req = req.into_inner();
+        let mut req = ids::inner(req);
         req.pod_sandbox_id = self
             .0
             .port_forward_pod(&req.pod_sandbox_id)
@@ -253,7 +241,7 @@ impl RuntimeService for Runtime {
     }
 
     async fn container_stats(&self, req: Request<ContainerStatsRequest>) -> Rpc<ContainerStatsResponse> {
-        let id = req.into_inner().container_id;
+        let id = ids::inner(req).container_id;
         let stats = self.0.containers.stats(&id).await.map_err(error::container)?;
         Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
     }
@@ -273,7 +261,7 @@ impl RuntimeService for Runtime {
     }
 
     async fn pod_sandbox_stats(&self, req: Request<PodSandboxStatsRequest>) -> Rpc<PodSandboxStatsResponse> {
-        let id = req.into_inner().pod_sandbox_id;
+        let id = ids::inner(req).pod_sandbox_id;
         let stats = self.0.pod_stats(&id).await.map_err(error::node)?;
         Ok(Response::new(PodSandboxStatsResponse { stats: Some(stats) }))
     }
@@ -317,20 +305,6 @@ impl Runtime {
             .map(|s| &**s)
             .ok_or_else(|| Status::unavailable("the streaming server is not running"))
     }
-}
-
-/// CRI: a stream needs at least one of stdin/stdout/stderr, and a terminal merges stderr into
-/// stdout, so `tty` with `stderr` is refused (crictl sends `stderr: !tty`).
-fn stdio_wanted(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<(), Status> {
-    if tty && stderr {
-        return Err(Status::invalid_argument("tty and stderr cannot both be true"));
-    }
-    if !(stdin || stdout || stderr) {
-        return Err(Status::invalid_argument(
-            "one of stdin, stdout or stderr must be true",
-        ));
-    }
-    Ok(())
 }
 
 /// Runs a mutating container verb in its own task, so a client that goes away mid-call never
