@@ -13,7 +13,8 @@
 //! [`Containers::blocking`], so a slow or hostile filesystem cannot stall the daemon's RPCs.
 //!
 //! Host access goes through the three seams of `seams.rs` (the shim's lifecycle, the rootfs
-//! mount, the cgroup), held as trait objects, so tests can drive the verbs with fakes.
+//! mount, the cgroup), held as trait objects: the daemon gets the real ones, the unit tests in
+//! `tests/` drive the verbs with recording fakes.
 
 mod attach;
 mod cgroupfs;
@@ -37,6 +38,9 @@ mod stop;
 mod teardown;
 mod update;
 mod watch;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
