@@ -12,6 +12,8 @@ pub mod reference;
 mod refgrammar;
 pub mod registry;
 pub mod store;
+#[cfg(any(test, feature = "test-util"))]
+mod test_util;
 pub mod unpack;
 pub mod usage;
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use cri_api::v1::{ContainerConfig, PodSandboxConfig};
 
 use super::record::{Record, RecordError, State, Status, name_key};
-use super::{ContainerError, Containers, PodInfo, io_err, new_id, now_ns, rootfs};
+use super::{ContainerError, Containers, PodInfo, io_err, new_id, now_ns};
 use crate::spec::{self, ImageProcess, SpecInput, UserDb};
 use crius_sandbox::cgroup::Driver;
 use crius_sandbox::slice;
@@ -133,12 +133,12 @@ impl Containers {
         crate::private::create_dir(&bundle).map_err(io_err("create", &bundle))?;
         crate::private::create_dir(&self.youki_root()).map_err(io_err("create", &self.youki_root()))?;
         let rootfs_dir = self.rootfs_dir(&id);
-        rootfs::mount(&lowers, &self.layer_dir(&id), &rootfs_dir)?;
+        self.mounter.mount(&lowers, &self.layer_dir(&id), &rootfs_dir)?;
         crius_sandbox::crash::point("create-container:after-mount");
 
         let target_pid = self.target_pid_namespace(&config)?;
         let users = UserDb::load(&rootfs_dir)?;
-        let (cgroup_path, spec_cgroups_path) = cgroup_paths(&pod, &id)?;
+        let (cgroup_path, spec_cgroups_path) = cgroup_paths(pod, &id)?;
         let oci = spec::build(&SpecInput {
             id: &id,
             sandbox_id: &pod.id,

@@ -112,7 +112,7 @@ impl Containers {
             console_socket: None,
         };
         let mut exec = self
-            .shim
+            .exec
             .exec_interactive(shim_req, io.stdin.is_some(), io.tty)
             .await
             .map_err(ContainerError::shim(&id))?;

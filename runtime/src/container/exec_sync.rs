@@ -48,7 +48,7 @@ impl Containers {
         };
         let timeout = (timeout_seconds > 0).then(|| Duration::from_secs(timeout_seconds as u64));
         let out = self
-            .shim
+            .exec
             .exec(&req, timeout, MAX_OUTPUT)
             .await
             .map_err(ContainerError::shim(id))?;

@@ -11,6 +11,10 @@
 //! undoes what it did; stop and remove of an unknown container succeed. The async verbs never
 //! touch the disk, a mount, a cgroup or redb on an async worker: that work runs through
 //! [`Containers::blocking`], so a slow or hostile filesystem cannot stall the daemon's RPCs.
+//!
+//! Host access goes through the three seams of `seams.rs` (the shim's lifecycle, the rootfs
+//! mount, the cgroup), held as trait objects: the daemon gets the real ones, the unit tests in
+//! `tests/` drive the verbs with recording fakes.
 
 mod attach;
 mod cgroupfs;
@@ -25,6 +29,7 @@ mod recover;
 mod remove;
 mod reopen_log;
 mod rootfs;
+mod seams;
 mod start;
 mod stats;
 mod status;
@@ -33,6 +38,9 @@ mod stop;
 mod teardown;
 mod update;
 mod watch;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -128,7 +136,12 @@ const SHIM_SCOPE_PREFIX: &str = "crius-shim";
 pub struct Containers {
     records: record::Records,
     images: Arc<crius_image::ImageStore>,
-    shim: ShimClient,
+    /// The shim's lifecycle and control requests (every verb but the exec paths).
+    shim: Arc<dyn seams::ShimLifecycle>,
+    /// The exec helper (ExecSync and the streaming exec, see `seams.rs` for why not a seam).
+    exec: ShimClient,
+    mounter: Arc<dyn seams::RootfsMounter>,
+    cgroups: Arc<dyn seams::CgroupAccess>,
     host: HostFacts,
     root: PathBuf,
     state: PathBuf,
@@ -155,10 +168,14 @@ impl Containers {
         root: &Path,
         state: &Path,
     ) -> Result<Containers, ContainerError> {
+        let shim = ShimClient::locate();
         Ok(Containers {
             records: record::Records::new(db)?,
             images,
-            shim: ShimClient::locate(),
+            shim: Arc::new(shim.clone()),
+            exec: shim,
+            mounter: Arc::new(seams::Overlay),
+            cgroups: Arc::new(seams::Cgroupfs),
             host: HostFacts::detect(),
             root: root.to_path_buf(),
             state: state.to_path_buf(),
@@ -176,7 +193,22 @@ impl Containers {
 
     /// Uses `shim` instead of the one next to the daemon binary (tests).
     pub fn with_shim(mut self, shim: ShimClient) -> Self {
+        self.shim = Arc::new(shim.clone());
+        self.exec = shim;
+        self
+    }
+
+    /// Replaces the host seams (unit tests: fakes that record calls and fail on cue).
+    #[cfg(test)]
+    pub(crate) fn with_seams(
+        mut self,
+        shim: Arc<dyn seams::ShimLifecycle>,
+        mounter: Arc<dyn seams::RootfsMounter>,
+        cgroups: Arc<dyn seams::CgroupAccess>,
+    ) -> Self {
         self.shim = shim;
+        self.mounter = mounter;
+        self.cgroups = cgroups;
         self
     }
 

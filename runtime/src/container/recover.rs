@@ -30,7 +30,7 @@ use std::time::Duration;
 use crius_shim_api::{ExitStatus, ProcessStatus, Request, Response};
 
 use super::record::{Record, State};
-use super::{ContainerError, Containers, now_ns, rootfs};
+use super::{ContainerError, Containers, now_ns};
 
 /// How long recovering one container may take before it is marked and skipped.
 pub const PER_CONTAINER: Duration = Duration::from_secs(15);
@@ -255,7 +255,7 @@ impl Containers {
     /// Mounts the rootfs again if its mount vanished while the container is still recorded live.
     fn ensure_rootfs(&self, r: &Record) {
         let target = self.rootfs_dir(&r.id);
-        if is_mount_point(&target) {
+        if self.mounter.is_mounted(&target) {
             return;
         }
         tracing::warn!(id = %r.id, "rootfs mount is missing; mounting it again");
@@ -263,7 +263,7 @@ impl Containers {
             .images
             .lease(&r.image_id, &r.id)
             .map_err(ContainerError::Image)
-            .and_then(|lowers| rootfs::mount(&lowers, &self.layer_dir(&r.id), &target));
+            .and_then(|lowers| self.mounter.mount(&lowers, &self.layer_dir(&r.id), &target));
         if let Err(e) = res {
             tracing::error!(id = %r.id, error = %e, "cannot restore the rootfs mount");
             self.mark(

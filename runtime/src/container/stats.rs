@@ -13,7 +13,7 @@ use cri_api::v1::{
 };
 
 use super::record::Record;
-use super::{ContainerError, Containers, cgroupfs, now_ns};
+use super::{ContainerError, Containers, now_ns};
 
 /// What the pod stats need from the sandbox manager.
 #[derive(Debug, Clone)]
@@ -127,7 +127,7 @@ impl Containers {
     }
 
     fn cgroup_stats(&self, cgroup: &str) -> (CpuUsage, MemoryUsage) {
-        let usage = cgroupfs::usage(cgroup);
+        let usage = self.cgroups.usage(cgroup);
         let ts = now_ns();
         let nano_cores = usage.cpu_ns.and_then(|now_usage| {
             let mut samples = self.cpu_samples.lock().unwrap_or_else(|e| e.into_inner());

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crius_shim_api::Request;
 
 use super::record::{Record, State};
-use super::{ContainerError, Containers, cgroupfs, now_ns};
+use super::seams::CgroupAccess;
+use super::{ContainerError, Containers, now_ns};
 use crate::shim_client::ShimError;
 
 /// How long to wait for init to die after SIGKILL before giving up.
@@ -76,7 +77,7 @@ impl Containers {
             }
         } else {
             let (cgroup, init) = (r.cgroup_path.clone(), r.status.pid);
-            self.blocking(move |_| cgroupfs::signal(&cgroup, init, libc::SIGKILL, true))
+            self.blocking(move |c| c.cgroups.signal(&cgroup, init, libc::SIGKILL, true))
                 .await;
         }
         if self
@@ -110,7 +111,7 @@ impl Containers {
                     "the shim did not answer a signal request within {t:?}; signalling through the cgroup"
                 );
                 let (cgroup, init) = (r.cgroup_path.clone(), r.status.pid);
-                self.blocking(move |_| cgroupfs::signal(&cgroup, init, signal, all))
+                self.blocking(move |c| c.cgroups.signal(&cgroup, init, signal, all))
                     .await;
                 Ok(Signalled::ByCgroup)
             }
@@ -165,7 +166,10 @@ impl Containers {
             }
             if shim_hung {
                 let (cgroup, init) = (r.cgroup_path.clone(), r.status.pid);
-                if self.blocking(move |_| dead(&cgroup, init)).await {
+                if self
+                    .blocking(move |c| dead(c.cgroups.as_ref(), &cgroup, init))
+                    .await
+                {
                     let id = id.to_string();
                     self.blocking(move |c| c.record_hung_shim_exit(&id, signal))
                         .await?;
@@ -213,8 +217,8 @@ enum Signalled {
 
 /// No process is left in the container's cgroup and `init` is gone or a zombie (a hung shim
 /// cannot reap it).
-fn dead(cgroup: &str, init: i32) -> bool {
-    if !cgroupfs::pids(cgroup).is_empty() {
+fn dead(cgroups: &dyn CgroupAccess, cgroup: &str, init: i32) -> bool {
+    if !cgroups.pids(cgroup).is_empty() {
         return false;
     }
     if init <= 0 {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crius_shim_api::Request;
 
-use super::{ContainerError, Containers, cgroupfs, rootfs};
+use super::{ContainerError, Containers};
 use crate::shim_client::ShimError;
 
 /// How long a shim may take to shut down (it deletes the container through libcontainer).
@@ -70,14 +70,13 @@ impl Containers {
         };
         if !shim_done {
             // No shim did libcontainer's delete: kill a hung shim, then do it here.
-            for pid in pids_mentioning(&bundle) {
-                tracing::info!(id, pid, "killing the container's shim");
-                kill(pid);
+            for pid in self.shim.kill_hung(&bundle) {
+                tracing::info!(id, pid, "killed the container's shim");
             }
             note("libcontainer state", remove_dir(&self.youki_root().join(id)));
         }
         if let Some(cgroup) = cgroup.or_else(|| bundle_cgroup(&bundle.join("config.json")))
-            && !cgroupfs::kill_and_remove(&cgroup, CGROUP_DRAIN)
+            && !self.cgroups.kill_and_remove(&cgroup, CGROUP_DRAIN)
         {
             note(
                 "cgroup",
@@ -86,7 +85,7 @@ impl Containers {
                 ))),
             );
         }
-        note("rootfs mount", rootfs::unmount(&self.rootfs_dir(id)));
+        note("rootfs mount", self.mounter.unmount(&self.rootfs_dir(id)));
         note("bundle", remove_dir(&bundle));
         note("writable layer", remove_dir(&self.layer_dir(id)));
         note(
@@ -103,10 +102,6 @@ fn remove_dir(d: &Path) -> Result<(), ContainerError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(super::io_err("remove", d)(e)),
     }
-}
-
-fn kill(pid: i32) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
 }
 
 /// The cgroupfs path of an OCI bundle's `linux.cgroupsPath`: as written (cgroupfs driver), or
@@ -126,24 +121,6 @@ pub(super) fn bundle_cgroup(config: &Path) -> Option<String> {
             .to_string_lossy()
             .into_owned(),
     )
-}
-
-/// Processes whose command line names `dir` (a shim started with `--config <dir>/shim/…`).
-fn pids_mentioning(dir: &Path) -> Vec<i32> {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use cri_api::v1::LinuxContainerResources;
 
 use super::record::State;
-use super::{ContainerError, Containers, cgroupfs};
+use super::{ContainerError, Containers};
 
 impl Containers {
     /// CRI: UpdateContainerResources (Linux part).
@@ -39,7 +39,7 @@ impl Containers {
         if new.memory_limit_in_bytes < 0 || new.cpu_shares < 0 || new.cpu_period < 0 {
             return Err(ContainerError::Invalid("negative resource value".into()));
         }
-        cgroupfs::apply(&r.cgroup_path, &new)?;
+        self.cgroups.apply(&r.cgroup_path, &new)?;
         self.records.update::<ContainerError>(id, |s| {
             let mut merged = s.resources.clone().unwrap_or_default();
             merge(&mut merged, &new);

@@ -5,7 +5,7 @@
 //! nothing itself. The readiness gate, the per-RPC tracing span and the per-RPC log line
 //! (`log_layer.rs`) live here once, not in each handler.
 
-mod error;
+pub(crate) mod error;
 mod ids;
 mod image_service;
 mod log_layer;
