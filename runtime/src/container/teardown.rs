@@ -3,7 +3,8 @@
 //! cgroup, libcontainer state, rootfs mount, bundle, writable layer, image lease.
 //!
 //! Invariants: every step tolerates having been done already and runs even when an earlier one
-//! failed, so a teardown interrupted anywhere (a crash, a busy mount) is simply run again; the
+//! failed — except that nothing under a rootfs that is still mounted is removed, nor its image
+//! lease released — so a teardown interrupted anywhere (a crash, a busy mount) is simply run again; the
 //! first failure is returned and the caller keeps the record for that retry; only the
 //! container's own directories and cgroup are touched (ids are validated hex, the cgroup comes
 //! from the record or the container's own spec).
@@ -31,7 +32,9 @@ impl Containers {
         cgroup: Option<String>,
     ) -> Result<(), ContainerError> {
         let shim_dir = self.shim_dir(id);
-        let shim_done = if shim_dir.join(crius_shim_api::CONTROL_SOCKET).exists() {
+        let socket = shim_dir.join(crius_shim_api::CONTROL_SOCKET);
+        let has_shim = self.blocking(move |_| socket.exists()).await;
+        let shim_done = if has_shim {
             match tokio::time::timeout(SHUTDOWN, self.shim.request(&shim_dir, Request::Shutdown)).await {
                 Ok(Ok(_)) => true,
                 Ok(Err(ShimError::Unreachable { .. })) => false,
@@ -85,7 +88,14 @@ impl Containers {
                 ))),
             );
         }
-        note("rootfs mount", self.mounter.unmount(&self.rootfs_dir(id)));
+        if let Err(e) = self.mounter.unmount(&self.rootfs_dir(id)) {
+            // Still mounted: removing the bundle would walk into the container's filesystem,
+            // removing the writable layer would pull the overlay's upper dir from under it, and
+            // releasing the lease would let the image's layers go while they are in use. All of
+            // that waits for the retry.
+            note("rootfs mount", Err(e));
+            return first.map_or(Ok(()), Err);
+        }
         note("bundle", remove_dir(&bundle));
         note("writable layer", remove_dir(&self.layer_dir(id)));
         note(

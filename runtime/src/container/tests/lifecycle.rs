@@ -149,6 +149,9 @@ async fn unmount_failing_during_remove_keeps_the_record_and_a_retry_finishes() {
     );
     assert!(!f.shim.alive(&f.c.shim_dir(&id)));
     assert_eq!(f.mounter.mounted(), vec![rootfs.clone()]);
+    // Nothing under a rootfs still mounted is removed, and its layers stay leased.
+    assert!(f.c.bundle_dir(&id).is_dir() && f.c.layer_dir(&id).is_dir());
+    assert!(f.leased(&id));
     let shim_calls = f.shim.calls().len();
 
     f.c.remove(&id).await.unwrap();
