@@ -30,6 +30,7 @@ pub struct Config {
     pub cgroup_manager: Option<crius_sandbox::cgroup::Driver>,
     pub cni: CniConfig,
     pub streaming: StreamingConfig,
+    pub metrics: MetricsConfig,
     /// One table per registry host as written in image names (`registry."registry.k8s.io"`).
     pub registry: BTreeMap<String, RegistryConfig>,
 }
@@ -62,6 +63,16 @@ pub struct StreamingConfig {
     pub port: u16,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` of the Prometheus endpoint (`/metrics`); empty: no endpoint.
+    pub address: String,
+    /// Which metric groups `ListPodSandboxMetrics` reports (CRI-O's `included_pod_metrics`);
+    /// empty: none.
+    pub included_pod_metrics: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
@@ -92,6 +103,7 @@ impl Default for Config {
             cgroup_manager: None,
             cni: CniConfig::default(),
             streaming: StreamingConfig::default(),
+            metrics: MetricsConfig::default(),
             registry: BTreeMap::new(),
         }
     }
@@ -226,6 +238,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "`streaming.address` must be an IP address, got {:?}",
                 self.streaming.address
+            )));
+        }
+        if !self.metrics.address.is_empty() && self.metrics.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "`metrics.address` must be an IP address and port (\"127.0.0.1:9090\") or empty, got {:?}",
+                self.metrics.address
             )));
         }
         for (host, reg) in &self.registry {
