@@ -114,6 +114,39 @@ impl SandboxManager {
         self.hook.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The preamble of a verb that changes one pod and succeeds on an unknown one (Stop,
+    /// Remove): resolves the client's id, holds the pod's lock and reads its record; `verb`
+    /// runs, under the lock, only when the pod exists.
+    pub(crate) fn on_existing(
+        &self,
+        id_or_prefix: &str,
+        verb: impl FnOnce(&crate::store::Record) -> Result<(), SandboxError>,
+    ) -> Result<(), SandboxError> {
+        let Some(id) = self.resolve(id_or_prefix)? else {
+            return Ok(());
+        };
+        let _guard = self.locks.blocking_lock(&id);
+        match crate::store::get(&self.db, &id)? {
+            Some(rec) => verb(&rec),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `op` of the container hook on pod `id`'s containers (without a hook there are none).
+    pub(crate) fn containers_of(
+        &self,
+        id: &str,
+        op: impl FnOnce(&dyn ContainerHook, &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Result<(), SandboxError> {
+        match self.hook() {
+            Some(hook) => op(hook.as_ref(), id).map_err(|source| SandboxError::Containers {
+                id: id.to_string(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The record of a READY or NOTREADY sandbox (not one being created), by id or unique
     /// prefix. This is
     /// what the container code reads: namespace paths, pod files, cgroup parent, infra pid.

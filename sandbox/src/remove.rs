@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use crate::error::SandboxError;
 use crate::manager::SandboxManager;
-use crate::store;
 
 impl SandboxManager {
     /// CRI RemovePodSandbox by id or unique id prefix.
@@ -19,20 +18,9 @@ impl SandboxManager {
 
     fn remove_blocking(&self, id_or_prefix: &str) -> Result<(), SandboxError> {
         // CRI: removing a sandbox that does not exist is not an error.
-        let Some(id) = self.resolve(id_or_prefix)? else {
-            return Ok(());
-        };
-        let _guard = self.locks.blocking_lock(&id);
-        let Some(rec) = store::get(&self.db, &id)? else {
-            return Ok(());
-        };
-        if let Some(hook) = self.hook() {
-            hook.remove_containers(&id)
-                .map_err(|source| SandboxError::Containers {
-                    id: id.clone(),
-                    source,
-                })?;
-        }
-        self.teardown(&rec)
+        self.on_existing(id_or_prefix, |rec| {
+            self.containers_of(&rec.meta.id, |hook, id| hook.remove_containers(id))?;
+            self.teardown(rec)
+        })
     }
 }

@@ -20,29 +20,18 @@ impl SandboxManager {
 
     fn stop_blocking(&self, id_or_prefix: &str) -> Result<(), SandboxError> {
         // CRI: stopping a sandbox that does not exist is not an error.
-        let Some(id) = self.resolve(id_or_prefix)? else {
-            return Ok(());
-        };
-        let _guard = self.locks.blocking_lock(&id);
-        let Some(rec) = store::get(&self.db, &id)? else {
-            return Ok(());
-        };
-        if let Some(hook) = self.hook() {
-            hook.stop_containers(&id)
-                .map_err(|source| SandboxError::Containers {
-                    id: id.clone(),
-                    source,
-                })?;
-        }
-        self.stop_pause(&rec)?;
-        self.network_down(&rec)?;
-        store::update(&self.db, &id, |s| {
-            s.state = SandboxState::NotReady;
-            s.pause = None;
-            if rec.meta.network.is_some() {
-                s.network_torn_down = true;
-            }
-        })?;
-        Ok(())
+        self.on_existing(id_or_prefix, |rec| {
+            self.containers_of(&rec.meta.id, |hook, id| hook.stop_containers(id))?;
+            self.stop_pause(rec)?;
+            self.network_down(rec)?;
+            store::update(&self.db, &rec.meta.id, |s| {
+                s.state = SandboxState::NotReady;
+                s.pause = None;
+                if rec.meta.network.is_some() {
+                    s.network_torn_down = true;
+                }
+            })?;
+            Ok(())
+        })
     }
 }

@@ -195,17 +195,7 @@ impl Containers {
             uid: user.uid(),
             gid: user.gid(),
             additional_gids: user.additional_gids().clone().unwrap_or_default(),
-            status: Status {
-                state: State::Created,
-                pid: 0,
-                shim_pid: 0,
-                started_at: 0,
-                finished_at: 0,
-                exit_code: 0,
-                reason: String::new(),
-                message: String::new(),
-                resources,
-            },
+            status: Status::created(resources),
         };
         let shim_cfg = self.shim_config(&record, spec::shares_pid_namespace(&oci));
         Ok((record, shim_cfg))

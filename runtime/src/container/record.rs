@@ -58,6 +58,23 @@ pub struct Status {
     pub resources: Option<cri_api::v1::LinuxContainerResources>,
 }
 
+impl Status {
+    /// A container the shim just created, with the resources its config asked for.
+    pub fn created(resources: Option<cri_api::v1::LinuxContainerResources>) -> Status {
+        Status {
+            state: State::Created,
+            pid: 0,
+            shim_pid: 0,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            resources,
+        }
+    }
+}
+
 /// Everything known about a container. Metadata fields never change after create.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
@@ -392,17 +409,7 @@ mod tests {
             uid: 0,
             gid: 0,
             additional_gids: vec![],
-            status: Status {
-                state: State::Created,
-                pid: 0,
-                shim_pid: 0,
-                started_at: 0,
-                finished_at: 0,
-                exit_code: 0,
-                reason: String::new(),
-                message: String::new(),
-                resources: None,
-            },
+            status: Status::created(None),
         }
     }
 

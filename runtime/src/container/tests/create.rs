@@ -148,16 +148,6 @@ fn template_record(id: &str, pod: &PodInfo) -> Record {
         uid: 0,
         gid: 0,
         additional_gids: Vec::new(),
-        status: Status {
-            state: State::Created,
-            pid: 0,
-            shim_pid: 0,
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            resources: None,
-        },
+        status: Status::created(None),
     }
 }
