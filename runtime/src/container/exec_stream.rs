@@ -47,15 +47,7 @@ impl Containers {
         let full = self
             .resolve(query)?
             .ok_or_else(|| ContainerError::NotFound(query.into()))?;
-        let r = self.refreshed(&full)?;
-        if r.status.state != State::Running {
-            return Err(ContainerError::WrongState {
-                id: full,
-                state: r.status.state,
-                action,
-                wanted: "a running container",
-            });
-        }
+        super::require_state(&self.refreshed(&full)?, &[State::Running], action)?;
         Ok(full)
     }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 use cri_api::v1::ExecSyncResponse;
 use crius_shim_api::ExecRequest;
 
-use super::record::State;
 use super::{ContainerError, Containers};
 
 /// CRI clients accept messages up to 16 MiB; leave room for the envelope.
@@ -27,16 +26,7 @@ impl Containers {
         if cmd.is_empty() || cmd[0].is_empty() {
             return Err(ContainerError::Invalid("exec needs a command".into()));
         }
-        let id = &self.find(query).await?;
-        let r = self.refreshed_off(id).await?;
-        if r.status.state != State::Running {
-            return Err(ContainerError::WrongState {
-                id: id.into(),
-                state: r.status.state,
-                action: "exec",
-                wanted: "a running container",
-            });
-        }
+        let id = &self.running_off(query, "exec").await?;
         let req = ExecRequest {
             version: crius_shim_api::PROTOCOL_VERSION,
             id: id.into(),

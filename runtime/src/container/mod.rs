@@ -429,6 +429,28 @@ pub(crate) fn fold_exit_file(
     Ok(r)
 }
 
+/// FailedPrecondition naming `action` unless `r` is in one of the `allowed` states.
+pub(crate) fn require_state(
+    r: &Record,
+    allowed: &[State],
+    action: &'static str,
+) -> Result<(), ContainerError> {
+    if allowed.contains(&r.status.state) {
+        return Ok(());
+    }
+    let wanted = match allowed {
+        [State::Created] => "a created container",
+        [State::Running] => "a running container",
+        _ => "a created or running container",
+    };
+    Err(ContainerError::WrongState {
+        id: r.id.clone(),
+        state: r.status.state,
+        action,
+        wanted,
+    })
+}
+
 /// CRI reasons: `OOMKilled` when the memory cgroup killed, `Completed` on 0, else `Error`.
 pub(crate) fn mark_exited(s: &mut Status, exit: &ExitStatus) {
     s.state = State::Exited;

@@ -5,22 +5,12 @@
 
 use crius_shim_api::Request;
 
-use super::record::State;
 use super::{ContainerError, Containers};
 
 impl Containers {
     /// CRI: ReopenContainerLog.
     pub async fn reopen_log(self: &std::sync::Arc<Self>, query: &str) -> Result<(), ContainerError> {
-        let id = &self.find(query).await?;
-        let r = self.refreshed_off(id).await?;
-        if r.status.state != State::Running {
-            return Err(ContainerError::WrongState {
-                id: id.clone(),
-                state: r.status.state,
-                action: "reopen its log",
-                wanted: "a running container",
-            });
-        }
+        let id = &self.running_off(query, "reopen its log").await?;
         self.shim
             .request(&self.shim_dir(id), Request::ReopenLog)
             .await

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crius_shim_api::Request;
 
 use super::record::State;
-use super::{ContainerError, Containers, now_ns};
+use super::{ContainerError, Containers, now_ns, require_state};
 
 impl Containers {
     /// CRI: StartContainer.
@@ -17,14 +17,7 @@ impl Containers {
         let id = &self.find(query).await?;
         let _guard = self.locks.lock(id).await;
         let r = self.refreshed_off(id).await?;
-        if r.status.state != State::Created {
-            return Err(ContainerError::WrongState {
-                id: id.into(),
-                state: r.status.state,
-                action: "start",
-                wanted: "a created container",
-            });
-        }
+        require_state(&r, &[State::Created], "start")?;
         if let Err(e) = self.shim.request(&self.shim_dir(id), Request::Start).await {
             let message = format!("start failed: {e}");
             let key = id.to_string();

@@ -27,14 +27,7 @@ impl Containers {
         resources: Option<LinuxContainerResources>,
     ) -> Result<(), ContainerError> {
         let r = self.refreshed(id)?;
-        if !matches!(r.status.state, State::Running | State::Created) {
-            return Err(ContainerError::WrongState {
-                id: id.into(),
-                state: r.status.state,
-                action: "update resources",
-                wanted: "a created or running container",
-            });
-        }
+        super::require_state(&r, &[State::Created, State::Running], "update resources")?;
         let Some(new) = resources else { return Ok(()) };
         if new.memory_limit_in_bytes < 0 || new.cpu_shares < 0 || new.cpu_period < 0 {
             return Err(ContainerError::Invalid("negative resource value".into()));
