@@ -199,7 +199,7 @@ fn check_cgroup_driver(config: &Config) -> Result<(), DaemonError> {
     if !Path::new("/run/systemd/system").is_dir() {
         return Err(DaemonError::SystemdDriver("systemd running as PID 1"));
     }
-    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+    if !crius_sandbox::cgroup::Hierarchies::host().unified_only() {
         return Err(DaemonError::SystemdDriver(
             "the unified cgroup v2 hierarchy at /sys/fs/cgroup",
         ));

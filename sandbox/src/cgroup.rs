@@ -1,7 +1,8 @@
 //! The pod cgroup: one directory per mounted hierarchy (each cgroup v1 controller mount and,
 //! when writable, the unified v2 hierarchy) at the pod's cgroup parent. Under the cgroupfs
 //! driver crius makes these directories; under the systemd driver systemd does (see `slice`),
-//! and crius only reads, kills and stops.
+//! and crius only reads, kills and stops. Where the hierarchies are mounted, and which one
+//! holds a controller, is [`Hierarchies`]' business, for the whole daemon.
 //!
 //! The infra process never sits in the pod cgroup itself but in its leaf [`INFRA_LEAF`] (or its
 //! own scope under systemd): cgroup v2 forbids processes in a cgroup whose children have
@@ -12,6 +13,9 @@
 //! processes can join; [`remove`] is idempotent and only removes the pod's own directory.
 
 use std::path::{Component, Path, PathBuf};
+
+mod hierarchy;
+pub use hierarchy::{Hierarchies, ROOT, V1_CONTROLLERS, V1Mount, join, proc_in, unescape_mountinfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -68,50 +72,6 @@ pub const INFRA_LEAF: &str = "crius-infra";
 /// How deep [`kill_all`] and [`remove`] look below a pod cgroup (pod → container → sub-cgroups).
 const MAX_DEPTH: usize = 4;
 
-/// The mounted cgroup hierarchies of this host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hierarchies {
-    /// Mount points of cgroup v1 hierarchies (one per controller mount).
-    pub v1: Vec<PathBuf>,
-    /// Mount point of the cgroup v2 hierarchy, if any.
-    pub unified: Option<PathBuf>,
-}
-
-impl Hierarchies {
-    /// Reads `/proc/self/mountinfo`.
-    pub fn detect() -> Result<Hierarchies, CgroupError> {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mounts)?;
-        Ok(Self::parse(&info))
-    }
-
-    fn parse(mountinfo: &str) -> Hierarchies {
-        let mut h = Hierarchies {
-            v1: Vec::new(),
-            unified: None,
-        };
-        for line in mountinfo.lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let Some(sep) = fields.iter().position(|f| *f == "-") else {
-                continue;
-            };
-            let (Some(mount_point), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else {
-                continue;
-            };
-            let mp = PathBuf::from(mount_point.replace("\\040", " "));
-            match *fstype {
-                "cgroup" if !h.v1.contains(&mp) => h.v1.push(mp),
-                "cgroup2" if h.unified.is_none() => h.unified = Some(mp),
-                _ => {}
-            }
-        }
-        h
-    }
-
-    fn all(&self) -> impl Iterator<Item = &PathBuf> {
-        self.v1.iter().chain(self.unified.iter())
-    }
-}
-
 /// Checks a cgroup path from the wire (`/kubepods/burstable/pod123`).
 pub fn validate(path: &str) -> Result<PathBuf, CgroupError> {
     let bad = || CgroupError::BadPath {
@@ -140,13 +100,13 @@ fn below(mount: &Path, cgroup: &Path) -> PathBuf {
 
 /// Whether the cgroup already exists in the first hierarchy (so crius did not create it).
 pub fn exists(h: &Hierarchies, cgroup: &Path) -> bool {
-    h.all().next().is_some_and(|m| below(m, cgroup).is_dir())
+    h.mounts().next().is_some_and(|m| below(m, cgroup).is_dir())
 }
 
 /// Creates the cgroup in every hierarchy. The unified hierarchy is skipped when not writable.
 pub fn create(h: &Hierarchies, cgroup: &Path) -> Result<(), CgroupError> {
-    for mount in &h.v1 {
-        create_in(mount, cgroup)?;
+    for v1 in &h.v1 {
+        create_in(&v1.mount, cgroup)?;
     }
     if let Some(unified) = &h.unified
         && let Err(e) = create_in(unified, cgroup)
@@ -184,7 +144,10 @@ fn inherit_cpuset(parent: &Path, dir: &Path) {
 
 /// The cgroup's directory in every hierarchy where it exists (where a process joins it).
 pub fn dirs(h: &Hierarchies, cgroup: &Path) -> Vec<PathBuf> {
-    h.all().map(|m| below(m, cgroup)).filter(|d| d.is_dir()).collect()
+    h.mounts()
+        .map(|m| below(m, cgroup))
+        .filter(|d| d.is_dir())
+        .collect()
 }
 
 /// SIGKILLs every process left in the cgroup (any hierarchy) and waits up to `wait` for it to
@@ -246,7 +209,7 @@ fn tree(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
 /// Removes the cgroup's directory, and the empty cgroups left below it, from every hierarchy.
 /// Idempotent; a cgroup that still has processes fails with EBUSY.
 pub fn remove(h: &Hierarchies, cgroup: &Path) -> Result<(), CgroupError> {
-    for mount in h.all() {
+    for mount in h.mounts() {
         let mut all = Vec::new();
         tree(&below(mount, cgroup), MAX_DEPTH, &mut all);
         // Children first: a cgroup directory can only go once it has none.
@@ -266,23 +229,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_hybrid_mountinfo() {
-        let info = "30 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n\
-            31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
-            33 30 0:29 / /sys/fs/cgroup/cpu rw shared:5 - cgroup cgroup rw,cpu\n\
-            34 30 0:30 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset\n";
-        let h = Hierarchies::parse(info);
-        assert_eq!(
-            h.v1,
-            vec![
-                PathBuf::from("/sys/fs/cgroup/cpu"),
-                PathBuf::from("/sys/fs/cgroup/cpuset")
-            ]
-        );
-        assert_eq!(h.unified, Some(PathBuf::from("/sys/fs/cgroup/unified")));
-    }
-
-    #[test]
     fn validates_paths() {
         assert!(validate("/kubepods/burstable/pod1").is_ok());
         for bad in ["", "/", "rel/x", "/a/../b", "/a//b", "/a/./b", "/a/"] {
@@ -298,7 +244,10 @@ mod tests {
         std::fs::create_dir_all(&b).unwrap();
         std::fs::write(a.join("cpuset.cpus"), "0-1\n").unwrap();
         let h = Hierarchies {
-            v1: vec![a.clone()],
+            v1: vec![V1Mount {
+                mount: a.clone(),
+                options: vec!["rw".into(), "cpuset".into()],
+            }],
             unified: Some(b.clone()),
         };
         let cg = validate("/crius/abc").unwrap();

@@ -195,7 +195,7 @@ async fn run_records_status_and_cni_args_then_stop_and_remove_clean_up() {
             .unwrap()
             .v1
             .iter()
-            .all(|h| !h.join(&id).exists())
+            .all(|h| !h.mount.join(&id).exists())
     );
 }
 

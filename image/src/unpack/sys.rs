@@ -1,6 +1,9 @@
 //! Thin wrappers over the `*at` syscalls the layer applier uses. Every call names a single final
 //! component relative to a directory fd that was resolved inside the layer root, and none of them
 //! follows that final component (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`, `lsetxattr`).
+//!
+//! The calls go through nix's safe wrappers, which pass these flags, modes and ids to the kernel
+//! unchanged; only the xattr calls (nix has none) and taking ownership of an opened fd are raw.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
@@ -8,9 +11,11 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 
-fn cstr(name: &OsStr) -> io::Result<CString> {
-    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
 fn check(r: libc::c_int) -> io::Result<()> {
     if r < 0 {
@@ -20,24 +25,17 @@ fn check(r: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// The permission and setuid/setgid/sticky bits of `mode`, exactly as given.
+fn perm(mode: u32) -> Mode {
+    Mode::from_bits_retain(mode & !libc::S_IFMT)
+}
+
 /// `lstat` of `dir/name`; `None` when it does not exist.
 pub fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<libc::stat>> {
-    let name = cstr(name)?;
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: valid fd, NUL-terminated name, `st` is written by the kernel on success.
-    let r = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    match check(r) {
-        // SAFETY: fstatat succeeded and filled `st`.
-        Ok(()) => Ok(Some(unsafe { st.assume_init() })),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
+    match nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -46,114 +44,100 @@ pub fn is_dir(st: &libc::stat) -> bool {
 }
 
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let name = cstr(name)?;
-    // SAFETY: valid fd and NUL-terminated name.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
+    Ok(nix::unistd::unlinkat(
+        Some(dir.as_raw_fd()),
+        name,
+        UnlinkatFlags::NoRemoveDir,
+    )?)
 }
 
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
-    let name = cstr(name)?;
-    // SAFETY: valid fd and NUL-terminated name.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })
+    Ok(nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, perm(mode))?)
 }
 
-fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<File> {
-    let name = cstr(name)?;
-    // SAFETY: valid fd and NUL-terminated name; a non-negative result is a new fd we own.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            mode,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag, mode: u32) -> io::Result<File> {
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        perm(mode),
+    )?;
+    // SAFETY: `fd` is the fresh descriptor openat just returned, owned by nobody else.
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// Creates a new regular file (never an existing one, never through a symlink), mode 0600.
 pub fn create_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
-    open_at(dir, name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)
+    open_at(dir, name, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY, 0o600)
 }
 
 /// Opens an existing directory without following a symlink in its place.
 pub fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
-    open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+    open_at(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
 }
 
 pub fn symlink_at(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let (target, name) = (cstr(target)?, cstr(name)?);
-    // SAFETY: valid fd and NUL-terminated strings.
-    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+    Ok(nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), name)?)
 }
 
+/// `mode` carries the file type (`S_IFCHR`, `S_IFBLK`, `S_IFIFO`) and the permission bits.
 pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, dev: libc::dev_t) -> io::Result<()> {
-    let name = cstr(name)?;
-    // SAFETY: valid fd and NUL-terminated name.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, dev) })
+    let kind = SFlag::from_bits_retain(mode & libc::S_IFMT);
+    Ok(nix::sys::stat::mknodat(
+        Some(dir.as_raw_fd()),
+        name,
+        kind,
+        perm(mode),
+        dev,
+    )?)
 }
 
 pub fn lchown_at(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
-    let name = cstr(name)?;
-    // SAFETY: valid fd and NUL-terminated name.
-    check(unsafe {
-        libc::fchownat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            uid,
-            gid,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    Ok(nix::unistd::fchownat(
+        Some(dir.as_raw_fd()),
+        name,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?)
 }
 
 /// chmod of a name known not to be a symlink (Linux cannot chmod a symlink itself).
 pub fn chmod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
-    let name = cstr(name)?;
-    // SAFETY: valid fd and NUL-terminated name.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) })
+    Ok(nix::sys::stat::fchmodat(
+        Some(dir.as_raw_fd()),
+        name,
+        perm(mode),
+        FchmodatFlags::FollowSymlink,
+    )?)
 }
 
 pub fn fchown(f: &File, uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: valid fd.
-    check(unsafe { libc::fchown(f.as_raw_fd(), uid, gid) })
+    Ok(nix::unistd::fchown(
+        f.as_raw_fd(),
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+    )?)
 }
 
 pub fn fchmod(f: &File, mode: u32) -> io::Result<()> {
-    // SAFETY: valid fd.
-    check(unsafe { libc::fchmod(f.as_raw_fd(), mode) })
-}
-
-fn timespecs(mtime: i64) -> [libc::timespec; 2] {
-    let t = libc::timespec {
-        tv_sec: mtime as libc::time_t,
-        tv_nsec: 0,
-    };
-    [t, t]
+    Ok(nix::sys::stat::fchmod(f.as_raw_fd(), perm(mode))?)
 }
 
 pub fn futimes(f: &File, mtime: i64) -> io::Result<()> {
-    let ts = timespecs(mtime);
-    // SAFETY: valid fd and a two-element timespec array.
-    check(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) })
+    let t = TimeSpec::new(mtime as libc::time_t, 0);
+    Ok(nix::sys::stat::futimens(f.as_raw_fd(), &t, &t)?)
 }
 
 pub fn lutimes_at(dir: BorrowedFd<'_>, name: &OsStr, mtime: i64) -> io::Result<()> {
-    let name = cstr(name)?;
-    let ts = timespecs(mtime);
-    // SAFETY: valid fd, NUL-terminated name and a two-element timespec array.
-    check(unsafe {
-        libc::utimensat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    let t = TimeSpec::new(mtime as libc::time_t, 0);
+    Ok(nix::sys::stat::utimensat(
+        Some(dir.as_raw_fd()),
+        name,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    )?)
 }
 
 pub fn fsetxattr(f: &File, key: &CStr, value: &[u8]) -> io::Result<()> {
@@ -172,6 +156,5 @@ pub fn lsetxattr_at(dir: BorrowedFd<'_>, name: &OsStr, key: &CStr, value: &[u8])
 }
 
 pub fn syncfs(f: &File) -> io::Result<()> {
-    // SAFETY: valid fd.
-    check(unsafe { libc::syncfs(f.as_raw_fd()) })
+    Ok(nix::unistd::syncfs(f.as_raw_fd())?)
 }

@@ -1,34 +1,26 @@
 //! The daemon's direct reads and writes of a container's cgroup files: usage for the stats
 //! RPCs, limits for UpdateContainerResources, signals to its processes when the shim does not
-//! answer, and a fallback removal. cgroup v1 (one hierarchy
-//! per controller under `/sys/fs/cgroup/<controller>`) and v2 (unified at `/sys/fs/cgroup`).
+//! answer, and a fallback removal. cgroup v1 (one hierarchy per controller mount) and v2 (the
+//! unified hierarchy), as the host's [`Hierarchies`] say where each is mounted.
 //!
-//! Invariants: the cgroup path is absolute and joined under the cgroupfs root only after
-//! refusing `..`; a missing file is "no data", never an error (the container may have exited);
-//! writes go only to files of the container's own cgroup.
+//! Invariants: the cgroup path is joined below a hierarchy only when it has no `..` (see
+//! [`crius_sandbox::cgroup::join`]); a missing file is "no data", never an error (the container
+//! may have exited); writes go only to files of the container's own cgroup.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use cri_api::v1::LinuxContainerResources;
+use crius_sandbox::cgroup::Hierarchies;
 
 use super::ContainerError;
 
-pub(super) const ROOT: &str = "/sys/fs/cgroup";
-
 fn v2() -> bool {
-    Path::new(ROOT).join("cgroup.controllers").exists()
+    Hierarchies::host().unified_only()
 }
 
-pub(super) fn dir(controller: &str, cgroup: &str) -> Option<PathBuf> {
-    let rel = Path::new(cgroup.trim_start_matches('/'));
-    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return None;
-    }
-    Some(if controller.is_empty() {
-        Path::new(ROOT).join(rel)
-    } else {
-        Path::new(ROOT).join(controller).join(rel)
-    })
+/// `cgroup`'s directory in the hierarchy of `controller` (empty: the unified hierarchy).
+fn dir(controller: &str, cgroup: &str) -> Option<PathBuf> {
+    Hierarchies::host().dir(controller, cgroup)
 }
 
 fn read(controller: &str, cgroup: &str, file: &str) -> Option<String> {
@@ -79,8 +71,8 @@ pub fn usage(cgroup: &str) -> Usage {
     }
     let stat = read("memory", cgroup, "memory.stat").unwrap_or_default();
     let current = read_u64("memory", cgroup, "memory.usage_in_bytes");
-    let cpu = read_u64("cpuacct", cgroup, "cpuacct.usage")
-        .or_else(|| read_u64("cpu,cpuacct", cgroup, "cpuacct.usage"));
+    // The hierarchy carrying cpuacct, on its own or joined with cpu (`cpu,cpuacct`).
+    let cpu = read_u64("cpuacct", cgroup, "cpuacct.usage");
     let limit = read_u64("memory", cgroup, "memory.limit_in_bytes");
     memory_usage(
         cpu,
@@ -140,7 +132,7 @@ fn write(controller: &str, cgroup: &str, file: &str, value: &str) -> Result<(), 
 pub fn shares_to_weight(shares: u64) -> u64 {
     match shares {
         0 => 100,
-        ..=2 => 1,
+        1..=2 => 1,
         262_144.. => 10_000,
         s => {
             let l = (s as f64).log2();
@@ -254,21 +246,20 @@ pub fn apply(cgroup: &str, r: &LinuxContainerResources) -> Result<(), ContainerE
 /// tracks processes in (the unified one; on a v1 host also `name=systemd`). Without systemd, or
 /// outside a service, none: the shims stay where they are started, at no cost.
 pub fn shim_dirs(proc_cgroup: &str, systemd_booted: bool) -> Vec<PathBuf> {
+    shim_dirs_in(Hierarchies::host(), proc_cgroup, systemd_booted)
+}
+
+fn shim_dirs_in(h: &Hierarchies, proc_cgroup: &str, systemd_booted: bool) -> Vec<PathBuf> {
     let in_service = proc_cgroup.lines().any(|l| {
         (l.starts_with("0::") || l.contains(":name=systemd:")) && l.trim_end().ends_with(".service")
     });
     if !systemd_booted || !in_service {
         return Vec::new();
     }
-    let root = Path::new(ROOT);
-    if root.join("cgroup.controllers").exists() {
-        return vec![root.join("crius-shims")];
-    }
-    ["systemd", "unified"]
-        .iter()
-        .map(|h| root.join(h))
-        .filter(|h| h.is_dir())
-        .map(|h| h.join("crius-shims"))
+    h.systemd_tracked()
+        .into_iter()
+        .filter(|m| m.is_dir())
+        .map(|m| m.join("crius-shims"))
         .collect()
 }
 
@@ -297,17 +288,11 @@ pub fn signal(cgroup: &str, init: i32, signal: i32, all: bool) {
 
 /// The container cgroup's directories that exist, across all hierarchies.
 fn dirs(cgroup: &str) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(ROOT)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| dir(&e.file_name().to_string_lossy(), cgroup))
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.extend(dir("", cgroup));
-    dirs.retain(|d| d.is_dir());
-    dirs
+    let h = Hierarchies::host();
+    h.mounts()
+        .filter_map(|m| crius_sandbox::cgroup::join(m, cgroup))
+        .filter(|d| d.is_dir())
+        .collect()
 }
 
 /// Removes the container's (empty) cgroup in every hierarchy; missing or busy ones are left.
@@ -403,25 +388,49 @@ mod tests {
 
     #[test]
     fn shims_leave_only_a_systemd_service() {
-        assert!(
-            shim_dirs("0::/system.slice/crius.service\n", false).is_empty(),
-            "no systemd"
+        let hybrid = Hierarchies::parse(
+            "30 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n\
+             31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+             32 30 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n\
+             33 30 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
         );
-        assert!(
-            shim_dirs("0::/user.slice/session-1.scope\n", true).is_empty(),
-            "not a service"
-        );
-        assert!(shim_dirs("12:memory:/\n1:name=systemd:/\n0::/\n", true).is_empty());
-        // Where it applies, the answer depends on this host's hierarchies; it is never empty.
-        assert!(!shim_dirs("0::/system.slice/crius.service\n", true).is_empty() || !Path::new(ROOT).exists());
-    }
-
-    #[test]
-    fn escaping_cgroup_paths_are_refused() {
-        assert!(dir("memory", "/a/../../x").is_none());
+        let v2 = Hierarchies::parse("25 22 0:23 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n");
+        let service = "0::/system.slice/crius.service\n";
+        for h in [&hybrid, &v2] {
+            assert!(shim_dirs_in(h, service, false).is_empty(), "no systemd");
+            assert!(
+                shim_dirs_in(h, "0::/user.slice/session-1.scope\n", true).is_empty(),
+                "not a service"
+            );
+            assert!(shim_dirs_in(h, "12:memory:/\n1:name=systemd:/\n0::/\n", true).is_empty());
+        }
+        // Where it applies, every hierarchy systemd tracks that exists here; fake mount points
+        // under a temporary directory stand in for the host's.
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = |h: &Hierarchies| Hierarchies {
+            v1: h
+                .v1
+                .iter()
+                .map(|m| crius_sandbox::cgroup::V1Mount {
+                    mount: crius_sandbox::cgroup::join(tmp.path(), &m.mount.to_string_lossy()).unwrap(),
+                    options: m.options.clone(),
+                })
+                .collect(),
+            unified: h
+                .unified
+                .as_ref()
+                .map(|u| tmp.path().join(u.strip_prefix("/").unwrap())),
+        };
+        let (hybrid, v2) = (fake(&hybrid), fake(&v2));
+        for m in hybrid.mounts() {
+            std::fs::create_dir_all(m).unwrap();
+        }
+        let root = tmp.path().join("sys/fs/cgroup");
         assert_eq!(
-            dir("memory", "/crius/p/c"),
-            Some(PathBuf::from("/sys/fs/cgroup/memory/crius/p/c"))
+            shim_dirs_in(&hybrid, service, true),
+            [root.join("systemd/crius-shims"), root.join("unified/crius-shims")]
         );
+        // The fake v2 root is not at the real ROOT, so it counts as a hybrid host's unified one.
+        assert_eq!(shim_dirs_in(&v2, service, true), [root.join("crius-shims")]);
     }
 }

@@ -323,7 +323,7 @@ fn is_container_id(s: &str) -> bool {
 fn init_alive(r: &Record) -> bool {
     r.status.pid > 0
         && std::fs::read_to_string(format!("/proc/{}/cgroup", r.status.pid))
-            .is_ok_and(|c| c.lines().any(|l| l.ends_with(r.cgroup_path.as_str())))
+            .is_ok_and(|c| crius_sandbox::cgroup::proc_in(&c, &r.cgroup_path))
 }
 
 /// Whether `path` is a mount point in this mount namespace (`/proc/self/mountinfo`).

@@ -9,16 +9,18 @@
 //! never blocks a tokio worker. Without inotify the exit is still folded lazily on every read.
 
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use super::events::Events;
 use super::record::Records;
 
-const MASK: u32 = libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE | libc::IN_CREATE;
+const MASK: AddWatchFlags = AddWatchFlags::IN_MOVED_TO
+    .union(AddWatchFlags::IN_CLOSE_WRITE)
+    .union(AddWatchFlags::IN_CREATE);
 
 pub(crate) struct ExitWatcher {
     inner: Option<Arc<Inner>>,
@@ -28,43 +30,42 @@ pub(crate) struct ExitWatcher {
 }
 
 struct Inner {
-    fd: OwnedFd,
+    inotify: Inotify,
     /// Watch descriptor → container id.
-    watches: Mutex<HashMap<i32, String>>,
+    watches: Mutex<HashMap<WatchDescriptor, String>>,
 }
 
 impl ExitWatcher {
     /// Starts the watcher thread over `<state>/containers`.
     pub(crate) fn start(records: Records, events: Events, containers_dir: PathBuf) -> ExitWatcher {
-        // SAFETY: plain syscall; the returned fd is owned below.
-        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-        let inner = if fd < 0 {
-            tracing::error!(
-                error = %std::io::Error::last_os_error(),
-                "inotify unavailable: container exits are noticed only when a client asks"
-            );
-            None
-        } else {
-            // SAFETY: fd is a fresh descriptor nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let inner = Arc::new(Inner {
-                fd,
-                watches: Mutex::new(HashMap::new()),
-            });
-            let (t_inner, t_records, t_events, t_dir) = (
-                inner.clone(),
-                records.clone(),
-                events.clone(),
-                containers_dir.clone(),
-            );
-            let spawned = std::thread::Builder::new()
-                .name("crius-exit-watch".into())
-                .spawn(move || run(&t_inner, &t_records, &t_events, &t_dir));
-            match spawned {
-                Ok(_) => Some(inner),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the exit watcher thread");
-                    None
+        let inner = match Inotify::init(InitFlags::IN_CLOEXEC) {
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "inotify unavailable: container exits are noticed only when a client asks"
+                );
+                None
+            }
+            Ok(inotify) => {
+                let inner = Arc::new(Inner {
+                    inotify,
+                    watches: Mutex::new(HashMap::new()),
+                });
+                let (t_inner, t_records, t_events, t_dir) = (
+                    inner.clone(),
+                    records.clone(),
+                    events.clone(),
+                    containers_dir.clone(),
+                );
+                let spawned = std::thread::Builder::new()
+                    .name("crius-exit-watch".into())
+                    .spawn(move || run(&t_inner, &t_records, &t_events, &t_dir));
+                match spawned {
+                    Ok(_) => Some(inner),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the exit watcher thread");
+                        None
+                    }
                 }
             }
         };
@@ -80,17 +81,11 @@ impl ExitWatcher {
     pub(crate) fn watch(&self, id: &str) {
         let shim_dir = shim_dir(&self.containers_dir, id);
         if let Some(inner) = &self.inner {
-            match CString::new(shim_dir.as_os_str().as_bytes()) {
-                Ok(path) => {
-                    // SAFETY: valid fd and NUL-terminated path.
-                    let wd = unsafe { libc::inotify_add_watch(inner.fd.as_raw_fd(), path.as_ptr(), MASK) };
-                    if wd < 0 {
-                        tracing::warn!(id, error = %std::io::Error::last_os_error(), "cannot watch the shim directory");
-                    } else {
-                        lock(&inner.watches).insert(wd, id.to_string());
-                    }
+            match inner.inotify.add_watch(&shim_dir, MASK) {
+                Ok(wd) => {
+                    lock(&inner.watches).insert(wd, id.to_string());
                 }
-                Err(_) => tracing::warn!(id, "shim directory path contains NUL"),
+                Err(e) => tracing::warn!(id, error = %e, "cannot watch the shim directory"),
             }
         }
         fold(&self.records, &self.events, &self.containers_dir, id);
@@ -126,42 +121,32 @@ fn fold(records: &Records, events: &Events, containers_dir: &Path, id: &str) -> 
     }
 }
 
+/// Reads events until inotify fails. Each read returns at most one 4 KiB buffer of events (nix
+/// reads into a fixed buffer that holds at least one event with the longest name).
 fn run(inner: &Inner, records: &Records, events: &Events, containers_dir: &Path) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let header = std::mem::size_of::<libc::inotify_event>();
     loop {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::read(inner.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+        let evs = match inner.inotify.read_events() {
+            Ok(evs) => evs,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "exit watcher stopped; exits are noticed lazily from now on");
+                return;
             }
-            tracing::error!(error = %e, "exit watcher stopped; exits are noticed lazily from now on");
-            return;
-        }
-        let n = n as usize;
-        let mut off = 0;
-        while off + header <= n {
-            // SAFETY: the kernel wrote a whole inotify_event header at `off`; read unaligned.
-            let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
-            let name_end = (off + header + ev.len as usize).min(n);
-            let name = &buf[off + header..name_end];
-            let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
-            off = name_end;
-            if ev.mask & libc::IN_IGNORED != 0 {
+        };
+        for ev in evs {
+            if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
                 lock(&inner.watches).remove(&ev.wd);
                 continue;
             }
-            if name != crius_shim_api::EXIT_FILE.as_bytes() {
+            if ev.name.as_deref() != Some(std::ffi::OsStr::new(crius_shim_api::EXIT_FILE)) {
                 continue;
             }
             let Some(id) = lock(&inner.watches).get(&ev.wd).cloned() else {
                 continue;
             };
             if fold(records, events, containers_dir, &id) {
-                // SAFETY: valid fd; a stale wd only yields EINVAL.
-                unsafe { libc::inotify_rm_watch(inner.fd.as_raw_fd(), ev.wd) };
+                // A stale descriptor only fails with EINVAL; IN_IGNORED then drops the entry.
+                let _ = inner.inotify.rm_watch(ev.wd);
             }
         }
     }

@@ -14,6 +14,8 @@ use oci_spec::runtime::{
     LinuxResources,
 };
 
+use crius_sandbox::cgroup::Hierarchies;
+
 use super::SpecError;
 
 /// What the host's cgroups can do, probed once by the daemon.
@@ -38,30 +40,31 @@ pub struct HostFacts {
 
 impl HostFacts {
     pub fn detect() -> HostFacts {
-        let root = Path::new("/sys/fs/cgroup");
-        let cgroup_v2 = root.join("cgroup.controllers").exists();
-        let hugetlb = if cgroup_v2 {
-            std::fs::read_to_string(root.join("cgroup.controllers")).is_ok_and(|c| c.contains("hugetlb"))
-        } else {
-            root.join("hugetlb").exists()
+        Self::detect_in(Hierarchies::host())
+    }
+
+    fn detect_in(h: &Hierarchies) -> HostFacts {
+        let cgroup_v2 = h.unified_only();
+        let (hugetlb, swap_accounting) = match h.unified.as_deref().filter(|_| cgroup_v2) {
+            Some(root) => (
+                std::fs::read_to_string(root.join("cgroup.controllers")).is_ok_and(|c| c.contains("hugetlb")),
+                v2_swap(root),
+            ),
+            None => (
+                h.controller("hugetlb").is_some(),
+                h.dir("memory", "/")
+                    .is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists()),
+            ),
         };
         HostFacts {
             hugetlb,
-            swap_accounting: if cgroup_v2 {
-                v2_swap(root)
-            } else {
-                root.join("memory/memory.memsw.limit_in_bytes").exists()
-            },
+            swap_accounting,
             cgroup_v2,
             oom_score_adj_floor: oom_floor(),
             capabilities: own_caps("CapBnd:"),
             apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
                 .is_ok_and(|v| v.trim() == "Y"),
-            cgroup_v1_hierarchies: if cgroup_v2 {
-                Vec::new()
-            } else {
-                v1_hierarchies(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
-            },
+            cgroup_v1_hierarchies: if cgroup_v2 { Vec::new() } else { h.managed_v1() },
         }
     }
 }
@@ -72,13 +75,12 @@ fn v2_swap(root: &Path) -> bool {
     let own = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
         .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)));
-    if let Some(own) = own.filter(|p| p != "/")
-        && root.join(own.trim_start_matches('/')).join("memory.max").exists()
+    if let Some(own) = own
+        .filter(|p| p != "/")
+        .and_then(|p| crius_sandbox::cgroup::join(root, &p))
+        && own.join("memory.max").exists()
     {
-        return root
-            .join(own.trim_start_matches('/'))
-            .join("memory.swap.max")
-            .exists();
+        return own.join("memory.swap.max").exists();
     }
     std::fs::read_dir(root)
         .into_iter()
@@ -87,54 +89,6 @@ fn v2_swap(root: &Path) -> bool {
         .map(|e| e.path())
         .find(|d| d.join("memory.max").exists())
         .is_some_and(|d| d.join("memory.swap.max").exists())
-}
-
-/// Controllers libcontainer's v1 manager creates a container cgroup in.
-const V1_CONTROLLERS: &[&str] = &[
-    "cpu",
-    "cpuacct",
-    "cpuset",
-    "devices",
-    "memory",
-    "pids",
-    "blkio",
-    "freezer",
-    "hugetlb",
-    "net_cls",
-    "net_prio",
-    "perf_event",
-];
-
-/// The cgroup v1 hierarchies mounted under `/sys/fs/cgroup` whose controllers are all ones
-/// libcontainer manages (named hierarchies such as `name=systemd` are left out), from
-/// mountinfo text.
-pub fn v1_hierarchies(mountinfo: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut r = right.split(' ');
-        let (Some("cgroup"), _, Some(opts)) = (r.next(), r.next(), r.next()) else {
-            continue;
-        };
-        let Some(point) = left.split(' ').nth(4).map(PathBuf::from) else {
-            continue;
-        };
-        if !point.starts_with("/sys/fs/cgroup") || point == Path::new("/sys/fs/cgroup") {
-            continue;
-        }
-        let controllers: Vec<&str> = opts
-            .split(',')
-            .filter(|o| V1_CONTROLLERS.contains(o) || o.starts_with("name="))
-            .collect();
-        if !controllers.is_empty() && controllers.iter().all(|c| V1_CONTROLLERS.contains(c)) {
-            out.push(point);
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// One capability set of the daemon from `/proc/self/status` (`CapBnd:`, `CapEff:`, ...).
@@ -393,20 +347,29 @@ mod tests {
     }
 
     #[test]
-    fn v1_hierarchies_are_controller_mounts_only() {
-        let info = "30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
-            31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
-            32 30 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n\
-            33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
-            34 30 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
-            35 25 0:30 / /mnt/elsewhere rw - cgroup cgroup rw,memory\n";
-        assert_eq!(
-            v1_hierarchies(info),
-            vec![
-                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
-                PathBuf::from("/sys/fs/cgroup/memory")
-            ]
-        );
+    fn host_facts_follow_the_hierarchies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cpu, mem) = (tmp.path().join("cpu,cpuacct"), tmp.path().join("memory"));
+        std::fs::create_dir(&cpu).unwrap();
+        std::fs::create_dir(&mem).unwrap();
+        std::fs::write(mem.join("memory.memsw.limit_in_bytes"), "").unwrap();
+        let v1 = |mount: &Path, opts: &[&str]| crius_sandbox::cgroup::V1Mount {
+            mount: mount.to_path_buf(),
+            options: opts.iter().map(|o| o.to_string()).collect(),
+        };
+        let h = Hierarchies {
+            v1: vec![v1(&cpu, &["rw", "cpu", "cpuacct"]), v1(&mem, &["rw", "memory"])],
+            unified: None,
+        };
+        let f = HostFacts::detect_in(&h);
+        assert!(!f.cgroup_v2 && !f.hugetlb && f.swap_accounting);
+        // Only hierarchies below the real cgroup root are bound into containers.
+        assert!(f.cgroup_v1_hierarchies.is_empty());
+        let f = HostFacts::detect_in(&Hierarchies::default());
+        assert!(!f.cgroup_v2 && !f.hugetlb && !f.swap_accounting);
+        let v2 = Hierarchies::parse("25 22 0:23 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        let f = HostFacts::detect_in(&v2);
+        assert!(f.cgroup_v2 && f.cgroup_v1_hierarchies.is_empty());
     }
 
     #[test]

@@ -13,6 +13,8 @@ use oci_spec::runtime::Mount;
 
 use super::{PodFiles, SpecError};
 
+pub use crius_sandbox::cgroup::unescape_mountinfo;
+
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
     let mut m = Mount::default();
     m.set_destination(dest.into())
@@ -186,25 +188,6 @@ pub fn source_propagation(mountinfo: &str, path: &Path) -> Option<SourcePropagat
         }
     }
     best.map(|(_, p)| p)
-}
-
-/// A path field of `/proc/*/mountinfo`, which escapes space, tab, newline and backslash as `\ooo`.
-pub fn unescape_mountinfo(s: &str) -> PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
-        out,
-    ))
 }
 
 /// CRI (containerd's checks): a bidirectional mount needs a shared host source, a
