@@ -341,13 +341,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo(r"/a\040b/c"), Path::new("/a b/c"));
-        assert_eq!(unescape_mountinfo("/plain"), Path::new("/plain"));
-        assert_eq!(unescape_mountinfo(r"/end\04"), Path::new(r"/end\04"));
-    }
-
-    #[test]
     fn root_is_a_mount_point_and_a_fresh_dir_is_not() {
         assert!(is_mount_point(Path::new("/proc")));
         let d = tempfile::tempdir().unwrap();
