@@ -17,13 +17,14 @@ use std::sync::Arc;
 
 use redb::{ReadableTable, TableDefinition};
 
-/// File name of the database under `root`.
+/// File name of the database under `root`. It, the table, the key and the version are an
+/// on-disk contract: the integration tests that fake a newer database spell them out too.
 pub const DB_FILE: &str = "crius.redb";
 /// The record formats this build writes and reads.
 pub const SCHEMA_VERSION: u64 = 1;
-/// Table and key of the schema version (public for tests that fake a newer database).
-pub const META_TABLE: &str = "crius_meta";
-pub const SCHEMA_KEY: &str = "schema_version";
+/// Table and key of the schema version.
+const META_TABLE: &str = "crius_meta";
+const SCHEMA_KEY: &str = "schema_version";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new(META_TABLE);
 

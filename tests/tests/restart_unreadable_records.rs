@@ -6,14 +6,18 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crius_runtime::store::{DB_FILE, META_TABLE, SCHEMA_KEY, SCHEMA_VERSION};
 use crius_tests::containers::World;
 use crius_tests::{Daemon, util};
 use k8s_cri::v1::*;
 use redb::{ReadableDatabase, TableDefinition};
 
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
-const META: TableDefinition<&str, u64> = TableDefinition::new(META_TABLE);
+/// The database's on-disk contract, as the daemon's store module defines it: the file below
+/// `root`, and the table and key holding the schema version this build writes.
+const DB_FILE: &str = "crius.redb";
+const SCHEMA_KEY: &str = "schema_version";
+const SCHEMA_VERSION: u64 = 1;
+const META: TableDefinition<&str, u64> = TableDefinition::new("crius_meta");
 
 fn read_record(db: &Path, id: &str) -> Vec<u8> {
     let db = redb::Database::open(db).unwrap();
