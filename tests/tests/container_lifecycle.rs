@@ -161,10 +161,31 @@ async fn names_images_and_pods_are_checked() {
     missing.image.as_mut().unwrap().image = "127.0.0.1:1/nothing:here".into();
     assert_eq!(w.create(missing).await.unwrap_err().code(), Code::NotFound);
 
+    // A host path that does not exist is made a directory (containerd's and CRI-O's rule); one
+    // that exists but cannot be used (below a regular file) is refused.
+    let scratch = tempfile::tempdir().unwrap();
+    let made = scratch.path().join("made/by/crius");
+    let mut auto_dir = w.config("automount", &["true"]);
+    auto_dir.mounts.push(Mount {
+        container_path: "/data".into(),
+        host_path: made.to_string_lossy().into(),
+        ..Default::default()
+    });
+    let c = w.create(auto_dir).await.unwrap();
+    let meta = std::fs::metadata(&made).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+        0o755
+    );
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+    w.remove(&c).await.unwrap();
+    let file = scratch.path().join("file");
+    std::fs::write(&file, "x").unwrap();
     let mut bad_mount = w.config("badmount", &["true"]);
     bad_mount.mounts.push(Mount {
         container_path: "/data".into(),
-        host_path: "/no/such/host/path".into(),
+        host_path: file.join("below").to_string_lossy().into(),
         ..Default::default()
     });
     assert_eq!(

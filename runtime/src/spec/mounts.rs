@@ -1,7 +1,9 @@
 //! The OCI mounts: the default Linux filesystems, the pod's files (hostname, hosts,
 //! resolv.conf, /dev/shm) and the CRI mounts with their propagation.
 //!
-//! Invariants: a CRI mount's host path must exist; a host path that is a symlink is resolved on
+//! Invariants: a CRI mount's host path is absolute; a missing one is created as a directory
+//! (0755, root), as containerd and CRI-O do, and one that exists but cannot be resolved is
+//! refused; a host path that is a symlink is resolved on
 //! the host (CRI: the kubelet may hand symlinked volume paths); a CRI mount replaces a default
 //! or pod mount at the same destination; CRI mounts are ordered parents-first; container paths
 //! are absolute and free of `..`.
@@ -230,10 +232,7 @@ pub fn cri_mounts(
                 dest.display()
             )));
         }
-        let host = std::fs::canonicalize(&m.host_path).map_err(|source| SpecError::MountSource {
-            path: m.host_path.clone().into(),
-            source,
-        })?;
+        let host = host_source(&m.host_path)?;
         let kind = MountPropagation::try_from(m.propagation)
             .map_err(|_| SpecError::Invalid(format!("unknown mount propagation {}", m.propagation)))?;
         let propagation = match kind {
@@ -254,12 +253,6 @@ pub fn cri_mounts(
         }
         let mut om = bind(&dest.to_string_lossy(), &host, m.readonly, propagation);
         if m.recursive_read_only {
-            if !m.readonly || propagation != "rprivate" {
-                return Err(SpecError::Invalid(format!(
-                    "recursive read-only mount {} must be read-only with private propagation",
-                    dest.display()
-                )));
-            }
             let mut opts = om.options().clone().unwrap_or_default();
             opts.push("rro".into());
             om.set_options(Some(opts));
@@ -268,6 +261,33 @@ pub fn cri_mounts(
     }
     out.sort_by_key(|m| m.destination().components().count());
     Ok(out)
+}
+
+/// A CRI mount's source on the host, symlinks resolved. A path that does not exist is created
+/// as a directory, parents included (0755, owned by root); a dangling symlink, or a path below
+/// a regular file, is an error (InvalidArgument naming the path).
+fn host_source(path: &str) -> Result<PathBuf, SpecError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(SpecError::Invalid(format!(
+            "mount host path {path:?} is not absolute"
+        )));
+    }
+    let failed = |source| SpecError::MountSource {
+        path: p.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(p)
+            .map_err(failed)?,
+        Err(e) => return Err(failed(e)),
+        Ok(_) => {}
+    }
+    std::fs::canonicalize(p).map_err(failed)
 }
 
 /// Puts `extra` after `base`, dropping every `base` mount whose destination `extra` also has.
@@ -285,7 +305,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn symlinked_host_path_is_resolved_and_missing_one_refused() {
+    fn symlinked_host_path_is_resolved_and_missing_one_created() {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real");
         std::fs::create_dir(&real).unwrap();
@@ -302,13 +322,38 @@ mod tests {
             out[0].options().as_deref(),
             Some(&["rbind".to_string(), "rprivate".into(), "ro".into()][..])
         );
+        let made = dir.path().join("made/by/create");
         let missing = CriMount {
-            host_path: "/no/such/dir".into(),
+            host_path: made.to_string_lossy().into(),
+            ..m.clone()
+        };
+        let out = cri_mounts(&[missing], &mut String::new).unwrap();
+        assert_eq!(out[0].source().as_deref(), Some(made.as_path()));
+        assert!(made.is_dir());
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("dangling")).unwrap();
+        for unusable in [file.join("below"), dir.path().join("dangling")] {
+            let m = CriMount {
+                host_path: unusable.to_string_lossy().into(),
+                ..m.clone()
+            };
+            assert!(
+                matches!(
+                    cri_mounts(&[m], &mut String::new),
+                    Err(SpecError::MountSource { .. })
+                ),
+                "{}",
+                unusable.display()
+            );
+        }
+        let relative = CriMount {
+            host_path: "relative/dir".into(),
             ..m
         };
         assert!(matches!(
-            cri_mounts(&[missing], &mut String::new),
-            Err(SpecError::MountSource { .. })
+            cri_mounts(&[relative], &mut String::new),
+            Err(SpecError::Invalid(_))
         ));
     }
 
