@@ -46,7 +46,8 @@ impl ImageRecord {
     }
 
     /// The CRI `Image` message.
-    pub fn to_cri(&self) -> v1::Image {
+    /// The CRI image; `pinned` when the configuration pins it ([`crate::ImageStore::pinned_ids`]).
+    pub fn to_cri(&self, pinned: bool) -> v1::Image {
         let (uid, username) = user_of(&self.user);
         v1::Image {
             id: self.id.clone(),
@@ -59,7 +60,7 @@ impl ImageRecord {
                 image: self.id.clone(),
                 ..Default::default()
             }),
-            pinned: false,
+            pinned,
         }
     }
 
@@ -120,7 +121,7 @@ mod tests {
             blobs: vec![],
             user: "1002".into(),
         };
-        let img = r.to_cri();
+        let img = r.to_cri(false);
         assert_eq!(img.uid.unwrap().value, 1002);
         assert_eq!(img.spec.unwrap().image, "sha256:c");
         let info = r.verbose_info(br#"{"config":{"User":"1002"}}"#);

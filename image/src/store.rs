@@ -12,7 +12,7 @@
 //!   (deleting those trees comes after), and a pull registers what it is about to use in
 //!   `protect` before it looks for existing content, so GC never deletes what a pull relies on.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -75,6 +75,9 @@ pub struct StoreConfig {
     /// The daemon's `root`; blobs go to `root/content`, layers to `root/layers`.
     pub root: PathBuf,
     pub registries: RegistryHosts,
+    /// Images reported as pinned (`Image.pinned`, which kubelet's image GC never removes), by any
+    /// name ImageStatus accepts: a tag follows its re-pulls, a digest or id stays on one image.
+    pub pinned: Vec<String>,
 }
 
 pub struct ImageStore {
@@ -82,6 +85,7 @@ pub struct ImageStore {
     pub(crate) content: ContentStore,
     pub(crate) layers: Layers,
     pub(crate) hosts: RegistryHosts,
+    pinned: Vec<String>,
     /// Serialises fetching one blob and unpacking one layer across concurrent pulls.
     pub(crate) locks: KeyedLocks,
     /// Digests and chain IDs in use by in-flight pulls → how many pulls use them.
@@ -126,6 +130,7 @@ impl ImageStore {
             content,
             layers,
             hosts: config.registries,
+            pinned: config.pinned,
             locks: KeyedLocks::default(),
             protect: Mutex::new(HashMap::new()),
         });
@@ -220,6 +225,17 @@ impl ImageStore {
     }
 
     /// CRI: `ImageStatus` lookup. Unknown → `None`.
+    /// The ids of the images the configuration pins, as their names resolve now.
+    pub fn pinned_ids(&self) -> Result<HashSet<String>, StoreError> {
+        let mut ids = HashSet::new();
+        for name in &self.pinned {
+            if let Some((id, _)) = self.resolve(name)? {
+                ids.insert(id);
+            }
+        }
+        Ok(ids)
+    }
+
     pub fn get(&self, query: &str) -> Result<Option<ImageRecord>, StoreError> {
         let Some((id, _)) = self.resolve(query)? else {
             return Ok(None);

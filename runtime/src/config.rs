@@ -28,6 +28,9 @@ pub struct Config {
     /// follows what RuntimeConfig reports.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_manager: Option<crius_sandbox::cgroup::Driver>,
+    /// Images ListImages and ImageStatus report as pinned (kubelet's image GC keeps them), by
+    /// reference, digest or id.
+    pub pinned_images: Vec<String>,
     pub cni: CniConfig,
     pub streaming: StreamingConfig,
     pub metrics: MetricsConfig,
@@ -104,6 +107,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             streaming: StreamingConfig::default(),
             metrics: MetricsConfig::default(),
+            pinned_images: Vec::new(),
             registry: BTreeMap::new(),
         }
     }

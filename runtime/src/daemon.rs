@@ -242,6 +242,7 @@ pub fn open_images(
         crius_image::StoreConfig {
             root: root.to_path_buf(),
             registries: crius_image::RegistryHosts::new(hosts),
+            pinned: config.pinned_images.clone(),
         },
     )
 }

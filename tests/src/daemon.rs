@@ -28,6 +28,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct DaemonOptions {
     /// Extra TOML appended to the generated config (e.g. `[registry."x"]` tables, `[streaming]`).
     pub extra_config: String,
+    /// Extra top-level keys (e.g. `pinned_images = [...]`), written before the first table.
+    pub top_config: String,
     /// A CNI conflist written to the daemon's own `cni.conf_dir` as `10-test.conflist`.
     pub cni_conflist: Option<String>,
     /// Plugin directories searched before the system ones (e.g. a test's fake plugins).
@@ -143,9 +145,9 @@ impl Daemon {
             _ => String::new(),
         };
         let config = format!(
-            "root = {root:?}\nstate = {state:?}\nlisten = {socket:?}\nlog_level = \"debug\"\n{driver}\n\
+            "root = {root:?}\nstate = {state:?}\nlisten = {socket:?}\nlog_level = \"debug\"\n{driver}{}\n\
              [cni]\nconf_dir = {conf_dir:?}\nbin_dirs = {bin_dirs:?}\ncache_dir = {cni_cache_dir:?}\n\n{}\n",
-            opts.extra_config
+            opts.top_config, opts.extra_config
         );
         std::fs::write(&config_path, config)?;
         let log_path = dir.join("crius.log");

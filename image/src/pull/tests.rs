@@ -21,6 +21,7 @@ pub(super) fn fixture(hosts: BTreeMap<String, Mirror>) -> Fixture {
         StoreConfig {
             root: dir.path().to_path_buf(),
             registries: RegistryHosts::new(hosts),
+            pinned: Vec::new(),
         },
     )
     .unwrap();

@@ -10,6 +10,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    pinned_fixture(&[])
+}
+
+fn pinned_fixture(pinned: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
     let store = ImageStore::open(
@@ -17,6 +21,7 @@ fn fixture() -> Fixture {
         StoreConfig {
             root: dir.path().to_path_buf(),
             registries: RegistryHosts::default(),
+            pinned: pinned.iter().map(|p| p.to_string()).collect(),
         },
     )
     .unwrap();
@@ -213,6 +218,7 @@ fn gc_spares_in_flight_pulls_and_reopen_cleans_orphans() {
         StoreConfig {
             root,
             registries: RegistryHosts::default(),
+            pinned: Vec::new(),
         },
     )
     .unwrap();
@@ -239,4 +245,26 @@ fn docker_schema2_configs_parse_for_the_container_spec() {
     let cfg = c.config().as_ref().unwrap();
     assert_eq!(cfg.cmd().as_deref(), Some(&["sh".to_string()][..]));
     assert!(cfg.entrypoint().is_none());
+}
+
+#[test]
+fn pins_resolve_to_the_images_their_names_name_now() {
+    let digest_ref = format!("docker.io/library/nginx@{}", sha256_digest(b"nginx"));
+    let f = pinned_fixture(&["busybox:1", &digest_ref, "absent:1"]);
+    let busybox = image(&f, "busybox", &["a"], &["busybox:1"]);
+    let nginx = image(&f, "nginx", &["b"], &["nginx:1"]);
+    let alpine = image(&f, "alpine", &["c"], &["alpine:1"]);
+    for r in [&busybox, &nginx, &alpine] {
+        f.store.record(r.clone()).unwrap();
+    }
+    let want: HashSet<String> = [busybox.id.clone(), nginx.id.clone()].into();
+    assert_eq!(f.store.pinned_ids().unwrap(), want);
+    assert!(busybox.to_cri(true).pinned && !alpine.to_cri(false).pinned);
+
+    // A pinned tag follows the image it is moved to.
+    let mut moved = alpine.clone();
+    moved.repo_tags = vec![ImageRef::parse("busybox:1").unwrap().to_string()];
+    f.store.record(moved).unwrap();
+    let want: HashSet<String> = [alpine.id.clone(), nginx.id.clone()].into();
+    assert_eq!(f.store.pinned_ids().unwrap(), want);
 }

@@ -49,7 +49,8 @@ impl ImageService for Images {
             } else {
                 store.get(&filter)?.into_iter().collect()
             };
-            Ok(records.iter().map(crius_image::ImageRecord::to_cri).collect())
+            let pinned = store.pinned_ids()?;
+            Ok(records.iter().map(|r| r.to_cri(pinned.contains(&r.id))).collect())
         })
         .await?;
         Ok(Response::new(ListImagesResponse { images }))
@@ -69,7 +70,7 @@ impl ImageService for Images {
                 HashMap::new()
             };
             Ok(ImageStatusResponse {
-                image: Some(record.to_cri()),
+                image: Some(record.to_cri(store.pinned_ids()?.contains(&record.id))),
                 info,
             })
         })

@@ -44,6 +44,7 @@ impl Fixture {
             crius_image::StoreConfig {
                 root: root.clone(),
                 registries: Default::default(),
+                pinned: Vec::new(),
             },
         )
         .unwrap();
