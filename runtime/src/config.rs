@@ -71,7 +71,8 @@ pub struct StreamingConfig {
 pub struct MetricsConfig {
     /// `host:port` of the Prometheus endpoint (`/metrics`); empty: no endpoint.
     pub address: String,
-    /// Which metric groups `ListPodSandboxMetrics` reports (CRI-O's `included_pod_metrics`);
+    /// Which metric groups `ListPodSandboxMetrics` reports (CRI-O's `included_pod_metrics`):
+    /// any of cpu, disk, hugetlb, memory, network, oom, process, spec, or `["all"]` alone;
     /// empty: none.
     pub included_pod_metrics: Vec<String>,
 }
@@ -250,6 +251,8 @@ impl Config {
                 self.metrics.address
             )));
         }
+        crate::node::metric_descriptors::parse_groups(&self.metrics.included_pod_metrics)
+            .map_err(|e| ConfigError::Invalid(format!("`metrics.included_pod_metrics`: {e}")))?;
         for (host, reg) in &self.registry {
             for ep in &reg.endpoints {
                 if !(ep.starts_with("http://") || ep.starts_with("https://")) {
@@ -362,6 +365,18 @@ mod tests {
         assert!(parse("root = \"rel\"\n").is_err());
         assert!(parse("[registry.\"a\"]\nendpoints = [\"127.0.0.1:5000\"]\n").is_err());
         assert!(parse("[registry.\"a\"]\nfallback = false\n").is_err());
+    }
+
+    #[test]
+    fn metric_groups_are_checked() {
+        let ok = parse("[metrics]\nincluded_pod_metrics = [\"cpu\", \"network\"]\n").unwrap();
+        assert_eq!(ok.metrics.included_pod_metrics, vec!["cpu", "network"]);
+        assert!(parse("[metrics]\nincluded_pod_metrics = [\"all\"]\n").is_ok());
+        let e = parse("[metrics]\nincluded_pod_metrics = [\"gpu\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("included_pod_metrics") && e.contains("\"gpu\""), "{e}");
+        assert!(parse("[metrics]\nincluded_pod_metrics = [\"all\", \"cpu\"]\n").is_err());
     }
 
     #[test]

@@ -22,6 +22,19 @@ impl SandboxManager {
         self.detached(move |m| m.list_blocking(filter)).await
     }
 
+    /// Every readable sandbox record (READY or NOTREADY; not those being created), oldest
+    /// first: what the node's stats and metrics read namespaces and cgroups from. Unreadable
+    /// records are left out.
+    pub async fn records(self: &Arc<Self>) -> Result<Vec<store::Record>, SandboxError> {
+        self.detached(move |m| {
+            let mut records = store::scan(&m.db)?.0;
+            records.retain(|r| !m.is_creating(&r.meta.id));
+            records.sort_by_key(|r| r.meta.created_at);
+            Ok(records)
+        })
+        .await
+    }
+
     fn list_blocking(&self, filter: Option<PodSandboxFilter>) -> Result<Vec<PodSandbox>, SandboxError> {
         let filter = filter.unwrap_or_default();
         let mut unreadable = Vec::new();

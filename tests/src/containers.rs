@@ -33,12 +33,21 @@ impl World {
 
     /// Like [`World::new`], with `spec` pushed and pulled as the world's image.
     pub async fn with_image(spec: ImageSpec) -> Result<World> {
+        World::with_image_and_config(spec, "").await
+    }
+
+    /// Like [`World::new`], with `extra_config` appended to the daemon's config file.
+    pub async fn with_config(extra_config: &str) -> Result<World> {
+        World::with_image_and_config(ImageSpec::busybox(), extra_config).await
+    }
+
+    async fn with_image_and_config(spec: ImageSpec, extra_config: &str) -> Result<World> {
         crate::util::require_root();
         let net = TestNet::new();
         let n = net.n;
         let reg = Registry::start()?;
         let pushed = images::push(&reg, "test/busybox", "1", &spec).await?;
-        let mut d = net.daemon().await?;
+        let mut d = net.daemon_with(extra_config).await?;
         d.pull(&pushed.reference).await?;
         let log_dir = d.dir.join("pod-logs");
         std::fs::create_dir_all(&log_dir)?;

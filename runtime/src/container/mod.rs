@@ -17,6 +17,7 @@
 //! `tests/` drive the verbs with recording fakes.
 
 mod attach;
+mod cgroup_sample;
 mod cgroupfs;
 mod create;
 mod events;
@@ -24,6 +25,7 @@ mod exec_stream;
 mod exec_sync;
 mod list;
 mod pod;
+mod readings;
 mod record;
 mod recover;
 mod remove;
@@ -51,8 +53,11 @@ use crius_shim_api::{ExitStatus, ShimConfig};
 use crate::shim_client::{ShimClient, ShimError};
 use crate::spec::{HostFacts, PodFiles, PodNamespaces, SpecError};
 
+pub use cgroup_sample::Sample;
+pub(crate) use cgroup_sample::read_capped;
 pub use events::{Event, EventKind, Events};
 pub use pod::{PodHook, pod_info};
+pub use readings::{ContainerReading, FsReading, ReadingParts};
 pub use record::{Record, RecordError, State, Status};
 pub use recover::Recovered;
 pub use stats::PodStatsInput;

@@ -26,7 +26,7 @@ use std::time::Duration;
 use cri_api::v1::LinuxContainerResources;
 use crius_shim_api::{Request, Response, ShimConfig};
 
-use super::{ContainerError, cgroupfs, recover, rootfs};
+use super::{ContainerError, cgroup_sample, cgroupfs, recover, rootfs};
 use crate::shim_client::{REQUEST_TIMEOUT, ShimClient, ShimError};
 
 /// Launching and talking to a container's shim.
@@ -78,6 +78,8 @@ pub(crate) trait CgroupAccess: Send + Sync {
     fn apply(&self, cgroup: &str, resources: &LinuxContainerResources) -> Result<(), ContainerError>;
     /// CPU and memory usage for the stats verbs.
     fn usage(&self, cgroup: &str) -> cgroupfs::Usage;
+    /// Everything the metric RPCs and the swap and process stats report.
+    fn sample(&self, cgroup: &str) -> cgroup_sample::Sample;
 }
 
 #[async_trait::async_trait]
@@ -156,5 +158,8 @@ impl CgroupAccess for Cgroupfs {
     }
     fn usage(&self, cgroup: &str) -> cgroupfs::Usage {
         cgroupfs::usage(cgroup)
+    }
+    fn sample(&self, cgroup: &str) -> cgroup_sample::Sample {
+        cgroup_sample::read(cgroup)
     }
 }

@@ -1,15 +1,18 @@
 //! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: cgroup usage read
-//! by the daemon, the writable layer's size, and `usage_nano_cores` from the previous sample.
+//! by the daemon, the writable layer's size, and `usage_nano_cores` from the previous sample;
+//! swap where the host accounts it, the pod's process count. The pod's network counters are
+//! added by the node (`node::netdev`), which knows the pod's namespace.
 //!
 //! Invariant: every returned usage carries a non-zero timestamp, also when the cgroup is gone
-//! (an exited container reports what is left: nothing).
+//! (an exited container reports what is left: nothing). Swap is `None` when the host keeps no
+//! swap accounting (v1 without `memory.memsw.*`), not zero.
 
 use std::collections::HashMap;
 
 use cri_api::v1::{
     ContainerAttributes, ContainerStats, ContainerStatsFilter, CpuUsage, FilesystemIdentifier,
     FilesystemUsage, LinuxPodSandboxStats, MemoryUsage, PodSandboxAttributes, PodSandboxMetadata,
-    PodSandboxStats, UInt64Value,
+    PodSandboxStats, ProcessUsage, SwapUsage, UInt64Value,
 };
 
 use super::record::Record;
@@ -76,6 +79,10 @@ impl Containers {
 
     fn pod_stats_blocking(&self, pod: &PodStatsInput) -> Result<PodSandboxStats, ContainerError> {
         let (cpu, memory) = self.cgroup_stats(&pod.cgroup_parent);
+        let process = ProcessUsage {
+            timestamp: now_ns(),
+            process_count: u(self.cgroups.sample(&pod.cgroup_parent).processes),
+        };
         let containers = self
             .all()?
             .iter()
@@ -93,7 +100,7 @@ impl Containers {
                 cpu: Some(cpu),
                 memory: Some(memory),
                 network: None,
-                process: None,
+                process: Some(process),
                 containers,
             }),
             windows: None,
@@ -103,6 +110,12 @@ impl Containers {
     fn stats_of(&self, r: &Record) -> ContainerStats {
         let (cpu, memory) = self.cgroup_stats(&r.cgroup_path);
         let ts = now_ns();
+        let sample = self.cgroups.sample(&r.cgroup_path);
+        let swap = sample.swap_usage.map(|used| SwapUsage {
+            timestamp: ts,
+            swap_available_bytes: u(sample.swap_available),
+            swap_usage_bytes: u(Some(used)),
+        });
         let upper = self.layer_dir(&r.id).join("upper");
         let used = crius_image::usage::measure(&upper);
         ContainerStats {
@@ -122,7 +135,7 @@ impl Containers {
                 used_bytes: u(Some(used.bytes)),
                 inodes_used: u(Some(used.inodes)),
             }),
-            swap: None,
+            swap,
         }
     }
 

@@ -1,7 +1,9 @@
 //! The node: the runtime-wide state the CRI handlers share ([`Crius`]) and the verbs that need
 //! more than one domain crate — a container created in a pod (with the handover of creates that
-//! outlive their client), a pod's stats, the pod a port-forward dials into — plus the container
-//! event bus (`events.rs`) and the streaming backend (`streams.rs`).
+//! outlive their client), a pod's stats and metrics, the pod a port-forward dials into — plus
+//! the container event bus (`events.rs`), the streaming backend (`streams.rs`), the pods'
+//! network counters (`netdev.rs`) and the metric RPCs (`pod_metrics.rs`,
+//! `metric_descriptors.rs`).
 //!
 //! Invariants: the sandbox and container crates never call each other here except through the
 //! records they expose; every read of the store runs on the blocking pool; a client that goes
@@ -9,13 +11,17 @@
 
 pub mod events;
 pub mod handover;
+pub mod metric_descriptors;
+pub mod netdev;
+pub mod pod_metrics;
 pub mod streams;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cri_api::v1::{
-    ContainerConfig, PodSandboxFilter, PodSandboxStats, PodSandboxStatsFilter, RunPodSandboxRequest,
+    ContainerConfig, NetworkInterfaceUsage, NetworkUsage, PodSandboxFilter, PodSandboxStats,
+    PodSandboxStatsFilter, RunPodSandboxRequest, UInt64Value,
 };
 use crius_sandbox::{Record as SandboxRecord, SandboxError};
 
@@ -30,6 +36,9 @@ pub enum NodeError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Container(#[from] ContainerError),
+    /// The host refused what the verb needs of it (a thread, a namespace read).
+    #[error("{0}")]
+    Host(String),
 }
 
 /// What the RPC handlers share. Invariant: `ready` goes false → true once, when start-up
@@ -128,10 +137,13 @@ impl Crius {
         Ok(pod.id)
     }
 
-    /// CRI: PodSandboxStats: the pod cgroup's usage and each container's stats.
+    /// CRI: PodSandboxStats: the pod cgroup's usage and process count, its interfaces'
+    /// counters, and each container's stats.
     pub async fn pod_stats(&self, pod_query: &str) -> Result<PodSandboxStats, NodeError> {
-        let input = PodStatsInput::of(&self.pod_record(pod_query).await?);
-        Ok(self.containers.pod_stats(&input).await?)
+        let record = self.pod_record(pod_query).await?;
+        let mut stats = self.containers.pod_stats(&PodStatsInput::of(&record)).await?;
+        self.add_network(&mut [(&record, &mut stats)]).await?;
+        Ok(stats)
     }
 
     /// CRI: ListPodSandboxStats. A pod removed while the list is assembled is left out.
@@ -146,15 +158,51 @@ impl Crius {
             label_selector: f.label_selector,
         };
         let pods = self.sandboxes.list(Some(filter)).await?;
-        let mut stats = Vec::with_capacity(pods.len());
+        let mut found = Vec::with_capacity(pods.len());
         for p in pods {
-            match self.pod_stats(&p.id).await {
-                Ok(s) => stats.push(s),
+            let record = match self.pod_record(&p.id).await {
+                Ok(r) => r,
                 Err(NodeError::Container(ContainerError::PodNotFound(_))) => continue,
                 Err(e) => return Err(e),
+            };
+            match self.containers.pod_stats(&PodStatsInput::of(&record)).await {
+                Ok(s) => found.push((record, s)),
+                Err(ContainerError::PodNotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok(stats)
+        let mut pairs: Vec<_> = found.iter_mut().map(|(r, s)| (&*r, s)).collect();
+        self.add_network(&mut pairs).await?;
+        Ok(found.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// Fills each pod's `network` from its namespace's counters, all read on one thread. A
+    /// host-network pod (no namespace of its own) and a pod whose namespace is gone get none,
+    /// as in CRI-O and containerd. `default_interface` is the CNI interface (eth0);
+    /// `interfaces` lists every interface but `lo`, the default one included, as cAdvisor does.
+    async fn add_network(
+        &self,
+        pods: &mut [(&SandboxRecord, &mut PodSandboxStats)],
+    ) -> Result<(), NodeError> {
+        let paths: Vec<_> = pods
+            .iter()
+            .filter_map(|(r, _)| r.meta.namespaces.net.clone())
+            .collect();
+        let mut read = netdev::read_namespaces(paths)
+            .await
+            .map_err(NodeError::Host)?
+            .into_iter();
+        let ts = crate::container::now_ns();
+        for (record, stats) in pods.iter_mut() {
+            if record.meta.namespaces.net.is_none() {
+                continue;
+            }
+            let (Some(Some(ifaces)), Some(linux)) = (read.next(), stats.linux.as_mut()) else {
+                continue;
+            };
+            linux.network = Some(network_usage(&ifaces, ts));
+        }
+        Ok(())
     }
 
     /// The record of the pod `query` names, read on the blocking pool; PodNotFound otherwise.
@@ -165,6 +213,26 @@ impl Crius {
             .await
             .map_err(|e| SandboxError::Task(e.to_string()))??;
         Ok(found.ok_or_else(|| ContainerError::PodNotFound(query.into()))?)
+    }
+}
+
+/// The CRI network usage of a pod's interfaces.
+fn network_usage(ifaces: &[netdev::Iface], ts: i64) -> NetworkUsage {
+    let v = |value| Some(UInt64Value { value });
+    let usage = |i: &netdev::Iface| NetworkInterfaceUsage {
+        name: i.name.clone(),
+        rx_bytes: v(i.rx_bytes),
+        rx_errors: v(i.rx_errors),
+        tx_bytes: v(i.tx_bytes),
+        tx_errors: v(i.tx_errors),
+    };
+    NetworkUsage {
+        timestamp: ts,
+        default_interface: ifaces
+            .iter()
+            .find(|i| i.name == crius_sandbox::cni::POD_IFNAME)
+            .map(usage),
+        interfaces: ifaces.iter().map(usage).collect(),
     }
 }
 

@@ -116,6 +116,7 @@ pub fn node(e: crate::node::NodeError) -> Status {
     match e {
         crate::node::NodeError::Sandbox(e) => sandbox(e),
         crate::node::NodeError::Container(e) => container(e),
+        crate::node::NodeError::Host(m) => Status::internal(m),
     }
 }
 

@@ -286,14 +286,16 @@ impl RuntimeService for Runtime {
         &self,
         _req: Request<ListMetricDescriptorsRequest>,
     ) -> Rpc<ListMetricDescriptorsResponse> {
-        Err(unimplemented("ListMetricDescriptors"))
+        let descriptors = self.0.metric_descriptors();
+        Ok(Response::new(ListMetricDescriptorsResponse { descriptors }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _req: Request<ListPodSandboxMetricsRequest>,
     ) -> Rpc<ListPodSandboxMetricsResponse> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+        let pod_metrics = self.0.list_pod_metrics().await.map_err(error::node)?;
+        Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))
     }
 }
 

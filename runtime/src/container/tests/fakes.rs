@@ -350,4 +350,8 @@ impl CgroupAccess for FakeCgroups {
     fn usage(&self, _cgroup: &str) -> cgroupfs::Usage {
         cgroupfs::Usage::default()
     }
+
+    fn sample(&self, _cgroup: &str) -> crate::container::Sample {
+        crate::container::Sample::default()
+    }
 }
