@@ -6,12 +6,12 @@
 //!
 //! Invariants: every file is read through [`read_capped`] (at most [`FILE_CAP`] bytes); a file
 //! that is missing or does not parse is `None` ("not available"), never an error and never 0;
-//! directories are located only through `cgroupfs::dir`, which refuses `..`.
+//! directories are located only through the host's [`Hierarchies`], which refuse `..`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::cgroupfs;
+use crius_sandbox::cgroup::Hierarchies;
 
 /// The most read from one cgroup file. `memory.stat` is ~2 KiB; `cgroup.procs` of a container
 /// with many processes is the largest (7 bytes a pid: ~9000 pids).
@@ -93,15 +93,11 @@ fn limit(text: Option<String>) -> Option<u64> {
     (v < (1 << 62)).then_some(v)
 }
 
-/// Whether the host mounts the unified (v2) hierarchy at the cgroupfs root.
-fn v2() -> bool {
-    cgroupfs::dir("", "/").is_some_and(|d| d.join("cgroup.controllers").exists())
-}
-
 /// Samples the cgroup at the absolute cgroupfs path `cgroup` (v1 or v2 by the host).
 pub fn read(cgroup: &str) -> Sample {
-    if v2() {
-        let Some(d) = cgroupfs::dir("", cgroup) else {
+    let host = Hierarchies::host();
+    if host.unified_only() {
+        let Some(d) = host.dir("", cgroup) else {
             return Sample::default();
         };
         let f = |name: &str| read_capped(&d.join(name));
@@ -124,18 +120,10 @@ pub fn read(cgroup: &str) -> Sample {
         s.hugetlb = hugetlb(&d, "current", None);
         return s;
     }
-    let dir = |c: &str| cgroupfs::dir(c, cgroup);
+    // The hierarchies are found by the controllers their mounts carry (`cpu,cpuacct` included).
+    let dir = |c: &str| host.dir(c, cgroup);
     let f = |c: &str, name: &str| dir(c).and_then(|d| read_capped(&d.join(name)));
-    let acct = if dir("cpuacct").is_some_and(|d| d.exists()) {
-        "cpuacct"
-    } else {
-        "cpu,cpuacct"
-    };
-    let cpu = if dir("cpu").is_some_and(|d| d.exists()) {
-        "cpu"
-    } else {
-        "cpu,cpuacct"
-    };
+    let (acct, cpu) = ("cpuacct", "cpu");
     let mut s = parse_v1(&V1Files {
         cpuacct_usage: f(acct, "cpuacct.usage"),
         cpuacct_user: f(acct, "cpuacct.usage_user"),
@@ -521,7 +509,7 @@ mod tests {
         assert_eq!(weight_to_shares(10000), 262144);
         // The weight is rounded up from the shares: mapping back lands at or just above them.
         for shares in [2u64, 512, 1024, 4096, 100_000] {
-            let back = weight_to_shares(cgroupfs::shares_to_weight(shares));
+            let back = weight_to_shares(super::super::cgroupfs::shares_to_weight(shares));
             assert!(
                 back >= shares && back <= shares + shares / 20 + 1,
                 "{shares} -> {back}"

@@ -27,94 +27,6 @@ fn read(controller: &str, cgroup: &str, file: &str) -> Option<String> {
     std::fs::read_to_string(dir(controller, cgroup)?.join(file)).ok()
 }
 
-fn read_u64(controller: &str, cgroup: &str, file: &str) -> Option<u64> {
-    read(controller, cgroup, file)?.trim().parse().ok()
-}
-
-fn stat_field(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
-}
-
-/// One sample of a cgroup's usage. `None` fields: not available.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Usage {
-    pub cpu_ns: Option<u64>,
-    pub memory_usage: Option<u64>,
-    pub working_set: Option<u64>,
-    pub rss: Option<u64>,
-    pub page_faults: Option<u64>,
-    pub major_page_faults: Option<u64>,
-    pub available: Option<u64>,
-}
-
-pub fn usage(cgroup: &str) -> Usage {
-    if v2() {
-        let stat = read("", cgroup, "memory.stat").unwrap_or_default();
-        let current = read_u64("", cgroup, "memory.current");
-        let cpu = read("", cgroup, "cpu.stat")
-            .and_then(|t| stat_field(&t, "usage_usec"))
-            .map(|us| us * 1000);
-        let limit = read_u64("", cgroup, "memory.max");
-        return memory_usage(
-            cpu,
-            current,
-            &stat,
-            "inactive_file",
-            "anon",
-            "pgfault",
-            "pgmajfault",
-            limit,
-        );
-    }
-    let stat = read("memory", cgroup, "memory.stat").unwrap_or_default();
-    let current = read_u64("memory", cgroup, "memory.usage_in_bytes");
-    // The hierarchy carrying cpuacct, on its own or joined with cpu (`cpu,cpuacct`).
-    let cpu = read_u64("cpuacct", cgroup, "cpuacct.usage");
-    let limit = read_u64("memory", cgroup, "memory.limit_in_bytes");
-    memory_usage(
-        cpu,
-        current,
-        &stat,
-        "total_inactive_file",
-        "total_rss",
-        "total_pgfault",
-        "total_pgmajfault",
-        limit,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn memory_usage(
-    cpu_ns: Option<u64>,
-    current: Option<u64>,
-    stat: &str,
-    inactive_key: &str,
-    rss_key: &str,
-    fault_key: &str,
-    major_key: &str,
-    limit: Option<u64>,
-) -> Usage {
-    let inactive = stat_field(stat, inactive_key).unwrap_or(0);
-    let working_set = current.map(|c| c.saturating_sub(inactive));
-    // Limits at or above 2^62 mean "unlimited" (v1 reports 0x7ffffffffffff000).
-    let available = match (limit, working_set) {
-        (Some(l), Some(ws)) if l < (1 << 62) => Some(l.saturating_sub(ws)),
-        _ => None,
-    };
-    Usage {
-        cpu_ns,
-        memory_usage: current,
-        working_set,
-        rss: stat_field(stat, rss_key),
-        page_faults: stat_field(stat, fault_key),
-        major_page_faults: stat_field(stat, major_key),
-        available,
-    }
-}
-
 fn write(controller: &str, cgroup: &str, file: &str, value: &str) -> Result<(), ContainerError> {
     let d =
         dir(controller, cgroup).ok_or_else(|| ContainerError::Invalid(format!("bad cgroup {cgroup:?}")))?;
@@ -322,30 +234,6 @@ pub fn kill_and_remove(cgroup: &str, wait: std::time::Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn working_set_subtracts_inactive_file() {
-        let stat =
-            "cache 10\ntotal_inactive_file 4096\ntotal_rss 8192\ntotal_pgfault 7\ntotal_pgmajfault 1\n";
-        let u = memory_usage(
-            Some(5),
-            Some(20_000),
-            stat,
-            "total_inactive_file",
-            "total_rss",
-            "total_pgfault",
-            "total_pgmajfault",
-            Some(0x7fff_ffff_ffff_f000),
-        );
-        assert_eq!(u.working_set, Some(20_000 - 4096));
-        assert_eq!(
-            (u.rss, u.page_faults, u.major_page_faults),
-            (Some(8192), Some(7), Some(1))
-        );
-        assert_eq!(u.available, None, "unlimited");
-        let limited = memory_usage(None, Some(100), "", "a", "b", "c", "d", Some(1000));
-        assert_eq!(limited.available, Some(900));
-    }
 
     #[test]
     fn weight_mapping_matches_libcontainer() {

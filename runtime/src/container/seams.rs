@@ -76,8 +76,6 @@ pub(crate) trait CgroupAccess: Send + Sync {
     fn kill_and_remove(&self, cgroup: &str, wait: Duration) -> bool;
     /// Writes `resources` (UpdateContainerResources) to the cgroup's files.
     fn apply(&self, cgroup: &str, resources: &LinuxContainerResources) -> Result<(), ContainerError>;
-    /// CPU and memory usage for the stats verbs.
-    fn usage(&self, cgroup: &str) -> cgroupfs::Usage;
     /// Everything the metric RPCs and the swap and process stats report.
     fn sample(&self, cgroup: &str) -> cgroup_sample::Sample;
 }
@@ -155,9 +153,6 @@ impl CgroupAccess for Cgroupfs {
     }
     fn apply(&self, cgroup: &str, resources: &LinuxContainerResources) -> Result<(), ContainerError> {
         cgroupfs::apply(cgroup, resources)
-    }
-    fn usage(&self, cgroup: &str) -> cgroupfs::Usage {
-        cgroupfs::usage(cgroup)
     }
     fn sample(&self, cgroup: &str) -> cgroup_sample::Sample {
         cgroup_sample::read(cgroup)

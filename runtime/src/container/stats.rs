@@ -15,6 +15,7 @@ use cri_api::v1::{
     PodSandboxStats, ProcessUsage, SwapUsage, UInt64Value,
 };
 
+use super::cgroup_sample::Sample;
 use super::record::Record;
 use super::{ContainerError, Containers, now_ns};
 
@@ -78,10 +79,11 @@ impl Containers {
     }
 
     fn pod_stats_blocking(&self, pod: &PodStatsInput) -> Result<PodSandboxStats, ContainerError> {
-        let (cpu, memory) = self.cgroup_stats(&pod.cgroup_parent);
+        let sample = self.cgroups.sample(&pod.cgroup_parent);
+        let (cpu, memory) = self.cgroup_stats(&pod.cgroup_parent, &sample);
         let process = ProcessUsage {
             timestamp: now_ns(),
-            process_count: u(self.cgroups.sample(&pod.cgroup_parent).processes),
+            process_count: u(sample.processes),
         };
         let containers = self
             .all()?
@@ -108,9 +110,9 @@ impl Containers {
     }
 
     fn stats_of(&self, r: &Record) -> ContainerStats {
-        let (cpu, memory) = self.cgroup_stats(&r.cgroup_path);
-        let ts = now_ns();
         let sample = self.cgroups.sample(&r.cgroup_path);
+        let (cpu, memory) = self.cgroup_stats(&r.cgroup_path, &sample);
+        let ts = now_ns();
         let swap = sample.swap_usage.map(|used| SwapUsage {
             timestamp: ts,
             swap_available_bytes: u(sample.swap_available),
@@ -139,30 +141,35 @@ impl Containers {
         }
     }
 
-    fn cgroup_stats(&self, cgroup: &str) -> (CpuUsage, MemoryUsage) {
-        let usage = self.cgroups.usage(cgroup);
+    /// CRI cpu and memory of one sample of `cgroup`; `usage_nano_cores` from the previous
+    /// sample of the same cgroup.
+    fn cgroup_stats(&self, cgroup: &str, sample: &Sample) -> (CpuUsage, MemoryUsage) {
         let ts = now_ns();
-        let nano_cores = usage.cpu_ns.and_then(|now_usage| {
+        let nano_cores = sample.cpu_total_ns.and_then(|now_usage| {
             let mut samples = self.cpu_samples.lock().unwrap_or_else(|e| e.into_inner());
             let prev = samples.insert(cgroup.to_string(), (ts, now_usage));
             let (t0, u0) = prev?;
             let dt = (ts - t0) as u64;
             (dt > 0).then(|| now_usage.saturating_sub(u0).saturating_mul(1_000_000_000) / dt)
         });
+        let available = sample
+            .memory_limit
+            .zip(sample.working_set)
+            .map(|(limit, ws)| limit.saturating_sub(ws));
         (
             CpuUsage {
                 timestamp: ts,
-                usage_core_nano_seconds: u(usage.cpu_ns),
+                usage_core_nano_seconds: u(sample.cpu_total_ns),
                 usage_nano_cores: u(nano_cores),
             },
             MemoryUsage {
                 timestamp: ts,
-                working_set_bytes: u(usage.working_set),
-                available_bytes: u(usage.available),
-                usage_bytes: u(usage.memory_usage),
-                rss_bytes: u(usage.rss),
-                page_faults: u(usage.page_faults),
-                major_page_faults: u(usage.major_page_faults),
+                working_set_bytes: u(sample.working_set),
+                available_bytes: u(available),
+                usage_bytes: u(sample.memory_usage),
+                rss_bytes: u(sample.rss),
+                page_faults: u(sample.pgfault_tree),
+                major_page_faults: u(sample.pgmajfault_tree),
             },
         )
     }

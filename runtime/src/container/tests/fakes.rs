@@ -13,8 +13,8 @@ use std::time::Duration;
 use cri_api::v1::LinuxContainerResources;
 use crius_shim_api::{ExitStatus, ProcessStatus, Request, Response, ShimConfig, ShimState};
 
+use crate::container::ContainerError;
 use crate::container::seams::{CgroupAccess, RootfsMounter, ShimLifecycle};
-use crate::container::{ContainerError, cgroupfs};
 use crate::shim_client::ShimError;
 
 /// The init pid every fake shim reports: above the kernel's PID_MAX_LIMIT (2^22), so no process
@@ -345,10 +345,6 @@ impl CgroupAccess for FakeCgroups {
     fn apply(&self, cgroup: &str, _resources: &LinuxContainerResources) -> Result<(), ContainerError> {
         self.inner().calls.push(CgroupCall::Apply(cgroup.into()));
         Ok(())
-    }
-
-    fn usage(&self, _cgroup: &str) -> cgroupfs::Usage {
-        cgroupfs::Usage::default()
     }
 
     fn sample(&self, _cgroup: &str) -> crate::container::Sample {
