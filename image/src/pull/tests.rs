@@ -22,6 +22,7 @@ pub(super) fn fixture(hosts: BTreeMap<String, Mirror>) -> Fixture {
             root: dir.path().to_path_buf(),
             registries: RegistryHosts::new(hosts),
             pinned: Vec::new(),
+            platform: None,
         },
     )
     .unwrap();
