@@ -243,7 +243,7 @@ pub fn open_images(
             root: root.to_path_buf(),
             registries: crius_image::RegistryHosts::new(hosts),
             pinned: config.pinned_images.clone(),
-            platform: None,
+            platform: config.image_platform.clone(),
         },
     )
 }
