@@ -12,15 +12,16 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// An OCI platform. Built by [`Platform::host`] or parsed from `os/arch[/variant]`; either way
-/// normalized (see the module invariants), so `==` compares what the CPU runs.
+/// An OCI platform. Built by [`Platform::host`], [`Platform::new`] or parsed from
+/// `os/arch[/variant]`; the fields are private so that it is always normalized (see the module
+/// invariants) and `==` compares what the CPU runs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Platform {
-    pub os: String,
-    pub architecture: String,
+    os: String,
+    architecture: String,
     /// None when the architecture has no variant or it is the base one (amd64 v1, arm64 v8).
-    pub variant: Option<String>,
+    variant: Option<String>,
 }
 
 /// Why a platform string was refused.
@@ -37,6 +38,21 @@ impl Platform {
             architecture,
             variant,
         }
+    }
+
+    /// The OS, lowercase (`linux`, `windows`).
+    pub fn os(&self) -> &str {
+        &self.os
+    }
+
+    /// The OCI (Go `GOARCH`) name: `amd64`, `arm64`, `arm`, `386`, `ppc64le`, ...
+    pub fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    /// None for an architecture's base variant (amd64 v1, arm64 v8) and where there is none.
+    pub fn variant(&self) -> Option<&str> {
+        self.variant.as_deref()
     }
 
     /// The platform this process runs on: the OS and architecture it was built for, in OCI names;
@@ -310,11 +326,11 @@ mod tests {
     #[test]
     fn host_platform_is_the_build_target_in_oci_names() {
         let host = Platform::host();
-        assert_eq!(host.os, std::env::consts::OS);
+        assert_eq!(host.os(), std::env::consts::OS);
         assert_eq!(host.to_string().parse::<Platform>().unwrap(), host);
         #[cfg(target_arch = "x86_64")]
         {
-            assert_eq!(host.architecture, "amd64");
+            assert_eq!(host.architecture(), "amd64");
             // Every x86-64 CPU runs baseline amd64 images; it is always the last resort.
             assert_eq!(host.acceptable().last().unwrap().to_string(), "linux/amd64");
         }
