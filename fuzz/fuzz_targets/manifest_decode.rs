@@ -4,5 +4,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = crius_image::registry::decode_manifest("sha256:fuzz", data);
+    let platform = crius_image::Platform::host();
+    let _ = crius_image::registry::decode_manifest("sha256:fuzz", data, &platform);
 });

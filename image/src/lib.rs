@@ -6,6 +6,7 @@
 pub mod content;
 #[cfg(test)]
 mod fake_registry;
+pub mod platform;
 pub mod pull;
 pub mod record;
 pub mod reference;
@@ -17,6 +18,7 @@ mod test_util;
 pub mod unpack;
 pub mod usage;
 
+pub use platform::Platform;
 pub use pull::PullError;
 pub use record::ImageRecord;
 pub use reference::{ImageRef, Mirror, RegistryHosts};

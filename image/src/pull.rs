@@ -167,7 +167,7 @@ impl ImageStore {
             reference: name.clone(),
             source,
         };
-        let resolved = remote.resolve(&oref).await.map_err(reg)?;
+        let resolved = remote.resolve(&oref, &self.platform).await.map_err(reg)?;
         let m = &resolved.manifest;
         let mut keys = vec![resolved.manifest_digest.clone(), m.config.digest.clone()];
         keys.extend(m.layers.iter().map(|l| l.digest.clone()));

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::content::{ContentError, ContentStore};
+use crate::platform::Platform;
 use crate::record::ImageRecord;
 use crate::reference::{ImageRef, RegistryHosts, is_hex64};
 use crate::unpack::Layers;
@@ -78,6 +79,8 @@ pub struct StoreConfig {
     /// Images reported as pinned (`Image.pinned`, which kubelet's image GC never removes), by any
     /// name ImageStatus accepts: a tag follows its re-pulls, a digest or id stays on one image.
     pub pinned: Vec<String>,
+    /// The platform an image index is resolved to; None: the host's ([`Platform::host`]).
+    pub platform: Option<Platform>,
 }
 
 pub struct ImageStore {
@@ -86,6 +89,8 @@ pub struct ImageStore {
     pub(crate) layers: Layers,
     pub(crate) hosts: RegistryHosts,
     pinned: Vec<String>,
+    /// What pulls resolve an index to; fixed for the store's life.
+    pub(crate) platform: Platform,
     /// Serialises fetching one blob and unpacking one layer across concurrent pulls.
     pub(crate) locks: KeyedLocks,
     /// Digests and chain IDs in use by in-flight pulls → how many pulls use them.
@@ -131,6 +136,7 @@ impl ImageStore {
             layers,
             hosts: config.registries,
             pinned: config.pinned,
+            platform: config.platform.unwrap_or_else(Platform::host),
             locks: KeyedLocks::default(),
             protect: Mutex::new(HashMap::new()),
         });

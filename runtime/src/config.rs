@@ -31,6 +31,10 @@ pub struct Config {
     /// Images ListImages and ImageStatus report as pinned (kubelet's image GC keeps them), by
     /// reference, digest or id.
     pub pinned_images: Vec<String>,
+    /// The platform (`os/arch[/variant]`, e.g. `linux/arm64/v8`) a multi-platform image is pulled
+    /// for; absent: the host's, detected. Checked when the file is read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_platform: Option<crius_image::Platform>,
     pub cni: CniConfig,
     pub streaming: StreamingConfig,
     pub metrics: MetricsConfig,
@@ -109,6 +113,7 @@ impl Default for Config {
             streaming: StreamingConfig::default(),
             metrics: MetricsConfig::default(),
             pinned_images: Vec::new(),
+            image_platform: None,
             registry: BTreeMap::new(),
         }
     }
@@ -277,6 +282,7 @@ impl Config {
             "# crius configuration ({DEFAULT_CONFIG_PATH}); every key is shown with its default.\n\
              # log_format is \"text\" or \"json\"; streaming.port = 0 picks a free port.\n\
              # cgroup_manager = \"systemd\" | \"cgroupfs\" (default: systemd when it is PID 1).\n\
+             # image_platform = \"linux/arm64/v8\"  # what images are pulled for (default: this host's)\n\
              {body}\n\
              # Registry mirrors, one table per registry host as written in image names:\n\
              # [registry.\"registry.k8s.io\"]\n\
@@ -345,6 +351,28 @@ mod tests {
         assert_eq!(s.cgroup_driver(), crius_sandbox::cgroup::Driver::Systemd);
         let e = parse("cgroup_manager = \"upstart\"\n").unwrap_err().to_string();
         assert!(e.contains("cgroup_manager"), "{e}");
+    }
+
+    #[test]
+    fn image_platform_is_checked_and_normalized() {
+        assert_eq!(
+            parse("").unwrap().image_platform,
+            None,
+            "the host's unless configured"
+        );
+        let c = parse("image_platform = \"linux/aarch64\"\n").unwrap();
+        assert_eq!(c.image_platform, Some("linux/arm64/v8".parse().unwrap()));
+        let c = parse("image_platform = \"linux/arm/v6\"\n").unwrap();
+        assert_eq!(c.image_platform.unwrap().to_string(), "linux/arm/v6");
+        for bad in ["\"arm64\"", "\"linux/\"", "\"linux/arm64/v8/x\"", "\"\"", "7"] {
+            let e = parse(&format!("image_platform = {bad}\n")).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Key { key, .. } if key == "image_platform"),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse("image_platform = \"amd64\"\n").unwrap_err().to_string();
+        assert!(e.contains("os/architecture"), "{e}");
     }
 
     #[test]

@@ -243,6 +243,7 @@ pub fn open_images(
             root: root.to_path_buf(),
             registries: crius_image::RegistryHosts::new(hosts),
             pinned: config.pinned_images.clone(),
+            platform: config.image_platform.clone(),
         },
     )
 }

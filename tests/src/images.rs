@@ -128,8 +128,19 @@ pub async fn pull(
     c.pull_image(req).await.map(|r| r.into_inner().image_ref)
 }
 
-/// Builds `spec` and pushes it as `<registry>/<repo>:<tag>`.
+/// Builds `spec` and pushes it as `<registry>/<repo>:<tag>`, a linux/amd64 image.
 pub async fn push(registry: &Registry, repo: &str, tag: &str, spec: &ImageSpec) -> Result<Pushed> {
+    push_for(registry, repo, tag, spec, ("linux", "amd64", None)).await
+}
+
+/// [`push`] with the image config naming `platform` (os, architecture, variant) instead.
+pub async fn push_for(
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    spec: &ImageSpec,
+    platform: (&str, &str, Option<&str>),
+) -> Result<Pushed> {
     let repository = format!("{}/{repo}", registry.addr);
     let reference: Reference = format!("{repository}:{tag}").parse()?;
     let mut layers = Vec::new();
@@ -140,7 +151,7 @@ pub async fn push(registry: &Registry, repo: &str, tag: &str, spec: &ImageSpec) 
         let (data, media_type) = compress(&tar, spec.compression)?;
         layers.push(ImageLayer::new(data, media_type.to_string(), None));
     }
-    let config_json = config_json(spec, &diff_ids);
+    let config_json = config_json(spec, &diff_ids, platform);
     let config_digest = sha256_digest(&config_json);
     let config = Config::new(
         config_json,
@@ -167,7 +178,8 @@ pub async fn push(registry: &Registry, repo: &str, tag: &str, spec: &ImageSpec) 
     })
 }
 
-fn config_json(spec: &ImageSpec, diff_ids: &[String]) -> Vec<u8> {
+fn config_json(spec: &ImageSpec, diff_ids: &[String], platform: (&str, &str, Option<&str>)) -> Vec<u8> {
+    let (os, architecture, variant) = platform;
     let mut cfg = serde_json::json!({
         "Env": spec.env,
         "Cmd": spec.cmd,
@@ -184,14 +196,17 @@ fn config_json(spec: &ImageSpec, diff_ids: &[String]) -> Vec<u8> {
     if let Some(s) = &spec.stop_signal {
         cfg["StopSignal"] = serde_json::json!(s);
     }
-    serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
+    let mut image = serde_json::json!({
+        "architecture": architecture,
+        "os": os,
         "created": "2023-11-14T22:13:20Z",
         "config": cfg,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .expect("config serializes")
+    });
+    if let Some(v) = variant {
+        image["variant"] = serde_json::json!(v);
+    }
+    serde_json::to_vec(&image).expect("config serializes")
 }
 
 /// Compresses a layer tar; returns the blob and its media type.

@@ -14,6 +14,11 @@ pub(super) struct Fixture {
 }
 
 pub(super) fn fixture(hosts: BTreeMap<String, Mirror>) -> Fixture {
+    fixture_for(hosts, None)
+}
+
+/// [`fixture`] pulling for `platform` (None: the host's).
+pub(super) fn fixture_for(hosts: BTreeMap<String, Mirror>, platform: Option<crate::Platform>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
     let store = ImageStore::open(
@@ -22,6 +27,7 @@ pub(super) fn fixture(hosts: BTreeMap<String, Mirror>) -> Fixture {
             root: dir.path().to_path_buf(),
             registries: RegistryHosts::new(hosts),
             pinned: Vec::new(),
+            platform,
         },
     )
     .unwrap();
@@ -121,7 +127,8 @@ async fn an_index_resolves_to_linux_amd64_and_records_the_index_digest() {
         served.serve("multi", "unused", r).unwrap_or_else(not_found)
     })
     .await;
-    let f = fixture(BTreeMap::new());
+    // Explicit, so the expectation holds on any host.
+    let f = fixture_for(BTreeMap::new(), Some("linux/amd64".parse().unwrap()));
     let id = f
         .store
         .pull(&format!("{}/multi", reg.addr), &Credentials::default())

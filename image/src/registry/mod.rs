@@ -1,5 +1,6 @@
-//! Talking to one registry endpoint: manifests (indexes resolved to linux/amd64) and blobs, over
-//! our own small HTTP client (oci-client's reads whole bodies; only its manifest types are used).
+//! Talking to one registry endpoint: manifests (indexes resolved to the wanted [`Platform`]) and
+//! blobs, over our own small HTTP client (oci-client's reads whole bodies; only its manifest
+//! types are used).
 //!
 //! Invariants: every body is bounded while it is read ([`http`]): manifests and indexes by
 //! [`MAX_MANIFEST_BYTES`], blobs by their descriptor's size (a config's by [`MAX_CONFIG_BYTES`]),
@@ -18,6 +19,7 @@ use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciIma
 use oci_client::secrets::RegistryAuth;
 
 use crate::content::{ContentError, ContentStore};
+use crate::platform::Platform;
 use crate::reference::Endpoint;
 
 pub use http::{MAX_ERROR_BODY_BYTES, MAX_MANIFEST_BYTES, MAX_TOKEN_BYTES};
@@ -54,8 +56,13 @@ pub enum RegistryError {
     DigestMismatch { expected: String, actual: String },
     #[error("invalid manifest {digest}: {why}")]
     InvalidManifest { digest: String, why: String },
-    #[error("no linux/amd64 image in the index {0}")]
-    NoPlatform(String),
+    #[error("the index {index} has no image for {wanted} (it offers: {offered})")]
+    NoPlatform {
+        index: String,
+        /// The platform asked for, as configured or detected.
+        wanted: String,
+        offered: String,
+    },
     #[error("invalid credentials in the pull request: {0}")]
     BadAuth(&'static str),
     /// A body over its cap, refused from its Content-Length or as soon as the bytes read passed it.
@@ -260,10 +267,14 @@ impl Remote {
         Ok((body, actual))
     }
 
-    /// Fetches the manifest `r` names; an index is resolved to its linux/amd64 manifest.
-    pub async fn resolve(&self, r: &oci_client::Reference) -> Result<Resolved, RegistryError> {
+    /// Fetches the manifest `r` names; an index is resolved to its best manifest for `platform`.
+    pub async fn resolve(
+        &self,
+        r: &oci_client::Reference,
+        platform: &Platform,
+    ) -> Result<Resolved, RegistryError> {
         let (bytes, digest) = self.manifest_raw(r).await?;
-        let entry = match decode_manifest(&digest, &bytes)? {
+        let entry = match decode_manifest(&digest, &bytes, platform)? {
             Decoded::Manifest(manifest) => {
                 return Ok(Resolved {
                     manifest,
@@ -366,15 +377,16 @@ fn parse_manifest(digest: &str, bytes: &[u8]) -> Result<OciImageManifest, Regist
 #[derive(Debug)]
 pub enum Decoded {
     Manifest(OciImageManifest),
-    /// An index (or Docker manifest list); the digest of its linux/amd64 manifest.
+    /// An index (or Docker manifest list); the digest of its best manifest for the platform.
     Index {
         platform_manifest: String,
     },
 }
 
 /// Decodes a manifest or index body (`digest` names it in errors) and checks what a pull relies
-/// on: schema version, config size bound, well-formed digests, a linux/amd64 entry in an index.
-pub fn decode_manifest(digest: &str, bytes: &[u8]) -> Result<Decoded, RegistryError> {
+/// on: schema version, config size bound, well-formed digests, an entry for `platform` (or one it
+/// runs) in an index.
+pub fn decode_manifest(digest: &str, bytes: &[u8], platform: &Platform) -> Result<Decoded, RegistryError> {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "mediaType", default)]
@@ -395,28 +407,30 @@ pub fn decode_manifest(digest: &str, bytes: &[u8]) -> Result<Decoded, RegistryEr
         return parse_manifest(digest, bytes).map(Decoded::Manifest);
     }
     let index: OciImageIndex = serde_json::from_slice(bytes).map_err(|e| invalid(digest, e))?;
-    let entry =
-        pick_platform(&index.manifests).ok_or_else(|| RegistryError::NoPlatform(digest.to_string()))?;
+    let entry = pick_platform(&index.manifests, platform).ok_or_else(|| RegistryError::NoPlatform {
+        index: digest.to_string(),
+        wanted: platform.to_string(),
+        offered: offered(&index.manifests),
+    })?;
     crate::content::digest_hex(&entry.digest).map_err(|e| invalid(digest, e))?;
     Ok(Decoded::Index {
         platform_manifest: entry.digest.clone(),
     })
 }
 
-/// CRI: the host platform is linux/amd64; among amd64 entries prefer no variant, then v2, v1.
-pub fn pick_platform(entries: &[ImageIndexEntry]) -> Option<&ImageIndexEntry> {
-    use oci_spec::image::{Arch, Os};
+/// The entry of an index that best runs on `platform`, by [`Platform::acceptable`]'s order; among
+/// equally good entries the first in the index (containerd's choice too). Entries without a
+/// platform are never chosen: nothing says they can run here.
+pub fn pick_platform<'a>(entries: &'a [ImageIndexEntry], platform: &Platform) -> Option<&'a ImageIndexEntry> {
+    let acceptable = platform.acceptable();
     let rank = |e: &ImageIndexEntry| {
         let p = e.platform.as_ref()?;
-        if p.os != Os::Linux || p.architecture != Arch::Amd64 {
-            return None;
-        }
-        match p.variant.as_deref() {
-            None | Some("") => Some(0),
-            Some("v2") => Some(1),
-            Some("v1") => Some(2),
-            Some(_) => None,
-        }
+        Platform::rank_in(
+            &acceptable,
+            &p.os.to_string(),
+            &p.architecture.to_string(),
+            p.variant.as_deref(),
+        )
     };
     entries
         .iter()
@@ -425,6 +439,38 @@ pub fn pick_platform(entries: &[ImageIndexEntry]) -> Option<&ImageIndexEntry> {
         .map(|(_, e)| e)
 }
 
+/// The platforms an index lists, for an error message: at most 8 of at most 64 characters each
+/// (the registry writes them), then how many more.
+fn offered(entries: &[ImageIndexEntry]) -> String {
+    const SHOWN: usize = 8;
+    const LONGEST: usize = 64;
+    let mut names: Vec<String> = entries
+        .iter()
+        .take(SHOWN)
+        .map(|e| match &e.platform {
+            Some(p) => Platform::new(
+                &p.os.to_string(),
+                &p.architecture.to_string(),
+                p.variant.as_deref(),
+            )
+            .to_string()
+            .chars()
+            .take(LONGEST)
+            .collect(),
+            None => "no platform".to_string(),
+        })
+        .collect();
+    if entries.len() > SHOWN {
+        names.push(format!("{} more", entries.len() - SHOWN));
+    }
+    if names.is_empty() {
+        return "nothing".to_string();
+    }
+    names.join(", ")
+}
+
+#[cfg(test)]
+mod pick_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,27 +507,6 @@ mod tests {
             c(|c| c.auth = "!!".into()),
             Err(RegistryError::BadAuth(_))
         ));
-    }
-
-    #[test]
-    fn platform_choice_is_linux_amd64_variant_aware() {
-        let entry = |d: &str, arch: &str, variant: Option<&str>| -> ImageIndexEntry {
-            serde_json::from_value(serde_json::json!({
-                "mediaType": oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
-                "digest": d, "size": 1,
-                "platform": {"os": "linux", "architecture": arch, "variant": variant}
-            }))
-            .unwrap()
-        };
-        let list = vec![
-            entry("arm", "arm64", Some("v8")),
-            entry("v3", "amd64", Some("v3")),
-            entry("v2", "amd64", Some("v2")),
-            entry("plain", "amd64", None),
-        ];
-        assert_eq!(pick_platform(&list).unwrap().digest, "plain");
-        assert_eq!(pick_platform(&list[..3]).unwrap().digest, "v2");
-        assert!(pick_platform(&list[..1]).is_none());
     }
 
     #[test]

@@ -22,6 +22,7 @@ fn pinned_fixture(pinned: &[&str]) -> Fixture {
             root: dir.path().to_path_buf(),
             registries: RegistryHosts::default(),
             pinned: pinned.iter().map(|p| p.to_string()).collect(),
+            platform: None,
         },
     )
     .unwrap();
@@ -219,6 +220,7 @@ fn gc_spares_in_flight_pulls_and_reopen_cleans_orphans() {
             root,
             registries: RegistryHosts::default(),
             pinned: Vec::new(),
+            platform: None,
         },
     )
     .unwrap();

@@ -42,7 +42,7 @@ pub fn pull(e: crius_image::PullError) -> Status {
     match e {
         P::Reference(_) | P::InvalidConfig { .. } => Status::invalid_argument(msg),
         P::Registry { source, .. } => match source {
-            R::NotFound(_) | R::NoPlatform(_) => Status::not_found(msg),
+            R::NotFound(_) | R::NoPlatform { .. } => Status::not_found(msg),
             R::Unauthorized(_) => Status::unauthenticated(msg),
             R::Server { .. } | R::Network(_) => Status::unavailable(msg),
             R::Timeout(_) => Status::deadline_exceeded(msg),

@@ -45,6 +45,7 @@ impl Fixture {
                 root: root.clone(),
                 registries: Default::default(),
                 pinned: Vec::new(),
+                platform: None,
             },
         )
         .unwrap();
