@@ -17,6 +17,7 @@
 //! `tests/` drive the verbs with recording fakes.
 
 mod attach;
+mod census;
 mod cgroupfs;
 mod create;
 mod events;
@@ -51,6 +52,7 @@ use crius_shim_api::{ExitStatus, ShimConfig};
 use crate::shim_client::{ShimClient, ShimError};
 use crate::spec::{HostFacts, PodFiles, PodNamespaces, SpecError};
 
+pub use census::{ContainerCensus, ExitCounts};
 pub use events::{Event, EventKind, Events};
 pub use pod::{PodHook, pod_info};
 pub use record::{Record, RecordError, State, Status};
@@ -338,7 +340,8 @@ impl Containers {
     }
 
     /// Records an exit that did not come from the shim's exit file (the shim is gone), unless an
-    /// exit is already recorded; publishes STOPPED when it changed the record.
+    /// exit is already recorded; publishes STOPPED and counts a lost shim when it changed the
+    /// record.
     pub(crate) fn record_lost_exit(
         &self,
         id: &str,
@@ -356,6 +359,7 @@ impl Containers {
             Ok(())
         })?;
         if changed {
+            self.events.exit_counts().shim_lost();
             self.events.send(&r.id, &r.sandbox_id, EventKind::Stopped);
         }
         Ok(r)
@@ -424,6 +428,9 @@ pub(crate) fn fold_exit_file(
         Ok(())
     })?;
     if changed {
+        if exit.oom_killed {
+            events.exit_counts().oom_killed();
+        }
         events.send(&r.id, &r.sandbox_id, EventKind::Stopped);
     }
     Ok(r)
