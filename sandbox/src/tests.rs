@@ -385,7 +385,11 @@ async fn recovery_marks_pods_with_lost_namespaces_not_ready() {
     crate::netns::unpin(&rec.meta.ns_dir).unwrap();
     let orphan = env.dir.join("state/pods").join("ab".repeat(32));
     std::fs::create_dir_all(&orphan).unwrap();
-    assert_eq!(env.manager.recovered(), crate::Recovered::default(), "nothing at start");
+    assert_eq!(
+        env.manager.recovered(),
+        crate::Recovered::default(),
+        "nothing at start"
+    );
     let found = env.manager.recover().unwrap();
     assert_eq!(found.sandboxes, 1);
     assert_eq!(found.marked_not_ready, 1);

@@ -33,12 +33,17 @@ impl World {
 
     /// Like [`World::new`], with `spec` pushed and pulled as the world's image.
     pub async fn with_image(spec: ImageSpec) -> Result<World> {
+        World::with_config(spec, "").await
+    }
+
+    /// Like [`World::with_image`], the daemon's configuration extended by `extra_config`.
+    pub async fn with_config(spec: ImageSpec, extra_config: &str) -> Result<World> {
         crate::util::require_root();
         let net = TestNet::new();
         let n = net.n;
         let reg = Registry::start()?;
         let pushed = images::push(&reg, "test/busybox", "1", &spec).await?;
-        let mut d = net.daemon().await?;
+        let mut d = net.daemon_with(extra_config).await?;
         d.pull(&pushed.reference).await?;
         let log_dir = d.dir.join("pod-logs");
         std::fs::create_dir_all(&log_dir)?;

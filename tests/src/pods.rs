@@ -105,8 +105,14 @@ impl TestNet {
 
     /// A daemon of its own whose only CNI network is this one.
     pub async fn daemon(&self) -> anyhow::Result<crate::Daemon> {
+        self.daemon_with("").await
+    }
+
+    /// [`TestNet::daemon`] with `extra_config` appended to its configuration.
+    pub async fn daemon_with(&self, extra_config: &str) -> anyhow::Result<crate::Daemon> {
         crate::Daemon::start_with(crate::DaemonOptions {
             cni_conflist: Some(self.conflist("")),
+            extra_config: extra_config.into(),
             ..Default::default()
         })
         .await
