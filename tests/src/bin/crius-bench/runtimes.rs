@@ -33,8 +33,10 @@ pub struct Runtime {
     child: Option<Child>,
     /// Process name of its per-container (crius) or per-pod (containerd) shim.
     pub shim_name: &'static str,
-    /// Where it serves Prometheus metrics (`/metrics`, loopback).
+    /// Where it serves Prometheus metrics (loopback), and the path: crius `/metrics`,
+    /// containerd `/v1/metrics`.
     pub metrics: SocketAddr,
+    pub metrics_path: &'static str,
 }
 
 /// A loopback address with a port free right now, for a runtime's metrics endpoint.
@@ -180,6 +182,11 @@ impl Runtime {
                             child: Some(child),
                             shim_name,
                             metrics,
+                            metrics_path: if name == "containerd" {
+                                "/v1/metrics"
+                            } else {
+                                "/metrics"
+                            },
                         });
                     }
                 }

@@ -1,8 +1,9 @@
 //! Scenario 8: what one Prometheus scrape of the daemon costs with many pods running — the
 //! daemon's CPU (utime + stime from `/proc/<pid>/stat` across all scrapes, divided by their
 //! number, so the 10 ms tick is spread over the run), each scrape's wall time, and the size of
-//! the answer. Both runtimes serve `/metrics` on a loopback port of their own; scrapes are
-//! sequential, as one Prometheus server scrapes one target.
+//! the answer. Both runtimes serve metrics on a loopback port of their own (crius `/metrics`,
+//! containerd `/v1/metrics`); scrapes are sequential, as one Prometheus server scrapes one
+//! target.
 //!
 //! Invariant: every pod the scenario starts is removed before it returns.
 
@@ -29,7 +30,7 @@ pub async fn scrape_cost(
     scrapes: usize,
     image: &str,
 ) -> Result<ScrapeCost, Fail> {
-    let addr = r.metrics;
+    let addr = (r.metrics, r.metrics_path);
     let pid = r
         .daemon_pid()
         .ok_or_else(|| Fail::Other(anyhow!("daemon not running")))? as i32;
@@ -48,7 +49,7 @@ pub async fn scrape_cost(
     figures
 }
 
-async fn measure(addr: std::net::SocketAddr, pid: i32, scrapes: usize) -> Result<ScrapeCost, Fail> {
+async fn measure(addr: Endpoint, pid: i32, scrapes: usize) -> Result<ScrapeCost, Fail> {
     // Let start-up work of the last pods settle, and warm the endpoint once.
     tokio::time::sleep(Duration::from_secs(2)).await;
     scrape(addr).await?;
@@ -68,15 +69,16 @@ async fn measure(addr: std::net::SocketAddr, pid: i32, scrapes: usize) -> Result
     })
 }
 
-/// One `GET /metrics` (off the async workers); the body's size.
-async fn scrape(addr: std::net::SocketAddr) -> Result<usize, Fail> {
-    let (status, body) = tokio::task::spawn_blocking(move || crius_tests::metrics::get(addr, "/metrics"))
+/// A runtime's metrics address and path.
+type Endpoint = (std::net::SocketAddr, &'static str);
+
+/// One `GET` of the metrics (off the async workers); the body's size.
+async fn scrape((addr, path): Endpoint) -> Result<usize, Fail> {
+    let (status, body) = tokio::task::spawn_blocking(move || crius_tests::metrics::get(addr, path))
         .await
         .map_err(|e| Fail::Other(e.into()))??;
     if status != 200 {
-        return Err(Fail::Other(anyhow!(
-            "GET http://{addr}/metrics: {status}: {body}"
-        )));
+        return Err(Fail::Other(anyhow!("GET http://{addr}{path}: {status}: {body}")));
     }
     Ok(body.len())
 }
