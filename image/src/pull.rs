@@ -270,6 +270,16 @@ impl ImageStore {
         Ok(config_id)
     }
 
+    /// Bytes of blobs downloaded from registries since the store was opened (the daemon's
+    /// metrics read it).
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetched.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_fetched(&self, n: u64) {
+        self.fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Fetches one blob unless the content store has it; one fetch per digest at a time.
     async fn fetch(
         &self,
@@ -281,7 +291,8 @@ impl ImageStore {
         if !self.content.contains(&desc.digest) {
             tracing::debug!(digest = %desc.digest, size = desc.size, endpoint = %remote.endpoint.host, "fetching blob");
             let started = std::time::Instant::now();
-            remote.fetch_blob(oref, desc, &self.content, None).await?;
+            let n = remote.fetch_blob(oref, desc, &self.content, None).await?;
+            self.count_fetched(n);
             tracing::debug!(digest = %desc.digest, elapsed = ?started.elapsed(), "fetched blob");
         }
         Ok(())
@@ -358,7 +369,7 @@ impl ImageStore {
             };
             // A failed download explains a failed unpack: report it first.
             if let Some(fetched) = fetched {
-                fetched.map_err(registry_err)?;
+                self.count_fetched(fetched.map_err(registry_err)?);
             }
             unpacked.map_err(task_err)?.map_err(layer_err)?;
             tracing::debug!(digest = %desc.digest, "fetched blob");

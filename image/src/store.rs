@@ -95,6 +95,9 @@ pub struct ImageStore {
     pub(crate) locks: KeyedLocks,
     /// Digests and chain IDs in use by in-flight pulls → how many pulls use them.
     protect: Mutex<HashMap<String, usize>>,
+    /// Bytes of blobs downloaded from registries into the content store since the store was
+    /// opened (a blob already present is not downloaded, so not counted).
+    pub(crate) fetched: std::sync::atomic::AtomicU64,
 }
 
 /// Keeps digests protected from GC while a pull uses them.
@@ -139,6 +142,7 @@ impl ImageStore {
             platform: config.platform.unwrap_or_else(Platform::host),
             locks: KeyedLocks::default(),
             protect: Mutex::new(HashMap::new()),
+            fetched: std::sync::atomic::AtomicU64::new(0),
         });
         store.gc()?;
         Ok(store)

@@ -50,6 +50,8 @@ pub enum DaemonError {
     Signal(#[source] std::io::Error),
     #[error("cgroup_manager = \"systemd\" needs {0}")]
     SystemdDriver(&'static str),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -86,6 +88,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
+    // Recovery starts here: opening the sandbox manager reconciles the pods.
+    let recovery_started = std::time::Instant::now();
     let sandboxes = match open_sandboxes(&config, db.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -131,14 +135,23 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     };
     let _ = crius.streaming.set(streaming);
+    let metrics_server = match start_metrics(&crius).await {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket);
+            return Err(e);
+        }
+    };
     let (runtime, images) = server::services(crius.clone());
 
-    let recovery = tokio::spawn(recover(crius.clone()));
+    let recovery = tokio::spawn(recover(crius.clone(), recovery_started));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = tonic::transport::Server::builder()
         .trace_fn(server::rpc_span)
-        .layer(server::RpcLog)
+        .layer(server::RpcLog {
+            metrics: crius.metrics.clone(),
+        })
         .add_service(runtime)
         .add_service(images)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
@@ -163,6 +176,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     recovery.abort();
     events.abort();
+    drop(metrics_server);
     let _ = std::fs::remove_file(&socket);
     tracing::info!("crius stopped; containers keep running");
     result
@@ -208,13 +222,30 @@ fn check_cgroup_driver(config: &Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// The Prometheus endpoint on `metrics.address`, when it is set. A failure to bind is a
+/// start-up error naming the address.
+async fn start_metrics(crius: &Arc<Crius>) -> Result<Option<crate::metrics::MetricsServer>, DaemonError> {
+    let address = &crius.config.metrics.address;
+    if address.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        crate::metrics::MetricsServer::start(address, crius.metrics.clone()).await?,
+    ))
+}
+
 /// Start-up recovery: reconciles every stored object with the kernel, then opens the gate.
-/// Sandboxes were reconciled when their manager opened; containers are reconciled here, each
-/// bounded in time on its own (see `container::recover`).
-async fn recover(crius: Arc<Crius>) {
-    let started = std::time::Instant::now();
-    crius.containers.recover().await;
-    tracing::info!(elapsed = ?started.elapsed(), "recovery finished; serving");
+/// Sandboxes were reconciled when their manager opened (at `started`); containers are
+/// reconciled here, each bounded in time on its own (see `container::recover`).
+async fn recover(crius: Arc<Crius>, started: std::time::Instant) {
+    let containers = crius.containers.recover().await;
+    let duration = started.elapsed();
+    tracing::info!(elapsed = ?duration, "recovery finished; serving");
+    crius.metrics.set_recovery(crate::metrics::Recovery {
+        duration,
+        pods: crius.sandboxes.recovered(),
+        containers,
+    });
     crius.mark_ready();
     crate::notify::ready();
 }

@@ -1,10 +1,12 @@
 //! The crius daemon: configuration, the CRI gRPC server (the only tonic code), the runtime-wide
-//! queries (version, status, filesystem info), start-up recovery and the process lifecycle.
+//! queries (version, status, filesystem info), start-up recovery, the Prometheus endpoint and the
+//! process lifecycle.
 
 pub mod config;
 pub mod container;
 pub mod daemon;
 pub mod info;
+pub mod metrics;
 pub mod node;
 mod notify;
 pub mod private;

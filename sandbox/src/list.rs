@@ -10,6 +10,7 @@ use cri_api::v1::{PodSandbox, PodSandboxFilter};
 
 use crate::error::SandboxError;
 use crate::manager::SandboxManager;
+use crate::record::SandboxState;
 use crate::status::cri_state;
 use crate::store;
 
@@ -33,6 +34,21 @@ impl SandboxManager {
             Ok(records)
         })
         .await
+    }
+
+    /// Blocking. How many pods are READY and NOTREADY, as ListPodSandbox would list them
+    /// (sandboxes being created left out, unreadable records NOTREADY when still listed).
+    pub fn count_by_state(&self) -> Result<(u64, u64), SandboxError> {
+        let (records, unreadable) = store::scan(&self.db)?;
+        let (mut ready, mut not_ready) = (0, 0);
+        for r in records.iter().filter(|r| !self.is_creating(&r.meta.id)) {
+            match r.status.state {
+                SandboxState::Ready => ready += 1,
+                SandboxState::NotReady => not_ready += 1,
+            }
+        }
+        not_ready += unreadable.iter().filter(|u| u.listed.is_some()).count() as u64;
+        Ok((ready, not_ready))
     }
 
     fn list_blocking(&self, filter: Option<PodSandboxFilter>) -> Result<Vec<PodSandbox>, SandboxError> {

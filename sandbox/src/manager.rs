@@ -57,6 +57,8 @@ pub struct SandboxManager {
     pub(crate) locks: cri_api::keyed::KeyedLocks,
     creating: Mutex<HashSet<String>>,
     hook: RwLock<Option<Arc<dyn ContainerHook>>>,
+    /// What start-up reconciliation did; set once by `new`.
+    recovered: std::sync::OnceLock<crate::Recovered>,
 }
 
 impl SandboxManager {
@@ -100,9 +102,16 @@ impl SandboxManager {
             locks: Default::default(),
             creating: Mutex::default(),
             hook: RwLock::new(None),
+            recovered: std::sync::OnceLock::new(),
         });
-        manager.recover()?;
+        let recovered = manager.recover()?;
+        let _ = manager.recovered.set(recovered);
         Ok(manager)
+    }
+
+    /// What start-up reconciliation found and did (the daemon's metrics report it).
+    pub fn recovered(&self) -> crate::Recovered {
+        self.recovered.get().cloned().unwrap_or_default()
     }
 
     /// Plugs in container stop/removal. Until then a pod has no containers to stop.

@@ -255,6 +255,7 @@ async fn names_are_reserved_and_list_filters_apply() {
         .map(|p| p.id)
         .collect();
     assert_eq!(got, vec![a.clone()]);
+    assert_eq!(m.count_by_state().unwrap(), (1, 1), "a READY, b NOTREADY");
     // A prefix shared by both ids (the empty-ish one-char prefix may be) is ambiguous for
     // status and matches nothing in list; ids that are not hex are refused.
     let common: String = a
@@ -384,6 +385,11 @@ async fn recovery_marks_pods_with_lost_namespaces_not_ready() {
     crate::netns::unpin(&rec.meta.ns_dir).unwrap();
     let orphan = env.dir.join("state/pods").join("ab".repeat(32));
     std::fs::create_dir_all(&orphan).unwrap();
+    assert_eq!(
+        env.manager.recovered(),
+        crate::Recovered::default(),
+        "nothing at start"
+    );
     let found = env.manager.recover().unwrap();
     assert_eq!(found.sandboxes, 1);
     assert_eq!(found.marked_not_ready, 1);

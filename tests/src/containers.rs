@@ -41,7 +41,8 @@ impl World {
         World::with_image_and_config(ImageSpec::busybox(), extra_config).await
     }
 
-    async fn with_image_and_config(spec: ImageSpec, extra_config: &str) -> Result<World> {
+    /// Like [`World::with_image`], the daemon's configuration extended by `extra_config`.
+    pub async fn with_image_and_config(spec: ImageSpec, extra_config: &str) -> Result<World> {
         crate::util::require_root();
         let net = TestNet::new();
         let n = net.n;

@@ -6,6 +6,7 @@ pub mod containers;
 pub mod daemon;
 pub mod images;
 pub mod index;
+pub mod metrics;
 pub mod pods;
 pub mod registry;
 pub mod security;

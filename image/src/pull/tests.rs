@@ -92,6 +92,8 @@ async fn pulls_records_and_a_second_pull_fetches_no_blob() {
     );
     // The test tar leaves uid/gid/mtime empty, as some Go tools do: read as 0.
     assert_eq!(std::fs::read(dirs[0].join("hello.txt")).unwrap(), b"hi");
+    let fetched = (img.config.len() + img.layer.len()) as u64;
+    assert_eq!(f.store.fetched_bytes(), fetched, "config and layer downloaded");
 
     let blob_gets = |reg: &FakeRegistry| reg.paths().iter().filter(|p| p.contains("/blobs/")).count();
     let before = blob_gets(&reg);
@@ -100,6 +102,7 @@ async fn pulls_records_and_a_second_pull_fetches_no_blob() {
         .await
         .unwrap();
     assert_eq!(blob_gets(&reg), before, "everything was already local");
+    assert_eq!(f.store.fetched_bytes(), fetched, "nothing downloaded again");
 }
 
 #[tokio::test]

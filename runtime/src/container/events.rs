@@ -43,12 +43,21 @@ pub struct Event {
 }
 
 /// The sending side, shared by the verbs and the exit watcher.
+/// The exit counters travel with it: every code path that records an exit holds an `Events`.
 #[derive(Clone)]
-pub struct Events(broadcast::Sender<Event>, std::sync::Arc<std::sync::Mutex<()>>);
+pub struct Events(
+    broadcast::Sender<Event>,
+    std::sync::Arc<std::sync::Mutex<()>>,
+    std::sync::Arc<super::census::ExitCounts>,
+);
 
 impl Default for Events {
     fn default() -> Self {
-        Events(broadcast::channel(CAPACITY).0, Default::default())
+        Events(
+            broadcast::channel(CAPACITY).0,
+            Default::default(),
+            Default::default(),
+        )
     }
 }
 
@@ -70,6 +79,11 @@ impl Events {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.0.subscribe()
+    }
+
+    /// Raised by the record update that recorded the exit (see `census.rs`).
+    pub(crate) fn exit_counts(&self) -> &super::census::ExitCounts {
+        &self.2
     }
 }
 

@@ -17,6 +17,7 @@
 //! `tests/` drive the verbs with recording fakes.
 
 mod attach;
+mod census;
 mod cgroup_sample;
 mod cgroupfs;
 mod create;
@@ -53,6 +54,7 @@ use crius_shim_api::{ExitStatus, ShimConfig};
 use crate::shim_client::{ShimClient, ShimError};
 use crate::spec::{HostFacts, PodFiles, PodNamespaces, SpecError};
 
+pub use census::{ContainerCensus, ExitCounts};
 pub use cgroup_sample::Sample;
 pub(crate) use cgroup_sample::read_capped;
 pub use events::{Event, EventKind, Events};
@@ -343,7 +345,8 @@ impl Containers {
     }
 
     /// Records an exit that did not come from the shim's exit file (the shim is gone), unless an
-    /// exit is already recorded; publishes STOPPED when it changed the record.
+    /// exit is already recorded; publishes STOPPED and counts a lost shim when it changed the
+    /// record.
     pub(crate) fn record_lost_exit(
         &self,
         id: &str,
@@ -361,6 +364,7 @@ impl Containers {
             Ok(())
         })?;
         if changed {
+            self.events.exit_counts().shim_lost();
             self.events.send(&r.id, &r.sandbox_id, EventKind::Stopped);
         }
         Ok(r)
@@ -429,6 +433,9 @@ pub(crate) fn fold_exit_file(
         Ok(())
     })?;
     if changed {
+        if exit.oom_killed {
+            events.exit_counts().oom_killed();
+        }
         events.send(&r.id, &r.sandbox_id, EventKind::Stopped);
     }
     Ok(r)

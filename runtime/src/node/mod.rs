@@ -58,6 +58,8 @@ pub struct Crius {
     pub handover: Arc<handover::Handover>,
     /// The Exec/Attach/PortForward server, set once at start-up.
     pub streaming: std::sync::OnceLock<Arc<crius_streaming::StreamingServer>>,
+    /// The Prometheus series (served on `metrics.address` when it is set).
+    pub metrics: Arc<crate::metrics::Metrics>,
     ready: AtomicBool,
 }
 
@@ -69,6 +71,11 @@ impl Crius {
         sandboxes: Arc<crius_sandbox::SandboxManager>,
         containers: Arc<crate::container::Containers>,
     ) -> Arc<Crius> {
+        let metrics = crate::metrics::Metrics::new(Arc::new(crate::metrics::node::Managers {
+            containers: containers.clone(),
+            sandboxes: sandboxes.clone(),
+            images: images.clone(),
+        }));
         Arc::new(Crius {
             config,
             db,
@@ -78,6 +85,7 @@ impl Crius {
             events: Arc::default(),
             handover: Arc::default(),
             streaming: std::sync::OnceLock::new(),
+            metrics,
             ready: AtomicBool::new(false),
         })
     }

@@ -94,10 +94,17 @@ impl ImageService for Images {
             })
             .unwrap_or_default();
         let store = self.0.images.clone();
-        let image_ref = tokio::spawn(async move { store.pull(&image, &creds).await })
-            .await
-            .map_err(|e| task_failed("PullImage", e))?
-            .map_err(error::pull)?;
+        let metrics = self.0.metrics.clone();
+        // Counted inside the task: a pull that outlives its client is counted when it ends.
+        let image_ref = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let pulled = store.pull(&image, &creds).await;
+            metrics.observe_pull(pulled.is_ok(), started.elapsed());
+            pulled
+        })
+        .await
+        .map_err(|e| task_failed("PullImage", e))?
+        .map_err(error::pull)?;
         Ok(Response::new(PullImageResponse { image_ref }))
     }
 

@@ -5,28 +5,39 @@
 //! runtime failure (Internal, Unknown, DataLoss, Unavailable, DeadlineExceeded) at error, so a
 //! failed CreateContainer always leaves a line.
 //!
+//! The same observation feeds the Prometheus series of the RPC (count by method and code,
+//! latency by method: `crate::metrics`).
+//!
 //! Invariant: the layer only reads the response head; tonic puts an error's `grpc-status` in
 //! the headers (a trailers-only response), a success's in trailers (counted here as OK).
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use tonic::codegen::http;
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RpcLog;
+/// Logs each RPC and counts it in `metrics`.
+#[derive(Debug, Clone)]
+pub struct RpcLog {
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
 
 impl<S> tower::Layer<S> for RpcLog {
     type Service = RpcLogService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RpcLogService { inner }
+        RpcLogService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RpcLogService<S> {
     inner: S,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for RpcLogService<S>
@@ -45,6 +56,8 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let started = Instant::now();
+        let path = req.uri().path().to_string();
+        let metrics = self.metrics.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await;
@@ -61,11 +74,15 @@ where
                     let message = h
                         .get("grpc-message")
                         .and_then(|v| v.to_str().ok())
-                        .map(|m| percent_decode(m))
+                        .map(percent_decode)
                         .unwrap_or_default();
                     log(code, &message, elapsed);
+                    metrics.observe_rpc(&path, code, elapsed);
                 }
-                Err(e) => tracing::error!(?elapsed, error = %e, "rpc failed in transport"),
+                Err(e) => {
+                    tracing::error!(?elapsed, error = %e, "rpc failed in transport");
+                    metrics.observe_rpc(&path, tonic::Code::Unknown, elapsed);
+                }
             }
             res
         })
@@ -126,6 +143,11 @@ mod tests {
     /// Runs one RPC answering `status` (None: OK) through the layer, inside `rpc_span` with a
     /// container id recorded as a handler does, and returns the log.
     fn logged(status: Option<(i32, &'static str)>) -> String {
+        logged_into(status, &crate::metrics::tests::metrics_with(Default::default()))
+    }
+
+    /// [`logged`], counting in `metrics`.
+    fn logged_into(status: Option<(i32, &'static str)>, metrics: &Arc<crate::metrics::Metrics>) -> String {
         let buf = Buf::default();
         let w = buf.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -143,7 +165,10 @@ mod tests {
                 }
                 Ok::<_, std::convert::Infallible>(resp)
             });
-            let mut svc = super::RpcLog.layer(inner);
+            let mut svc = super::RpcLog {
+                metrics: metrics.clone(),
+            }
+            .layer(inner);
             let req = http::Request::builder()
                 .uri("/runtime.v1.RuntimeService/StartContainer")
                 .body(())
@@ -181,6 +206,22 @@ mod tests {
         );
         assert!(failed.contains("container c0ffee: shim: gone"), "{failed}");
         assert!(failed.contains("container=c0ffee"), "{failed}");
+    }
+
+    #[test]
+    fn each_rpc_is_counted_by_method_and_code() {
+        let metrics = crate::metrics::tests::metrics_with(Default::default());
+        logged_into(None, &metrics);
+        logged_into(None, &metrics);
+        logged_into(Some((5, "gone")), &metrics);
+        let text = metrics.encode();
+        for series in [
+            r#"crius_grpc_requests_total{method="StartContainer",code="OK"} 2"#,
+            r#"crius_grpc_requests_total{method="StartContainer",code="NOT_FOUND"} 1"#,
+            r#"crius_grpc_request_duration_seconds_count{method="StartContainer"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! teardown retried) that the integration suite cannot produce on cue. No root needed; nothing
 //! on the host is mounted, signalled or written outside the tempdir.
 
+mod census;
 mod create;
 mod fakes;
 mod lifecycle;

@@ -33,7 +33,7 @@ pub struct StalledExec {
 }
 
 /// utime + stime of `pid` in seconds (0 when it is gone).
-fn cpu_seconds(pid: i32) -> f64 {
+pub fn cpu_seconds(pid: i32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };

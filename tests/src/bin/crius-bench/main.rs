@@ -10,6 +10,7 @@ mod flood;
 mod report;
 mod runtimes;
 mod scenarios;
+mod scrape;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -60,8 +61,14 @@ struct Args {
     /// Seconds an exec client stalls in the stalled-exec scenario.
     #[arg(long, default_value_t = 60)]
     stall_secs: u64,
+    /// Running pods (one container each) while the metrics endpoint is scraped.
+    #[arg(long, default_value_t = 110)]
+    scrape_pods: usize,
+    /// Scrapes of the metrics endpoint.
+    #[arg(long, default_value_t = 100)]
+    scrapes: usize,
     /// Scenarios to run (numbers); all by default.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8")]
     only: Vec<u32>,
     /// Where to write the Markdown table.
     #[arg(long, default_value = "crius-bench.md")]
@@ -320,6 +327,41 @@ async fn main() -> Result<()> {
             push_cells(&mut stall_rows, r.name, cells);
         }
         rows.extend(stall_rows);
+    }
+
+    if run(8) {
+        eprintln!(
+            "scenario 8: {} scrapes of /metrics with {} pods",
+            args.scrapes, args.scrape_pods
+        );
+        let pods = args.scrape_pods;
+        let mut cost_rows = value_rows(&[
+            format!("8. daemon CPU per /metrics scrape, {pods} pods"),
+            format!("8. /metrics answer size, {pods} pods"),
+        ]);
+        let mut times: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = BTreeMap::new();
+        for r in rts.iter_mut() {
+            match outcome(scrape::scrape_cost(r, pods, args.scrapes, &small).await)? {
+                Outcome::Done(c) => {
+                    let cells = vec![
+                        Cell::Value(c.cpu_ms_per_scrape, "ms"),
+                        Cell::Value(c.bytes as f64 / 1024.0, "KiB"),
+                    ];
+                    push_cells(&mut cost_rows, r.name, cells);
+                    times.insert(r.name, Ok(c.times));
+                }
+                Outcome::Unsupported(m) => {
+                    push_cells(&mut cost_rows, r.name, vec![Cell::NotSupported(m.clone()); 2]);
+                    times.insert(r.name, Err(m));
+                }
+            }
+        }
+        rows.extend(cost_rows);
+        rows.push(times_row(
+            &format!("8. /metrics scrape wall time, {pods} pods"),
+            &names,
+            &times,
+        ));
     }
 
     for r in rts {

@@ -2,6 +2,7 @@
 //! crius comes from the build; containerd 1.6 from Debian's package, configured from
 //! `tests/bench/containerd/*.in`. Both are driven through the same tonic CRI client.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,6 +33,15 @@ pub struct Runtime {
     child: Option<Child>,
     /// Process name of its per-container (crius) or per-pod (containerd) shim.
     pub shim_name: &'static str,
+    /// Where it serves Prometheus metrics (loopback), and the path: crius `/metrics`,
+    /// containerd `/v1/metrics`.
+    pub metrics: SocketAddr,
+    pub metrics_path: &'static str,
+}
+
+/// A loopback address with a port free right now, for a runtime's metrics endpoint.
+fn free_loopback() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 fn bench_file(rel: &str) -> PathBuf {
@@ -62,6 +72,7 @@ fn volatile(name: &str, dir: &Path) -> Result<PathBuf> {
 
 impl Runtime {
     pub async fn start_crius(registry: &str) -> Result<Runtime> {
+        let metrics = free_loopback()?;
         let dir = scratch("crius")?;
         let state = volatile("crius", &dir)?;
         std::fs::create_dir_all(dir.join("net.d"))?;
@@ -72,6 +83,7 @@ impl Runtime {
         let config = format!(
             "root = \"{d}/root\"\nstate = \"{s}\"\nlisten = \"{s}/crius.sock\"\nlog_level = \"warn\"\n\n\
              [cni]\nconf_dir = \"{d}/net.d\"\nbin_dirs = [\"/usr/lib/cni\"]\n\n\
+             [metrics]\naddress = \"{metrics}\"\n\n\
              [registry.\"{registry}\"]\nendpoints = [\"http://{registry}\"]\nfallback = false\n",
             d = dir.display(),
             s = state.display()
@@ -80,14 +92,16 @@ impl Runtime {
         let mut cmd = Command::new(util::bin("crius"));
         cmd.arg("--config").arg(dir.join("config.toml"));
         let socket = state.join("crius.sock");
-        Runtime::spawn("crius", "crius-shim", dir, state, cmd, &socket).await
+        Runtime::spawn("crius", "crius-shim", dir, state, cmd, &socket, metrics).await
     }
 
     pub async fn start_containerd(registry: &str, pause: &str) -> Result<Runtime> {
+        let metrics = free_loopback()?;
         let dir = scratch("containerd")?;
         let state = volatile("containerd", &dir)?;
         let fill = |s: String| {
             s.replace("@DIR@", &dir.display().to_string())
+                .replace("@METRICS@", &metrics.to_string())
                 .replace("@STATE@", &state.display().to_string())
                 .replace("@PAUSE@", pause)
         };
@@ -107,7 +121,16 @@ impl Runtime {
         let mut cmd = Command::new("containerd");
         cmd.arg("--config").arg(dir.join("config.toml"));
         let socket = dir.join("containerd.sock");
-        Runtime::spawn("containerd", "containerd-shim-runc-v2", dir, state, cmd, &socket).await
+        Runtime::spawn(
+            "containerd",
+            "containerd-shim-runc-v2",
+            dir,
+            state,
+            cmd,
+            &socket,
+            metrics,
+        )
+        .await
     }
 
     async fn spawn(
@@ -117,6 +140,7 @@ impl Runtime {
         state: PathBuf,
         mut cmd: Command,
         socket: &Path,
+        metrics: SocketAddr,
     ) -> Result<Runtime> {
         let log = std::fs::File::create(dir.join("daemon.log"))?;
         let child = cmd
@@ -157,6 +181,12 @@ impl Runtime {
                             state,
                             child: Some(child),
                             shim_name,
+                            metrics,
+                            metrics_path: if name == "containerd" {
+                                "/v1/metrics"
+                            } else {
+                                "/metrics"
+                            },
                         });
                     }
                 }
