@@ -78,20 +78,42 @@ impl Containers {
         self.blocking(move |c| c.pod_stats_blocking(&pod)).await
     }
 
+    /// CRI: PodSandboxStats of several pods (ListPodSandboxStats), the container records read
+    /// once for all of them.
+    pub async fn pods_stats(
+        self: &std::sync::Arc<Self>,
+        pods: Vec<PodStatsInput>,
+    ) -> Result<Vec<PodSandboxStats>, ContainerError> {
+        self.blocking(move |c| {
+            let all = c.all()?;
+            let mut by_pod: HashMap<&str, Vec<&Record>> = HashMap::new();
+            for r in &all {
+                by_pod.entry(r.sandbox_id.as_str()).or_default().push(r);
+            }
+            Ok(pods
+                .iter()
+                .map(|p| c.pod_stats_of(p, by_pod.get(p.id.as_str()).map_or(&[][..], Vec::as_slice)))
+                .collect())
+        })
+        .await
+    }
+
     fn pod_stats_blocking(&self, pod: &PodStatsInput) -> Result<PodSandboxStats, ContainerError> {
+        let all = self.all()?;
+        let mine: Vec<&Record> = all.iter().filter(|r| r.sandbox_id == pod.id).collect();
+        Ok(self.pod_stats_of(pod, &mine))
+    }
+
+    /// One pod's stats: its cgroup's sample and each of `containers` (the pod's records).
+    fn pod_stats_of(&self, pod: &PodStatsInput, containers: &[&Record]) -> PodSandboxStats {
         let sample = self.cgroups.sample(&pod.cgroup_parent);
         let (cpu, memory) = self.cgroup_stats(&pod.cgroup_parent, &sample);
         let process = ProcessUsage {
             timestamp: now_ns(),
             process_count: u(sample.processes),
         };
-        let containers = self
-            .all()?
-            .iter()
-            .filter(|r| r.sandbox_id == pod.id)
-            .map(|r| self.stats_of(r))
-            .collect();
-        Ok(PodSandboxStats {
+        let containers = containers.iter().map(|r| self.stats_of(r)).collect();
+        PodSandboxStats {
             attributes: Some(PodSandboxAttributes {
                 id: pod.id.clone(),
                 metadata: pod.metadata.clone(),
@@ -106,7 +128,7 @@ impl Containers {
                 containers,
             }),
             windows: None,
-        })
+        }
     }
 
     fn stats_of(&self, r: &Record) -> ContainerStats {

@@ -16,6 +16,7 @@ pub mod netdev;
 pub mod pod_metrics;
 pub mod streams;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -165,23 +166,21 @@ impl Crius {
             state: None,
             label_selector: f.label_selector,
         };
-        let pods = self.sandboxes.list(Some(filter)).await?;
-        let mut found = Vec::with_capacity(pods.len());
-        for p in pods {
-            let record = match self.pod_record(&p.id).await {
-                Ok(r) => r,
-                Err(NodeError::Container(ContainerError::PodNotFound(_))) => continue,
-                Err(e) => return Err(e),
-            };
-            match self.containers.pod_stats(&PodStatsInput::of(&record)).await {
-                Ok(s) => found.push((record, s)),
-                Err(ContainerError::PodNotFound(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let mut pairs: Vec<_> = found.iter_mut().map(|(r, s)| (&*r, s)).collect();
+        let listed = self.sandboxes.list(Some(filter)).await?;
+        // One scan of the pod records and one of the container records for the whole list.
+        let mut records: HashMap<String, SandboxRecord> = self
+            .sandboxes
+            .records()
+            .await?
+            .into_iter()
+            .map(|r| (r.meta.id.clone(), r))
+            .collect();
+        let records: Vec<SandboxRecord> = listed.iter().filter_map(|p| records.remove(&p.id)).collect();
+        let inputs = records.iter().map(PodStatsInput::of).collect();
+        let mut stats = self.containers.pods_stats(inputs).await?;
+        let mut pairs: Vec<_> = records.iter().zip(stats.iter_mut()).collect();
         self.add_network(&mut pairs).await?;
-        Ok(found.into_iter().map(|(_, s)| s).collect())
+        Ok(stats)
     }
 
     /// Fills each pod's `network` from its namespace's counters, all read on one thread. A
