@@ -359,13 +359,18 @@ impl ImageStore {
             let fetch = remote.fetch_blob(oref, &desc, &self.content, Some(tx));
             tokio::pin!(fetch);
             let mut unpack = unpack;
-            // The unpacker reads to the end of the stream, so it can only finish first by
-            // failing: a refused layer (an oversized tar header, say) stops the download at once,
-            // and dropping the fetch removes its temp file.
+            // The unpacker reads to the end of the stream, which ends before the fetch has
+            // committed the blob: an unpacker that finishes first either saw the whole stream
+            // (the fetch is still syncing and renaming the blob, and must finish) or refused the
+            // layer (an oversized tar header, say), which stops the download at once — dropping
+            // the fetch removes its temp file.
             let (fetched, unpacked) = tokio::select! {
                 biased;
                 fetched = &mut fetch => (Some(fetched), unpack.await),
-                unpacked = &mut unpack => (None, unpacked),
+                unpacked = &mut unpack => match unpacked {
+                    Ok(Ok(done)) => (Some(fetch.as_mut().await), Ok(Ok(done))),
+                    failed => (None, failed),
+                },
             };
             // A failed download explains a failed unpack: report it first.
             if let Some(fetched) = fetched {

@@ -94,6 +94,10 @@ async fn pulls_records_and_a_second_pull_fetches_no_blob() {
     assert_eq!(std::fs::read(dirs[0].join("hello.txt")).unwrap(), b"hi");
     let fetched = (img.config.len() + img.layer.len()) as u64;
     assert_eq!(f.store.fetched_bytes(), fetched, "config and layer downloaded");
+    // The layer was unpacked while it downloaded; its blob was still committed to the store.
+    for blob in &rec.blobs {
+        assert!(f.store.content().contains(blob), "{blob} is in the content store");
+    }
 
     let blob_gets = |reg: &FakeRegistry| reg.paths().iter().filter(|p| p.contains("/blobs/")).count();
     let before = blob_gets(&reg);
