@@ -28,8 +28,6 @@ pub const MAX_CONNECTIONS: usize = 16;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head read (hyper's smallest buffer is 8 KiB).
 pub const MAX_HEAD_BYTES: usize = 16 << 10;
-/// Longest pause between failing accepts.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -80,23 +78,8 @@ impl MetricsServer {
 
 async fn accept_loop(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut backoff = Duration::ZERO;
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => {
-                backoff = Duration::ZERO;
-                tcp
-            }
-            Err(e) => {
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
-                tracing::warn!(error = %e, "metrics accept failed; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                continue;
-            }
-        };
+    while let Some((tcp, permit)) = crius_streaming::accept::next_in_slot(&listener, &slots, "metrics").await
+    {
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(metrics.clone(), req));

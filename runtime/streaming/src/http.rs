@@ -35,31 +35,13 @@ const ACCEPTED_HEADER: &str = "X-Accepted-Stream-Protocol-Versions";
 pub const MAX_CONNECTIONS: usize = 128;
 /// How long a client may take to send a request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest pause between failing accepts.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The connection's slot; the upgrade handler takes it into the session it starts.
 type Slot = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
 
 pub async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<StreamingServer>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut backoff = Duration::ZERO;
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => {
-                backoff = Duration::ZERO;
-                tcp
-            }
-            Err(e) => {
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
-                tracing::warn!(error = %e, "streaming accept failed; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                continue;
-            }
-        };
+    while let Some((tcp, permit)) = super::accept::next_in_slot(&listener, &slots, "streaming").await {
         let server = server.clone();
         let slot: Slot = Arc::new(Mutex::new(Some(permit)));
         tokio::spawn(async move {

@@ -6,6 +6,7 @@
 //! request under a fresh token; the client (kubelet, crictl, critest) connects to that URL and
 //! upgrades; the request is redeemed once and served against the [`StreamBackend`].
 
+pub mod accept;
 pub mod backend;
 mod http;
 pub mod portforward;
