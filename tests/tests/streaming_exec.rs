@@ -110,11 +110,12 @@ async fn exec_streams_output_exit_codes_terminal_and_resize() {
     for (width, height) in [(123u16, 45u16), (80, 10)] {
         rc.resize(width, height).await;
         let want = format!("{height} {width}\r\n");
-        let mut tries = 0;
+        // A hang guard, not a timing check: the echo of each newline comes back at once, while
+        // `stty` is a fork and exec away, so newlines are paced and the wait is bounded in time.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while !String::from_utf8_lossy(&rc.seen).contains(&want) {
-            tries += 1;
             assert!(
-                tries < 200,
+                std::time::Instant::now() < deadline,
                 "size {want:?} never showed: {:?}",
                 String::from_utf8_lossy(&rc.seen)
             );
@@ -122,6 +123,7 @@ async fn exec_streams_output_exit_codes_terminal_and_resize() {
             let out = rc.stdout.as_mut().unwrap();
             let chunk = out.next().await.expect("output continues");
             rc.seen.extend_from_slice(&chunk);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
     // (a forked child may briefly carry the same command line before it execs stty)
