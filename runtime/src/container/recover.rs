@@ -219,7 +219,7 @@ impl Containers {
                 Ok(Outcome::Exited)
             }
             Probe::Gone(why) => {
-                if init_alive(&r) {
+                if self.cgroups.runs_in(&r.cgroup_path, r.status.pid) {
                     tracing::warn!(
                         id,
                         pid = r.status.pid,
@@ -317,13 +317,6 @@ fn is_container_id(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// The container's init still runs (its pid is in the container's cgroup, so not a reused pid).
-fn init_alive(r: &Record) -> bool {
-    r.status.pid > 0
-        && std::fs::read_to_string(format!("/proc/{}/cgroup", r.status.pid))
-            .is_ok_and(|c| crius_sandbox::cgroup::proc_in(&c, &r.cgroup_path))
 }
 
 /// Whether `path` is a mount point in this mount namespace (`/proc/self/mountinfo`).

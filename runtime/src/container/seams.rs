@@ -78,6 +78,9 @@ pub(crate) trait CgroupAccess: Send + Sync {
     fn apply(&self, cgroup: &str, resources: &LinuxContainerResources) -> Result<(), ContainerError>;
     /// Everything the metric RPCs and the swap and process stats report.
     fn sample(&self, cgroup: &str) -> cgroup_sample::Sample;
+    /// Whether `pid` is a live process (not a zombie) in the cgroup: a container's init that
+    /// still runs, never an unrelated process that reused its pid.
+    fn runs_in(&self, cgroup: &str, pid: i32) -> bool;
 }
 
 #[async_trait::async_trait]
@@ -156,5 +159,18 @@ impl CgroupAccess for Cgroupfs {
     }
     fn sample(&self, cgroup: &str) -> cgroup_sample::Sample {
         cgroup_sample::read(cgroup)
+    }
+    fn runs_in(&self, cgroup: &str, pid: i32) -> bool {
+        if pid <= 0 {
+            return false;
+        }
+        // `/proc/<pid>/stat`: the state follows the command name's closing parenthesis.
+        let live = cgroup_sample::read_capped(Path::new(&format!("/proc/{pid}/stat"))).is_some_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        });
+        live && cgroup_sample::read_capped(Path::new(&format!("/proc/{pid}/cgroup")))
+            .is_some_and(|c| crius_sandbox::cgroup::proc_in(&c, cgroup))
     }
 }

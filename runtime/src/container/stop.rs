@@ -127,15 +127,12 @@ impl Containers {
         }
     }
 
-    /// The shim died: kills what may be left of init ourselves and records an unknown end
-    /// (unless the shim recorded the exit before it went).
+    /// The shim died: kills whatever is left in the container's cgroup ourselves and records an
+    /// unknown end (unless the shim recorded the exit before it went). Only through the cgroup:
+    /// the recorded init pid may since belong to an unrelated process.
     fn shim_gone(&self, r: &Record) -> Result<(), ContainerError> {
-        if r.status.pid > 0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(r.status.pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        self.cgroups
+            .signal(&r.cgroup_path, r.status.pid, libc::SIGKILL, true);
         if self.fold_exit(self.refreshed(&r.id)?)?.status.state == State::Exited {
             return Ok(());
         }
@@ -215,22 +212,10 @@ enum Signalled {
     ShimGone,
 }
 
-/// No process is left in the container's cgroup and `init` is gone or a zombie (a hung shim
-/// cannot reap it).
+/// No process is left in the container's cgroup and `init` no longer runs there (gone, or a
+/// zombie a hung shim cannot reap).
 fn dead(cgroups: &dyn CgroupAccess, cgroup: &str, init: i32) -> bool {
-    if !cgroups.pids(cgroup).is_empty() {
-        return false;
-    }
-    if init <= 0 {
-        return true;
-    }
-    match std::fs::read_to_string(format!("/proc/{init}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
-        Err(_) => true,
-    }
+    cgroups.pids(cgroup).is_empty() && !cgroups.runs_in(cgroup, init)
 }
 
 /// The image's `StopSignal` (`SIGQUIT`, `QUIT`, `3`), else SIGTERM.

@@ -335,6 +335,10 @@ impl CgroupAccess for FakeCgroups {
         }
     }
 
+    fn runs_in(&self, cgroup: &str, pid: i32) -> bool {
+        pid > 0 && self.pids(cgroup).contains(&pid)
+    }
+
     fn kill_and_remove(&self, cgroup: &str, _wait: Duration) -> bool {
         let mut s = self.inner();
         s.calls.push(CgroupCall::KillAndRemove(cgroup.into()));

@@ -40,6 +40,7 @@ async fn shim_dying_between_create_and_start_is_unavailable_then_stop_and_remove
     );
 
     // Stop finds the shim gone and records an unknown end.
+    let init = f.record(&id).unwrap().status.pid;
     f.c.stop(&id, 10).await.unwrap();
     let r = f.record(&id).unwrap();
     assert_eq!((r.status.state, r.status.exit_code), (State::Exited, 255));
@@ -65,7 +66,20 @@ async fn shim_dying_between_create_and_start_is_unavailable_then_stop_and_remove
             ShimCall::KillHung(id.clone()),
         ]
     );
-    assert_eq!(f.cgroups.calls(), vec![CgroupCall::KillAndRemove(f.cgroup(&id))]);
+    // With the shim gone, stop kills what is left through the cgroup (never by the recorded
+    // pid, which may be reused); remove then kills and removes the cgroup.
+    assert_eq!(
+        f.cgroups.calls(),
+        vec![
+            CgroupCall::Signal {
+                cgroup: f.cgroup(&id),
+                init,
+                signal: libc::SIGKILL,
+                all: true
+            },
+            CgroupCall::KillAndRemove(f.cgroup(&id))
+        ]
+    );
     // Stop and remove of what is gone succeed.
     f.c.stop(&id, 10).await.unwrap();
     f.c.remove(&id).await.unwrap();

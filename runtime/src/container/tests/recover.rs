@@ -4,6 +4,7 @@ use super::fakes::{CgroupCall, MountCall, ShimCall};
 use super::*;
 use crate::container::Recovered;
 use crate::container::record::State;
+use crate::container::seams::CgroupAccess;
 use crius_shim_api::Request;
 
 #[tokio::test]
@@ -108,4 +109,46 @@ async fn state_no_record_owns_is_torn_down_as_an_orphan() {
     );
     assert_eq!(f.cgroups.calls(), vec![CgroupCall::KillAndRemove(cgroup)]);
     assert_eq!(f.mounter.calls(), vec![MountCall::Unmount(c.rootfs_dir(&id))]);
+}
+
+#[tokio::test]
+async fn shim_gone_while_init_runs_is_unknown_and_stop_kills_through_the_cgroup() {
+    let f = Fixture::new();
+    let id = f.c.create(&f.pod(), config("app")).await.unwrap();
+    f.c.start(&id).await.unwrap();
+    let init = f.record(&id).unwrap().status.pid;
+    assert!(init > 0);
+    // The shim was killed with the daemon; the container's init goes on in its cgroup.
+    f.shim.forget_all();
+    f.cgroups.populate(&f.cgroup(&id), &[init]);
+
+    let c = f.restarted();
+    let got = c.recover().await;
+    assert_eq!(
+        got,
+        Recovered {
+            containers: 1,
+            unknown: 1,
+            ..Default::default()
+        }
+    );
+    let r = f.record(&id).unwrap();
+    assert_eq!(r.status.state, State::Unknown);
+    assert!(r.status.message.contains("still run"), "{}", r.status.message);
+
+    // Stop reaches the processes through the cgroup and records the kill.
+    c.stop(&id, 0).await.unwrap();
+    let r = f.record(&id).unwrap();
+    assert_eq!(r.status.state, State::Exited);
+    assert!(f.cgroups.pids(&f.cgroup(&id)).is_empty());
+    assert!(
+        f.cgroups.calls().iter().any(|call| matches!(
+            call,
+            CgroupCall::Signal { signal, .. } if *signal == libc::SIGKILL
+        )),
+        "{:?}",
+        f.cgroups.calls()
+    );
+    c.remove(&id).await.unwrap();
+    f.assert_gone(&id);
 }
