@@ -93,6 +93,18 @@ pub fn unmount_all_under(dir: &Path) -> usize {
     mounts.len()
 }
 
+/// The crius-shim process whose command line names container `id` (exactly one).
+pub fn shim_of(id: &str) -> i32 {
+    let shims: Vec<i32> = pids_mentioning(id)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "crius-shim")
+        })
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim names container {id}: {shims:?}");
+    shims[0]
+}
+
 /// Pids of processes whose command line mentions `needle` (used to find shims a test started).
 pub fn pids_mentioning(needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();

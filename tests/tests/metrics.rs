@@ -21,18 +21,6 @@ const PULLED: &str = r#"crius_image_pulls_total{result="success"}"#;
 const PULL_FAILED: &str = r#"crius_image_pulls_total{result="failure"}"#;
 const BYTES: &str = "crius_image_pull_bytes_total";
 
-/// The crius-shim process whose command line names container `id`.
-fn shim_of(id: &str) -> i32 {
-    let shims: Vec<i32> = util::pids_mentioning(id)
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "crius-shim")
-        })
-        .collect();
-    assert_eq!(shims.len(), 1, "one shim names container {id}: {shims:?}");
-    shims[0]
-}
-
 #[tokio::test]
 async fn scrapes_follow_pulls_containers_oom_kills_lost_shims_and_rpcs() {
     let mut w = World::with_config(metrics::CONFIG).await.unwrap();
@@ -133,7 +121,7 @@ async fn scrapes_follow_pulls_containers_oom_kills_lost_shims_and_rpcs() {
 
     // A shim that dies: stopping its container records the end without it.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shim_of(&sleeper)),
+        nix::unistd::Pid::from_raw(util::shim_of(&sleeper)),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();

@@ -23,18 +23,6 @@ impl Drop for Resume {
     }
 }
 
-/// The crius-shim process whose command line names container `id`.
-fn shim_of(id: &str) -> i32 {
-    let shims: Vec<i32> = util::pids_mentioning(id)
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "crius-shim")
-        })
-        .collect();
-    assert_eq!(shims.len(), 1, "one shim names container {id}: {shims:?}");
-    shims[0]
-}
-
 /// The process state letter of `pid` (`Z` for a zombie), None once it is gone.
 fn proc_state(pid: i32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -46,7 +34,7 @@ async fn stop_kills_through_the_cgroup_when_the_shim_does_not_answer() {
     let mut w = World::new().await.unwrap();
     let id = w.run("sleeper", &["sleep", "3600"]).await;
     let init = w.pid(&id).await;
-    let shim = shim_of(&id);
+    let shim = util::shim_of(&id);
     let resume = Resume(shim);
     kill(Pid::from_raw(shim), Signal::SIGSTOP).unwrap();
 
