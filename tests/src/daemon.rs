@@ -206,11 +206,11 @@ impl Daemon {
     async fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    bail!("crius exited during start-up ({status}); log:\n{}", self.log());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!("crius exited during start-up ({status}); log:\n{}", self.log());
             }
             // A stale socket from a killed daemon may refuse connections until the new one binds.
             if let (Ok(rt), Ok(img)) = (connect(&self.socket).await, connect(&self.socket).await) {

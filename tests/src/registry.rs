@@ -49,10 +49,10 @@ impl Registry {
     fn wait_ready(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(status) = self.get_status("/v2/") {
-                if status == 200 {
-                    return Ok(());
-                }
+            if let Ok(status) = self.get_status("/v2/")
+                && status == 200
+            {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

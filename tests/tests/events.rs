@@ -41,7 +41,7 @@ fn kinds(evs: &[ContainerEventResponse]) -> Vec<ContainerEventType> {
         .collect()
 }
 
-fn own_status<'a>(ev: &'a ContainerEventResponse) -> Option<&'a ContainerStatus> {
+fn own_status(ev: &ContainerEventResponse) -> Option<&ContainerStatus> {
     ev.containers_statuses.iter().find(|c| c.id == ev.container_id)
 }
 

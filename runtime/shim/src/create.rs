@@ -354,11 +354,11 @@ fn receive_pty_master(listener: &UnixListener) -> Result<OwnedFd, CreateError> {
     )
     .map_err(|e| io_err("receive pty master")(e.into()))?;
     for c in msg.cmsgs().map_err(|e| io_err("receive pty master")(e.into()))? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel just installed this fd for us; nothing else owns it.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this fd for us; nothing else owns it.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
     Err(io_err("receive pty master")(std::io::Error::other(

@@ -35,15 +35,15 @@ pub struct SeccompExecutor {
 
 impl Executor for SeccompExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        if let Some(filter) = &self.seccomp {
-            if initialize_seccomp(filter).is_err() {
-                // Without CAP_SYS_ADMIN (dropped by now) the kernel only accepts a filter from a
-                // no-new-privileges process; the init process got the same filter earlier.
-                // SAFETY: prctl with integer arguments only.
-                unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-                initialize_seccomp(filter)
-                    .map_err(|e| ExecutorError::Other(format!("load seccomp filter: {e}")))?;
-            }
+        if let Some(filter) = &self.seccomp
+            && initialize_seccomp(filter).is_err()
+        {
+            // Without CAP_SYS_ADMIN (dropped by now) the kernel only accepts a filter from a
+            // no-new-privileges process; the init process got the same filter earlier.
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            initialize_seccomp(filter)
+                .map_err(|e| ExecutorError::Other(format!("load seccomp filter: {e}")))?;
         }
         DefaultExecutor {}.exec(spec)
     }

@@ -138,7 +138,7 @@ impl Ctr {
         let status = cmd.status().unwrap();
         assert!(status.success(), "the first shim process exits 0 after detaching");
         drop(cmd);
-        let report: CreateReport = read_frame(&mut std::fs::File::from(OwnedFd::from(r))).unwrap();
+        let report: CreateReport = read_frame(&mut std::fs::File::from(r)).unwrap();
         if let CreateReport::Created { shim_pid, .. } = report {
             self.shim_pid = Some(shim_pid);
         }
@@ -217,7 +217,7 @@ impl Ctr {
         drop(w);
         let out = child.wait_with_output().unwrap();
         let mut reports = Vec::new();
-        let mut f = std::fs::File::from(OwnedFd::from(r));
+        let mut f = std::fs::File::from(r);
         while let Ok(rep) = read_frame::<_, ExecReport>(&mut f) {
             reports.push(rep);
         }
