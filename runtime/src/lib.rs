@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod node;
 mod notify;
 pub mod private;
+pub(crate) mod proc_stat;
 pub mod server;
 pub mod shim_client;
 pub mod spec;

@@ -5,7 +5,6 @@
 //! [`ExitCounts`] is raised by the one record update that made the change it counts, so an
 //! exit is counted once however many readers fold it.
 
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::record::State;
@@ -84,23 +83,12 @@ impl Containers {
 
 /// Whether `pid` is a live `crius-shim`: a recycled pid naming another program is not one.
 fn shim_alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    let mut stat = String::new();
-    let read = std::fs::File::open(format!("/proc/{pid}/stat"))
-        .and_then(|f| f.take(STAT_PREFIX_BYTES).read_to_string(&mut stat));
-    read.is_ok() && is_live_shim(&stat)
+    pid > 0 && crate::proc_stat::read(pid, STAT_PREFIX_BYTES).is_some_and(|stat| is_live_shim(&stat))
 }
 
 /// `<pid> (<comm>) <state> ...`: comm is the shim's and the state is not zombie or dead.
 fn is_live_shim(stat: &str) -> bool {
-    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-        return false;
-    };
-    let comm = &stat[open + 1..close];
-    let state = stat[close + 1..].trim_start().chars().next();
-    comm == SHIM_COMM && !matches!(state, None | Some('Z' | 'X' | 'x'))
+    crate::proc_stat::Stat::parse(stat).is_some_and(|s| s.comm == SHIM_COMM && s.live())
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ use crius_shim_api::{Request, Response, ShimConfig};
 use super::{ContainerError, cgroup_sample, cgroupfs, recover, rootfs};
 use crate::shim_client::{REQUEST_TIMEOUT, ShimClient, ShimError};
 
+/// `/proc/<pid>/stat` is a line of about 300 bytes; [`CgroupAccess::runs_in`] reads this much.
+const PROC_STAT_BYTES: u64 = 4096;
+
 /// Launching and talking to a container's shim.
 #[async_trait::async_trait]
 pub(crate) trait ShimLifecycle: Send + Sync {
@@ -164,12 +167,8 @@ impl CgroupAccess for Cgroupfs {
         if pid <= 0 {
             return false;
         }
-        // `/proc/<pid>/stat`: the state follows the command name's closing parenthesis.
-        let live = cgroup_sample::read_capped(Path::new(&format!("/proc/{pid}/stat"))).is_some_and(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|state| state != "Z" && state != "X")
-        });
+        let live = crate::proc_stat::read(pid, PROC_STAT_BYTES)
+            .is_some_and(|stat| crate::proc_stat::Stat::parse(&stat).is_some_and(|s| s.live()));
         live && cgroup_sample::read_capped(Path::new(&format!("/proc/{pid}/cgroup")))
             .is_some_and(|c| crius_sandbox::cgroup::proc_in(&c, cgroup))
     }

@@ -5,7 +5,6 @@
 //! at [`MAX_FDS_COUNTED`] entries); a value that cannot be read leaves its series out.
 
 use std::fmt;
-use std::io::Read;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -30,27 +29,20 @@ pub(super) struct Stat {
     pub rss_pages: u64,
 }
 
-/// Parses a `stat` line. Fields are counted after the last `)`, since the comm may itself hold
-/// spaces and parentheses: state is field 3, utime 14, stime 15, num_threads 20, vsize 23,
-/// rss 24 (proc(5)).
+/// The reported fields of a `stat` line (utime 14, stime 15, num_threads 20, vsize 23, rss 24,
+/// proc(5)).
 pub(super) fn parse_stat(line: &str) -> Option<Stat> {
-    let rest = &line[line.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
-    let field = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
+    let s = crate::proc_stat::Stat::parse(line)?;
     Some(Stat {
-        ticks: field(14)? + field(15)?,
-        threads: field(20)?,
-        vsize_bytes: field(23)?,
-        rss_pages: field(24)?,
+        ticks: s.field(14)? + s.field(15)?,
+        threads: s.field(20)?,
+        vsize_bytes: s.field(23)?,
+        rss_pages: s.field(24)?,
     })
 }
 
 fn read_stat() -> Option<Stat> {
-    let mut line = String::new();
-    std::fs::File::open("/proc/self/stat")
-        .and_then(|f| f.take(STAT_BYTES).read_to_string(&mut line))
-        .ok()?;
-    parse_stat(&line)
+    parse_stat(&crate::proc_stat::read("self", STAT_BYTES)?)
 }
 
 fn open_fds() -> Option<u64> {
