@@ -243,6 +243,22 @@ fn network_usage(ifaces: &[netdev::Iface], ts: i64) -> NetworkUsage {
     }
 }
 
+/// Runs `f` on a new OS thread named `name` and waits for its result without blocking a
+/// worker. For `setns`: the thread exits when `f` returns, and the namespace it entered with it.
+async fn on_own_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| format!("cannot start thread {name}: {e}"))?;
+    rx.await.map_err(|_| format!("thread {name} vanished"))
+}
+
 /// The handover key of a RunPodSandbox: its metadata (None when missing).
 fn pod_key(req: &RunPodSandboxRequest) -> Option<String> {
     let m = req.config.as_ref()?.metadata.as_ref()?;

@@ -62,15 +62,10 @@ pub async fn read_namespaces(netns: Vec<PathBuf>) -> Result<Vec<Option<Vec<Iface
     if netns.is_empty() {
         return Ok(Vec::new());
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("crius-netstat".into())
-        .spawn(move || {
-            let _ = tx.send(netns.iter().map(|p| read_in(p)).collect());
-        })
-        .map_err(|e| format!("cannot start the network statistics thread: {e}"))?;
-    rx.await
-        .map_err(|_| "the network statistics thread vanished".to_string())
+    super::on_own_thread("crius-netstat", move || {
+        netns.iter().map(|p| read_in(p)).collect()
+    })
+    .await
 }
 
 /// Runs on the batch thread: enters `path` and reads this thread's view of `net/dev`.

@@ -46,16 +46,9 @@ impl StreamBackend for RuntimeStreams {
             .map_err(|e| BackendError::Failed(e.to_string()))?
             .ok_or_else(|| BackendError::NotFound(format!("pod sandbox {pod_sandbox_id} not found")))?;
         let netns = record.meta.namespaces.net.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("crius-dial".into())
-            .spawn(move || {
-                let _ = tx.send(dial_in(netns, port));
-            })
-            .map_err(|e| BackendError::Failed(format!("cannot start dial thread: {e}")))?;
-        let std_stream = rx
+        let std_stream = super::on_own_thread("crius-dial", move || dial_in(netns, port))
             .await
-            .map_err(|_| BackendError::Failed("dial thread vanished".into()))??;
+            .map_err(BackendError::Failed)??;
         std_stream
             .set_nonblocking(true)
             .map_err(|e| BackendError::Failed(e.to_string()))?;
