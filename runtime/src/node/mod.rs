@@ -191,23 +191,12 @@ impl Crius {
         &self,
         pods: &mut [(&SandboxRecord, &mut PodSandboxStats)],
     ) -> Result<(), NodeError> {
-        let paths: Vec<_> = pods
-            .iter()
-            .filter_map(|(r, _)| r.meta.namespaces.net.clone())
-            .collect();
-        let mut read = netdev::read_namespaces(paths)
-            .await
-            .map_err(NodeError::Host)?
-            .into_iter();
+        let ifaces = pod_ifaces(pods.iter().map(|(r, _)| *r)).await?;
         let ts = crate::container::now_ns();
         for (record, stats) in pods.iter_mut() {
-            if record.meta.namespaces.net.is_none() {
-                continue;
+            if let (Some(ifaces), Some(linux)) = (ifaces.get(&record.meta.id), stats.linux.as_mut()) {
+                linux.network = Some(network_usage(ifaces, ts));
             }
-            let (Some(Some(ifaces)), Some(linux)) = (read.next(), stats.linux.as_mut()) else {
-                continue;
-            };
-            linux.network = Some(network_usage(&ifaces, ts));
         }
         Ok(())
     }
@@ -241,6 +230,22 @@ fn network_usage(ifaces: &[netdev::Iface], ts: i64) -> NetworkUsage {
             .map(usage),
         interfaces: ifaces.iter().map(usage).collect(),
     }
+}
+
+/// The network interfaces of each of `pods` that has a namespace of its own, by pod id, all
+/// read on one thread. Host-network pods, and pods whose namespace is gone, have no entry.
+async fn pod_ifaces<'a>(
+    pods: impl Iterator<Item = &'a SandboxRecord>,
+) -> Result<HashMap<String, Vec<netdev::Iface>>, NodeError> {
+    let (ids, paths): (Vec<_>, Vec<_>) = pods
+        .filter_map(|p| Some((p.meta.id.clone(), p.meta.namespaces.net.clone()?)))
+        .unzip();
+    let read = netdev::read_namespaces(paths).await.map_err(NodeError::Host)?;
+    Ok(ids
+        .into_iter()
+        .zip(read)
+        .filter_map(|(id, v)| Some((id, v?)))
+        .collect())
 }
 
 /// Runs `f` on a new OS thread named `name` and waits for its result without blocking a

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use cri_api::v1::{ContainerMetrics, Metric, MetricDescriptor, PodSandboxMetrics, UInt64Value};
 
 use super::metric_descriptors::{self as md, Group};
-use super::netdev::{self, Iface};
+use super::netdev::Iface;
 use super::{Crius, NodeError};
 use crate::container::{ContainerReading, ReadingParts};
 
@@ -236,23 +236,11 @@ impl Crius {
             by_pod.entry(r.sandbox_id.clone()).or_default().push(r);
         }
         // Only pods with a namespace of their own are read (host-network pods: none).
-        let mut ifaces: HashMap<String, Vec<Iface>> = HashMap::new();
-        if groups.contains(&Group::Network) {
-            let netns: Vec<_> = pods
-                .iter()
-                .filter_map(|p| Some((p.meta.id.clone(), p.meta.namespaces.net.clone()?)))
-                .collect();
-            let read = netdev::read_namespaces(netns.iter().map(|(_, p)| p.clone()).collect())
-                .await
-                .map_err(NodeError::Host)?;
-            ifaces.extend(
-                netns
-                    .into_iter()
-                    .map(|(id, _)| id)
-                    .zip(read)
-                    .filter_map(|(id, v)| Some((id, v?))),
-            );
-        }
+        let ifaces: HashMap<String, Vec<Iface>> = if groups.contains(&Group::Network) {
+            super::pod_ifaces(pods.iter()).await?
+        } else {
+            HashMap::new()
+        };
         let ts = crate::container::now_ns();
         Ok(pods
             .iter()
