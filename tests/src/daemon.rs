@@ -91,6 +91,12 @@ impl Daemon {
         self.runtime.pod_sandbox_status(req).await.map(|r| r.into_inner())
     }
 
+    /// The pod's IP address (its network status must have one).
+    pub async fn pod_ip(&mut self, id: &str) -> String {
+        let status = self.pod_status(id).await.unwrap().status.unwrap();
+        status.network.expect("the pod has a network status").ip
+    }
+
     pub async fn stop_pod(&mut self, id: &str) -> Result<(), tonic::Status> {
         let req = StopPodSandboxRequest {
             pod_sandbox_id: id.into(),

@@ -107,15 +107,7 @@ async fn metrics_and_pod_stats_report_what_the_kernel_shows() {
         .run("app", &["sh", "-c", "sleep 3600 & sleep 3600 & wait"])
         .await;
     let netns = pods::ns_path(&w.d.state, &pod, "net");
-    let ip =
-        w.d.pod_status(&pod)
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .network
-            .unwrap()
-            .ip;
+    let ip = w.d.pod_ip(&pod).await;
     // sh and its two sleeps.
     let mut procs = 0;
     for _ in 0..50 {

@@ -204,15 +204,7 @@ async fn hostname_resolv_conf_and_hosts_come_from_the_config() {
         options: vec!["ndots:8".into()],
     });
     let id = d.run_pod(cfg).await.unwrap();
-    let ip = d
-        .pod_status(&id)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .network
-        .unwrap()
-        .ip;
+    let ip = d.pod_ip(&id).await;
     let pod_dir = d.state.join("pods").join(&id);
     assert_eq!(
         std::fs::read_to_string(pod_dir.join("hostname")).unwrap(),
