@@ -7,7 +7,8 @@
 //!
 //! Invariants: the sandbox and container crates never call each other here except through the
 //! records they expose; every read of the store runs on the blocking pool; a client that goes
-//! away never cancels a create half-way (creates run detached inside [`handover::Handover`]).
+//! away never cancels a create half-way (creates run detached inside [`handover::Handover`]);
+//! `setns` happens only on a thread of its own (`on_own_thread`), never on a worker.
 
 pub mod events;
 pub mod handover;
