@@ -59,6 +59,14 @@ mod tests {
     use super::Stat;
 
     #[test]
+    fn reads_stop_at_the_cap() {
+        let whole = super::read("self", 4096).unwrap();
+        assert!(whole.len() > 20, "{whole}");
+        assert_eq!(super::read("self", 20).unwrap().len(), 20);
+        assert_eq!(super::read(i32::MAX, 4096), None);
+    }
+
+    #[test]
     fn comm_state_and_fields() {
         let s = Stat::parse("42 (my (odd) prog) S 1 42 42 0 -1 4194560 10 0 0 0 7 3").unwrap();
         assert_eq!(s.comm, "my (odd) prog");

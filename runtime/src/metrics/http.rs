@@ -207,6 +207,34 @@ mod tests {
         }
     }
 
+    /// Sends `request` to `addr` and returns what came back before the server closed or 5 s.
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = c.write_all(request).await;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await;
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_request_head_past_the_cap_is_refused_and_the_server_goes_on() {
+        let metrics = crate::metrics::tests::metrics_with(Default::default());
+        let server = MetricsServer::start("127.0.0.1:0", metrics).await.unwrap();
+        let huge = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Fill: {}\r\n\r\n",
+            "a".repeat(2 * MAX_HEAD_BYTES)
+        );
+        let refused = exchange(server.local_addr(), huge.as_bytes()).await;
+        assert!(!refused.starts_with("HTTP/1.1 200"), "{refused:.80}");
+        let ok = exchange(
+            server.local_addr(),
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok:.80}");
+    }
+
     #[tokio::test]
     async fn binding_a_taken_address_names_it() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
