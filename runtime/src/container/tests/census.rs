@@ -31,6 +31,12 @@ async fn states_are_counted_and_each_exit_once() {
             (State::Exited, "OOMKilled")
         );
     }
+    // The exit watcher may be the one that folded it: its count follows its commit, so wait
+    // (bounded) for that thread to get there before checking that the count is exactly one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while f.c.exit_counts().oom_kills() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     assert_eq!(
         f.c.exit_counts().oom_kills(),
         1,
