@@ -111,7 +111,7 @@ bench: deps
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD ?=
 FUZZ_TARGETS := layer_unpack tar_header image_reference manifest_decode shim_frame spdy_frame spdy_headers \
-                websocket_channel
+                websocket_channel registry_auth_file
 fuzz:
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(DEB_PACKAGES) g++"
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

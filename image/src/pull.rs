@@ -15,6 +15,7 @@ use oci_client::manifest::OciDescriptor;
 
 use crate::record::{ImageRecord, LayerRecord};
 use crate::reference::{ImageRef, ReferenceError};
+use crate::registry::auth_file::{self, AuthFileError};
 use crate::registry::{Credentials, RegistryError, Remote, scope};
 use crate::store::{ImageStore, StoreError};
 use crate::unpack::{LayerError, chain_ids};
@@ -60,6 +61,8 @@ pub enum PullError {
     },
     #[error("image {reference}: no registry endpoint is configured")]
     NoEndpoint { reference: String },
+    #[error(transparent)]
+    AuthFile(#[from] AuthFileError),
     #[error("image {reference}: the pull task failed: {why}")]
     Task { reference: String, why: String },
 }
@@ -89,7 +92,8 @@ impl ImageStore {
     /// CRI: `PullImage`. Returns the image id (config digest). Endpoints are tried in order
     /// (mirrors, then the registry unless `fallback = false`). `creds` belong to the host their
     /// `server_address` names (the image's registry when empty) and reach only the endpoints
-    /// [`crate::registry::scope::may_send`] allows; the others are spoken to anonymously.
+    /// [`crate::registry::scope::may_send`] allows; the others are spoken to anonymously. Empty
+    /// `creds`: those of the node credentials file for the image's registry, if configured.
     pub async fn pull(self: &Arc<Self>, reference: &str, creds: &Credentials) -> Result<String, PullError> {
         let r = ImageRef::parse(reference)?;
         let name = r.to_string();
@@ -98,6 +102,7 @@ impl ImageStore {
             endpoint: endpoint.to_string(),
             source,
         };
+        let creds = &self.node_credentials(&r, creds).await?;
         let auth = creds.to_auth().map_err(|e| reg(&r.registry, e))?;
         let endpoints = self.hosts.endpoints(&r.registry)?;
         let named = scope::named_host(&creds.server_address, &r.registry);
@@ -114,8 +119,11 @@ impl ImageStore {
                 }
                 RegistryAuth::Anonymous
             };
-            let result = match Remote::new(ep.clone(), ep_auth, named.clone()) {
-                Ok(remote) => self.pull_from(&r, remote).await,
+            let result = match self.clients.for_endpoint(ep) {
+                Ok(http) => {
+                    self.pull_from(&r, Remote::new(ep.clone(), http, ep_auth, named.clone()))
+                        .await
+                }
                 Err(e) => Err(reg(&host, e)),
             };
             let e = match result {
@@ -141,6 +149,28 @@ impl ImageStore {
         Err(first_definite
             .or(last)
             .unwrap_or(PullError::NoEndpoint { reference: name }))
+    }
+
+    /// `creds` when the request carried any (they win), else the node credentials file's entry
+    /// for `r`'s registry, read now: credential helpers rewrite the file at any time.
+    async fn node_credentials(&self, r: &ImageRef, creds: &Credentials) -> Result<Credentials, PullError> {
+        let Some(path) = self.auth_file.clone().filter(|_| creds.is_empty()) else {
+            return Ok(creds.clone());
+        };
+        let registry = r.registry.clone();
+        let found = tokio::task::spawn_blocking(move || match auth_file::read(&path)? {
+            Some(file) => file.lookup(&registry).map_err(|why| AuthFileError { path, why }),
+            None => Ok(None),
+        })
+        .await
+        .map_err(|e| PullError::Task {
+            reference: r.to_string(),
+            why: e.to_string(),
+        })??;
+        if found.is_some() {
+            tracing::debug!(image = %r, "using the node credentials file's entry");
+        }
+        Ok(found.unwrap_or_else(|| creds.clone()))
     }
 
     async fn pull_from(self: &Arc<Self>, r: &ImageRef, remote: Remote) -> Result<String, PullError> {

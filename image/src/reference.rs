@@ -136,6 +136,8 @@ pub struct Mirror {
     /// When true, PullImage credentials for this registry are also sent to its `https://`
     /// endpoints (never to `http://` ones); when false only the registry itself receives them.
     pub send_credentials_to_mirrors: bool,
+    /// TLS settings for connections to this host ([`crate::registry::tls`]).
+    pub tls: crate::registry::tls::HostTls,
 }
 
 /// A place to fetch an image from: `host[:port]` and whether to speak plain HTTP.
@@ -164,12 +166,14 @@ impl RegistryHosts {
     }
 
     /// The endpoints to try, in order, for an image of `registry`: the configured mirrors, then the
-    /// registry itself unless its table says `fallback = false`. Loopback registries without a
-    /// table are spoken to in plain HTTP, as containerd does.
+    /// registry itself unless its table says `fallback = false`. Loopback registries are spoken to
+    /// in plain HTTP, as containerd does, unless their table has TLS settings.
     pub fn endpoints(&self, registry: &str) -> Result<Vec<Endpoint>, ReferenceError> {
         let mut out = Vec::new();
         let mut fallback = true;
+        let mut tls = false;
         if let Some(m) = self.hosts.get(registry) {
+            tls = m.tls.is_set();
             for ep in &m.endpoints {
                 out.push(parse_endpoint(registry, ep)?);
             }
@@ -183,7 +187,7 @@ impl RegistryHosts {
             };
             out.push(Endpoint {
                 host: host.to_string(),
-                plain_http: is_loopback(host),
+                plain_http: is_loopback(host) && !tls,
             });
         }
         Ok(out)
@@ -285,6 +289,7 @@ mod tests {
                 endpoints: vec!["http://127.0.0.1:5000".into(), "https://m.example:8443/v2".into()],
                 fallback: false,
                 send_credentials_to_mirrors: false,
+                tls: Default::default(),
             },
         );
         hosts.insert(
@@ -293,6 +298,7 @@ mod tests {
                 endpoints: vec!["https://mirror.local".into()],
                 fallback: true,
                 send_credentials_to_mirrors: false,
+                tls: Default::default(),
             },
         );
         let h = RegistryHosts::new(hosts);
@@ -323,6 +329,22 @@ mod tests {
             }]
         );
         assert!(h.endpoints("quay.io").unwrap().iter().all(|e| !e.plain_http));
+        // A loopback registry whose table configures TLS is spoken to over HTTPS.
+        let mut hosts = BTreeMap::new();
+        hosts.insert(
+            "127.0.0.1:5443".to_string(),
+            Mirror {
+                endpoints: Vec::new(),
+                fallback: true,
+                send_credentials_to_mirrors: false,
+                tls: crate::registry::tls::HostTls {
+                    insecure_skip_verify: true,
+                    ..Default::default()
+                },
+            },
+        );
+        let eps = RegistryHosts::new(hosts).endpoints("127.0.0.1:5443").unwrap();
+        assert!(!eps[0].plain_http, "{eps:?}");
     }
 
     #[test]
@@ -335,6 +357,7 @@ mod tests {
                     endpoints: vec![ep.into()],
                     fallback: true,
                     send_credentials_to_mirrors: false,
+                    tls: Default::default(),
                 },
             );
             assert!(RegistryHosts::new(hosts).endpoints("r").is_err(), "{ep}");

@@ -56,6 +56,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A registry table's TLS settings are unusable (a configuration error).
+    #[error(transparent)]
+    RegistryTls(#[from] crate::registry::tls::TlsConfigError),
 }
 
 fn db<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
@@ -81,6 +84,9 @@ pub struct StoreConfig {
     pub pinned: Vec<String>,
     /// The platform an image index is resolved to; None: the host's ([`Platform::host`]).
     pub platform: Option<Platform>,
+    /// The node credentials file ([`crate::registry::auth_file`]), read by pulls whose request
+    /// has no credentials.
+    pub auth_file: Option<PathBuf>,
 }
 
 pub struct ImageStore {
@@ -88,6 +94,9 @@ pub struct ImageStore {
     pub(crate) content: ContentStore,
     pub(crate) layers: Layers,
     pub(crate) hosts: RegistryHosts,
+    /// One HTTP client per registry host with TLS settings, one for the rest; built at open.
+    pub(crate) clients: crate::registry::tls::Clients,
+    pub(crate) auth_file: Option<PathBuf>,
     pinned: Vec<String>,
     /// What pulls resolve an index to; fixed for the store's life.
     pub(crate) platform: Platform,
@@ -123,6 +132,7 @@ impl Drop for Protection<'_> {
 impl ImageStore {
     /// Opens the store, creates its tables, removes crash leftovers and unreferenced content.
     pub fn open(database: Arc<redb::Database>, config: StoreConfig) -> Result<Arc<ImageStore>, StoreError> {
+        let clients = crate::registry::tls::Clients::build(&config.registries.hosts)?;
         let content = ContentStore::open(&config.root)?;
         let layers = Layers::open(&config.root).map_err(|source| StoreError::Io {
             path: config.root.join("layers"),
@@ -138,6 +148,8 @@ impl ImageStore {
             content,
             layers,
             hosts: config.registries,
+            clients,
+            auth_file: config.auth_file,
             pinned: config.pinned,
             platform: config.platform.unwrap_or_else(Platform::host),
             locks: KeyedLocks::default(),

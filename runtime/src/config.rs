@@ -40,6 +40,11 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// One table per registry host as written in image names (`registry."registry.k8s.io"`).
     pub registry: BTreeMap<String, RegistryConfig>,
+    /// The node credentials file, Docker's `config.json` format (`{"auths": {"HOST": {"auth":
+    /// "base64(user:pass)"}}}`), read at each pull whose request has no credentials. Not inside
+    /// `[registry]`: that table's keys are hosts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_auth_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -94,6 +99,16 @@ pub struct RegistryConfig {
     /// its `https://` endpoints. `http://` endpoints other than the host never receive them.
     #[serde(default)]
     pub send_credentials_to_mirrors: bool,
+    /// TLS for connections to this host (whether it is the image's registry or another's
+    /// mirror): extra trusted CAs, a client certificate, or no verification at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 fn default_true() -> bool {
@@ -115,6 +130,7 @@ impl Default for Config {
             pinned_images: Vec::new(),
             image_platform: None,
             registry: BTreeMap::new(),
+            registry_auth_file: None,
         }
     }
 }
@@ -271,6 +287,32 @@ impl Config {
                     "`registry.\"{host}\"`: fallback = false needs at least one endpoint"
                 )));
             }
+            let tls = [
+                ("ca_file", &reg.ca_file),
+                ("cert_file", &reg.cert_file),
+                ("key_file", &reg.key_file),
+            ];
+            for (key, path) in tls {
+                if let Some(p) = path.as_ref().filter(|p| !p.is_absolute()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "`registry.\"{host}\".{key}` must be an absolute path, got {p:?}"
+                    )));
+                }
+            }
+            if reg.cert_file.is_some() != reg.key_file.is_some() {
+                let (set, missing) = match reg.cert_file {
+                    Some(_) => ("cert_file", "key_file"),
+                    None => ("key_file", "cert_file"),
+                };
+                return Err(ConfigError::Invalid(format!(
+                    "`registry.\"{host}\".{set}` needs `{missing}` in the same table"
+                )));
+            }
+        }
+        if let Some(p) = self.registry_auth_file.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(ConfigError::Invalid(format!(
+                "`registry_auth_file` must be an absolute path, got {p:?}"
+            )));
         }
         Ok(())
     }
@@ -283,13 +325,20 @@ impl Config {
              # log_format is \"text\" or \"json\"; streaming.port = 0 picks a free port.\n\
              # cgroup_manager = \"systemd\" | \"cgroupfs\" (default: systemd when it is PID 1).\n\
              # image_platform = \"linux/arm64/v8\"  # what images are pulled for (default: this host's)\n\
+             # registry_auth_file = \"/var/lib/kubelet/config.json\"  # docker config.json, for pulls\n\
+             #                      # whose request has no credentials\n\
              {body}\n\
              # Registry mirrors, one table per registry host as written in image names:\n\
              # [registry.\"registry.k8s.io\"]\n\
              # endpoints = [\"http://127.0.0.1:5000\"]  # tried in order; http:// allows plain HTTP\n\
              # fallback = false                         # never contact registry.k8s.io itself\n\
              # send_credentials_to_mirrors = false      # true: PullImage credentials for registry.k8s.io\n\
-             #                                          # also go to its https:// endpoints (never http://)\n"
+             #                                          # also go to its https:// endpoints (never http://)\n\
+             # TLS for connections to a host (its own table, also when it is another's mirror):\n\
+             # ca_file = \"/etc/crius/certs/ca.pem\"     # trusted besides the system's roots\n\
+             # cert_file = \"/etc/crius/certs/node.pem\" # client certificate (with key_file)\n\
+             # key_file = \"/etc/crius/certs/node-key.pem\"\n\
+             # insecure_skip_verify = false            # true: accept any certificate (testing only)\n"
         )
     }
 }
@@ -393,6 +442,48 @@ mod tests {
         assert!(parse("root = \"rel\"\n").is_err());
         assert!(parse("[registry.\"a\"]\nendpoints = [\"127.0.0.1:5000\"]\n").is_err());
         assert!(parse("[registry.\"a\"]\nfallback = false\n").is_err());
+    }
+
+    #[test]
+    fn registry_tls_keys_load_and_are_checked() {
+        let c = parse(
+            "registry_auth_file = \"/var/lib/kubelet/config.json\"\n\
+             [registry.\"reg.example:5443\"]\nca_file = \"/c/ca.pem\"\ncert_file = \"/c/n.pem\"\n\
+             key_file = \"/c/n-key.pem\"\ninsecure_skip_verify = true\n",
+        )
+        .unwrap();
+        let r = &c.registry["reg.example:5443"];
+        assert_eq!(r.ca_file, Some(PathBuf::from("/c/ca.pem")));
+        assert_eq!(r.key_file, Some(PathBuf::from("/c/n-key.pem")));
+        assert!(r.insecure_skip_verify && r.fallback);
+        assert_eq!(
+            c.registry_auth_file,
+            Some(PathBuf::from("/var/lib/kubelet/config.json"))
+        );
+        assert_eq!(parse(&toml::to_string(&c).unwrap()).unwrap(), c, "round trip");
+        for (bad, named) in [
+            (
+                "[registry.\"r\"]\nkey_file = \"/k\"\n",
+                "`registry.\"r\".key_file` needs `cert_file`",
+            ),
+            (
+                "[registry.\"r\"]\ncert_file = \"/c\"\n",
+                "`registry.\"r\".cert_file` needs `key_file`",
+            ),
+            (
+                "[registry.\"r\"]\nca_file = \"ca.pem\"\n",
+                "`registry.\"r\".ca_file` must be an absolute",
+            ),
+            (
+                "registry_auth_file = \"config.json\"\n",
+                "`registry_auth_file` must be an absolute",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(named), "{bad}: {e}");
+        }
+        let e = parse("[registry.\"r\"]\nca_file = 1\n").unwrap_err().to_string();
+        assert!(e.contains("ca_file"), "{e}");
     }
 
     #[test]

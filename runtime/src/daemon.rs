@@ -264,6 +264,12 @@ pub fn open_images(
                 endpoints: r.endpoints.clone(),
                 fallback: r.fallback,
                 send_credentials_to_mirrors: r.send_credentials_to_mirrors,
+                tls: crius_image::registry::tls::HostTls {
+                    ca_file: r.ca_file.clone(),
+                    cert_file: r.cert_file.clone(),
+                    key_file: r.key_file.clone(),
+                    insecure_skip_verify: r.insecure_skip_verify,
+                },
             };
             (host.clone(), mirror)
         })
@@ -275,6 +281,7 @@ pub fn open_images(
             registries: crius_image::RegistryHosts::new(hosts),
             pinned: config.pinned_images.clone(),
             platform: config.image_platform.clone(),
+            auth_file: config.registry_auth_file.clone(),
         },
     )
 }

@@ -84,7 +84,13 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("crius: {e}");
-            ExitCode::FAILURE
+            // Unusable registry TLS files are bad configuration, found when the store opens.
+            match e {
+                crius_runtime::daemon::DaemonError::Images(crius_image::StoreError::RegistryTls(_)) => {
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -1,74 +1,18 @@
 //! PullImage with CRI credentials against a real registry that requires HTTP basic auth
-//! (Debian's docker-registry with an htpasswd file, serving the fixture registry's storage).
-
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+//! (Debian's docker-registry with an htpasswd file, serving the fixture registry's storage), from
+//! the request or from the node credentials file.
 
 use crius_tests::images::{self, ImageSpec};
-use crius_tests::{Daemon, Registry};
+use crius_tests::secure_registry::{Guard, SecureRegistry};
+use crius_tests::{Daemon, DaemonOptions, Registry};
 use k8s_cri::v1::*;
 
-/// bcrypt (cost 5) of "crius-secret" for user "crius"; fixed so the test needs no htpasswd tool.
-const HTPASSWD: &str = "crius:$2b$05$4mRaPaBA4GLf3CSpq2a06Op9y4JdTs/1Ub2ZZ4T20IoHh5DzWjL/G\n";
-
-/// A second registry process over the same storage, requiring basic auth. Killed on drop.
-struct AuthRegistry {
-    addr: String,
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl AuthRegistry {
-    fn start(storage: &std::path::Path) -> AuthRegistry {
-        let dir = tempfile::Builder::new()
-            .prefix("crius-authreg.")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let addr = format!("127.0.0.1:{}", crius_tests::util::free_port());
-        std::fs::write(dir.path().join("htpasswd"), HTPASSWD).unwrap();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 auth:\n  htpasswd:\n    realm: crius-test\n    path: {}\nhttp:\n  addr: {addr}\n",
-                storage.display(),
-                dir.path().join("htpasswd").display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let reg = AuthRegistry { addr, child, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&reg.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "auth registry did not start: {}",
-                reg.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        reg
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for AuthRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn basic_auth(storage: &std::path::Path) -> SecureRegistry {
+    let guard = Guard {
+        basic_auth: true,
+        ..Default::default()
+    };
+    SecureRegistry::start(storage, guard).unwrap()
 }
 
 fn request(image: &str, auth: Option<AuthConfig>) -> PullImageRequest {
@@ -88,7 +32,7 @@ async fn basic_auth_credentials_from_the_cri_request() {
     let p = images::push(&reg, "private/busybox", "1", &ImageSpec::busybox())
         .await
         .unwrap();
-    let auth_reg = AuthRegistry::start(&reg.storage());
+    let auth_reg = basic_auth(&reg.storage());
     let mut d = Daemon::start().await.unwrap();
     let name = format!("{}/private/busybox:1", auth_reg.addr);
 
@@ -142,4 +86,78 @@ async fn basic_auth_credentials_from_the_cri_request() {
         .into_inner()
         .image_ref;
     assert_eq!(id, p.config_digest, "{}", auth_reg.log());
+}
+
+fn remove(id: &str) -> RemoveImageRequest {
+    RemoveImageRequest {
+        image: Some(k8s_cri::v1::ImageSpec {
+            image: id.to_string(),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn node_credentials_file_serves_requests_without_credentials() {
+    let reg = Registry::start().unwrap();
+    let p = images::push(&reg, "node/busybox", "1", &ImageSpec::busybox())
+        .await
+        .unwrap();
+    let auth_reg = basic_auth(&reg.storage());
+    let creds = tempfile::tempdir().unwrap();
+    let file = creds.path().join("config.json");
+    let mut d = Daemon::start_with(DaemonOptions {
+        top_config: format!("registry_auth_file = {file:?}\n"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let name = format!("{}/node/busybox:1", auth_reg.addr);
+
+    // No file yet: an anonymous pull, refused by the registry.
+    let err = d.images.pull_image(request(&name, None)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    // A broken file: the pull fails naming it, without quoting it.
+    std::fs::write(&file, "{\"auths\": {\"x\": {\"auth\": \"Y3JpdXM6").unwrap();
+    let err = d.images.pull_image(request(&name, None)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(&file.display().to_string()), "{err:?}");
+    assert!(!err.message().contains("Y3JpdXM6"), "{err:?}");
+
+    // What `docker login` writes (the host as https://HOST/v1/), rewritten while the daemon runs.
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"auths":{{"https://{}/v1/":{{"auth":"Y3JpdXM6Y3JpdXMtc2VjcmV0"}}}}}}"#,
+            auth_reg.addr
+        ),
+    )
+    .unwrap();
+    let id = d
+        .images
+        .pull_image(request(&name, None))
+        .await
+        .unwrap()
+        .into_inner()
+        .image_ref;
+    assert_eq!(id, p.config_digest, "{}", auth_reg.log());
+
+    // The request's own credentials win over the file's.
+    d.images.remove_image(remove(&id)).await.unwrap();
+    let wrong = AuthConfig {
+        username: "crius".into(),
+        password: "wrong".into(),
+        ..Default::default()
+    };
+    let err = d
+        .images
+        .pull_image(request(&name, Some(wrong)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let log = d.log();
+    assert!(
+        !log.contains("crius-secret") && !log.contains("Y3JpdXM6Y3JpdXMtc2VjcmV0"),
+        "secrets in the daemon log"
+    );
 }

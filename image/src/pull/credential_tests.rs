@@ -77,6 +77,7 @@ async fn plain_http_mirrors_never_get_the_registrys_credentials() {
                 endpoints: vec![format!("http://{}", mirror.addr)],
                 fallback: false,
                 send_credentials_to_mirrors: to_mirrors,
+                tls: Default::default(),
             },
         );
         h
@@ -110,6 +111,7 @@ async fn a_mirror_named_by_server_address_gets_the_credentials() {
             endpoints: vec![format!("http://{}", mirror.addr)],
             fallback: false,
             send_credentials_to_mirrors: false,
+            tls: Default::default(),
         },
     );
     let f = fixture(hosts);
@@ -151,4 +153,102 @@ async fn a_plain_http_token_realm_on_another_host_gets_no_credentials() {
     assert_eq!(id, img.config_digest());
     assert!(!realm.paths().is_empty(), "the realm was asked for a token");
     assert!(authorizations(&realm).is_empty(), "{:?}", authorizations(&realm));
+}
+
+/// A store whose node credentials file is `<store dir>/config.json`.
+fn with_auth_file(hosts: BTreeMap<String, Mirror>) -> (super::tests::Fixture, std::path::PathBuf) {
+    let f = super::tests::fixture_with(hosts, None, |d| Some(d.join("config.json")));
+    let path = f.dir.path().join("config.json");
+    (f, path)
+}
+
+#[tokio::test]
+async fn the_node_credentials_file_serves_requests_without_credentials() {
+    let img = Arc::new(TestImage::new("n", b"n", ""));
+    let reg = FakeRegistry::start(basic_protected(img.clone())).await;
+    let name = format!("{}/app:1", reg.addr);
+    let (f, path) = with_auth_file(BTreeMap::new());
+    let file = |user_pass: &str| {
+        let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, user_pass);
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{"http://{}/v1/":{{"auth":"{auth}"}}}}}}"#, reg.addr),
+        )
+        .unwrap();
+    };
+    let unauthorized = |e: PullError| matches!(registry_error(&e), RegistryError::Unauthorized(_));
+
+    // No file yet: anonymous.
+    assert!(unauthorized(
+        f.store.pull(&name, &Credentials::default()).await.unwrap_err()
+    ));
+    // Wrong in the file; the request's own credentials win over it.
+    file("user:wrong");
+    assert!(unauthorized(
+        f.store.pull(&name, &Credentials::default()).await.unwrap_err()
+    ));
+    assert_eq!(
+        f.store.pull(&name, &creds("")).await.unwrap(),
+        img.config_digest()
+    );
+    // Rewritten: the next pull reads it again.
+    f.store.remove(&img.config_digest()).unwrap();
+    file("user:pass");
+    assert_eq!(
+        f.store.pull(&name, &Credentials::default()).await.unwrap(),
+        img.config_digest()
+    );
+    let wrong = Credentials {
+        password: "wrong".into(),
+        ..creds("")
+    };
+    f.store.remove(&img.config_digest()).unwrap();
+    assert!(unauthorized(f.store.pull(&name, &wrong).await.unwrap_err()));
+    assert!(authorizations(&reg).contains(&BASIC_USER_PASS.to_string()));
+
+    // Unusable: the pull fails naming the file, and nothing was asked of the registry.
+    let asked = reg.requests.lock().unwrap().len();
+    for bad in ["{\"auths\":", "{\"auths\":{\"x\":{\"auth\":\"%%\"}}}"] {
+        std::fs::write(&path, bad.replace('x', &reg.addr)).unwrap();
+        let e = f.store.pull(&name, &Credentials::default()).await.unwrap_err();
+        assert!(matches!(e, PullError::AuthFile(_)), "{e:?}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    }
+    assert_eq!(reg.requests.lock().unwrap().len(), asked);
+}
+
+#[tokio::test]
+async fn the_node_credentials_file_follows_the_same_confinement() {
+    let img = Arc::new(TestImage::new("c", b"c", ""));
+    let served = img.clone();
+    let mirror = FakeRegistry::start(move |r| served.serve("app", "1", r).unwrap_or_else(not_found)).await;
+    let host = "registry.example.invalid";
+    let mut hosts = BTreeMap::new();
+    hosts.insert(
+        host.to_string(),
+        Mirror {
+            endpoints: vec![format!("http://{}", mirror.addr)],
+            fallback: false,
+            send_credentials_to_mirrors: true,
+            tls: Default::default(),
+        },
+    );
+    let (f, path) = with_auth_file(hosts);
+    // The registry's entry: its plain-HTTP mirror never gets it, even with the opt-in.
+    std::fs::write(
+        &path,
+        format!(r#"{{"auths":{{"{host}":{{"username":"user","password":"pass"}}}}}}"#),
+    )
+    .unwrap();
+    let id = f
+        .store
+        .pull(&format!("{host}/app:1"), &Credentials::default())
+        .await
+        .unwrap();
+    assert_eq!(id, img.config_digest());
+    assert!(
+        authorizations(&mirror).is_empty(),
+        "{:?}",
+        authorizations(&mirror)
+    );
 }

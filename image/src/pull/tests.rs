@@ -19,6 +19,15 @@ pub(super) fn fixture(hosts: BTreeMap<String, Mirror>) -> Fixture {
 
 /// [`fixture`] pulling for `platform` (None: the host's).
 pub(super) fn fixture_for(hosts: BTreeMap<String, Mirror>, platform: Option<crate::Platform>) -> Fixture {
+    fixture_with(hosts, platform, |_| None)
+}
+
+/// [`fixture_for`] with the node credentials file `auth_file(store dir)`.
+pub(super) fn fixture_with(
+    hosts: BTreeMap<String, Mirror>,
+    platform: Option<crate::Platform>,
+    auth_file: impl FnOnce(&std::path::Path) -> Option<std::path::PathBuf>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
     let store = ImageStore::open(
@@ -28,6 +37,7 @@ pub(super) fn fixture_for(hosts: BTreeMap<String, Mirror>, platform: Option<crat
             registries: RegistryHosts::new(hosts),
             pinned: Vec::new(),
             platform,
+            auth_file: auth_file(dir.path()),
         },
     )
     .unwrap();
@@ -332,6 +342,7 @@ async fn mirrors_are_tried_in_order_and_the_requested_name_is_recorded() {
             endpoints: vec![format!("http://{}", empty.addr), format!("http://{}", full.addr)],
             fallback: false,
             send_credentials_to_mirrors: false,
+            tls: Default::default(),
         },
     );
     let f = fixture(hosts);

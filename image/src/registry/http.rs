@@ -49,12 +49,17 @@ pub async fn read_capped(
     Ok(out)
 }
 
-/// A transport error as a [`RegistryError`]: timeouts apart, everything is a network failure.
+/// A transport error as a [`RegistryError`]: a timeout, a refused certificate (rustls says
+/// "certificate" in every such error: `invalid peer certificate: UnknownIssuer`, `received fatal
+/// alert: CertificateRequired`), else a network failure.
 pub fn net(what: &str, e: &reqwest::Error) -> RegistryError {
+    let chain = error_chain(e);
     if e.is_timeout() {
-        RegistryError::Timeout(format!("{what}: {}", error_chain(e)))
+        RegistryError::Timeout(format!("{what}: {chain}"))
+    } else if chain.to_ascii_lowercase().contains("certificate") {
+        RegistryError::Certificate(format!("{what}: {chain}"))
     } else {
-        RegistryError::Network(format!("{what}: {}", error_chain(e)))
+        RegistryError::Network(format!("{what}: {chain}"))
     }
 }
 

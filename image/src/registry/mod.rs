@@ -9,10 +9,10 @@
 //! reach this endpoint only if [`scope`] allowed it. Every failure is a [`RegistryError`] variant
 //! that keeps the registry's words.
 
+pub mod auth_file;
 pub mod http;
 pub mod scope;
-
-use std::time::Duration;
+pub mod tls;
 
 use base64::Engine as _;
 use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest};
@@ -29,9 +29,6 @@ pub const MAX_CONFIG_BYTES: i64 = 16 << 20;
 /// Blob chunks handed to an unpacker are at most this big (the pipe's memory is bounded by its
 /// chunk count times this).
 pub const TEE_CHUNK_BYTES: usize = 64 << 10;
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 const MANIFEST_TYPES: &[&str] = &[
     oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
@@ -52,6 +49,12 @@ pub enum RegistryError {
     Timeout(String),
     #[error("cannot reach registry: {0}")]
     Network(String),
+    /// The TLS handshake failed over a certificate (the registry's, or ours it refused).
+    #[error(
+        "TLS certificate problem: {0} (the host's [registry.\"HOST\"] table can set ca_file, \
+         cert_file/key_file or insecure_skip_verify)"
+    )]
+    Certificate(String),
     #[error("digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: String, actual: String },
     #[error("invalid manifest {digest}: {why}")]
@@ -88,8 +91,9 @@ impl RegistryError {
     }
 }
 
-/// Credentials from the CRI `AuthConfig`, as plain data.
-#[derive(Debug, Clone, Default)]
+/// Credentials from the CRI `AuthConfig` or the node credentials file, as plain data. Its
+/// `Debug` shows which fields are set, never their values.
+#[derive(Clone, Default)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
@@ -104,7 +108,35 @@ pub struct Credentials {
     pub server_address: String,
 }
 
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &String| if s.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &set(&self.password))
+            .field("auth", &set(&self.auth))
+            .field("identity_token", &set(&self.identity_token))
+            .field("registry_token", &set(&self.registry_token))
+            .field("server_address", &self.server_address)
+            .finish()
+    }
+}
+
 impl Credentials {
+    /// No secret and no user: the request carried no credentials (`server_address` alone says
+    /// nothing).
+    pub fn is_empty(&self) -> bool {
+        [
+            &self.username,
+            &self.password,
+            &self.auth,
+            &self.identity_token,
+            &self.registry_token,
+        ]
+        .iter()
+        .all(|s| s.is_empty())
+    }
+
     /// CRI: `registry_token` wins, then `identity_token`, `auth`, `username`/`password`.
     pub fn to_auth(&self) -> Result<RegistryAuth, RegistryError> {
         if !self.registry_token.is_empty() {
@@ -158,45 +190,22 @@ pub struct Resolved {
 
 impl Remote {
     /// `auth` must already be what [`scope::may_send`] allows for `endpoint` (else Anonymous);
-    /// `named` is the host the credentials belong to.
-    pub fn new(endpoint: Endpoint, auth: RegistryAuth, named: String) -> Result<Remote, RegistryError> {
-        let builder = || {
-            reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .read_timeout(READ_TIMEOUT)
-        };
-        // A host without a CA bundle cannot build a verifying TLS client. A plain-HTTP endpoint
-        // needs none: it then gets a client that trusts no certificate at all.
-        let http =
-            match builder().build() {
-                Ok(c) => c,
-                Err(_) if endpoint.plain_http => builder()
-                    .tls_certs_only(std::iter::empty())
-                    .build()
-                    .map_err(|e| RegistryError::Tls {
-                        endpoint: endpoint.host.clone(),
-                        why: http::error_chain(&e),
-                    })?,
-                Err(e) => {
-                    return Err(RegistryError::Tls {
-                        endpoint: endpoint.host.clone(),
-                        why: http::error_chain(&e),
-                    });
-                }
-            };
+    /// `named` is the host the credentials belong to; `http` is the endpoint's client
+    /// ([`tls::Clients::for_endpoint`]).
+    pub fn new(endpoint: Endpoint, http: reqwest::Client, auth: RegistryAuth, named: String) -> Remote {
         let scheme = if endpoint.plain_http { "http" } else { "https" };
         let token = match &auth {
             RegistryAuth::Bearer(t) => Some(format!("Bearer {t}")),
             _ => None,
         };
-        Ok(Remote {
+        Remote {
             http,
             base: format!("{scheme}://{}", endpoint.host),
             auth,
             named,
             token: tokio::sync::Mutex::new(token),
             endpoint,
-        })
+        }
     }
 
     /// GETs `url`, answering one auth challenge if the registry asks. Non-success answers are

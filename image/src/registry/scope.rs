@@ -24,7 +24,8 @@ pub fn named_host(server_address: &str, image_registry: &str) -> String {
     canonical(host)
 }
 
-fn canonical(host: &str) -> String {
+/// `host` as credentials and TLS settings are keyed: lower-cased, Docker Hub's aliases `docker.io`.
+pub(crate) fn canonical(host: &str) -> String {
     let h = host.to_ascii_lowercase();
     match h.as_str() {
         "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),

@@ -23,6 +23,7 @@ fn pinned_fixture(pinned: &[&str]) -> Fixture {
             registries: RegistryHosts::default(),
             pinned: pinned.iter().map(|p| p.to_string()).collect(),
             platform: None,
+            auth_file: None,
         },
     )
     .unwrap();
@@ -221,6 +222,7 @@ fn gc_spares_in_flight_pulls_and_reopen_cleans_orphans() {
             registries: RegistryHosts::default(),
             pinned: Vec::new(),
             platform: None,
+            auth_file: None,
         },
     )
     .unwrap();

@@ -28,7 +28,9 @@ pub fn image_store(e: crius_image::StoreError) -> Status {
     use crius_image::StoreError as E;
     match &e {
         E::NotFound(_) => Status::not_found(chain(&e)),
-        E::Db { .. } | E::Corrupt { .. } | E::Content(_) | E::Io { .. } => Status::internal(chain(&e)),
+        E::Db { .. } | E::Corrupt { .. } | E::Content(_) | E::Io { .. } | E::RegistryTls(_) => {
+            Status::internal(chain(&e))
+        }
     }
 }
 
@@ -45,6 +47,8 @@ pub fn pull(e: crius_image::PullError) -> Status {
             R::NotFound(_) | R::NoPlatform { .. } => Status::not_found(msg),
             R::Unauthorized(_) => Status::unauthenticated(msg),
             R::Server { .. } | R::Network(_) => Status::unavailable(msg),
+            // The node's trust or identity must change before this can work.
+            R::Certificate(_) => Status::failed_precondition(msg),
             R::Timeout(_) => Status::deadline_exceeded(msg),
             R::DigestMismatch { .. } | R::Content(C::DigestMismatch { .. } | C::SizeMismatch { .. }) => {
                 Status::data_loss(msg)
@@ -61,7 +65,7 @@ pub fn pull(e: crius_image::PullError) -> Status {
             L::Unpack(_) | L::Id(_) => Status::invalid_argument(msg),
         },
         P::Store { source, .. } => image_store(source),
-        P::NoEndpoint { .. } => Status::failed_precondition(msg),
+        P::NoEndpoint { .. } | P::AuthFile(_) => Status::failed_precondition(msg),
         P::Task { .. } => Status::internal(msg),
     }
 }

@@ -217,6 +217,19 @@ mod tests {
                 },
                 Code::FailedPrecondition,
             ),
+            (
+                registry(RegistryError::Certificate(
+                    "invalid peer certificate: UnknownIssuer".into(),
+                )),
+                Code::FailedPrecondition,
+            ),
+            (
+                PullError::AuthFile(crius_image::registry::auth_file::AuthFileError {
+                    path: "/n/config.json".into(),
+                    why: "not valid JSON at line 1 column 1".into(),
+                }),
+                Code::FailedPrecondition,
+            ),
         ];
         for (e, code) in cases {
             let msg = e.to_string();

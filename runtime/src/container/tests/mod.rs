@@ -47,6 +47,7 @@ impl Fixture {
                 registries: Default::default(),
                 pinned: Vec::new(),
                 platform: None,
+                auth_file: None,
             },
         )
         .unwrap();
