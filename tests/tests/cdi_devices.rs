@@ -1,8 +1,8 @@
 //! CDI devices through the real daemon: specs (JSON and YAML) in the test's own `[cdi]
 //! spec_dirs`, requested by `cdi_devices` and by a `cdi.k8s.io/*` annotation, observed from
-//! inside the container (env, bind mount, device node) and on the host (a createRuntime hook ran
-//! with the container's state); an unknown device is InvalidArgument naming it and leaves no
-//! container behind.
+//! inside the container (env, bind mount, device nodes and their cgroup access) and on the host
+//! (a createRuntime hook ran with the container's state); an unknown device is InvalidArgument
+//! naming it and leaves no container behind.
 
 use std::path::Path;
 
@@ -11,8 +11,17 @@ use crius_tests::pods::PodCleanup;
 use crius_tests::security::{exec, exec_ok};
 use k8s_cri::v1::*;
 
-/// The JSON spec: device `null` (node, env, read-only bind mount, hook) and device `zero`, plus
-/// spec-wide env.
+/// A device node outside libcontainer's default set (those are always rwm in the device cgroup),
+/// so the CDI device's cgroup rule is what decides its access.
+fn extra_device() -> &'static str {
+    ["/dev/loop-control", "/dev/fuse", "/dev/net/tun"]
+        .into_iter()
+        .find(|d| Path::new(d).exists())
+        .expect("a host with /dev/loop-control, /dev/fuse or /dev/net/tun")
+}
+
+/// The JSON spec: device `null` (node, env, read-only bind mount, hook), device `zero` with a
+/// read-only extra node, plus spec-wide env.
 fn json_spec(src: &Path, hook_out: &Path) -> String {
     serde_json::json!({
         "cdiVersion": "0.6.0",
@@ -29,7 +38,9 @@ fn json_spec(src: &Path, hook_out: &Path) -> String {
             }},
             {"name": "zero", "containerEdits": {
                 "deviceNodes": [{"path": "/dev/cdi-test-zero", "hostPath": "/dev/zero",
-                                 "permissions": "rw"}]
+                                 "permissions": "rw"},
+                                {"path": "/dev/cdi-test-ro", "hostPath": extra_device(),
+                                 "permissions": "r"}]
             }}
         ],
         "containerEdits": {"env": ["CDI_VENDOR=crius-test"]}
@@ -116,6 +127,10 @@ async fn cdi_devices_bring_env_mounts_nodes_and_hooks() {
         out.split_whitespace().collect::<Vec<_>>(),
         ["crius-test", "one", "3", "no-null", "no-mount"]
     );
+    exec_ok(&mut w, &b, &["sh", "-c", ": < /dev/cdi-test-ro"]).await;
+    let (code, _, err) = exec(&mut w, &b, &["sh", "-c", ": > /dev/cdi-test-ro"]).await;
+    assert_ne!(code, 0, "the device cgroup allows only reading");
+    assert!(err.contains("Operation not permitted"), "{err}");
     w.teardown().await.unwrap();
 }
 
