@@ -20,7 +20,7 @@ fn extra_device() -> &'static str {
         .expect("a host with /dev/loop-control, /dev/fuse or /dev/net/tun")
 }
 
-/// The JSON spec: device `null` (node, env, read-only bind mount, hook), device `zero` with a
+/// The JSON spec: device `null` (node, env, read-only bind mount, hooks), device `zero` with a
 /// read-only extra node, plus spec-wide env.
 fn json_spec(src: &Path, hook_out: &Path) -> String {
     serde_json::json!({
@@ -34,7 +34,11 @@ fn json_spec(src: &Path, hook_out: &Path) -> String {
                 "mounts": [{"hostPath": src, "containerPath": "/cdi-src", "options": ["ro", "bind"]}],
                 "hooks": [{"hookName": "createRuntime", "path": "/bin/sh",
                            "args": ["sh", "-c", format!("cat > {}", hook_out.display())],
-                           "env": ["PATH=/usr/bin:/bin"]}]
+                           "env": ["PATH=/usr/bin:/bin"]},
+                          {"hookName": "poststop", "path": "/bin/sh",
+                           "args": ["sh", "-c", format!("cat > {}.poststop", hook_out.display())],
+                           "env": ["PATH=/usr/bin:/bin"]},
+                          {"hookName": "poststop", "path": "/bin/false"}]
             }},
             {"name": "zero", "containerEdits": {
                 "deviceNodes": [{"path": "/dev/cdi-test-zero", "hostPath": "/dev/zero",
@@ -103,6 +107,18 @@ async fn cdi_devices_bring_env_mounts_nodes_and_hooks() {
         a.as_str(),
         "the hook got the container's state: {state}"
     );
+
+    // Removal runs the poststop hooks; one that fails does not keep the container.
+    w.stop(&a, 0).await.unwrap();
+    w.remove(&a).await.unwrap();
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(hook_out.with_extension("poststop")).expect("poststop hook ran"),
+    )
+    .unwrap();
+    assert_eq!(state["id"], a.as_str(), "{state}");
+    assert!(w.status(&a).await.is_err(), "removed despite the failing hook");
+    let youki = w.d.state.join("youki").join(&a);
+    assert!(!youki.exists(), "libcontainer state left: {}", youki.display());
 
     // By annotation, two kinds at once, one of them from the YAML file.
     let mut c = w.config("by-annotation", &["sleep", "1000"]);
