@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -103,9 +104,14 @@ fn read_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, Spec)>> {
     Ok(specs)
 }
 
-/// One spec file; `None` for what is not a regular file (a directory named `x.json`).
+/// One spec file; `None` for what is not a regular file (a directory named `x.json`). Opened
+/// non-blocking, so a FIFO named like a spec cannot stall the create.
 fn read_spec(path: &Path, json: bool) -> Result<Option<Spec>, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
     if !file.metadata().map_err(|e| e.to_string())?.is_file() {
         return Ok(None);
     }
@@ -150,6 +156,7 @@ mod tests {
         std::fs::write(etc.path().join("broken.json"), "{not json").unwrap();
         std::fs::write(etc.path().join("ignored.txt"), spec("v.com/c", &["z"], "A=txt")).unwrap();
         std::fs::create_dir(etc.path().join("dir.json")).unwrap();
+        nix::unistd::mkfifo(&etc.path().join("fifo.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let t = scan(&[
             etc.path().to_path_buf(),
             run.path().to_path_buf(),
