@@ -38,6 +38,8 @@ pub struct Config {
     pub cni: CniConfig,
     pub streaming: StreamingConfig,
     pub metrics: MetricsConfig,
+    /// `[cdi] spec_dirs`: where CDI device specs are read from.
+    pub cdi: crate::cdi::CdiConfig,
     /// One table per registry host as written in image names (`registry."registry.k8s.io"`).
     pub registry: BTreeMap<String, RegistryConfig>,
     /// The node credentials file, Docker's `config.json` format (`{"auths": {"HOST": {"auth":
@@ -127,6 +129,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             streaming: StreamingConfig::default(),
             metrics: MetricsConfig::default(),
+            cdi: Default::default(),
             pinned_images: Vec::new(),
             image_platform: None,
             registry: BTreeMap::new(),
@@ -253,7 +256,10 @@ impl Config {
             ("root", &self.root),
             ("state", &self.state),
             ("listen", &self.listen),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.cdi.spec_dirs.iter().map(|d| ("cdi.spec_dirs", d)))
+        {
             if !p.is_absolute() {
                 return Err(ConfigError::Invalid(format!(
                     "`{name}` must be an absolute path, got {p:?}"
@@ -440,6 +446,11 @@ mod tests {
     #[test]
     fn relative_paths_and_bad_endpoints_are_rejected() {
         assert!(parse("root = \"rel\"\n").is_err());
+        assert!(parse("[cdi]\nspec_dirs = [\"/etc/cdi\", \"cdi\"]\n").is_err());
+        assert_eq!(
+            parse("[cdi]\nspec_dirs = [\"/x\"]\n").unwrap().cdi.spec_dirs,
+            [Path::new("/x")]
+        );
         assert!(parse("[registry.\"a\"]\nendpoints = [\"127.0.0.1:5000\"]\n").is_err());
         assert!(parse("[registry.\"a\"]\nfallback = false\n").is_err());
     }

@@ -99,7 +99,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let containers =
         match crate::container::Containers::new(db.clone(), images.clone(), &config.root, &config.state) {
-            Ok(c) => Arc::new(c),
+            Ok(c) => Arc::new(c.with_cdi_spec_dirs(config.cdi.spec_dirs.clone())),
             Err(e) => {
                 let _ = std::fs::remove_file(&config.listen);
                 return Err(e.into());

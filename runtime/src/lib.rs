@@ -2,6 +2,7 @@
 //! queries (version, status, filesystem info), start-up recovery, the Prometheus endpoint and the
 //! process lifecycle.
 
+pub mod cdi;
 pub mod config;
 pub mod container;
 pub mod daemon;

@@ -124,6 +124,9 @@ impl Containers {
             .and_then(|c| c.stop_signal().clone());
 
         let log_path = log_path(&pod.config, &config)?;
+        // CDI devices are resolved (and their host nodes, mount sources and hooks checked)
+        // before anything of the container exists; the spec files are re-read each time.
+        let cdi = crate::cdi::Injection::resolve(&self.cdi_spec_dirs, &crate::cdi::requested(&config)?)?;
 
         let lowers = self.images.lease(&image.id, &id).map_err(ContainerError::Image)?;
         crius_sandbox::crash::point("create-container:after-lease");
@@ -139,7 +142,7 @@ impl Containers {
         let target_pid = self.target_pid_namespace(&config)?;
         let users = UserDb::load(&rootfs_dir)?;
         let (cgroup_path, spec_cgroups_path) = cgroup_paths(pod, &id)?;
-        let oci = spec::build(&SpecInput {
+        let mut oci = spec::build(&SpecInput {
             id: &id,
             sandbox_id: &pod.id,
             config: &config,
@@ -157,6 +160,10 @@ impl Containers {
             cgroup_fs_path: &cgroup_path,
             host: &self.host,
         })?;
+        cdi.apply(&mut oci);
+        if !cdi.devices.is_empty() {
+            tracing::debug!(id, devices = ?cdi.devices, "CDI devices injected");
+        }
         let spec_path = bundle.join("config.json");
         let body = serde_json::to_vec_pretty(&oci).map_err(|e| ContainerError::Io {
             what: "encode",

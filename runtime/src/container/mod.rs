@@ -94,6 +94,8 @@ pub enum ContainerError {
     Invalid(String),
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error(transparent)]
+    Cdi(#[from] crate::cdi::CdiError),
     #[error("container {id} is {state:?}: {action} needs {wanted}")]
     WrongState {
         id: String,
@@ -166,6 +168,8 @@ pub struct Containers {
     watcher: OnceLock<watch::ExitWatcher>,
     /// Where cgroupfs-driver shims go when the daemon runs as a systemd service (empty: stay).
     shim_dirs: Vec<PathBuf>,
+    /// CDI spec directories, lowest priority first (`[cdi] spec_dirs`).
+    cdi_spec_dirs: Vec<PathBuf>,
 }
 
 impl Containers {
@@ -195,7 +199,14 @@ impl Containers {
                 &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
                 Path::new("/run/systemd/system").is_dir(),
             ),
+            cdi_spec_dirs: crate::cdi::CdiConfig::default().spec_dirs,
         })
+    }
+
+    /// Reads CDI device specs from `dirs` (lowest priority first) instead of the defaults.
+    pub fn with_cdi_spec_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.cdi_spec_dirs = dirs;
+        self
     }
 
     /// Uses `shim` instead of the one next to the daemon binary (tests).

@@ -105,6 +105,9 @@ pub fn container(e: crate::container::ContainerError) -> Status {
         E::AlreadyExists { .. } => Status::already_exists(msg),
         E::Spec(crate::spec::SpecError::Unsupported(_)) => Status::failed_precondition(msg),
         E::Invalid(_) | E::Spec(_) => Status::invalid_argument(msg),
+        E::Cdi(crate::cdi::CdiError::Unsupported { .. }) => Status::failed_precondition(msg),
+        E::Cdi(crate::cdi::CdiError::Dir { .. }) => Status::internal(msg),
+        E::Cdi(_) => Status::invalid_argument(msg),
         E::PodNotReady(_) | E::WrongState { .. } => Status::failed_precondition(msg),
         E::ExecTimeout { .. } => Status::deadline_exceeded(msg),
         E::Shim {
