@@ -205,7 +205,13 @@ fn veths() -> BTreeSet<String> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    out.lines()
+    veth_names(&out)
+}
+
+/// Interface names from `ip -o link` lines (`7: veth1a2b@if2: <...> ...`).
+fn veth_names(ip_o_link: &str) -> BTreeSet<String> {
+    ip_o_link
+        .lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .collect()
@@ -272,5 +278,76 @@ fn walk(dir: &Path, skip: &[std::path::PathBuf], f: &mut impl FnMut(&Path)) {
                 todo.push(p);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(sets: [&[&str]; 7], fds: i64, rss_kb: i64) -> Snapshot {
+        Snapshot {
+            sets: sets
+                .iter()
+                .map(|s| s.iter().map(|i| i.to_string()).collect())
+                .collect(),
+            fds,
+            threads: 10,
+            rss_kb,
+            redb_bytes: Some(4096),
+        }
+    }
+
+    #[test]
+    fn leaks_name_what_is_new_and_only_that() {
+        let before = snapshot(
+            [&["/s/a (tmpfs)"], &[], &[], &["veth0"], &[], &[], &["root:x"]],
+            20,
+            1000,
+        );
+        let after = snapshot(
+            [
+                &["/s/a (tmpfs)", "/s/b (overlay)"],
+                &[],
+                &[],
+                &[],
+                &[],
+                &["42 crius-shim"],
+                &["root:x"],
+            ],
+            23,
+            1500,
+        );
+        let l = before.leaks(&after);
+        assert!(!l.clean());
+        assert_eq!(l.new[0], vec!["/s/b (overlay)".to_string()]);
+        assert!(l.new[3].is_empty(), "a veth gone since is no leak");
+        assert_eq!((l.fds, l.threads, l.rss_kb, l.redb_bytes), (3, 0, 500, Some(0)));
+        assert_eq!(
+            l.describe(5),
+            "1 mounts under root/state: /s/b (overlay); 1 shim + infra processes: 42 crius-shim"
+        );
+        assert_eq!(l.counts(), "mounts under root/state 1, shim + infra processes 1");
+        let same = before.leaks(&before);
+        assert!(same.clean());
+        assert_eq!(
+            (same.describe(5), same.counts()),
+            ("none".into(), "nothing".into())
+        );
+    }
+
+    #[test]
+    fn describe_caps_items_per_kind() {
+        let before = snapshot([&[]; 7], 0, 0);
+        let after = snapshot([&[], &[], &[], &["v1", "v2", "v3"], &[], &[], &[]], 0, 0);
+        assert_eq!(before.leaks(&after).describe(2), "3 veths: v1, v2 and 1 more");
+    }
+
+    #[test]
+    fn veth_names_from_ip_o_link() {
+        let out = "12: veth3f2a1b@if2: <BROADCAST,MULTICAST,UP> mtu 1500 master crius0\\    link/ether\n\
+                   13: vethc0ffee@if2: <BROADCAST> mtu 1500\n";
+        let names: Vec<String> = veth_names(out).into_iter().collect();
+        assert_eq!(names, ["veth3f2a1b", "vethc0ffee"]);
     }
 }
