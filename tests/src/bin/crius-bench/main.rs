@@ -6,7 +6,12 @@
 //! registry but the local one (crius through `fallback = false` mirrors, containerd through
 //! certs.d hosts.toml files with a `[host]` table).
 
+mod churn;
 mod flood;
+mod leaks;
+mod node_report;
+mod node_scale;
+mod poll;
 mod report;
 mod runtimes;
 mod scenarios;
@@ -67,8 +72,21 @@ struct Args {
     /// Scrapes of the metrics endpoint.
     #[arg(long, default_value_t = 100)]
     scrapes: usize,
+    /// Pods (one container each) of the node-scale scenarios 9 and 10, started and torn down
+    /// `--in-flight` at a time.
+    #[arg(long, default_value_t = 110)]
+    scale_pods: usize,
+    /// No pod of scenario 9 is started after this many seconds; the figures say how many ran.
+    #[arg(long, default_value_t = 300)]
+    scale_deadline_secs: u64,
+    /// Seconds of kubelet-shaped polling in scenario 10.
+    #[arg(long, default_value_t = 60)]
+    steady_secs: u64,
+    /// Pods created, started, stopped and removed in the churn scenario 11.
+    #[arg(long, default_value_t = 1000)]
+    churn_pods: usize,
     /// Scenarios to run (numbers); all by default.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9,10,11")]
     only: Vec<u32>,
     /// Where to write the Markdown table.
     #[arg(long, default_value = "crius-bench.md")]
@@ -362,6 +380,30 @@ async fn main() -> Result<()> {
             &names,
             &times,
         ));
+    }
+
+    if run(9) || run(10) {
+        eprintln!(
+            "scenario 9{}: {} pods, {} in flight",
+            if run(10) { " and 10" } else { "" },
+            args.scale_pods,
+            args.in_flight
+        );
+        let plan = node_scale::Plan {
+            pods: args.scale_pods,
+            in_flight: args.in_flight,
+            start_deadline: Duration::from_secs(args.scale_deadline_secs),
+            steady_secs: run(10).then_some(args.steady_secs),
+        };
+        rows.extend(node_report::node_scale_rows(&mut rts, plan, &small, run(9)).await);
+    }
+
+    if run(11) {
+        eprintln!(
+            "scenario 11: churn of {} pods, {} in flight",
+            args.churn_pods, args.in_flight
+        );
+        rows.extend(node_report::churn_rows(&mut rts, args.churn_pods, args.in_flight, &small).await);
     }
 
     for r in rts {

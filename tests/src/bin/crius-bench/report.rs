@@ -9,9 +9,13 @@ use crate::stats::Summary;
 #[derive(Debug, Clone)]
 pub enum Cell {
     Times(Summary),
+    /// Latencies where the tail matters (polling RPCs): rendered as p50 / p99.
+    Tail(Summary),
     /// A single figure with its unit (memory).
     Value(f64, &'static str),
     NotSupported(String),
+    /// Words, not a figure (what leaked); never part of a ratio.
+    Text(String),
     /// Served, but this figure is not measured for the runtime (the reason says why).
     NotMeasured(String),
 }
@@ -29,9 +33,9 @@ impl Row {
 
     fn headline(&self, runtime: &str) -> Option<f64> {
         match self.cell(runtime)? {
-            Cell::Times(s) => Some(s.median),
+            Cell::Times(s) | Cell::Tail(s) => Some(s.median),
             Cell::Value(v, _) => Some(*v),
-            Cell::NotSupported(_) | Cell::NotMeasured(_) => None,
+            Cell::NotSupported(_) | Cell::NotMeasured(_) | Cell::Text(_) => None,
         }
     }
 
@@ -51,9 +55,12 @@ fn render(cell: Option<&Cell>) -> String {
                 s.median, s.p90, s.min, s.max, s.n
             )
         }
+        Some(Cell::Tail(s)) => format!("p50 {:.2} / p99 {:.2} (n={})", s.median, s.p99, s.n),
         // Small figures (CPU seconds) keep two decimals; kB and MB/s need none.
-        Some(Cell::Value(v, unit)) if *v < 10.0 => format!("{v:.2} {unit}"),
+        Some(Cell::Value(v, "")) if v.fract() == 0.0 => format!("{v:.0}"),
+        Some(Cell::Value(v, unit)) if v.abs() < 10.0 => format!("{v:.2} {unit}"),
         Some(Cell::Value(v, unit)) => format!("{v:.0} {unit}"),
+        Some(Cell::Text(t)) => t.replace('|', "/"),
         Some(Cell::NotSupported(why)) => format!("not supported ({})", short(why)),
         Some(Cell::NotMeasured(why)) => format!("not measured ({})", short(why)),
     }

@@ -406,7 +406,7 @@ pub fn proc_kb(pid: i32, file: &str, key: &str) -> u64 {
 /// Cloneable CRI clients of one runtime, for concurrent work.
 #[derive(Clone)]
 pub struct Clients {
-    rt: k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    pub rt: k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
     log_dir: std::path::PathBuf,
 }
 
@@ -421,7 +421,7 @@ impl Runtime {
 
 impl Clients {
     /// Runs a pod with one running container; a pod whose container fails is removed again.
-    async fn start(&mut self, name: &str, image: &str) -> std::result::Result<(String, String), Fail> {
+    pub async fn start(&mut self, name: &str, image: &str) -> std::result::Result<(String, String), Fail> {
         let cfg = pod_config(&self.log_dir, name);
         let pod = self
             .rt

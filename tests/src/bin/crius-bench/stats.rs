@@ -1,4 +1,4 @@
-//! Sample statistics: median / p90 / min / max in milliseconds.
+//! Sample statistics: median / p90 / p99 / min / max in milliseconds.
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ pub struct Summary {
     pub n: usize,
     pub median: f64,
     pub p90: f64,
+    pub p99: f64,
     pub min: f64,
     pub max: f64,
 }
@@ -23,6 +24,7 @@ pub fn summarize(samples: &[Duration]) -> Option<Summary> {
         n: ms.len(),
         median: rank(0.5),
         p90: rank(0.9),
+        p99: rank(0.99),
         min: ms[0],
         max: ms[ms.len() - 1],
     })
@@ -37,6 +39,8 @@ mod tests {
         let s: Vec<Duration> = (1..=10).map(Duration::from_millis).collect();
         let sum = summarize(&s).unwrap();
         assert_eq!((sum.median, sum.p90, sum.min, sum.max), (5.0, 9.0, 1.0, 10.0));
+        let s: Vec<Duration> = (1..=200).map(Duration::from_millis).collect();
+        assert_eq!(summarize(&s).unwrap().p99, 198.0);
         assert!(summarize(&[]).is_none());
     }
 }
