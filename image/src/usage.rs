@@ -2,9 +2,11 @@
 //! writable-layer stats. Symlinks are not followed; hard links to one inode are counted once;
 //! the walk never crosses into another filesystem (a mounted rootfs under a container dir).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 /// Allocated bytes and inode count under a directory.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +49,56 @@ pub fn measure(dir: &Path) -> Usage {
     usage
 }
 
+/// The usage of a directory whose entries never change once they have their final name (the
+/// unpacked layers: each is built in a `.`-named temp dir and renamed into place): every such
+/// entry is walked once and remembered by name and inode, so kubelet's periodic ImageFsInfo
+/// walks only what is new. Entries whose name starts with `.` are walked every time. Hard links
+/// between two entries count twice (unpacked layers never share inodes).
+#[derive(Default)]
+pub struct ImmutableEntries {
+    known: Mutex<HashMap<(OsString, u64), Usage>>,
+}
+
+impl ImmutableEntries {
+    /// Measures `dir` as [`measure`] does, reusing the remembered entries; forgets the entries
+    /// that are gone.
+    pub fn measure(&self, dir: &Path) -> Usage {
+        let Ok(top) = std::fs::symlink_metadata(dir) else {
+            return Usage::default();
+        };
+        let mut usage = Usage {
+            bytes: top.blocks() * 512,
+            inodes: 1,
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return usage;
+        };
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = HashMap::new();
+        for entry in entries.flatten() {
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if meta.dev() != top.dev() {
+                continue;
+            }
+            let name = entry.file_name();
+            let u = if name.as_encoded_bytes().starts_with(b".") {
+                measure(&entry.path())
+            } else {
+                let key = (name, meta.ino());
+                let u = known.get(&key).copied().unwrap_or_else(|| measure(&entry.path()));
+                seen.insert(key, u);
+                u
+            };
+            usage.bytes += u.bytes;
+            usage.inodes += u.inodes;
+        }
+        *known = seen;
+        usage
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +114,26 @@ mod tests {
         let u = measure(dir.path());
         assert_eq!(u.inodes, 4, "top, sub, f (once), l");
         assert!(u.bytes >= 100_000, "{u:?}");
+    }
+
+    #[test]
+    fn immutable_entries_are_walked_once_and_forgotten_when_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", ".tmp-b"] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("f"), vec![1u8; 8192]).unwrap();
+        }
+        let memo = ImmutableEntries::default();
+        let first = memo.measure(dir.path());
+        assert_eq!(first, measure(dir.path()));
+        // A change inside a remembered entry is not seen (it never happens to a layer); one
+        // inside a temp entry is.
+        std::fs::write(dir.path().join("a/g"), b"x").unwrap();
+        std::fs::write(dir.path().join(".tmp-b/g"), b"x").unwrap();
+        assert_eq!(memo.measure(dir.path()).inodes, first.inodes + 1);
+        std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+        assert_eq!(memo.measure(dir.path()), measure(dir.path()));
+        assert_eq!(memo.known.lock().unwrap().len(), 0);
     }
 
     #[test]

@@ -137,20 +137,18 @@ pub fn container_dir(root: &Path) -> PathBuf {
 }
 
 /// CRI: `ImageFsInfo`. Measures the disk; never fails (crictl calls it on every connect).
-pub fn image_fs_info(root: &Path) -> v1::ImageFsInfoResponse {
+/// `layers` remembers the unpacked layers' usage between calls (they never change).
+pub fn image_fs_info(root: &Path, layers: &crius_image::usage::ImmutableEntries) -> v1::ImageFsInfoResponse {
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    let images = image_dirs(root)
-        .iter()
-        .map(|d| crius_image::usage::measure(d))
-        .fold(crius_image::usage::Usage::default(), |a, b| {
-            crius_image::usage::Usage {
-                bytes: a.bytes + b.bytes,
-                inodes: a.inodes + b.inodes,
-            }
-        });
+    let [content, layers_dir] = image_dirs(root);
+    let (c, l) = (crius_image::usage::measure(&content), layers.measure(&layers_dir));
+    let images = crius_image::usage::Usage {
+        bytes: c.bytes + l.bytes,
+        inodes: c.inodes + l.inodes,
+    };
     let containers = crius_image::usage::measure(&container_dir(root));
     let fs = |mountpoint: &Path, u: crius_image::usage::Usage| v1::FilesystemUsage {
         timestamp,
@@ -223,7 +221,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("content/blobs")).unwrap();
         std::fs::write(root.path().join("content/blobs/x"), vec![1u8; 8192]).unwrap();
-        let r = image_fs_info(root.path());
+        let r = image_fs_info(root.path(), &Default::default());
         let img = &r.image_filesystems[0];
         assert!(img.used_bytes.unwrap().value >= 8192);
         assert_eq!(img.inodes_used.unwrap().value, 3);

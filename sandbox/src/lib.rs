@@ -19,6 +19,7 @@ pub mod podfiles;
 pub mod record;
 mod recover;
 mod remove;
+pub mod rowcache;
 mod run;
 pub mod slice;
 mod status;

@@ -51,7 +51,7 @@ pub struct ManagerConfig {
 
 pub struct SandboxManager {
     pub(crate) config: ManagerConfig,
-    pub(crate) db: Arc<redb::Database>,
+    pub(crate) db: store::Store,
     pub(crate) cni: Cni,
     pub(crate) cgroups: Hierarchies,
     pub(crate) locks: cri_api::keyed::KeyedLocks,
@@ -88,7 +88,7 @@ impl SandboxManager {
     /// Creates the tables, detects the cgroup hierarchies and reconciles existing records with
     /// the kernel (see `recover`). Runs before the daemon serves.
     pub fn new(config: ManagerConfig, db: Arc<redb::Database>) -> Result<Arc<SandboxManager>, SandboxError> {
-        store::init(&db)?;
+        let db = store::Store::open(db)?;
         let cgroups = Hierarchies::detect()?;
         let cni = Cni {
             bin_dirs: config.cni_bin_dirs.clone(),

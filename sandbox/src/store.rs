@@ -7,13 +7,17 @@
 //! - Status changes only through [`update`], which commits before it returns.
 //! - [`delete`] removes metadata, status and the name entry together, and only the name entry
 //!   that points at this id.
+//! - Every write goes through the [`Store`]'s row cache, so reads ([`get`], [`scan`]) answer from
+//!   decoded copies that equal the tables after every commit (see `rowcache`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::record::{SandboxMeta, SandboxStatus};
+use crate::rowcache::RowCache;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sandbox_meta");
 const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("sandbox_status");
@@ -55,17 +59,54 @@ impl Record {
     }
 }
 
-/// Creates the tables so read transactions always find them.
-pub fn init(db: &redb::Database) -> Result<(), StoreError> {
-    let tx = db.begin_write().map_err(db_err)?;
-    tx.open_table(META).map_err(db_err)?;
-    tx.open_table(STATUS).map_err(db_err)?;
-    tx.open_table(NAMES).map_err(db_err)?;
-    tx.commit().map_err(db_err)
+/// The sandbox tables and the decoded copy of their rows.
+pub struct Store {
+    db: Arc<redb::Database>,
+    rows: RowCache<Row>,
+}
+
+/// One sandbox as the tables hold it.
+#[derive(Clone)]
+enum Row {
+    Readable(Arc<Record>),
+    Unreadable(Arc<Unreadable>),
+}
+
+impl Store {
+    /// Creates the tables so read transactions always find them.
+    pub fn open(db: Arc<redb::Database>) -> Result<Store, StoreError> {
+        let tx = db.begin_write().map_err(db_err)?;
+        tx.open_table(META).map_err(db_err)?;
+        tx.open_table(STATUS).map_err(db_err)?;
+        tx.open_table(NAMES).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(Store {
+            db,
+            rows: RowCache::default(),
+        })
+    }
+
+    fn rows(&self) -> Result<crate::rowcache::Rows<Row>, StoreError> {
+        self.rows.rows(|| load(&self.db))
+    }
 }
 
 /// Reserves the name and writes metadata and the first status, in one transaction.
-pub fn insert(db: &redb::Database, meta: &SandboxMeta, status: &SandboxStatus) -> Result<(), StoreError> {
+pub fn insert(store: &Store, meta: &SandboxMeta, status: &SandboxStatus) -> Result<(), StoreError> {
+    store.rows.write(
+        || insert_row(&store.db, meta, status),
+        |_, rows| {
+            let r = Record {
+                meta: meta.clone(),
+                status: status.clone(),
+            };
+            rows.insert(meta.id.clone(), Row::Readable(Arc::new(r)));
+            true
+        },
+    )
+}
+
+fn insert_row(db: &redb::Database, meta: &SandboxMeta, status: &SandboxStatus) -> Result<(), StoreError> {
     let meta_json = serde_json::to_vec(meta).expect("sandbox metadata serializes");
     let status_json = serde_json::to_vec(status).expect("sandbox status serializes");
     let tx = db.begin_write().map_err(db_err)?;
@@ -92,6 +133,26 @@ pub fn insert(db: &redb::Database, meta: &SandboxMeta, status: &SandboxStatus) -
 /// The one way to change a sandbox's status: `f` edits a copy, which is committed before
 /// this returns. Returns the new status.
 pub fn update(
+    store: &Store,
+    id: &str,
+    f: impl FnOnce(&mut SandboxStatus),
+) -> Result<SandboxStatus, StoreError> {
+    store.rows.write(
+        || update_row(&store.db, id, f),
+        |status, rows| match rows.get(id) {
+            Some(Row::Readable(r)) => {
+                let mut r = Record::clone(r);
+                r.status = status.clone();
+                rows.insert(id.to_string(), Row::Readable(Arc::new(r)));
+                true
+            }
+            // The metadata did not decode: let the next read decode both again.
+            _ => false,
+        },
+    )
+}
+
+fn update_row(
     db: &redb::Database,
     id: &str,
     f: impl FnOnce(&mut SandboxStatus),
@@ -115,8 +176,17 @@ pub fn update(
     Ok(status)
 }
 
-/// Reads one record.
-pub fn get(db: &redb::Database, id: &str) -> Result<Option<Record>, StoreError> {
+/// Reads one record: None when it does not exist or lacks half of itself; Corrupt when it does
+/// not decode.
+pub fn get(store: &Store, id: &str) -> Result<Option<Record>, StoreError> {
+    match store.rows()?.get(id) {
+        Some(Row::Readable(r)) => Ok(Some(Record::clone(r))),
+        Some(Row::Unreadable(_)) => get_row(&store.db, id),
+        None => Ok(None),
+    }
+}
+
+fn get_row(db: &redb::Database, id: &str) -> Result<Option<Record>, StoreError> {
     let tx = db.begin_read().map_err(db_err)?;
     let meta = tx.open_table(META).map_err(db_err)?;
     let status = tx.open_table(STATUS).map_err(db_err)?;
@@ -138,8 +208,8 @@ fn decode(id: &str, meta: &[u8], status: &[u8]) -> Result<Record, StoreError> {
 }
 
 /// Every readable record (see [`scan`] for the others).
-pub fn list(db: &redb::Database) -> Result<Vec<Record>, StoreError> {
-    Ok(scan(db)?.0)
+pub fn list(store: &Store) -> Result<Vec<Record>, StoreError> {
+    Ok(scan(store)?.0)
 }
 
 /// A sandbox whose metadata or status does not decode (a newer crius's format, damage), or
@@ -153,8 +223,22 @@ pub struct Unreadable {
     pub listed: Option<cri_api::v1::PodSandbox>,
 }
 
-/// Every record: the readable ones and the unreadable ones (never rewritten or removed here).
-pub fn scan(db: &redb::Database) -> Result<(Vec<Record>, Vec<Unreadable>), StoreError> {
+/// Every record, in id order: the readable ones and the unreadable ones (never rewritten or
+/// removed here).
+pub fn scan(store: &Store) -> Result<(Vec<Record>, Vec<Unreadable>), StoreError> {
+    let mut out = Vec::new();
+    let mut unreadable = Vec::new();
+    for row in store.rows()?.values() {
+        match row {
+            Row::Readable(r) => out.push(Record::clone(r)),
+            Row::Unreadable(u) => unreadable.push(Unreadable::clone(u)),
+        }
+    }
+    Ok((out, unreadable))
+}
+
+/// Decodes both tables: a row per id in either of them.
+fn load(db: &redb::Database) -> Result<BTreeMap<String, Row>, StoreError> {
     let tx = db.begin_read().map_err(db_err)?;
     let meta = tx.open_table(META).map_err(db_err)?;
     let status = tx.open_table(STATUS).map_err(db_err)?;
@@ -189,7 +273,16 @@ pub fn scan(db: &redb::Database) -> Result<(Vec<Record>, Vec<Unreadable>), Store
         id,
         listed: None,
     }));
-    Ok((out, unreadable))
+    let mut rows: BTreeMap<String, Row> = out
+        .into_iter()
+        .map(|r| (r.meta.id.clone(), Row::Readable(Arc::new(r))))
+        .collect();
+    rows.extend(
+        unreadable
+            .into_iter()
+            .map(|u| (u.id.clone(), Row::Unreadable(Arc::new(u)))),
+    );
+    Ok(rows)
 }
 
 /// What ListPodSandbox can still show of a record whose metadata is at least JSON with a
@@ -212,8 +305,8 @@ fn salvage(id: &str, meta: &[u8]) -> Option<cri_api::v1::PodSandbox> {
 }
 
 /// Ids starting with `prefix` (at most `limit`).
-pub fn ids_with_prefix(db: &redb::Database, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
-    let tx = db.begin_read().map_err(db_err)?;
+pub fn ids_with_prefix(store: &Store, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    let tx = store.db.begin_read().map_err(db_err)?;
     let meta = tx.open_table(META).map_err(db_err)?;
     let mut out = Vec::new();
     for entry in meta.range(prefix..).map_err(db_err)? {
@@ -227,7 +320,17 @@ pub fn ids_with_prefix(db: &redb::Database, prefix: &str, limit: usize) -> Resul
 }
 
 /// Removes a record and its name reservation. Idempotent.
-pub fn delete(db: &redb::Database, id: &str, name_key: &str) -> Result<(), StoreError> {
+pub fn delete(store: &Store, id: &str, name_key: &str) -> Result<(), StoreError> {
+    store.rows.write(
+        || delete_row(&store.db, id, name_key),
+        |_, rows| {
+            rows.remove(id);
+            true
+        },
+    )
+}
+
+fn delete_row(db: &redb::Database, id: &str, name_key: &str) -> Result<(), StoreError> {
     let tx = db.begin_write().map_err(db_err)?;
     {
         let mut names = tx.open_table(NAMES).map_err(db_err)?;
@@ -249,8 +352,14 @@ pub fn delete(db: &redb::Database, id: &str, name_key: &str) -> Result<(), Store
 
 /// Overwrites a record's status with raw bytes (tests of unreadable records).
 #[cfg(test)]
-pub(crate) fn put_raw_status(db: &redb::Database, id: &str, bytes: &[u8]) {
-    let tx = db.begin_write().unwrap();
-    tx.open_table(STATUS).unwrap().insert(id, bytes).unwrap();
-    tx.commit().unwrap();
+pub(crate) fn put_raw_status(store: &Store, id: &str, bytes: &[u8]) {
+    let commit = || -> Result<(), StoreError> {
+        let tx = store.db.begin_write().map_err(db_err)?;
+        tx.open_table(STATUS)
+            .map_err(db_err)?
+            .insert(id, bytes)
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    };
+    store.rows.write(commit, |_, _| false).unwrap();
 }

@@ -15,12 +15,10 @@ impl Containers {
     ) -> Result<Vec<Container>, ContainerError> {
         let filter = filter.cloned();
         self.blocking(move |c| {
-            let all = c.all()?;
-            Ok(all
-                .iter()
-                .filter(|r| matches(r, filter.as_ref()))
-                .map(to_cri)
-                .collect())
+            // Id, pod and labels first (no clone of the others); the state once exits are folded.
+            let f = filter.as_ref();
+            let selected = c.selected(|r| matches_ignoring_state(r, f))?;
+            Ok(selected.iter().filter(|r| matches(r, f)).map(to_cri).collect())
         })
         .await
     }
@@ -28,12 +26,17 @@ impl Containers {
 
 pub(crate) fn matches(r: &Record, f: Option<&ContainerFilter>) -> bool {
     let Some(f) = f else { return true };
-    if !f.id.is_empty() && !r.id.starts_with(&f.id) {
-        return false;
-    }
     if let Some(s) = &f.state
         && s.state != r.status.state.to_cri() as i32
     {
+        return false;
+    }
+    matches_ignoring_state(r, Some(f))
+}
+
+fn matches_ignoring_state(r: &Record, f: Option<&ContainerFilter>) -> bool {
+    let Some(f) = f else { return true };
+    if !f.id.is_empty() && !r.id.starts_with(&f.id) {
         return false;
     }
     if !f.pod_sandbox_id.is_empty() && !r.sandbox_id.starts_with(&f.pod_sandbox_id) {

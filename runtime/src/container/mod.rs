@@ -385,12 +385,25 @@ impl Containers {
     /// Every container, those with an unreadable record included as far as they can be read
     /// (state UNKNOWN, see `record::Unreadable`).
     pub(crate) fn all(&self) -> Result<Vec<Record>, ContainerError> {
-        let (records, unreadable) = self.records.scan()?;
-        let mut all = records
+        self.selected(|_| true)
+    }
+
+    /// The containers `keep` selects, as [`Containers::all`] gives them; `keep` sees the record
+    /// before its exit is folded in, so it must not select by state.
+    pub(crate) fn selected(&self, keep: impl Fn(&Record) -> bool) -> Result<Vec<Record>, ContainerError> {
+        let unreadable = self.records.unreadable()?;
+        let mut all = self
+            .records
+            .select(&keep)?
             .into_iter()
             .map(|r| self.fold_exit(r))
             .collect::<Result<Vec<_>, _>>()?;
-        all.extend(unreadable.into_iter().filter_map(|u| u.salvaged));
+        all.extend(
+            unreadable
+                .into_iter()
+                .filter_map(|u| u.salvaged)
+                .filter(|r| keep(r)),
+        );
         Ok(all)
     }
 
@@ -398,9 +411,8 @@ impl Containers {
     pub fn ids_in_pod(&self, sandbox_id: &str) -> Result<Vec<String>, ContainerError> {
         Ok(self
             .records
-            .list()?
+            .select(|r| r.sandbox_id == sandbox_id)?
             .into_iter()
-            .filter(|r| r.sandbox_id == sandbox_id)
             .map(|r| r.id)
             .collect())
     }

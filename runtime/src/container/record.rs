@@ -9,11 +9,15 @@
 //!
 //! Invariants: a record and its name-index entry (`<sandbox id>/<name>/<attempt>`) are inserted
 //! and removed in the same transaction, so the index never names a missing record; a status
-//! update commits before the caller answers its RPC.
+//! update commits before the caller answers its RPC. Every write goes through the row cache
+//! (`crius_sandbox::rowcache`), so reads answer from decoded copies equal to the table.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cri_api::v1::ContainerConfig;
+use crius_sandbox::rowcache::{RowCache, Rows};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -217,10 +221,18 @@ fn db<E: std::error::Error + Send + Sync + 'static>(what: &'static str) -> impl 
     }
 }
 
-/// Typed access to the two container tables.
+/// Typed access to the two container tables. Clones share the database and the row cache.
 #[derive(Clone)]
 pub struct Records {
     db: std::sync::Arc<redb::Database>,
+    rows: Arc<RowCache<Row>>,
+}
+
+/// One container as the table holds it.
+#[derive(Clone)]
+enum Row {
+    Readable(Arc<Record>),
+    Unreadable(Arc<Unreadable>),
 }
 
 impl Records {
@@ -230,7 +242,33 @@ impl Records {
         txn.open_table(CONTAINER_NAMES)
             .map_err(db_err("create container names"))?;
         txn.commit().map_err(db_err("commit"))?;
-        Ok(Records { db })
+        Ok(Records {
+            db,
+            rows: Arc::default(),
+        })
+    }
+
+    fn rows(&self) -> Result<Rows<Row>, RecordError> {
+        self.rows.rows(|| {
+            let txn = self.db.begin_read().map_err(db("begin read"))?;
+            let t = txn.open_table(CONTAINERS).map_err(db("open containers"))?;
+            let mut rows = BTreeMap::new();
+            for item in t.iter().map_err(db("scan containers"))? {
+                let (k, v) = item.map_err(db("scan containers"))?;
+                let row = match serde_json::from_slice(v.value()) {
+                    Ok(r) => Row::Readable(Arc::new(r)),
+                    Err(e) => Row::Unreadable(Arc::new(Unreadable::new(k.value(), v.value(), &e))),
+                };
+                rows.insert(k.value().to_string(), row);
+            }
+            Ok(rows)
+        })
+    }
+
+    /// Caches `r` as the committed row of its id.
+    fn cached(rows: &mut BTreeMap<String, Row>, r: &Record) -> bool {
+        rows.insert(r.id.clone(), Row::Readable(Arc::new(r.clone())));
+        true
     }
 
     /// The id holding a name, if any.
@@ -242,6 +280,11 @@ impl Records {
 
     /// Inserts a new record and its name in one transaction; a taken name is refused.
     pub fn insert(&self, r: &Record) -> Result<(), RecordError> {
+        self.rows
+            .write(|| self.insert_row(r), |_, rows| Self::cached(rows, r))
+    }
+
+    fn insert_row(&self, r: &Record) -> Result<(), RecordError> {
         let key = name_key(&r.sandbox_id, r.name(), r.attempt());
         let body = serde_json::to_vec(r).map_err(|e| RecordError::Corrupt {
             id: r.id.clone(),
@@ -267,6 +310,15 @@ impl Records {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Record>, RecordError> {
+        match self.rows()?.get(id) {
+            Some(Row::Readable(r)) => Ok(Some(Record::clone(r))),
+            Some(Row::Unreadable(_)) => self.get_row(id),
+            None => Ok(None),
+        }
+    }
+
+    /// From the table itself: a Corrupt error for an unreadable record.
+    fn get_row(&self, id: &str) -> Result<Option<Record>, RecordError> {
         let txn = self.db.begin_read().map_err(db("begin read"))?;
         let t = txn.open_table(CONTAINERS).map_err(db("open containers"))?;
         let Some(v) = t.get(id).map_err(db("get container"))? else {
@@ -303,35 +355,60 @@ impl Records {
     /// Every record: the readable ones, and those whose bytes do not decode (a newer crius's
     /// format, or damage). The latter are never rewritten or removed here.
     pub fn scan(&self) -> Result<(Vec<Record>, Vec<Unreadable>), RecordError> {
-        let txn = self.db.begin_read().map_err(db("begin read"))?;
-        let t = txn.open_table(CONTAINERS).map_err(db("open containers"))?;
         let mut out = Vec::new();
         let mut unreadable = Vec::new();
-        for item in t.iter().map_err(db("scan containers"))? {
-            let (k, v) = item.map_err(db("scan containers"))?;
-            match serde_json::from_slice(v.value()) {
-                Ok(r) => out.push(r),
-                Err(e) => unreadable.push(Unreadable::new(k.value(), v.value(), &e)),
+        for row in self.rows()?.values() {
+            match row {
+                Row::Readable(r) => out.push(Record::clone(r)),
+                Row::Unreadable(u) => unreadable.push(Unreadable::clone(u)),
             }
         }
         Ok((out, unreadable))
     }
 
+    /// The records that do not decode.
+    pub fn unreadable(&self) -> Result<Vec<Unreadable>, RecordError> {
+        Ok(self
+            .rows()?
+            .values()
+            .filter_map(|row| match row {
+                Row::Unreadable(u) => Some(Unreadable::clone(u)),
+                Row::Readable(_) => None,
+            })
+            .collect())
+    }
+
+    /// The readable records `keep` selects, each cloned only when selected.
+    pub fn select(&self, keep: impl Fn(&Record) -> bool) -> Result<Vec<Record>, RecordError> {
+        Ok(self
+            .rows()?
+            .values()
+            .filter_map(|row| match row {
+                Row::Readable(r) if keep(r) => Some(Record::clone(r)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// What can be read of an unreadable record, for listing it (None: readable or missing).
     pub fn salvage(&self, id: &str) -> Result<Option<Record>, RecordError> {
-        let txn = self.db.begin_read().map_err(db("begin read"))?;
-        let t = txn.open_table(CONTAINERS).map_err(db("open containers"))?;
-        let Some(v) = t.get(id).map_err(db("get container"))? else {
-            return Ok(None);
-        };
-        Ok(match serde_json::from_slice::<Record>(v.value()) {
-            Ok(_) => None,
-            Err(e) => Unreadable::new(id, v.value(), &e).salvaged,
+        Ok(match self.rows()?.get(id) {
+            Some(Row::Unreadable(u)) => u.salvaged.clone(),
+            _ => None,
         })
     }
 
     /// The one door for status changes: `f` edits a copy, which is committed if `f` succeeds.
     pub fn update<E: From<RecordError>>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Status) -> Result<(), E>,
+    ) -> Result<Record, E> {
+        self.rows
+            .write(|| self.update_row(id, f), |r, rows| Self::cached(rows, r))
+    }
+
+    fn update_row<E: From<RecordError>>(
         &self,
         id: &str,
         f: impl FnOnce(&mut Status) -> Result<(), E>,
@@ -360,6 +437,16 @@ impl Records {
 
     /// Removes a record and its name (idempotent).
     pub fn remove(&self, r: &Record) -> Result<(), RecordError> {
+        self.rows.write(
+            || self.remove_row(r),
+            |_, rows| {
+                rows.remove(&r.id);
+                true
+            },
+        )
+    }
+
+    fn remove_row(&self, r: &Record) -> Result<(), RecordError> {
         let key = name_key(&r.sandbox_id, r.name(), r.attempt());
         let txn = self.db.begin_write().map_err(db("begin"))?;
         {

@@ -62,6 +62,8 @@ pub struct Crius {
     pub streaming: std::sync::OnceLock<Arc<crius_streaming::StreamingServer>>,
     /// The Prometheus series (served on `metrics.address` when it is set).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The unpacked layers' disk usage, remembered between ImageFsInfo calls.
+    pub layer_usage: crius_image::usage::ImmutableEntries,
     ready: AtomicBool,
 }
 
@@ -88,6 +90,7 @@ impl Crius {
             handover: Arc::default(),
             streaming: std::sync::OnceLock::new(),
             metrics,
+            layer_usage: Default::default(),
             ready: AtomicBool::new(false),
         })
     }

@@ -118,10 +118,11 @@ impl ImageService for Images {
 
     /// CRI: must never fail (crictl calls it on every connect); the walk runs off the async workers.
     async fn image_fs_info(&self, _req: Request<ImageFsInfoRequest>) -> Rpc<ImageFsInfoResponse> {
-        let root = self.0.config.root.clone();
-        let resp = tokio::task::spawn_blocking(move || info::image_fs_info(&root))
-            .await
-            .map_err(|e| Status::internal(format!("ImageFsInfo walk failed: {e}")))?;
+        let crius = self.0.clone();
+        let resp =
+            tokio::task::spawn_blocking(move || info::image_fs_info(&crius.config.root, &crius.layer_usage))
+                .await
+                .map_err(|e| Status::internal(format!("ImageFsInfo walk failed: {e}")))?;
         Ok(Response::new(resp))
     }
 }

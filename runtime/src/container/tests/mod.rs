@@ -106,8 +106,13 @@ impl Fixture {
         }
     }
 
+    /// The record as the database holds it (a fresh reader: after `restarted`, the first
+    /// `Containers`' row cache no longer follows the table).
     fn record(&self, id: &str) -> Option<Record> {
-        self.c.records.get(id).unwrap()
+        super::record::Records::new(self.db.clone())
+            .unwrap()
+            .get(id)
+            .unwrap()
     }
 
     fn leased(&self, id: &str) -> bool {
