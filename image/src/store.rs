@@ -418,9 +418,28 @@ impl ImageStore {
     /// Pins the layers of `image` (any form [`ImageStore::get`] accepts) for `container_id` and
     /// returns their directories, top first. Taking the same lease twice is harmless.
     pub fn lease(&self, image: &str, container_id: &str) -> Result<Vec<PathBuf>, StoreError> {
+        self.lease_with(image, container_id, redb::Durability::Immediate)
+    }
+
+    /// [`ImageStore::lease`] committed without its own fsync: it is visible (to GC, to every
+    /// reader) at once, and reaches the disk with the next durable commit to the database — the
+    /// caller's, typically the record of the container it leases for. A crash before that loses
+    /// only the lease; start-up recovery takes the lease again for every recorded container
+    /// that has none, and nothing else depends on it.
+    pub fn lease_unsynced(&self, image: &str, container_id: &str) -> Result<Vec<PathBuf>, StoreError> {
+        self.lease_with(image, container_id, redb::Durability::None)
+    }
+
+    fn lease_with(
+        &self,
+        image: &str,
+        container_id: &str,
+        durability: redb::Durability,
+    ) -> Result<Vec<PathBuf>, StoreError> {
         // Resolved and leased in one write transaction: a concurrent RemoveImage either commits
         // first (NotFound here) or sees the lease when its GC runs.
-        let txn = self.db.begin_write().map_err(db("begin"))?;
+        let mut txn = self.db.begin_write().map_err(db("begin"))?;
+        txn.set_durability(durability).map_err(db("set durability"))?;
         let chain_ids = {
             let images = txn.open_table(IMAGES).map_err(db("open images"))?;
             let names = txn.open_table(NAMES).map_err(db("open names"))?;
@@ -457,14 +476,34 @@ impl ImageStore {
     }
 
     /// Drops `container_id`'s lease (idempotent) and frees layers nothing else uses.
+    ///
+    /// Committed without its own fsync: the release reaches the disk with the next durable
+    /// commit (a removed container's record, typically). A crash before that brings the lease
+    /// back, and start-up recovery releases every lease whose container has no record.
+    /// GC runs only when the lease outlived its image: while the image is recorded, its record
+    /// pins every layer the lease pinned, so the release frees nothing.
     pub fn release(&self, container_id: &str) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db("begin"))?;
-        let existed = {
+        let mut txn = self.db.begin_write().map_err(db("begin"))?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(db("set durability"))?;
+        let orphaned = {
             let mut leases = txn.open_table(LEASES).map_err(db("open leases"))?;
-            leases.remove(container_id).map_err(db("remove lease"))?.is_some()
+            let images = txn.open_table(IMAGES).map_err(db("open images"))?;
+            let removed = leases.remove(container_id).map_err(db("remove lease"))?;
+            match removed {
+                None => false,
+                Some(v) => match serde_json::from_slice::<Lease>(v.value()) {
+                    Ok(l) => images
+                        .get(l.image_id.as_str())
+                        .map_err(db("get image"))?
+                        .is_none(),
+                    // Unreadable: let GC decide from what the records and leases say.
+                    Err(_) => true,
+                },
+            }
         };
         txn.commit().map_err(db("commit"))?;
-        if existed { self.gc() } else { Ok(()) }
+        if orphaned { self.gc() } else { Ok(()) }
     }
 
     /// Deletes blobs and layer dirs no record, lease or in-flight pull refers to. Blocking.

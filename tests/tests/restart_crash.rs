@@ -1,14 +1,16 @@
 //! A daemon that dies inside RunPodSandbox or CreateContainer (the test-only crash hook
 //! `CRIUS_TEST_CRASH_AT` aborts it at a named step) leaves nothing behind once it restarts —
 //! no namespace, pod files, IP, veth, cgroup, mount, shim process or directory — and the
-//! kubelet's retry of the same RPC succeeds.
+//! kubelet's retry of the same RPC succeeds. A CreateContainer or RemoveContainer that has
+//! answered is on disk, whatever crash follows.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crius_tests::containers::World;
 use crius_tests::pods::{self, PodCleanup, TestNet};
 use crius_tests::{Daemon, util};
 use k8s_cri::v1::*;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 const CRASH_ENV: &str = "CRIUS_TEST_CRASH_AT";
 
@@ -197,5 +199,66 @@ async fn create_container_retried_after_a_client_deadline_gets_one_container() {
     let e = w.create(cfg).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
     assert!(e.message().contains(&id));
+    w.teardown().await.unwrap();
+}
+
+/// The daemon's database file and the two tables a container owns rows in (its record, its
+/// image lease): the on-disk contract of the store.
+const DB_FILE: &str = "crius.redb";
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("image_leases");
+
+/// The ids with a container record and those with an image lease, read from the database of a
+/// daemon that is not running.
+fn on_disk(root: &Path) -> (Vec<String>, Vec<String>) {
+    let db = redb::Database::open(root.join(DB_FILE)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let keys = |t: redb::ReadOnlyTable<&str, &[u8]>| -> Vec<String> {
+        t.iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value().to_string())
+            .collect()
+    };
+    (
+        keys(txn.open_table(CONTAINERS).unwrap()),
+        keys(txn.open_table(LEASES).unwrap()),
+    )
+}
+
+#[tokio::test]
+async fn create_and_remove_that_answered_survive_a_sigkill() {
+    let mut w = World::new().await.unwrap();
+    let _cleanup = PodCleanup::new(&w.d);
+    let cfg = w.config("durable", &["sh", "-c", "sleep 1000"]);
+    let id = w.create(cfg).await.unwrap();
+    w.d.kill().await.unwrap();
+    // The lease commits without its own fsync; the record's commit, before the answer, carries it.
+    let (records, leases) = on_disk(&w.d.root);
+    assert_eq!(records, vec![id.clone()], "the record is on disk");
+    assert_eq!(leases, vec![id.clone()], "the image lease is on disk");
+
+    w.d.restart().await.unwrap();
+    assert_eq!(w.state(&id).await.state(), ContainerState::ContainerCreated);
+    w.start(&id).await.unwrap();
+    let out = w.exec(&id, &["echo", "ok"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    w.stop(&id, 0).await.unwrap();
+    w.remove(&id).await.unwrap();
+    w.d.kill().await.unwrap();
+    // The release commits without its own fsync too; the record's removal carries it.
+    let (records, leases) = on_disk(&w.d.root);
+    assert!(records.is_empty(), "removed record back: {records:?}");
+    assert!(leases.is_empty(), "released lease back: {leases:?}");
+
+    w.d.restart().await.unwrap();
+    let listed = w.d.containers().await;
+    assert!(listed.is_empty(), "{listed:?}");
+    let containers = w.d.state.join("containers");
+    assert!(util::dir_entries(&containers).is_empty(), "bundles left");
+    assert!(
+        util::dir_entries(&w.d.state.join("youki")).is_empty(),
+        "libcontainer state left"
+    );
+    assert!(container_cgroups(&w.pod).is_empty(), "container cgroups left");
     w.teardown().await.unwrap();
 }

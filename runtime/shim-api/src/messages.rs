@@ -109,9 +109,10 @@ pub enum Request {
     ReopenLog,
     /// Sets the pty window size (terminal containers only).
     Resize { width: u16, height: u16 },
-    /// The container is being removed: kill what is left, reap it, delete libcontainer's state
-    /// and cgroup, answer `Ok` and exit. Idempotent from the daemon's side: a shim that is gone
-    /// has nothing left to do.
+    /// The container is being removed: kill what is left, reap it, flush the log, answer `Ok`
+    /// and exit. Under the systemd cgroup driver the shim also deletes libcontainer's state and
+    /// the container's scope; otherwise the daemon removes both itself after the answer.
+    /// Idempotent from the daemon's side: a shim that is gone has nothing left to do.
     Shutdown,
 }
 

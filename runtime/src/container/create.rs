@@ -6,6 +6,11 @@
 //! through the one container teardown (`teardown.rs`), whose steps all tolerate not having been
 //! done; the record is written only after the shim reported the container created. Everything but the shim round trip runs on the blocking pool (the image's account
 //! files are read there, never on an async worker).
+//!
+//! Durability: one fsync per create, the record's commit. The image lease is committed before
+//! it without an fsync (`lease_unsynced`) and reaches the disk with the record; a crash in
+//! between loses only the lease of a container that has no record, whose leftovers recovery
+//! removes (and recovery leases again for any recorded container that lacks one).
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -128,7 +133,10 @@ impl Containers {
         // before anything of the container exists; the spec files are re-read each time.
         let cdi = crate::cdi::Injection::resolve(&self.cdi_spec_dirs, &crate::cdi::requested(&config)?)?;
 
-        let lowers = self.images.lease(&image.id, &id).map_err(ContainerError::Image)?;
+        let lowers = self
+            .images
+            .lease_unsynced(&image.id, &id)
+            .map_err(ContainerError::Image)?;
         crius_sandbox::crash::point("create-container:after-lease");
         let bundle = self.bundle_dir(&id);
         let shim_dir = self.shim_dir(&id);

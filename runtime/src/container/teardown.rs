@@ -18,7 +18,8 @@ use crius_shim_api::Request;
 use super::{ContainerError, Containers};
 use crate::shim_client::ShimError;
 
-/// How long a shim may take to shut down (it deletes the container through libcontainer).
+/// How long a shim may take to shut down (under systemd it deletes the container through
+/// libcontainer).
 const SHUTDOWN: Duration = Duration::from_secs(10);
 /// How long killed processes may take to leave the container's cgroup.
 const CGROUP_DRAIN: Duration = Duration::from_secs(2);
@@ -72,12 +73,13 @@ impl Containers {
             }
         };
         if !shim_done {
-            // No shim did libcontainer's delete: kill a hung shim, then do it here.
             for pid in self.shim.kill_hung(&bundle) {
                 tracing::info!(id, pid, "killed the container's shim");
             }
-            note("libcontainer state", remove_dir(&self.youki_root().join(id)));
         }
+        // libcontainer's state dir, whether or not a shim answered: a shim deletes it only for
+        // a systemd-driven container (see `Request::Shutdown`), and removing it twice is fine.
+        note("libcontainer state", remove_dir(&self.youki_root().join(id)));
         if let Some(cgroup) = cgroup.or_else(|| bundle_cgroup(&bundle.join("config.json")))
             && !self.cgroups.kill_and_remove(&cgroup, CGROUP_DRAIN)
         {
