@@ -52,6 +52,10 @@ pub struct ShimConfig {
     /// kernel kills the namespace with its init.
     #[serde(default)]
     pub kill_all_on_exit: bool,
+    /// The spec has poststop hooks (CDI devices can bring them): the shim's Shutdown deletes
+    /// through libcontainer, which runs them, even where the daemon removes the cgroup itself.
+    #[serde(default)]
+    pub poststop_hooks: bool,
 }
 
 /// A shim's own cgroup (see [`ShimConfig::shim_cgroup`]).

@@ -433,8 +433,9 @@ impl Monitor {
         // A cgroupfs container's cgroup and libcontainer state dir are removed by the daemon
         // right after this answer (its teardown does it for every container), far cheaper than
         // libcontainer's delete, which on cgroup v1 parses the mount table twice per
-        // controller. A systemd scope is stopped through systemd, which only that delete does.
-        let response = if !self.cfg.systemd_cgroup {
+        // controller. A systemd scope is stopped through systemd, and poststop hooks are run,
+        // only by that delete.
+        let response = if !self.cfg.systemd_cgroup && !self.cfg.poststop_hooks {
             Response::Ok
         } else {
             match (self.teardown)(&self.cfg) {

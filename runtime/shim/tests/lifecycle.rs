@@ -4,7 +4,7 @@
 //! Needs root (fails otherwise); runs against whichever cgroup layout the host mounts (v1 or v2).
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -119,6 +119,7 @@ impl Ctr {
             systemd_cgroup: false,
             shim_cgroup: None,
             kill_all_on_exit: false,
+            poststop_hooks: false,
         };
         std::fs::write(
             self.shim_dir().join(CONFIG_FILE),

@@ -212,7 +212,7 @@ impl Containers {
             additional_gids: user.additional_gids().clone().unwrap_or_default(),
             status: Status::created(resources),
         };
-        let shim_cfg = self.shim_config(&record, spec::shares_pid_namespace(&oci));
+        let shim_cfg = self.shim_config(&record, &oci);
         Ok((record, shim_cfg))
     }
 

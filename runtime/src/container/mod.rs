@@ -304,8 +304,13 @@ impl Containers {
         (!self.shim_dirs.is_empty()).then(|| crius_shim_api::ShimCgroup::Dirs(self.shim_dirs.clone()))
     }
 
-    /// The shim's configuration for `r`; `kill_all_on_exit` when its spec joins a PID namespace.
-    pub(crate) fn shim_config(&self, r: &Record, kill_all_on_exit: bool) -> ShimConfig {
+    /// The shim's configuration for `r`, whose spec is `oci`.
+    pub(crate) fn shim_config(&self, r: &Record, oci: &oci_spec::runtime::Spec) -> ShimConfig {
+        let poststop_hooks = oci
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststop().as_ref())
+            .is_some_and(|p| !p.is_empty());
         ShimConfig {
             version: crius_shim_api::PROTOCOL_VERSION,
             id: r.id.clone(),
@@ -319,7 +324,8 @@ impl Containers {
             cgroup_path: r.cgroup_path.clone(),
             systemd_cgroup: r.systemd_cgroup,
             shim_cgroup: self.shim_cgroup(r),
-            kill_all_on_exit,
+            kill_all_on_exit: crate::spec::shares_pid_namespace(oci),
+            poststop_hooks,
         }
     }
 

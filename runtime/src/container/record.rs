@@ -347,11 +347,6 @@ impl Records {
         Ok(out)
     }
 
-    /// Every readable record (see [`Records::scan`] for the others).
-    pub fn list(&self) -> Result<Vec<Record>, RecordError> {
-        Ok(self.scan()?.0)
-    }
-
     /// Every record: the readable ones, and those whose bytes do not decode (a newer crius's
     /// format, or damage). The latter are never rewritten or removed here.
     pub fn scan(&self) -> Result<(Vec<Record>, Vec<Unreadable>), RecordError> {
@@ -520,7 +515,7 @@ mod tests {
         r.remove(&rec("a", "web")).unwrap();
         assert!(r.get("a").unwrap().is_none());
         r.insert(&rec("b", "web")).unwrap();
-        assert_eq!(r.list().unwrap().len(), 1);
+        assert_eq!(r.scan().unwrap().0.len(), 1);
     }
 
     fn put_raw(db: &redb::Database, id: &str, bytes: &[u8]) {
