@@ -40,6 +40,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// One table per registry host as written in image names (`registry."registry.k8s.io"`).
     pub registry: BTreeMap<String, RegistryConfig>,
+    /// Runtime handlers (RuntimeClass), one table per handler name (`runtimes.runc`).
+    pub runtimes: BTreeMap<String, crate::handlers::HandlerConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -115,6 +117,7 @@ impl Default for Config {
             pinned_images: Vec::new(),
             image_platform: None,
             registry: BTreeMap::new(),
+            runtimes: BTreeMap::new(),
         }
     }
 }
@@ -272,6 +275,7 @@ impl Config {
                 )));
             }
         }
+        crate::handlers::validate(&self.runtimes).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -289,7 +293,11 @@ impl Config {
              # endpoints = [\"http://127.0.0.1:5000\"]  # tried in order; http:// allows plain HTTP\n\
              # fallback = false                         # never contact registry.k8s.io itself\n\
              # send_credentials_to_mirrors = false      # true: PullImage credentials for registry.k8s.io\n\
-             #                                          # also go to its https:// endpoints (never http://)\n"
+             #                                          # also go to its https:// endpoints (never http://)\n\
+             # Runtime handlers (RuntimeClass), one table per handler name; \"\" is the embedded runtime:\n\
+             # [runtimes.runc]\n\
+             # runtime_path = \"/usr/sbin/runc\"         # an OCI runtime binary; absent: the embedded one\n\
+             # runtime_root = \"/run/crius/runtimes/runc\"  # its --root (default: <state>/runtimes/<name>)\n"
         )
     }
 }

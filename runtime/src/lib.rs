@@ -5,6 +5,7 @@
 pub mod config;
 pub mod container;
 pub mod daemon;
+pub mod handlers;
 pub mod info;
 pub mod metrics;
 pub mod node;

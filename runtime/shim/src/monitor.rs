@@ -383,6 +383,14 @@ impl Monitor {
         if self.exit.is_some() {
             return Response::Ok;
         }
+        if let Some(rt) = &self.cfg.runtime {
+            // The runtime knows how to reach the container's processes (a sandboxed runtime's
+            // init is not the workload); an init that just exited is not an error.
+            match crate::external::kill(&self.cfg, rt, signal, all) {
+                Ok(()) => return Response::Ok,
+                Err(e) => eprintln!("crius-shim {}: {e}; signalling init directly", self.cfg.id),
+            }
+        }
         if all {
             for pid in cgroup::pids(&self.cfg.cgroup_path) {
                 let _ = kill(Pid::from_raw(pid), sig);

@@ -119,6 +119,7 @@ impl Ctr {
             systemd_cgroup: false,
             shim_cgroup: None,
             kill_all_on_exit: false,
+            runtime: None,
         };
         std::fs::write(
             self.shim_dir().join(CONFIG_FILE),
@@ -203,6 +204,8 @@ impl Ctr {
             scratch_dir: self.shim_dir(),
             args: args.iter().map(|s| s.to_string()).collect(),
             console_socket: None,
+            runtime: None,
+            systemd_cgroup: false,
         };
         let (r, w) = nix::unistd::pipe().unwrap();
         let wfd = w.as_raw_fd();

@@ -107,6 +107,7 @@ impl Containers {
         config: ContainerConfig,
     ) -> Result<(Record, crius_shim_api::ShimConfig), ContainerError> {
         let id = id.to_string();
+        let runtime = self.handlers.runtime(&pod.runtime_handler)?.cloned();
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image_name.is_empty() {
             return Err(ContainerError::Invalid("container image is required".into()));
@@ -189,6 +190,7 @@ impl Containers {
             image_ref,
             log_path,
             systemd_cgroup: pod.cgroup_driver == Driver::Systemd,
+            runtime,
             cgroup_path,
             created_at: now_ns(),
             stop_signal,

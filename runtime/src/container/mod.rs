@@ -76,6 +76,8 @@ pub struct PodInfo {
     /// (cgroupfs) or in the scope `<cgroup_parent>/crius-<id>.scope` (systemd).
     pub cgroup_parent: String,
     pub cgroup_driver: crius_sandbox::cgroup::Driver,
+    /// The pod's runtime handler (`""`: the default); every container of the pod uses it.
+    pub runtime_handler: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +122,9 @@ pub enum ContainerError {
     Record(#[from] RecordError),
     #[error("image store: {0}")]
     Image(#[source] crius_image::StoreError),
+    /// The pod's handler is no longer configured (the daemon restarted with another config).
+    #[error("pod's {0}")]
+    Handler(#[from] crate::handlers::UnknownHandler),
 }
 
 impl ContainerError {
@@ -166,6 +171,8 @@ pub struct Containers {
     watcher: OnceLock<watch::ExitWatcher>,
     /// Where cgroupfs-driver shims go when the daemon runs as a systemd service (empty: stay).
     shim_dirs: Vec<PathBuf>,
+    /// The runtime handlers in force (a pod's handler picks its containers' runtime).
+    handlers: crate::handlers::Handlers,
 }
 
 impl Containers {
@@ -195,7 +202,14 @@ impl Containers {
                 &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
                 Path::new("/run/systemd/system").is_dir(),
             ),
+            handlers: Default::default(),
         })
+    }
+
+    /// Serves the runtime handlers of `handlers` (the default `""` only, unless called).
+    pub fn with_handlers(mut self, handlers: crate::handlers::Handlers) -> Self {
+        self.handlers = handlers;
+        self
     }
 
     /// Uses `shim` instead of the one next to the daemon binary (tests).
@@ -309,6 +323,22 @@ impl Containers {
             systemd_cgroup: r.systemd_cgroup,
             shim_cgroup: self.shim_cgroup(r),
             kill_all_on_exit,
+            runtime: r.runtime.clone(),
+        }
+    }
+
+    /// The exec helper's request to run `args` in container `r` (no terminal yet).
+    pub(crate) fn exec_request_for(&self, r: &Record, args: Vec<String>) -> crius_shim_api::ExecRequest {
+        crius_shim_api::ExecRequest {
+            version: crius_shim_api::PROTOCOL_VERSION,
+            id: r.id.clone(),
+            youki_root: self.youki_root(),
+            bundle: self.bundle_dir(&r.id),
+            scratch_dir: self.shim_dir(&r.id),
+            args,
+            console_socket: None,
+            runtime: r.runtime.clone(),
+            systemd_cgroup: r.systemd_cgroup,
         }
     }
 

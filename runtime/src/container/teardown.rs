@@ -77,6 +77,9 @@ impl Containers {
                 tracing::info!(id, pid, "killed the container's shim");
             }
             note("libcontainer state", remove_dir(&self.youki_root().join(id)));
+            for root in self.handlers.roots() {
+                note("runtime state", remove_dir(&root.join(id)));
+            }
         }
         if let Some(cgroup) = cgroup.or_else(|| bundle_cgroup(&bundle.join("config.json")))
             && !self.cgroups.kill_and_remove(&cgroup, CGROUP_DRAIN)

@@ -76,7 +76,7 @@ pub fn sandbox(e: crius_sandbox::SandboxError) -> Status {
     }
     match e {
         E::Invalid(_) => Status::invalid_argument(msg),
-        E::NotFound { .. } => Status::not_found(msg),
+        E::NotFound { .. } | E::UnknownHandler(_) => Status::not_found(msg),
         E::NameReserved { .. } => Status::already_exists(msg),
         E::NetworkNotReady(_) => Status::failed_precondition(msg),
         E::Namespaces(_)
@@ -101,7 +101,7 @@ pub fn container(e: crate::container::ContainerError) -> Status {
         E::AlreadyExists { .. } => Status::already_exists(msg),
         E::Spec(crate::spec::SpecError::Unsupported(_)) => Status::failed_precondition(msg),
         E::Invalid(_) | E::Spec(_) => Status::invalid_argument(msg),
-        E::PodNotReady(_) | E::WrongState { .. } => Status::failed_precondition(msg),
+        E::PodNotReady(_) | E::WrongState { .. } | E::Handler(_) => Status::failed_precondition(msg),
         E::ExecTimeout { .. } => Status::deadline_exceeded(msg),
         E::Shim {
             source: S::Unreachable { .. } | S::Timeout(_),
