@@ -70,14 +70,23 @@ pub fn default_root(state: &Path, name: &str) -> PathBuf {
 
 /// The handlers in force: name → its external runtime (`None`: the embedded libcontainer).
 /// The default handler `""` is always there.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Handlers {
     by_name: BTreeMap<String, Option<OciRuntime>>,
 }
 
+impl Default for Handlers {
+    /// The default handler `""` alone.
+    fn default() -> Self {
+        Handlers {
+            by_name: BTreeMap::from([(String::new(), None)]),
+        }
+    }
+}
+
 impl Handlers {
     pub fn new(runtimes: &BTreeMap<String, HandlerConfig>, state: &Path) -> Handlers {
-        let mut by_name = BTreeMap::from([(String::new(), None)]);
+        let mut by_name = Handlers::default().by_name;
         for (name, h) in runtimes {
             let rt = h.runtime_path.as_ref().map(|path| OciRuntime {
                 handler: name.clone(),
@@ -182,6 +191,11 @@ mod tests {
         assert!(cri[0].name.is_empty() && cri[0].features.unwrap().recursive_read_only_mounts);
         assert!(!cri[3].features.unwrap().recursive_read_only_mounts);
         assert_eq!(parse(&Config::default_toml()).unwrap().runtimes.len(), 0);
+        assert_eq!(
+            Handlers::default().names().collect::<Vec<_>>(),
+            [""],
+            "the default is always there"
+        );
     }
 
     #[test]
