@@ -297,7 +297,8 @@ impl Config {
              # Runtime handlers (RuntimeClass), one table per handler name; \"\" is the embedded runtime:\n\
              # [runtimes.runc]\n\
              # runtime_path = \"/usr/sbin/runc\"         # an OCI runtime binary; absent: the embedded one\n\
-             # runtime_root = \"/run/crius/runtimes/runc\"  # its --root (default: <state>/runtimes/<name>)\n"
+             # runtime_root = \"/run/crius/runtimes/runc\"  # its --root (default: <state>/runtimes/<name>)\n\
+             # privileged_without_host_devices = false  # true: privileged containers get no host devices\n"
         )
     }
 }

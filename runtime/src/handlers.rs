@@ -26,6 +26,10 @@ pub struct HandlerConfig {
     /// The runtime's state directory (`--root`); absent: `<state>/runtimes/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_root: Option<PathBuf>,
+    /// Privileged containers of this handler do not get the host's devices nor an allow-all
+    /// device cgroup (a VM-based runtime would hand the host's devices to its guest).
+    #[serde(default)]
+    pub privileged_without_host_devices: bool,
 }
 
 /// Checks the `[runtimes]` tables; the message names the key.
@@ -68,18 +72,25 @@ pub fn default_root(state: &Path, name: &str) -> PathBuf {
     state.join("runtimes").join(name)
 }
 
-/// The handlers in force: name → its external runtime (`None`: the embedded libcontainer).
-/// The default handler `""` is always there.
+/// What one handler selects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Handler {
+    /// The external runtime (`None`: the embedded libcontainer).
+    pub runtime: Option<OciRuntime>,
+    pub privileged_without_host_devices: bool,
+}
+
+/// The handlers in force by name. The default handler `""` is always there.
 #[derive(Debug, Clone)]
 pub struct Handlers {
-    by_name: BTreeMap<String, Option<OciRuntime>>,
+    by_name: BTreeMap<String, Handler>,
 }
 
 impl Default for Handlers {
     /// The default handler `""` alone.
     fn default() -> Self {
         Handlers {
-            by_name: BTreeMap::from([(String::new(), None)]),
+            by_name: BTreeMap::from([(String::new(), Handler::default())]),
         }
     }
 }
@@ -96,22 +107,33 @@ impl Handlers {
                     .clone()
                     .unwrap_or_else(|| default_root(state, name)),
             });
-            by_name.insert(name.clone(), rt);
+            let handler = Handler {
+                runtime: rt,
+                privileged_without_host_devices: h.privileged_without_host_devices,
+            };
+            by_name.insert(name.clone(), handler);
         }
         Handlers { by_name }
     }
 
-    /// The runtime of handler `name`; `Err` when no such handler is configured.
-    pub fn runtime(&self, name: &str) -> Result<Option<&OciRuntime>, UnknownHandler> {
+    /// Handler `name`; `Err` when no such handler is configured.
+    pub fn get(&self, name: &str) -> Result<&Handler, UnknownHandler> {
         self.by_name
             .get(name)
-            .map(Option::as_ref)
             .ok_or_else(|| UnknownHandler(name.to_string()))
+    }
+
+    /// The external runtime of handler `name` (`None`: the embedded one).
+    pub fn runtime(&self, name: &str) -> Result<Option<&OciRuntime>, UnknownHandler> {
+        self.get(name).map(|h| h.runtime.as_ref())
     }
 
     /// The state directories of the external runtimes.
     pub fn roots(&self) -> impl Iterator<Item = &Path> {
-        self.by_name.values().flatten().map(|rt| rt.root.as_path())
+        self.by_name
+            .values()
+            .filter_map(|h| h.runtime.as_ref())
+            .map(|rt| rt.root.as_path())
     }
 
     /// Every handler name, the default `""` first.
@@ -123,9 +145,9 @@ impl Handlers {
     pub fn to_cri(&self) -> Vec<v1::RuntimeHandler> {
         self.by_name
             .iter()
-            .map(|(name, rt)| v1::RuntimeHandler {
+            .map(|(name, h)| v1::RuntimeHandler {
                 name: name.clone(),
-                features: Some(features(rt.as_ref())),
+                features: Some(features(h.runtime.as_ref())),
             })
             .collect()
     }
@@ -168,6 +190,7 @@ mod tests {
             runtime_path = "/usr/bin/crun"
             runtime_root = "/run/crun-crius"
             [runtimes.plain]
+            privileged_without_host_devices = true
             "#,
         )
         .unwrap();
@@ -175,6 +198,11 @@ mod tests {
         assert_eq!(h.names().collect::<Vec<_>>(), ["", "crun", "plain", "runc"]);
         assert_eq!(h.runtime("").unwrap(), None);
         assert_eq!(h.runtime("plain").unwrap(), None, "no runtime_path: libcontainer");
+        assert!(h.get("plain").unwrap().privileged_without_host_devices);
+        assert!(
+            !h.get("runc").unwrap().privileged_without_host_devices,
+            "off unless set"
+        );
         let runc = h.runtime("runc").unwrap().unwrap();
         assert_eq!(runc.path, Path::new("/usr/sbin/runc"));
         assert_eq!(runc.root, Path::new("/run/x/runtimes/runc"));

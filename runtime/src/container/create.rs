@@ -107,7 +107,7 @@ impl Containers {
         config: ContainerConfig,
     ) -> Result<(Record, crius_shim_api::ShimConfig), ContainerError> {
         let id = id.to_string();
-        let runtime = self.handlers.runtime(&pod.runtime_handler)?.cloned();
+        let handler = self.handlers.get(&pod.runtime_handler)?.clone();
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image_name.is_empty() {
             return Err(ContainerError::Invalid("container image is required".into()));
@@ -157,6 +157,7 @@ impl Containers {
             cgroups_path: &spec_cgroups_path,
             cgroup_fs_path: &cgroup_path,
             host: &self.host,
+            privileged_host_devices: !handler.privileged_without_host_devices,
         })?;
         let spec_path = bundle.join("config.json");
         let body = serde_json::to_vec_pretty(&oci).map_err(|e| ContainerError::Io {
@@ -190,7 +191,7 @@ impl Containers {
             image_ref,
             log_path,
             systemd_cgroup: pod.cgroup_driver == Driver::Systemd,
-            runtime,
+            runtime: handler.runtime,
             cgroup_path,
             created_at: now_ns(),
             stop_signal,

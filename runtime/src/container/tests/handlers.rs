@@ -15,6 +15,7 @@ fn with_runc(f: &mut Fixture) {
         HandlerConfig {
             runtime_path: Some("/usr/sbin/runc".into()),
             runtime_root: None,
+            privileged_without_host_devices: false,
         },
     )]);
     let state = f.dir.path().join("state");
