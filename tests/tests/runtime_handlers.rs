@@ -93,8 +93,13 @@ fn runtime_state(w: &World, rts: &Runtimes, handler: &str, id: &str) -> Option<s
 
 /// A second pod in `w` served by `handler`; it becomes the pod `w.create` uses.
 async fn handler_pod(w: &mut World, handler: &str) -> Result<String, tonic::Status> {
+    handler_pod_with(w, handler, false).await
+}
+
+async fn handler_pod_with(w: &mut World, handler: &str, privileged: bool) -> Result<String, tonic::Status> {
     let mut cfg = w.pod_config();
     cfg.metadata.as_mut().unwrap().name = format!("{handler}-pod");
+    crius_tests::pods::security_context(&mut cfg).privileged = privileged;
     let id =
         w.d.runtime
             .run_pod_sandbox(RunPodSandboxRequest {
@@ -379,5 +384,32 @@ async fn runc_honours_readonly_rootfs_and_dropped_capabilities() {
     .await;
     assert_ne!(code, 0, "chown needs CAP_CHOWN");
     assert!(err.contains("Operation not permitted"), "{err}");
+    w.teardown().await.unwrap();
+}
+
+/// A handler with `privileged_without_host_devices`: its privileged containers see no host
+/// device nodes, while the same container under the plain runc handler sees them.
+#[tokio::test]
+async fn privileged_without_host_devices_under_runc() {
+    let rts = Runtimes::new();
+    let nodev = format!(
+        "{}[runtimes.nodev]\nruntime_path = \"{RUNC}\"\nprivileged_without_host_devices = true\n",
+        rts.config()
+    );
+    let mut w = World::with_config(&nodev).await.unwrap();
+    let privileged = LinuxContainerSecurityContext {
+        privileged: true,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    for handler in ["runc", "nodev"] {
+        handler_pod_with(&mut w, handler, true).await.unwrap();
+        let id = w.create(sleeper(&w, handler, privileged.clone())).await.unwrap();
+        w.start(&id).await.unwrap();
+        let (code, _, _) = exec(&mut w, &id, &["test", "-c", "/dev/loop-control"]).await;
+        seen.push(code == 0);
+    }
+    assert!(Path::new("/dev/loop-control").exists(), "the host has the device");
+    assert_eq!(seen, [true, false], "host devices under runc, none under nodev");
     w.teardown().await.unwrap();
 }
