@@ -385,7 +385,8 @@ impl Monitor {
         }
         if let Some(rt) = &self.cfg.runtime {
             // The runtime knows how to reach the container's processes (a sandboxed runtime's
-            // init is not the workload); an init that just exited is not an error.
+            // init is not the workload); an init that just exited is not an error. The call
+            // holds the loop for at most its timeout (`oci_cli::VERB_TIMEOUT`).
             match crate::external::kill(&self.cfg, rt, signal, all) {
                 Ok(()) => return Response::Ok,
                 Err(e) => eprintln!("crius-shim {}: {e}; signalling init directly", self.cfg.id),
