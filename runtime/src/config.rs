@@ -47,6 +47,8 @@ pub struct Config {
     /// `[registry]`: that table's keys are hosts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registry_auth_file: Option<PathBuf>,
+    /// Runtime handlers (RuntimeClass), one table per handler name (`runtimes.runc`).
+    pub runtimes: BTreeMap<String, crate::handlers::HandlerConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -134,6 +136,7 @@ impl Default for Config {
             image_platform: None,
             registry: BTreeMap::new(),
             registry_auth_file: None,
+            runtimes: BTreeMap::new(),
         }
     }
 }
@@ -320,6 +323,7 @@ impl Config {
                 "`registry_auth_file` must be an absolute path, got {p:?}"
             )));
         }
+        crate::handlers::validate(&self.runtimes).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -344,7 +348,12 @@ impl Config {
              # ca_file = \"/etc/crius/certs/ca.pem\"     # trusted besides the system's roots\n\
              # cert_file = \"/etc/crius/certs/node.pem\" # client certificate (with key_file)\n\
              # key_file = \"/etc/crius/certs/node-key.pem\"\n\
-             # insecure_skip_verify = false            # true: accept any certificate (testing only)\n"
+             # insecure_skip_verify = false            # true: accept any certificate (testing only)\n\
+             # Runtime handlers (RuntimeClass), one table per handler name; \"\" is the embedded runtime:\n\
+             # [runtimes.runc]\n\
+             # runtime_path = \"/usr/sbin/runc\"         # an OCI runtime binary; absent: the embedded one\n\
+             # runtime_root = \"/run/crius/runtimes/runc\"  # its --root (default: <state>/runtimes/<name>)\n\
+             # privileged_without_host_devices = false  # true: privileged containers get no host devices\n"
         )
     }
 }

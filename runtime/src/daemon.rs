@@ -99,7 +99,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let containers =
         match crate::container::Containers::new(db.clone(), images.clone(), &config.root, &config.state) {
-            Ok(c) => Arc::new(c.with_cdi_spec_dirs(config.cdi.spec_dirs.clone())),
+            Ok(c) => Arc::new(
+                c.with_cdi_spec_dirs(config.cdi.spec_dirs.clone())
+                    .with_handlers(crate::handlers::Handlers::new(&config.runtimes, &config.state)),
+            ),
             Err(e) => {
                 let _ = std::fs::remove_file(&config.listen);
                 return Err(e.into());
@@ -306,6 +309,7 @@ pub fn open_sandboxes(
             default_cgroup_parent: PathBuf::from("/crius"),
             cgroup_driver: config.cgroup_driver(),
             host_files: Default::default(),
+            runtime_handlers: config.runtimes.keys().cloned().collect(),
         },
         db,
     )

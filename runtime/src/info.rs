@@ -86,11 +86,9 @@ pub fn status(config: &Config, runtime_ready: bool, verbose: bool) -> v1::Status
             conditions: vec![runtime, network],
         }),
         info,
-        // CRI: critest's default runtime handler is "", so the default handler is listed by that name.
-        runtime_handlers: vec![v1::RuntimeHandler {
-            name: String::new(),
-            features: Some(handler_features()),
-        }],
+        // CRI: critest's default runtime handler is "", so the default handler is listed by that
+        // name, followed by the configured ones.
+        runtime_handlers: crate::handlers::Handlers::new(&config.runtimes, &config.state).to_cri(),
         features: Some(v1::RuntimeFeatures {
             // Merge and Strict are computed from the image's /etc/group (spec::process::user) and
             // ContainerStatus reports the effective ids.
@@ -99,7 +97,7 @@ pub fn status(config: &Config, runtime_ready: bool, verbose: bool) -> v1::Status
     }
 }
 
-/// What the default handler can do. Only what works is advertised:
+/// What the default handler (and any handler without a `runtime_path`) can do. Only what works is advertised:
 /// - recursive read-only mounts: libcontainer applies the `rro` option with
 ///   `mount_setattr(AT_RECURSIVE)`, and the spec builder refuses RRO unless read-only + private.
 /// - user namespaces: not supported. The pod's pinned namespaces are created in the host user

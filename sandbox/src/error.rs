@@ -20,8 +20,6 @@ pub enum InvalidRequest {
     Sysctl(#[from] SysctlError),
     #[error("cgroup_parent: {0}")]
     CgroupParent(#[source] CgroupError),
-    #[error("runtime handler {0:?} is not configured (crius serves only the default handler \"\")")]
-    RuntimeHandler(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("port mapping {mapping}: {reason}")]
@@ -34,6 +32,9 @@ pub enum SandboxError {
     Invalid(#[from] InvalidRequest),
     #[error("pod sandbox {id} not found")]
     NotFound { id: String },
+    /// CRI: RunPodSandbox with a runtime handler the runtime does not have is NotFound.
+    #[error("runtime handler {0:?} is not configured")]
+    UnknownHandler(String),
     #[error("pod sandbox name {name} is already reserved by sandbox {holder}")]
     NameReserved { name: String, holder: String },
     #[error("network not ready: {0}")]

@@ -47,6 +47,9 @@ pub struct ManagerConfig {
     /// cgroupfs or systemd, resolved by the daemon.
     pub cgroup_driver: cgroup::Driver,
     pub host_files: HostFiles,
+    /// The configured runtime handlers besides the default `""` (a pod names one of these or
+    /// none).
+    pub runtime_handlers: Vec<String>,
 }
 
 pub struct SandboxManager {

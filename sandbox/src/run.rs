@@ -186,8 +186,8 @@ impl SandboxManager {
         }
         validate::labels("config.labels", &config.labels).map_err(InvalidRequest::from)?;
         validate::annotations("config.annotations", &config.annotations).map_err(InvalidRequest::from)?;
-        if !req.runtime_handler.is_empty() {
-            return Err(InvalidRequest::RuntimeHandler(req.runtime_handler).into());
+        if !req.runtime_handler.is_empty() && !self.config.runtime_handlers.contains(&req.runtime_handler) {
+            return Err(SandboxError::UnknownHandler(req.runtime_handler));
         }
         let ns_opts = effective_namespaces(&config)?;
         let host_net = ns_opts.network == NamespaceMode::Node as i32;

@@ -84,6 +84,7 @@ fn env() -> Env {
             default_cgroup_parent: cgroup_root.clone(),
             cgroup_driver: crate::cgroup::Driver::Cgroupfs,
             host_files: HostFiles::default(),
+            runtime_handlers: vec!["runc".into()],
         },
         db,
     )
@@ -358,10 +359,17 @@ async fn bad_requests_are_refused_before_anything_is_created() {
         edit(req.config.as_mut().unwrap());
         injected.push((field, req));
     }
-    for req in [no_meta, handler, long_host, sysctl, cgroup, port] {
+    for req in [no_meta, long_host, sysctl, cgroup, port] {
         let e = m.run(req).await.unwrap_err();
         assert!(e.is_invalid_argument(), "{e}");
     }
+    // CRI: an unknown handler is NotFound, naming it.
+    let e = m.run(handler).await.unwrap_err();
+    assert!(
+        matches!(&e, SandboxError::UnknownHandler(h) if h == "kata"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("\"kata\""), "{e}");
     for (field, req) in injected {
         let e = m.run(req).await.unwrap_err();
         assert!(e.is_invalid_argument(), "{field}: {e}");

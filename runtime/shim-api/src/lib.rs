@@ -5,7 +5,8 @@
 //!
 //! Layout of one shim directory (`<state>/containers/<id>/shim/`, chosen by the daemon):
 //! `shim.json` ([`ShimConfig`]), `ctl.sock` (control socket), `exit.json` ([`ExitStatus`]),
-//! `shim.log` (the shim's own diagnostics).
+//! `shim.log` (the shim's own diagnostics), `runtime.log` and `init.pid` (an external OCI
+//! runtime's `--log` and `--pid-file`, see [`OciRuntime`]).
 
 pub mod attach;
 pub mod exit;

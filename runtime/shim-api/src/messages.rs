@@ -56,6 +56,23 @@ pub struct ShimConfig {
     /// through libcontainer, which runs them, even where the daemon removes the cgroup itself.
     #[serde(default)]
     pub poststop_hooks: bool,
+    /// The external OCI runtime of the container's runtime handler; `None` (and configs written
+    /// before handlers existed): the embedded libcontainer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<OciRuntime>,
+}
+
+/// An external OCI runtime binary (runc, crun, ...) that the shim drives through the OCI
+/// runtime command line instead of the embedded libcontainer. Recorded with the container, so
+/// a restarted daemon and a re-exec'd shim use the runtime the container was created with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciRuntime {
+    /// The runtime handler's name (`[runtimes.NAME]`).
+    pub handler: String,
+    /// The runtime binary.
+    pub path: PathBuf,
+    /// The runtime's state directory (`--root`), crius's own per handler.
+    pub root: PathBuf,
 }
 
 /// A shim's own cgroup (see [`ShimConfig::shim_cgroup`]).
@@ -197,6 +214,12 @@ pub struct ExecRequest {
     /// requests from daemons that predate it): no terminal, fds 0/1/2 are the process's stdio.
     #[serde(default)]
     pub console_socket: Option<PathBuf>,
+    /// The container's external OCI runtime (`runtime exec`); `None`: libcontainer's tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<OciRuntime>,
+    /// The systemd cgroup driver is in force (the runtime gets `--systemd-cgroup`).
+    #[serde(default)]
+    pub systemd_cgroup: bool,
 }
 
 /// Frames written by the exec helper: `Started` then `Exited`, or one `Failed`.

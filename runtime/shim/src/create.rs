@@ -1,5 +1,6 @@
 //! `crius-shim create --config <shim dir>/shim.json`: detaches from the daemon, builds the
-//! container with libcontainer while the process is still single-threaded, reports
+//! container with libcontainer while the process is still single-threaded (or, for a runtime
+//! handler with an external OCI runtime, through that runtime's command line: `external`), reports
 //! `{pid}` or the error on the pipe it got as stdout, then serves the container until it is
 //! started (and re-execs into `monitor`) or removed.
 //!
@@ -54,6 +55,8 @@ pub enum CreateError {
     },
     #[error("libcontainer could not create container {id}: {message}")]
     Build { id: String, message: String },
+    #[error("could not create container {id}: {message}")]
+    External { id: String, message: String },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CreateError {
@@ -159,16 +162,19 @@ pub fn load_config(path: &Path) -> Result<ShimConfig, CreateError> {
     Ok(cfg)
 }
 
-/// Stdio handed to libcontainer, and the ends the shim keeps.
-struct Stdio {
-    container: Option<(OwnedFd, OwnedFd, OwnedFd)>,
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
-    stdin: Option<OwnedFd>,
-    console: Option<(UnixListener, PathBuf)>,
+/// Stdio handed to the container's runtime (libcontainer or an external one), and the ends the
+/// shim keeps.
+pub(crate) struct ShimStdio {
+    /// The container's stdin, stdout, stderr (none with a terminal).
+    pub container: Option<(OwnedFd, OwnedFd, OwnedFd)>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    pub stdin: Option<OwnedFd>,
+    /// The console socket the runtime sends the pty master to.
+    pub console: Option<(UnixListener, PathBuf)>,
 }
 
-fn stdio(cfg: &ShimConfig) -> Result<Stdio, CreateError> {
+fn stdio(cfg: &ShimConfig) -> Result<ShimStdio, CreateError> {
     let (in_r, in_w) = if cfg.stdin {
         let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io_err("stdin pipe")(e.into()))?;
         (r, Some(w))
@@ -180,7 +186,7 @@ fn stdio(cfg: &ShimConfig) -> Result<Stdio, CreateError> {
         let path = cfg.shim_dir.join("console.sock");
         let listener = crius_shim_api::bind_socket(&cfg.shim_dir, "console.sock")
             .map_err(io_err(format!("bind {}", path.display())))?;
-        return Ok(Stdio {
+        return Ok(ShimStdio {
             container: None,
             stdout: None,
             stderr: None,
@@ -190,7 +196,7 @@ fn stdio(cfg: &ShimConfig) -> Result<Stdio, CreateError> {
     }
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io_err("stdout pipe")(e.into()))?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| io_err("stderr pipe")(e.into()))?;
-    Ok(Stdio {
+    Ok(ShimStdio {
         container: Some((in_r, out_w, err_w)),
         stdout: Some(out_r),
         stderr: Some(err_r),
@@ -220,6 +226,9 @@ fn create(config_path: &Path) -> Result<(Monitor, Pid), CreateError> {
         cfg.log_path.as_deref().unwrap_or(Path::new("")).display()
     )))?;
     let mut io = stdio(&cfg)?;
+    if let Some(rt) = cfg.runtime.clone() {
+        return crate::external::create(cfg, rt, io, ctl, &ctl_path, log);
+    }
     let oom_before = proc_setup::read_oom_score_adj();
 
     let built = build(&cfg, &mut io);
@@ -289,7 +298,7 @@ fn create(config_path: &Path) -> Result<(Monitor, Pid), CreateError> {
     Ok((monitor, pid))
 }
 
-fn build(cfg: &ShimConfig, io: &mut Stdio) -> Result<Container, CreateError> {
+fn build(cfg: &ShimConfig, io: &mut ShimStdio) -> Result<Container, CreateError> {
     let fail = |message: String| CreateError::Build {
         id: cfg.id.clone(),
         message,
@@ -329,7 +338,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Accepts libcontainer's console connection and receives the pty master it sends with
 /// SCM_RIGHTS.
-fn receive_pty_master(listener: &UnixListener) -> Result<OwnedFd, CreateError> {
+pub(crate) fn receive_pty_master(listener: &UnixListener) -> Result<OwnedFd, CreateError> {
     let timeout = Duration::from_secs(10);
     let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(listener), PollFlags::POLLIN)];
     let ready = poll(

@@ -7,6 +7,9 @@
 //! terminal whose master libcontainer sends to that socket. libcontainer 0.7 drops `linux.seccomp` for tenants, so
 //! [`SeccompExecutor`] loads the container's filter itself right before `execvp`.
 //!
+//! With an external OCI runtime (`ExecRequest::runtime`) the process runs through that runtime's
+//! `exec --detach` instead (see `external`); the runtime applies the container's seccomp filter.
+//!
 //! Invariants: the helper never writes to fds 0/1/2 (they belong to the exec'd process); every
 //! outcome is one or two [`ExecReport`] frames on fd 3; the scratch `process.json` is removed
 //! before the process runs.
@@ -121,9 +124,15 @@ fn run(request: &str, send: &mut dyn FnMut(&ExecReport)) -> Result<i32, ExecErro
         path: scratch.clone(),
         source,
     })?;
-    let built = build(&req, &scratch, seccomp);
+    let built = match &req.runtime {
+        Some(rt) => crate::external::exec(&req, rt, &scratch).map_err(|message| ExecError::Build {
+            id: req.id.clone(),
+            message,
+        }),
+        None => build(&req, &scratch, seccomp),
+    };
     let _ = std::fs::remove_file(&scratch);
-    if let Some(sock) = &req.console_socket {
+    if let (Some(sock), None) = (&req.console_socket, &req.runtime) {
         remove_console_links(&req.youki_root.join(&req.id), sock);
     }
     let pid = built?;

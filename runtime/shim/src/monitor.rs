@@ -384,6 +384,15 @@ impl Monitor {
         if self.exit.is_some() {
             return Response::Ok;
         }
+        if let Some(rt) = &self.cfg.runtime {
+            // The runtime knows how to reach the container's processes (a sandboxed runtime's
+            // init is not the workload); an init that just exited is not an error. The call
+            // holds the loop for at most its timeout (`oci_cli::VERB_TIMEOUT`).
+            match crate::external::kill(&self.cfg, rt, signal, all) {
+                Ok(()) => return Response::Ok,
+                Err(e) => eprintln!("crius-shim {}: {e}; signalling init directly", self.cfg.id),
+            }
+        }
         if all {
             for pid in cgroup::pids(&self.cfg.cgroup_path) {
                 let _ = kill(Pid::from_raw(pid), sig);
@@ -434,8 +443,9 @@ impl Monitor {
         // right after this answer (its teardown does it for every container), far cheaper than
         // libcontainer's delete, which on cgroup v1 parses the mount table twice per
         // controller. A systemd scope is stopped through systemd, and poststop hooks are run,
-        // only by that delete.
-        let response = if !self.cfg.systemd_cgroup && !self.cfg.poststop_hooks {
+        // only by that delete; an external runtime always deletes its own container.
+        let embedded_cgroupfs = self.cfg.runtime.is_none() && !self.cfg.systemd_cgroup;
+        let response = if embedded_cgroupfs && !self.cfg.poststop_hooks {
             Response::Ok
         } else {
             match (self.teardown)(&self.cfg) {

@@ -1,5 +1,5 @@
 //! Deleting libcontainer's state for a container: its state dir under the youki root and its
-//! leaf cgroup. Runs when the daemon removes the container, or when a create fails.
+//! leaf cgroup (or the external runtime's `delete`). Runs when the daemon removes the container, or when a create fails.
 //!
 //! Invariant: idempotent — a container libcontainer no longer knows is already deleted.
 
@@ -9,6 +9,9 @@ use libcontainer::container::Container;
 use crate::create::error_chain;
 
 pub fn delete_container(cfg: &ShimConfig) -> Result<(), String> {
+    if let Some(rt) = &cfg.runtime {
+        return crate::external::delete(cfg, rt);
+    }
     let dir = cfg.youki_root.join(&cfg.id);
     if !dir.join("state.json").exists() {
         let _ = std::fs::remove_dir_all(&dir);

@@ -120,6 +120,7 @@ impl Ctr {
             shim_cgroup: None,
             kill_all_on_exit: false,
             poststop_hooks: false,
+            runtime: None,
         };
         std::fs::write(
             self.shim_dir().join(CONFIG_FILE),
@@ -204,6 +205,8 @@ impl Ctr {
             scratch_dir: self.shim_dir(),
             args: args.iter().map(|s| s.to_string()).collect(),
             console_socket: None,
+            runtime: None,
+            systemd_cgroup: false,
         };
         let (r, w) = nix::unistd::pipe().unwrap();
         let wfd = w.as_raw_fd();

@@ -112,6 +112,7 @@ impl Containers {
         config: ContainerConfig,
     ) -> Result<(Record, crius_shim_api::ShimConfig), ContainerError> {
         let id = id.to_string();
+        let handler = self.handlers.get(&pod.runtime_handler)?.clone();
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image_name.is_empty() {
             return Err(ContainerError::Invalid("container image is required".into()));
@@ -167,6 +168,7 @@ impl Containers {
             cgroups_path: &spec_cgroups_path,
             cgroup_fs_path: &cgroup_path,
             host: &self.host,
+            privileged_host_devices: !handler.privileged_without_host_devices,
         })?;
         cdi.apply(&mut oci);
         if !cdi.devices.is_empty() {
@@ -204,6 +206,7 @@ impl Containers {
             image_ref,
             log_path,
             systemd_cgroup: pod.cgroup_driver == Driver::Systemd,
+            runtime: handler.runtime,
             cgroup_path,
             created_at: now_ns(),
             stop_signal,

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crius_shim_api::ExecRequest;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
@@ -44,11 +43,27 @@ impl Containers {
     /// The full id of the RUNNING container `query` names; `action` names the verb in the
     /// FailedPrecondition error.
     pub fn running(&self, query: &str, action: &'static str) -> Result<String, ContainerError> {
+        self.running_record(query, action).map(|r| r.id)
+    }
+
+    /// [`Containers::running`], returning the container's record.
+    fn running_record(&self, query: &str, action: &'static str) -> Result<super::Record, ContainerError> {
         let full = self
             .resolve(query)?
             .ok_or_else(|| ContainerError::NotFound(query.into()))?;
-        super::require_state(&self.refreshed(&full)?, &[State::Running], action)?;
-        Ok(full)
+        let r = self.refreshed(&full)?;
+        super::require_state(&r, &[State::Running], action)?;
+        Ok(r)
+    }
+
+    /// [`Containers::running_record`] on the blocking pool.
+    pub(crate) async fn running_record_off(
+        self: &Arc<Self>,
+        query: &str,
+        action: &'static str,
+    ) -> Result<super::Record, ContainerError> {
+        let query = query.to_string();
+        self.blocking(move |c| c.running_record(&query, action)).await
     }
 
     /// [`Containers::running`] on the blocking pool.
@@ -93,16 +108,9 @@ impl Containers {
         io: ProcessIo,
     ) -> Result<i32, ContainerError> {
         // Validated by `exec_request` when the URL was issued; the container may have stopped since.
-        let id = self.running_off(&req.container_id, "exec").await?;
-        let shim_req = ExecRequest {
-            version: crius_shim_api::PROTOCOL_VERSION,
-            id: id.clone(),
-            youki_root: self.youki_root(),
-            bundle: self.bundle_dir(&id),
-            scratch_dir: self.shim_dir(&id),
-            args: req.cmd.clone(),
-            console_socket: None,
-        };
+        let r = self.running_record_off(&req.container_id, "exec").await?;
+        let shim_req = self.exec_request_for(&r, req.cmd.clone());
+        let id = r.id;
         let mut exec = self
             .exec
             .exec_interactive(shim_req, io.stdin.is_some(), io.tty)

@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use cri_api::v1::ExecSyncResponse;
-use crius_shim_api::ExecRequest;
 
 use super::{ContainerError, Containers};
 
@@ -26,16 +25,9 @@ impl Containers {
         if cmd.is_empty() || cmd[0].is_empty() {
             return Err(ContainerError::Invalid("exec needs a command".into()));
         }
-        let id = &self.running_off(query, "exec").await?;
-        let req = ExecRequest {
-            version: crius_shim_api::PROTOCOL_VERSION,
-            id: id.into(),
-            youki_root: self.youki_root(),
-            bundle: self.bundle_dir(id),
-            scratch_dir: self.shim_dir(id),
-            args: cmd,
-            console_socket: None,
-        };
+        let r = self.running_record_off(query, "exec").await?;
+        let id = &r.id;
+        let req = self.exec_request_for(&r, cmd);
         let timeout = (timeout_seconds > 0).then(|| Duration::from_secs(timeout_seconds as u64));
         let out = self
             .exec

@@ -76,6 +76,8 @@ pub struct PodInfo {
     /// (cgroupfs) or in the scope `<cgroup_parent>/crius-<id>.scope` (systemd).
     pub cgroup_parent: String,
     pub cgroup_driver: crius_sandbox::cgroup::Driver,
+    /// The pod's runtime handler (`""`: the default); every container of the pod uses it.
+    pub runtime_handler: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +124,9 @@ pub enum ContainerError {
     Record(#[from] RecordError),
     #[error("image store: {0}")]
     Image(#[source] crius_image::StoreError),
+    /// The pod's handler is no longer configured (the daemon restarted with another config).
+    #[error("pod's {0}")]
+    Handler(#[from] crate::handlers::UnknownHandler),
 }
 
 impl ContainerError {
@@ -170,6 +175,8 @@ pub struct Containers {
     shim_dirs: Vec<PathBuf>,
     /// CDI spec directories, lowest priority first (`[cdi] spec_dirs`).
     cdi_spec_dirs: Vec<PathBuf>,
+    /// The runtime handlers in force (a pod's handler picks its containers' runtime).
+    handlers: crate::handlers::Handlers,
 }
 
 impl Containers {
@@ -200,12 +207,19 @@ impl Containers {
                 Path::new("/run/systemd/system").is_dir(),
             ),
             cdi_spec_dirs: crate::cdi::CdiConfig::default().spec_dirs,
+            handlers: Default::default(),
         })
     }
 
     /// Reads CDI device specs from `dirs` (lowest priority first) instead of the defaults.
     pub fn with_cdi_spec_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
         self.cdi_spec_dirs = dirs;
+        self
+    }
+
+    /// Serves the runtime handlers of `handlers` (the default `""` only, unless called).
+    pub fn with_handlers(mut self, handlers: crate::handlers::Handlers) -> Self {
+        self.handlers = handlers;
         self
     }
 
@@ -326,6 +340,22 @@ impl Containers {
             shim_cgroup: self.shim_cgroup(r),
             kill_all_on_exit: crate::spec::shares_pid_namespace(oci),
             poststop_hooks,
+            runtime: r.runtime.clone(),
+        }
+    }
+
+    /// The exec helper's request to run `args` in container `r` (no terminal yet).
+    pub(crate) fn exec_request_for(&self, r: &Record, args: Vec<String>) -> crius_shim_api::ExecRequest {
+        crius_shim_api::ExecRequest {
+            version: crius_shim_api::PROTOCOL_VERSION,
+            id: r.id.clone(),
+            youki_root: self.youki_root(),
+            bundle: self.bundle_dir(&r.id),
+            scratch_dir: self.shim_dir(&r.id),
+            args,
+            console_socket: None,
+            runtime: r.runtime.clone(),
+            systemd_cgroup: r.systemd_cgroup,
         }
     }
 

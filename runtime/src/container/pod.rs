@@ -45,6 +45,7 @@ pub fn pod_info(r: &SandboxRecord) -> PodInfo {
         },
         cgroup_parent: m.cgroup_parent.to_string_lossy().into_owned(),
         cgroup_driver: m.cgroup_driver,
+        runtime_handler: m.runtime_handler.clone(),
     }
 }
 

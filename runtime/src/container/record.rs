@@ -97,6 +97,10 @@ pub struct Record {
     /// The cgroup is a systemd scope that libcontainer asked systemd for.
     #[serde(default)]
     pub systemd_cgroup: bool,
+    /// The external OCI runtime of the pod's runtime handler, as it was when the container was
+    /// created; `None` (and records written before handlers existed): the embedded libcontainer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<crius_shim_api::OciRuntime>,
     pub created_at: i64,
     /// Image config `StopSignal` (e.g. `SIGQUIT`), if any.
     pub stop_signal: Option<String>,
@@ -171,6 +175,7 @@ fn salvage(id: &str, v: &serde_json::Value, error: &str) -> Option<Record> {
         log_path: field(v, "/log_path"),
         cgroup_path: field(v, "/cgroup_path").unwrap_or_default(),
         systemd_cgroup: field(v, "/systemd_cgroup").unwrap_or_default(),
+        runtime: field(v, "/runtime"),
         created_at: field(v, "/created_at").unwrap_or_default(),
         stop_signal: None,
         uid: 0,
@@ -486,6 +491,7 @@ mod tests {
             log_path: None,
             cgroup_path: "/crius/pod/x".into(),
             systemd_cgroup: false,
+            runtime: None,
             created_at: 1,
             stop_signal: None,
             uid: 0,

@@ -77,9 +77,13 @@ impl Containers {
                 tracing::info!(id, pid, "killed the container's shim");
             }
         }
-        // libcontainer's state dir, whether or not a shim answered: a shim deletes it only for
-        // a systemd-driven container (see `Request::Shutdown`), and removing it twice is fine.
+        // libcontainer's (or the handler's runtime's) state dir, whether or not a shim answered:
+        // a shim deletes it only for a systemd-driven container or one with poststop hooks (see
+        // `Request::Shutdown`), and removing it twice is fine.
         note("libcontainer state", remove_dir(&self.youki_root().join(id)));
+        for root in self.handlers.roots() {
+            note("runtime state", remove_dir(&root.join(id)));
+        }
         if let Some(cgroup) = cgroup.or_else(|| bundle_cgroup(&bundle.join("config.json")))
             && !self.cgroups.kill_and_remove(&cgroup, CGROUP_DRAIN)
         {

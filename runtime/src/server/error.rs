@@ -80,7 +80,7 @@ pub fn sandbox(e: crius_sandbox::SandboxError) -> Status {
     }
     match e {
         E::Invalid(_) => Status::invalid_argument(msg),
-        E::NotFound { .. } => Status::not_found(msg),
+        E::NotFound { .. } | E::UnknownHandler(_) => Status::not_found(msg),
         E::NameReserved { .. } => Status::already_exists(msg),
         E::NetworkNotReady(_) => Status::failed_precondition(msg),
         E::Namespaces(_)
@@ -108,7 +108,7 @@ pub fn container(e: crate::container::ContainerError) -> Status {
         E::Cdi(crate::cdi::CdiError::Unsupported { .. }) => Status::failed_precondition(msg),
         E::Cdi(crate::cdi::CdiError::Dir { .. }) => Status::internal(msg),
         E::Cdi(_) => Status::invalid_argument(msg),
-        E::PodNotReady(_) | E::WrongState { .. } => Status::failed_precondition(msg),
+        E::PodNotReady(_) | E::WrongState { .. } | E::Handler(_) => Status::failed_precondition(msg),
         E::ExecTimeout { .. } => Status::deadline_exceeded(msg),
         E::Shim {
             source: S::Unreachable { .. } | S::Timeout(_),

@@ -99,6 +99,9 @@ pub struct SpecInput<'a> {
     /// Absolute cgroupfs path of this container's cgroup (under the pod's cgroup).
     pub cgroup_fs_path: &'a str,
     pub host: &'a HostFacts,
+    /// A privileged container gets the host's devices and an allow-all device cgroup; false
+    /// under a handler with `privileged_without_host_devices`.
+    pub privileged_host_devices: bool,
 }
 
 // CRI: the deprecated `apparmor_profile`/`seccomp_profile_path` strings are still honoured when
@@ -166,7 +169,8 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let mut mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let all_mounts = mounts::merge(base, mounts::cri_mounts(&cfg.mounts, &mut mountinfo)?);
     let (mut devices, device_rules) = devices::devices(&cfg.devices)?;
-    if privileged {
+    let host_devices = privileged && input.privileged_host_devices;
+    if host_devices {
         // A privileged container sees the host's devices; a CRI device at the same path wins.
         let mut host = devices::host_devices(Path::new("/dev"));
         host.retain(|h| !devices.iter().any(|d| d.path() == h.path()));
@@ -189,7 +193,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .set_resources(Some(linux::resources(
             resources,
             input.host,
-            privileged,
+            host_devices,
             device_rules,
         )?))
         .set_devices((!devices.is_empty()).then_some(devices))

@@ -106,6 +106,7 @@ fn build_on(cfg: &ContainerConfig, sb: &PodSandboxConfig, host: &HostFacts) -> R
         cgroups_path: "/crius/p1/c1",
         cgroup_fs_path: "/crius/p1/c1",
         host,
+        privileged_host_devices: true,
     })
 }
 
@@ -461,6 +462,7 @@ fn missing_command_is_invalid() {
         cgroups_path: "/crius/p1/c1",
         cgroup_fs_path: "/crius/p1/c1",
         host: &host(),
+        privileged_host_devices: true,
     });
     assert!(matches!(r, Err(SpecError::Invalid(m)) if m.contains("no command")));
 }
@@ -498,4 +500,69 @@ fn pid_namespace_sharing_is_read_from_the_spec() {
     assert!(shares_pid_namespace(&spec), "joins the pod's");
     set_pid(&mut spec, None);
     assert!(shares_pid_namespace(&spec), "the host's");
+}
+
+#[test]
+fn privileged_without_host_devices_keeps_the_device_cgroup_closed() {
+    let mut sb = sandbox();
+    sb.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let c = ctr(Some(LinuxContainerSecurityContext {
+        privileged: true,
+        ..Default::default()
+    }));
+    let files = PodFiles::default();
+    let (host_facts, users) = (host(), users());
+    let spec = |privileged_host_devices| {
+        build(&SpecInput {
+            id: "c1",
+            sandbox_id: "p1",
+            config: &c,
+            sandbox: &sb,
+            image_name: "x",
+            image: &image(),
+            rootfs: Path::new("/r"),
+            users: &users,
+            pod_files: &files,
+            namespaces: &pod_ns(),
+            target_pid: None,
+            cgroups_path: "/crius/p1/c1",
+            cgroup_fs_path: "/crius/p1/c1",
+            host: &host_facts,
+            privileged_host_devices,
+        })
+        .unwrap()
+    };
+    let allows_all = |s: &Spec| {
+        let lx = s.linux().as_ref().unwrap();
+        let rules = lx
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .clone()
+            .unwrap_or_default();
+        rules.first().is_some_and(|r| r.allow())
+    };
+    let with = spec(true);
+    assert!(allows_all(&with));
+    let without = spec(false);
+    assert!(!allows_all(&without), "the handler withholds the host's devices");
+    assert!(without.linux().as_ref().unwrap().devices().is_none());
+    let caps = without
+        .process()
+        .as_ref()
+        .unwrap()
+        .capabilities()
+        .clone()
+        .unwrap();
+    assert!(
+        !caps.bounding().as_ref().unwrap().is_empty(),
+        "still privileged otherwise"
+    );
 }

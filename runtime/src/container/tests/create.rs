@@ -143,6 +143,7 @@ fn template_record(id: &str, pod: &PodInfo) -> Record {
         log_path: None,
         cgroup_path: String::new(),
         systemd_cgroup: false,
+        runtime: None,
         created_at: 0,
         stop_signal: None,
         uid: 0,

@@ -7,6 +7,7 @@
 mod census;
 mod create;
 mod fakes;
+mod handlers;
 mod lifecycle;
 mod recover;
 
@@ -103,6 +104,7 @@ impl Fixture {
             files: Default::default(),
             cgroup_parent: format!("/crius/{POD}"),
             cgroup_driver: Driver::Cgroupfs,
+            runtime_handler: String::new(),
         }
     }
 
