@@ -3,7 +3,7 @@
 #   make test  installs what is needed, builds, and runs the whole test suite (what CI runs)
 
 DEB_PACKAGES := protobuf-compiler libseccomp-dev pkg-config containernetworking-plugins docker-registry \
-                busybox-static iptables iproute2 util-linux jq runc crun
+                busybox-static iptables iproute2 util-linux jq runc crun openssl
 CNI_CONF_DIR := /etc/cni/net.d
 
 .PHONY: deps build release run test test-node install install-cni fmt bench fuzz
