@@ -40,6 +40,9 @@ struct Ctr {
     id: String,
     dir: tempfile::TempDir,
     shim_pid: Option<i32>,
+    /// Sets `ShimConfig::poststop_hooks`, so Shutdown deletes through libcontainer (as it does for
+    /// a spec with poststop hooks); otherwise it leaves state and cgroup to the daemon.
+    libcontainer_delete: bool,
 }
 
 impl Ctr {
@@ -60,6 +63,7 @@ impl Ctr {
             id,
             dir,
             shim_pid: None,
+            libcontainer_delete: false,
         }
     }
 
@@ -119,7 +123,7 @@ impl Ctr {
             systemd_cgroup: false,
             shim_cgroup: None,
             kill_all_on_exit: false,
-            poststop_hooks: false,
+            poststop_hooks: self.libcontainer_delete,
             runtime: None,
         };
         std::fs::write(
@@ -185,14 +189,21 @@ impl Ctr {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(
-            !self.youki_root().join(&self.id).exists(),
-            "libcontainer state removed"
-        );
-        assert!(
-            !cgroup_dir(&self.cgroup_path()).exists(),
-            "container cgroup removed"
-        );
+        if self.libcontainer_delete {
+            assert!(
+                !self.youki_root().join(&self.id).exists(),
+                "libcontainer state removed"
+            );
+            assert!(
+                !cgroup_dir(&self.cgroup_path()).exists(),
+                "container cgroup removed"
+            );
+        } else {
+            // The daemon's teardown removes both; the shim leaves no process in the cgroup.
+            let procs = std::fs::read_to_string(cgroup_dir(&self.cgroup_path()).join("cgroup.procs"))
+                .unwrap_or_default();
+            assert!(procs.trim().is_empty(), "processes left in the cgroup: {procs}");
+        }
         assert!(!self.shim_dir().join(CONTROL_SOCKET).exists());
     }
 
@@ -383,6 +394,7 @@ fn sigkill_is_exit_137_and_exec_runs_inside() {
 fn created_container_can_be_removed_without_start() {
     require_root();
     let mut c = Ctr::new("created");
+    c.libcontainer_delete = true;
     c.write_spec(&["sleep", "1000"]);
     let CreateReport::Created { pid, .. } = c.create() else {
         panic!("create failed")
