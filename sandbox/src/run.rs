@@ -86,6 +86,16 @@ impl SandboxManager {
         let t_ns = start.elapsed();
         let dns = meta.config.dns_config.as_ref();
         podfiles::create(&meta.files, &meta.hostname, dns, &self.config.host_files)?;
+        if let Some(maps) = &meta.userns {
+            for dir in [&meta.ns_dir, &meta.files.dir] {
+                userns::open_dir_to_group(dir, maps.gids.host_id).map_err(|source| {
+                    podfiles::FilesError::Write {
+                        path: dir.clone(),
+                        source,
+                    }
+                })?;
+            }
+        }
         let t_files = start.elapsed();
         // CNI ADD runs beside the pod cgroup and infra process: the infra launcher's move into
         // the pod cgroup waits for an RCU grace period (cgroup v1), the plugins for themselves.

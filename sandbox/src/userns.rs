@@ -122,6 +122,19 @@ fn range(kind: &'static str, maps: &[IdMapping]) -> Result<IdRange, UsernsError>
     Ok(r)
 }
 
+/// Lets the pod's containers' root (the mapped `gid` on the host) search `dir`, a per-pod dir
+/// under `state` (pinned namespaces, pod files): the container is set up by its root, inside
+/// the user namespace, and opens what its spec names by path. `dir` becomes 0710 with group
+/// `gid`, its parent 0711 (searchable, not listable), as containerd does for bundles.
+pub fn open_dir_to_group(dir: &std::path::Path, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
+    }
+    std::os::unix::fs::lchown(dir, None, Some(gid))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+}
+
 /// A child process that owns a fresh, mapped user namespace and the pod namespaces created in
 /// it. Killed and reaped on drop.
 #[derive(Debug)]
