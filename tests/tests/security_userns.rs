@@ -161,6 +161,10 @@ async fn userns_pod_maps_root_to_the_kubelet_range_and_survives_a_restart() {
         before
     );
 
+    // sysfs is the pod network namespace's (owned by the pod's user namespace): its interfaces.
+    let nets = exec_ok(&mut w, &id, &["ls", "/sys/class/net"]).await;
+    assert_eq!(nets.split_whitespace().collect::<Vec<_>>(), ["eth0", "lo"]);
+
     // A daemon restart keeps the pinned user namespace and the running container.
     w.d.restart().await.unwrap();
     assert!(crius_tests::pods::is_pinned(&user_pin));
@@ -172,6 +176,34 @@ async fn userns_pod_maps_root_to_the_kubelet_range_and_survives_a_restart() {
     w.d.stop_pod(&pod).await.unwrap();
     w.d.remove_pod(&pod).await.unwrap();
     assert!(!user_pin.exists());
+    w.teardown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pod_shared_pid_namespace_belongs_to_the_pod_user_namespace() {
+    let mut w = World::new().await.unwrap();
+    let _clean = PodCleanup::new(&w.d);
+    let (uid, gid) = ids(&w);
+    let mut n = userns_ns(uid, gid);
+    n.pid = NamespaceMode::Pod as i32;
+    let (pod, pod_cfg) = run_pod(&mut w, "userns-pidpod", |sc| {
+        sc.namespace_options = Some(n.clone())
+    })
+    .await
+    .unwrap();
+    let sc = LinuxContainerSecurityContext {
+        namespace_options: Some(n),
+        ..Default::default()
+    };
+    let c = sleeper(&w, "shared", sc);
+    let id = create_in(&mut w, &pod, &pod_cfg, c).await.unwrap();
+    w.start(&id).await.unwrap();
+    // PID 1 is the pod's infra process; /proc is mountable because its PID namespace is the
+    // pod user namespace's.
+    let pid1 = exec_ok(&mut w, &id, &["cat", "/proc/1/cmdline"]).await;
+    assert!(pid1.contains("pause"), "{pid1:?}");
+    let uid_map = exec_ok(&mut w, &id, &["cat", "/proc/self/uid_map"]).await;
+    assert!(uid_map.contains(&uid.to_string()), "{uid_map}");
     w.teardown().await.unwrap();
 }
 
