@@ -140,6 +140,8 @@ pub fn open_dir_to_group(dir: &std::path::Path, gid: u32) -> std::io::Result<()>
 #[derive(Debug)]
 pub struct Holder {
     pid: Pid,
+    /// The write end of the child's `go` pipe: the child lives while it is open.
+    _go: OwnedFd,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,12 +176,19 @@ impl Holder {
         }
         if pid == 0 {
             // SAFETY: as above; the fds are valid in the child.
-            unsafe { child(ready_w.as_raw_fd(), go_r.as_raw_fd(), flags.bits()) }
+            unsafe {
+                // The parent's ends: with them closed, the parent's death is EOF on `go`.
+                libc::close(ready_r.as_raw_fd());
+                libc::close(go_w.as_raw_fd());
+                child(ready_w.as_raw_fd(), go_r.as_raw_fd(), flags.bits())
+            }
         }
+        drop((ready_w, go_r));
+        // From here on, dropping the holder kills and reaps the child.
         let holder = Holder {
             pid: Pid::from_raw(pid),
+            _go: go_w,
         };
-        drop((ready_w, go_r));
         status(&ready_r).map_err(|source| HolderError::Child {
             step: "unshare a user namespace",
             source,
@@ -193,7 +202,7 @@ impl Holder {
                 .and_then(|mut f| f.write_all(r.map_line().as_bytes()))
                 .map_err(|source| HolderError::Map { path, source })?;
         }
-        write_byte(&go_w).map_err(HolderError::Spawn)?;
+        write_byte(&holder._go).map_err(HolderError::Spawn)?;
         status(&ready_r).map_err(|source| HolderError::Child {
             step: "unshare the pod namespaces",
             source,
@@ -222,6 +231,8 @@ impl Drop for Holder {
 unsafe fn child(ready: i32, go: i32, flags: i32) -> ! {
     // SAFETY: raw syscalls on fds this process owns; no allocation, no locks.
     unsafe {
+        // Killed with the thread that forked it, should the daemon die before dropping it.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         let report = |rc: i32| {
             let errno = if rc == 0 { 0 } else { *libc::__errno_location() };
             let b = errno.to_ne_bytes();
