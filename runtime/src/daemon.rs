@@ -66,8 +66,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // Whatever umask crius was started with, nothing it creates is group- or world-writable.
     let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     nix::sys::stat::umask(umask | nix::sys::stat::Mode::from_bits_truncate(0o022));
-    for dir in [&config.root, &config.state] {
-        crate::private::create_dir(dir).map_err(|source| DaemonError::Dir {
+    let searchable_dirs = ["containers", "pods", "ns"].map(|d| config.state.join(d));
+    for (dir, searchable) in [(&config.root, false), (&config.state, true)]
+        .into_iter()
+        .chain(searchable_dirs.iter().map(|d| (d, true)))
+    {
+        let made = if searchable {
+            crate::private::create_searchable_dir(dir)
+        } else {
+            crate::private::create_dir(dir)
+        };
+        made.map_err(|source| DaemonError::Dir {
             path: dir.clone(),
             source,
         })?;
@@ -109,6 +118,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             }
         };
     sandboxes.set_container_hook(Arc::new(crate::container::PodHook::new(containers.clone())));
+    // Pod user namespaces are advertised only if this host can idmap the layer store.
+    let probe_dir = config.root.clone();
+    let idmap = tokio::task::spawn_blocking(move || crate::container::rootfs_idmap::probe(&probe_dir))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(e) = &idmap {
+        tracing::info!(error = %e, "user namespaces are not available: no idmapped overlay root filesystem");
+    }
+    crate::info::set_user_namespaces(idmap.is_ok());
     let socket = config.listen.clone();
     if let Some(step) = crius_sandbox::crash::init() {
         tracing::warn!(

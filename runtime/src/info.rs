@@ -100,14 +100,22 @@ pub fn status(config: &Config, runtime_ready: bool, verbose: bool) -> v1::Status
 /// What the default handler (and any handler without a `runtime_path`) can do. Only what works is advertised:
 /// - recursive read-only mounts: libcontainer applies the `rro` option with
 ///   `mount_setattr(AT_RECURSIVE)`, and the spec builder refuses RRO unless read-only + private.
-/// - user namespaces: not supported. The pod's pinned namespaces are created in the host user
-///   namespace, so a pod user namespace would not own them, and the overlay rootfs would need
-///   an id-mapped mount; crius does neither yet (see issue "security context").
+/// - user namespaces: only when the start-up probe could create a user namespace and mount an
+///   overlay over an idmapped directory of the layer store ([`set_user_namespaces`]); a pod's
+///   namespaces are then created inside its user namespace and its containers' layers idmapped.
 pub fn handler_features() -> v1::RuntimeHandlerFeatures {
     v1::RuntimeHandlerFeatures {
         recursive_read_only_mounts: true,
-        user_namespaces: false,
+        user_namespaces: USER_NAMESPACES.get().copied().unwrap_or(false),
     }
+}
+
+/// Set once, by the daemon's start-up probe.
+static USER_NAMESPACES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Records the start-up probe's answer; later calls are ignored.
+pub fn set_user_namespaces(supported: bool) {
+    let _ = USER_NAMESPACES.set(supported);
 }
 
 /// CRI: the cgroup driver in force, which kubelet (KubeletCgroupDriverFromCRI) and critest

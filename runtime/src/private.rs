@@ -1,9 +1,14 @@
 //! File modes of the daemon's own state, as containerd and CRI-O set them after CVE-2021-41103:
 //! nothing under `root` or `state` is readable, listable or executable by anyone but root.
 //!
-//! - `root` and `state`: 0700, and so is every directory crius makes directly below them
-//!   (`content`, `layers`, `containers`; `containers`, `youki`, `ns`, `pods`), each container's
-//!   bundle, shim and writable-layer directory, and the work dir of its overlay.
+//! - `root`: 0700, and so is every directory crius makes directly below `root` and `state`
+//!   (`content`, `layers`, `containers`; `youki`), each container's bundle, shim
+//!   and writable-layer directory, and the work dir of its overlay.
+//! - `state`, `state/containers`, `state/pods` and `state/ns`: 0711, searchable but not
+//!   listable (as containerd's state dirs): a container in a pod user namespace is set up by
+//!   its root, an unprivileged id on the host, which must reach its rootfs, pod files and
+//!   pinned namespaces by path. Its bundle and its pod's dirs are 0710, group the mapped root
+//!   gid; every other one stays 0700.
 //! - The database (0600, `store`), every `config.json` and `shim.json` (0600: they hold the
 //!   container's environment), every socket (0600, the CRI socket included).
 //!
@@ -25,6 +30,13 @@ use std::path::Path;
 const ROOT_DIRS: [&str; 4] = ["content", "content/blobs", "layers", "containers"];
 /// Directories crius creates directly below `state`.
 const STATE_DIRS: [&str; 4] = ["containers", "youki", "ns", "pods"];
+
+/// Creates `dir` (and missing parents) with mode 0711, and sets 0711 on `dir` if it existed:
+/// `state` and `state/containers` (see the module docs).
+pub fn create_searchable_dir(dir: &Path) -> std::io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o711).create(dir)?;
+    std::fs::set_permissions(dir, Permissions::from_mode(0o711))
+}
 
 /// Creates `dir` (and missing parents) with mode 0700, and sets 0700 on `dir` if it existed.
 pub fn create_dir(dir: &Path) -> std::io::Result<()> {
@@ -51,20 +63,22 @@ pub fn write_file(path: &Path, body: &[u8]) -> std::io::Result<()> {
 pub fn tighten(root: &Path, state: &Path) -> usize {
     let mut changed = 0;
     let mut set = |path: &Path, mode: u32| changed += usize::from(restrict(path, mode));
-    for top in [root, state] {
-        set(top, 0o700);
-    }
+    set(root, 0o700);
+    set(state, 0o711);
     for d in ROOT_DIRS {
         set(&root.join(d), 0o700);
     }
     set(&root.join("content/blobs/sha256"), 0o700);
     for d in STATE_DIRS {
-        set(&state.join(d), 0o700);
+        let searchable = matches!(d, "containers" | "pods" | "ns");
+        set(&state.join(d), if searchable { 0o711 } else { 0o700 });
     }
     for id in container_ids(&state.join("containers")) {
         let bundle = state.join("containers").join(&id);
         let shim = bundle.join("shim");
-        set(&bundle, 0o700);
+        // A user namespace container's bundle: searchable by its mapped root's group only.
+        let userns = std::fs::metadata(&bundle).is_ok_and(|m| std::os::unix::fs::MetadataExt::gid(&m) != 0);
+        set(&bundle, if userns { 0o710 } else { 0o700 });
         set(&bundle.join("config.json"), 0o600);
         set(&shim, 0o700);
         for f in [
@@ -86,7 +100,9 @@ pub fn tighten(root: &Path, state: &Path) -> usize {
         .chain(container_ids(&state.join("ns")))
     {
         for d in [state.join("pods").join(&id), state.join("ns").join(&id)] {
-            set(&d, 0o700);
+            // A pod user namespace's dirs: searchable by its mapped root's group only.
+            let userns = std::fs::metadata(&d).is_ok_and(|m| std::os::unix::fs::MetadataExt::gid(&m) != 0);
+            set(&d, if userns { 0o710 } else { 0o700 });
         }
     }
     if changed > 0 {
@@ -152,9 +168,14 @@ mod tests {
             bundle.join("rootfs"),
             state.join("youki"),
             state.join("pods").join(&id),
+            state.join("ns").join(&id),
+            state.join("ns").join("cd".repeat(32)),
         ] {
             std::fs::create_dir_all(&d).unwrap();
         }
+        // A pod with its own user namespace: its dir's group is the mapped root gid.
+        let userns_pod = state.join("ns").join("cd".repeat(32));
+        std::os::unix::fs::lchown(&userns_pod, None, Some(65536)).unwrap();
         std::fs::write(bundle.join("config.json"), "{}").unwrap();
         std::fs::write(bundle.join("shim/shim.json"), "{}").unwrap();
         std::fs::write(state.join("pods").join(&id).join("resolv.conf"), "").unwrap();
@@ -167,9 +188,8 @@ mod tests {
         std::fs::set_permissions(root.join("layers/sha256-x"), Permissions::from_mode(0o4755)).unwrap();
 
         assert!(tighten(&root, &state) > 0);
-        for p in [&root, &state] {
-            assert_eq!(mode(p), 0o700, "{}", p.display());
-        }
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&state), 0o711);
         for d in [
             "content",
             "content/blobs",
@@ -179,9 +199,12 @@ mod tests {
         ] {
             assert_eq!(mode(&root.join(d)), 0o700, "{d}");
         }
-        for d in ["containers", "youki", "pods"] {
-            assert_eq!(mode(&state.join(d)), 0o700, "{d}");
+        assert_eq!(mode(&state.join("youki")), 0o700);
+        for d in ["containers", "pods", "ns"] {
+            assert_eq!(mode(&state.join(d)), 0o711, "{d}");
         }
+        assert_eq!(mode(&state.join("ns").join(&id)), 0o700);
+        assert_eq!(mode(&userns_pod), 0o710);
         assert_eq!(mode(&bundle), 0o700);
         assert_eq!(mode(&bundle.join("shim")), 0o700);
         assert_eq!(mode(&bundle.join("config.json")), 0o600);

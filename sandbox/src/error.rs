@@ -24,6 +24,8 @@ pub enum InvalidRequest {
     Unsupported(String),
     #[error("port mapping {mapping}: {reason}")]
     PortMapping { mapping: String, reason: &'static str },
+    #[error(transparent)]
+    Userns(#[from] crate::userns::UsernsError),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,7 @@ mod status;
 mod stop;
 pub mod store;
 pub mod sysctl;
+pub mod userns;
 
 pub use error::{InvalidRequest, SandboxError};
 pub use manager::{ContainerHook, ManagerConfig, SandboxManager};

@@ -1,10 +1,14 @@
-//! Pinned pod namespaces: network, IPC and UTS namespaces that live as long as a bind mount of
-//! their nsfs file under `<state>/ns/<sandbox-id>/{net,ipc,uts}`, with no process inside.
+//! Pinned pod namespaces: network, IPC and UTS namespaces (and, for a pod with its own user
+//! namespace, that one too) that live as long as a bind mount of their nsfs file under
+//! `<state>/ns/<sandbox-id>/{net,ipc,uts,user}`, with no process inside.
 //!
 //! Invariants:
 //! - Namespaces are created on a short-lived `std::thread` that unshares itself, configures the new
 //!   namespaces (hostname, loopback up, sysctls), bind-mounts them and exits. No tokio worker (or
-//!   any other long-lived thread) ever changes namespace.
+//!   any other long-lived thread) ever changes namespace. With a pod user namespace the thread
+//!   cannot unshare (a multithreaded process cannot enter a user namespace): a
+//!   [`crate::userns::Holder`] process creates the mapped user namespace and the others inside
+//!   it, and the thread joins those instead.
 //! - [`pin`] either returns every requested namespace pinned or leaves nothing behind.
 //! - [`unpin`] is idempotent: detaching what is mounted and unlinking what exists, so it also
 //!   cleans up after a crash half-way through [`pin`].
@@ -65,6 +69,14 @@ pub enum NsError {
     },
     #[error("namespace thread failed: {0}")]
     Thread(String),
+    #[error("pod user namespace: {0}")]
+    Userns(#[from] crate::userns::HolderError),
+    #[error("cannot join the new {kind} namespace: {source}")]
+    Join {
+        kind: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What to create.
@@ -79,6 +91,8 @@ pub struct NsRequest {
     pub hostname: Option<String>,
     /// Already validated against the namespaces requested.
     pub sysctls: Vec<Sysctl>,
+    /// A pod user namespace with these mappings, owning the other new namespaces.
+    pub userns: Option<crate::userns::Mappings>,
 }
 
 /// The pinned namespace files; `None` means the pod uses the host's namespace of that kind.
@@ -87,13 +101,25 @@ pub struct PinnedNamespaces {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+    /// The pod's user namespace (absent in records written before user namespaces existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<PathBuf>,
 }
 
-const KINDS: [&str; 3] = ["net", "ipc", "uts"];
+impl PinnedNamespaces {
+    /// Every pinned namespace file.
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.net, &self.ipc, &self.uts, &self.user]
+            .into_iter()
+            .flatten()
+    }
+}
+
+const KINDS: [&str; 4] = ["net", "ipc", "uts", "user"];
 
 /// Creates, configures and pins the requested namespaces. Nothing is left behind on error.
 pub fn pin(req: NsRequest) -> Result<PinnedNamespaces, NsError> {
-    if !(req.net || req.ipc || req.uts) {
+    if !(req.net || req.ipc || req.uts || req.userns.is_some()) {
         return Ok(PinnedNamespaces::default());
     }
     std::fs::DirBuilder::new()
@@ -133,10 +159,25 @@ fn pin_on_this_thread(req: &NsRequest) -> Result<PinnedNamespaces, NsError> {
             names.push(name);
         }
     }
-    nix::sched::unshare(flags).map_err(|source| NsError::Unshare {
-        what: names.join("+"),
-        source,
-    })?;
+    // With a pod user namespace the holder owns the new namespaces until they are pinned.
+    let holder = match &req.userns {
+        Some(maps) => {
+            let holder = crate::userns::Holder::spawn(maps, flags)?;
+            for (name, flag) in names.iter().zip(flag_list(req)) {
+                let join = |source| NsError::Join { kind: name, source };
+                let f = std::fs::File::open(holder.ns_path(name)).map_err(join)?;
+                nix::sched::setns(&f, flag).map_err(|e| join(e.into()))?;
+            }
+            Some(holder)
+        }
+        None => {
+            nix::sched::unshare(flags).map_err(|source| NsError::Unshare {
+                what: names.join("+"),
+                source,
+            })?;
+            None
+        }
+    };
     if req.uts
         && let Some(hostname) = &req.hostname
     {
@@ -158,9 +199,14 @@ fn pin_on_this_thread(req: &NsRequest) -> Result<PinnedNamespaces, NsError> {
         })?;
     }
     let mut pinned = PinnedNamespaces::default();
+    if let Some(holder) = &holder {
+        let target = req.dir.join("user");
+        bind_ns(&holder.ns_path("user"), &target)?;
+        pinned.user = Some(target);
+    }
     for name in names {
         let target = req.dir.join(name);
-        bind_ns(name, &target)?;
+        bind_ns(Path::new(&format!("/proc/thread-self/ns/{name}")), &target)?;
         match name {
             "net" => pinned.net = Some(target),
             "ipc" => pinned.ipc = Some(target),
@@ -170,7 +216,19 @@ fn pin_on_this_thread(req: &NsRequest) -> Result<PinnedNamespaces, NsError> {
     Ok(pinned)
 }
 
-fn bind_ns(kind: &str, target: &Path) -> Result<(), NsError> {
+/// The clone flags of the requested namespaces, in the order of [`pin_on_this_thread`]'s names.
+fn flag_list(req: &NsRequest) -> Vec<CloneFlags> {
+    [
+        (req.net, CloneFlags::CLONE_NEWNET),
+        (req.ipc, CloneFlags::CLONE_NEWIPC),
+        (req.uts, CloneFlags::CLONE_NEWUTS),
+    ]
+    .into_iter()
+    .filter_map(|(w, f)| w.then_some(f))
+    .collect()
+}
+
+fn bind_ns(source: &Path, target: &Path) -> Result<(), NsError> {
     let err = |source| NsError::Pin {
         path: target.into(),
         source,
@@ -181,15 +239,8 @@ fn bind_ns(kind: &str, target: &Path) -> Result<(), NsError> {
         .mode(0o444)
         .open(target)
         .map_err(err)?;
-    let source = format!("/proc/thread-self/ns/{kind}");
-    nix::mount::mount(
-        Some(source.as_str()),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| err(e.into()))
+    nix::mount::mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| err(e.into()))
 }
 
 /// Sets IFF_UP on `lo` in the calling thread's network namespace.
@@ -311,6 +362,7 @@ mod tests {
             uts: true,
             hostname: Some("pod-host".into()),
             sysctls,
+            userns: None,
         })
         .unwrap();
         let net = pinned.net.clone().unwrap();
@@ -342,6 +394,71 @@ mod tests {
         unpin(&dir).unwrap();
     }
 
+    /// The inode of the user namespace that owns the namespace file at `path`.
+    fn owner_ino(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        const NS_GET_USERNS: libc::c_ulong = 0xb701;
+        let f = File::open(path).unwrap();
+        // SAFETY: NS_GET_USERNS on an nsfs fd returns a new fd we own.
+        let raw = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_USERNS) };
+        assert!(raw >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: fresh fd.
+        let owner = unsafe { File::from_raw_fd(raw) };
+        owner.metadata().unwrap().ino()
+    }
+
+    #[test]
+    fn a_pod_user_namespace_owns_the_pod_namespaces() {
+        use std::os::unix::fs::MetadataExt;
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("u");
+        let r = crate::userns::IdRange {
+            container_id: 0,
+            host_id: 65536 * 5,
+            length: 65536,
+        };
+        let sysctls = validate(
+            &HashMap::from([("net.ipv4.ping_group_range".to_string(), "0 0".to_string())]),
+            OwnedNamespaces {
+                net: true,
+                ipc: true,
+                uts: true,
+            },
+        )
+        .unwrap();
+        let pinned = pin(NsRequest {
+            dir: dir.clone(),
+            net: true,
+            ipc: true,
+            uts: true,
+            hostname: Some("userns-pod".into()),
+            sysctls,
+            userns: Some(crate::userns::Mappings { uids: r, gids: r }),
+        })
+        .unwrap();
+        let user = pinned.user.clone().unwrap();
+        assert!(is_pinned(&user));
+        let user_ino = std::fs::metadata(&user).unwrap().ino();
+        for p in [&pinned.net, &pinned.ipc, &pinned.uts] {
+            assert_eq!(
+                owner_ino(p.as_ref().unwrap()),
+                user_ino,
+                "{p:?} is owned by the pod userns"
+            );
+        }
+        let hostname = inside(&pinned.uts.clone().unwrap(), CloneFlags::CLONE_NEWUTS, || {
+            nix::unistd::gethostname().unwrap().into_string().unwrap()
+        });
+        assert_eq!(hostname, "userns-pod");
+        let range = inside(&pinned.net.clone().unwrap(), CloneFlags::CLONE_NEWNET, || {
+            std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap()
+        });
+        assert_eq!(range.split_whitespace().collect::<Vec<_>>(), ["0", "0"]);
+        unpin(&dir).unwrap();
+        assert!(!dir.exists());
+    }
+
     #[test]
     fn failed_sysctl_leaves_nothing() {
         require_root();
@@ -363,6 +480,7 @@ mod tests {
             uts: false,
             hostname: None,
             sysctls,
+            userns: None,
         })
         .unwrap_err();
         assert!(matches!(e, NsError::Sysctl { .. }), "{e}");

@@ -63,7 +63,13 @@ pub fn spawn(shim: &Path, ns: &PinnedNamespaces, place: &Placement) -> Result<Pa
             cmd.arg("--systemd-scope").arg(unit);
         }
     }
-    for (flag, path) in [("--net", &ns.net), ("--ipc", &ns.ipc), ("--uts", &ns.uts)] {
+    // The user namespace first: it owns the others, and the PID namespace is created in it.
+    for (flag, path) in [
+        ("--user", &ns.user),
+        ("--net", &ns.net),
+        ("--ipc", &ns.ipc),
+        ("--uts", &ns.uts),
+    ] {
         if let Some(p) = path {
             cmd.arg(flag).arg(p);
         }

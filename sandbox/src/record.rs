@@ -65,6 +65,9 @@ pub struct SandboxMeta {
     pub cgroup_driver: crate::cgroup::Driver,
     /// Whether an infra process is PID 1 of a pod PID namespace.
     pub pid_namespace: bool,
+    /// The pod user namespace's mappings (pinned at `namespaces.user`); None = the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<crate::userns::Mappings>,
     /// None for a host-network pod.
     pub network: Option<NetworkPlan>,
 }

@@ -147,11 +147,7 @@ fn lost(rec: &Record) -> Option<&'static str> {
         return None;
     }
     let ns = &rec.meta.namespaces;
-    if [&ns.net, &ns.ipc, &ns.uts]
-        .into_iter()
-        .flatten()
-        .any(|p| !netns::is_pinned(p))
-    {
+    if ns.paths().any(|p| !netns::is_pinned(p)) {
         return Some("its pinned namespaces are gone");
     }
     if rec.meta.pid_namespace && !rec.status.pause.as_ref().is_some_and(pause::is_alive) {

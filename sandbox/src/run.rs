@@ -26,6 +26,7 @@ use crate::podfiles::{self, PodFiles};
 use crate::record::{NetworkPlan, SandboxMeta, SandboxState, SandboxStatus, name_key};
 use crate::store::{self, Record};
 use crate::sysctl::{self, OwnedNamespaces, Sysctl};
+use crate::userns;
 
 /// Everything decided before any side effect.
 struct Plan {
@@ -78,12 +79,23 @@ impl SandboxManager {
             uts: meta.namespaces.uts.is_some(),
             hostname: Some(meta.hostname.clone()),
             sysctls: plan.sysctls.clone(),
+            userns: meta.userns,
         })?;
         debug_assert_eq!(pinned, meta.namespaces);
         crate::crash::point("run-pod-sandbox:after-namespaces");
         let t_ns = start.elapsed();
         let dns = meta.config.dns_config.as_ref();
         podfiles::create(&meta.files, &meta.hostname, dns, &self.config.host_files)?;
+        if let Some(maps) = &meta.userns {
+            for dir in [&meta.ns_dir, &meta.files.dir] {
+                userns::open_dir_to_group(dir, maps.gids.host_id).map_err(|source| {
+                    podfiles::FilesError::Write {
+                        path: dir.clone(),
+                        source,
+                    }
+                })?;
+            }
+        }
         let t_files = start.elapsed();
         // CNI ADD runs beside the pod cgroup and infra process: the infra launcher's move into
         // the pod cgroup waits for an RCU grace period (cgroup v1), the plugins for themselves.
@@ -190,6 +202,7 @@ impl SandboxManager {
             return Err(SandboxError::UnknownHandler(req.runtime_handler));
         }
         let ns_opts = effective_namespaces(&config)?;
+        let userns = userns::validate(ns_opts.userns_options.as_ref()).map_err(InvalidRequest::from)?;
         let host_net = ns_opts.network == NamespaceMode::Node as i32;
         let host_ipc = ns_opts.ipc == NamespaceMode::Node as i32;
         let hostname = pod_hostname(&config, host_net)?;
@@ -232,6 +245,7 @@ impl SandboxManager {
             net: owned.net.then(|| ns_dir.join("net")),
             ipc: owned.ipc.then(|| ns_dir.join("ipc")),
             uts: owned.uts.then(|| ns_dir.join("uts")),
+            user: userns.map(|_| ns_dir.join("user")),
         };
         let net_plan = match (&network, &namespaces.net) {
             (Some(net), Some(netns)) => Some(NetworkPlan {
@@ -254,6 +268,7 @@ impl SandboxManager {
             cgroup_parent,
             cgroup_owned,
             cgroup_driver: driver,
+            userns,
             network: net_plan,
             config,
             id,
@@ -267,7 +282,8 @@ impl SandboxManager {
 }
 
 /// CRI: NamespaceOption as the pod gets it. Network and IPC are POD or NODE (CONTAINER means POD
-/// at pod level); PID is POD (infra process), CONTAINER or NODE.
+/// at pod level); PID is POD (infra process), CONTAINER or NODE. A pod user namespace (user
+/// mode POD) owns all of them, so it needs every one to be the pod's.
 fn effective_namespaces(config: &PodSandboxConfig) -> Result<NamespaceOption, InvalidRequest> {
     let opts = config
         .linux
@@ -287,12 +303,12 @@ fn effective_namespaces(config: &PodSandboxConfig) -> Result<NamespaceOption, In
             "PID namespace mode TARGET applies to containers, not to a pod sandbox".into(),
         ));
     }
-    if let Some(userns) = &opts.userns_options
-        && userns.mode != NamespaceMode::Node as i32
-    {
-        return Err(InvalidRequest::Unsupported(
-            "user namespaces are not supported by crius".into(),
-        ));
+    if userns::validate(opts.userns_options.as_ref())?.is_some() {
+        for (mode, what) in [(opts.network, "network"), (opts.ipc, "IPC"), (opts.pid, "PID")] {
+            if mode == NamespaceMode::Node as i32 {
+                return Err(userns::UsernsError::HostNamespace(what).into());
+            }
+        }
     }
     Ok(NamespaceOption {
         network: pod_or_node(opts.network),

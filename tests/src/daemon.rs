@@ -133,6 +133,8 @@ impl Daemon {
             .prefix("crius-test.")
             .tempdir_in("/tmp")?
             .keep();
+        // Searchable, as /run is: a pod user namespace's root reaches its rootfs by path.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
         let root = dir.join("root");
         let state = dir.join("state");
         let conf_dir = dir.join("net.d");

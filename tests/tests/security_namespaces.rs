@@ -62,7 +62,8 @@ async fn pid_namespace_modes() {
     let err = w.create(sleeper(&w, "nobody", target)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
-    // A user namespace of the pod's own is not supported: refused, not silently ignored.
+    // A container cannot ask for a user namespace its pod was created without: refused, not
+    // silently run in the host's.
     let mut userns = with_ns(ns(Container, Pod, Pod));
     userns.namespace_options.as_mut().unwrap().userns_options = Some(UserNamespace {
         mode: Pod as i32,
@@ -78,7 +79,7 @@ async fn pid_namespace_modes() {
         }],
     });
     let err = w.create(sleeper(&w, "userns", userns)).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
     // NODE: the host's PID 1.
     let (pod, pod_cfg) = run_pod(&mut w, "hostpid", |sc| {

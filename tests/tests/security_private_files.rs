@@ -61,16 +61,17 @@ fn promised(w: &World, id: &str) -> Vec<(PathBuf, u32)> {
     let bundle = state.join("containers").join(id);
     vec![
         (root.clone(), 0o700),
-        (state.clone(), 0o700),
+        // Searchable, not listable: a pod user namespace's root reaches its files by path.
+        (state.clone(), 0o711),
         (root.join("crius.redb"), 0o600),
         (root.join("content"), 0o700),
         (root.join("layers"), 0o700),
         (root.join("containers"), 0o700),
         (root.join("containers").join(id), 0o700),
-        (state.join("containers"), 0o700),
+        (state.join("containers"), 0o711),
         (state.join("youki"), 0o700),
-        (state.join("pods"), 0o700),
-        (state.join("ns"), 0o700),
+        (state.join("pods"), 0o711),
+        (state.join("ns"), 0o711),
         (bundle.clone(), 0o700),
         (bundle.join("config.json"), 0o600),
         (bundle.join("shim"), 0o700),

@@ -124,12 +124,15 @@ fn run(request: &str, send: &mut dyn FnMut(&ExecReport)) -> Result<i32, ExecErro
         path: scratch.clone(),
         source,
     })?;
+    // An external runtime's exec joins every namespace of the container itself, its user
+    // namespace included; libcontainer's does not join the user namespace (see
+    // `join_user_namespace`).
     let built = match &req.runtime {
         Some(rt) => crate::external::exec(&req, rt, &scratch).map_err(|message| ExecError::Build {
             id: req.id.clone(),
             message,
         }),
-        None => build(&req, &scratch, seccomp),
+        None => join_user_namespace(&req.id, &spec).and_then(|()| build(&req, &scratch, seccomp)),
     };
     let _ = std::fs::remove_file(&scratch);
     if let (Some(sock), None) = (&req.console_socket, &req.runtime) {
@@ -186,6 +189,34 @@ fn build(
         .with_process(Some(process_file))
         .build()
         .map_err(|e| fail(error_chain(&e)))
+}
+
+/// libcontainer 0.7's tenant joins the init's ipc/uts/net/pid/mnt/cgroup/time namespaces but
+/// never its user namespace: a process exec'd into a container of a pod with its own user
+/// namespace would run as the host's root. This helper is single-threaded, so it joins the
+/// container's user namespace itself, first; the tenant and everything it starts live in it.
+/// It keeps its host uid 0 as the owner of crius's root-only files (scratch, sockets).
+fn join_user_namespace(id: &str, spec: &Spec) -> Result<(), ExecError> {
+    let user = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|n| {
+            n.iter()
+                .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+        });
+    let Some(user) = user else { return Ok(()) };
+    let fail = |message: String| ExecError::Build {
+        id: id.to_string(),
+        message,
+    };
+    let path = user
+        .path()
+        .as_ref()
+        .ok_or_else(|| fail("the container's user namespace has no path to join".into()))?;
+    let f = std::fs::File::open(path).map_err(|e| fail(format!("open {}: {e}", path.display())))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| fail(format!("join the user namespace {}: {e}", path.display())))
 }
 
 /// libcontainer links the console socket into the container's state dir under a random

@@ -5,7 +5,7 @@
 //! - `create --config <shim dir>/shim.json`: started by the daemon per container (see `create`).
 //! - `monitor <hand-off>`: what `create` re-execs into after `start` (see `reexec`).
 //! - `exec-helper --request <json>`: one process per exec (see `exec_helper`).
-//! - `pause [--cgroup DIR].. | [--systemd-scope UNIT] [--net P] [--ipc P] [--uts P]`: PID 1 of
+//! - `pause [--cgroup DIR].. | [--systemd-scope UNIT] [--user P] [--net P] [--ipc P] [--uts P]`: PID 1 of
 //!   a pod-shared PID namespace (see `pause`).
 //! - `stop-slice NAME.slice`: stops a pod slice of the systemd driver (see `systemd`).
 

@@ -1,4 +1,4 @@
-//! `crius-shim pause [--cgroup DIR]... [--net P] [--ipc P] [--uts P]`: the pod infra process,
+//! `crius-shim pause [--cgroup DIR]... [--user P] [--net P] [--ipc P] [--uts P]`: the pod infra process,
 //! needed only when the pod's containers share one PID namespace (CRI PID mode POD). A PID
 //! namespace cannot be pinned by a bind mount (it dies with its init), so this process is that
 //! init.
@@ -49,6 +49,7 @@ fn launch(args: &[String]) -> Result<(), String> {
             "--net" => CloneFlags::CLONE_NEWNET,
             "--ipc" => CloneFlags::CLONE_NEWIPC,
             "--uts" => CloneFlags::CLONE_NEWUTS,
+            "--user" => CloneFlags::CLONE_NEWUSER,
             other => return Err(format!("unknown argument {other:?}")),
         };
         let path = it

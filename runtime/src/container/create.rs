@@ -145,7 +145,12 @@ impl Containers {
         crate::private::create_dir(&bundle).map_err(io_err("create", &bundle))?;
         crate::private::create_dir(&self.youki_root()).map_err(io_err("create", &self.youki_root()))?;
         let rootfs_dir = self.rootfs_dir(&id);
-        self.mounter.mount(&lowers, &self.layer_dir(&id), &rootfs_dir)?;
+        let idmap = pod.namespaces.user.as_ref().map(super::rootfs_idmap::Idmap::of);
+        if let Some(m) = &idmap {
+            super::rootfs_idmap::open_bundle(&bundle, m)?;
+        }
+        self.mounter
+            .mount(&lowers, &self.layer_dir(&id), &rootfs_dir, idmap.as_ref())?;
         crius_sandbox::crash::point("create-container:after-mount");
 
         let target_pid = self.target_pid_namespace(&config)?;

@@ -32,6 +32,7 @@ mod recover;
 mod remove;
 mod reopen_log;
 mod rootfs;
+pub(crate) mod rootfs_idmap;
 mod seams;
 mod start;
 mod stats;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crius_sandbox::{ContainerHook, Record as SandboxRecord, SandboxState};
 
 use super::{Containers, PodInfo};
-use crate::spec::{Namespace, PodFiles, PodNamespaces};
+use crate::spec::{Namespace, PodFiles, PodNamespaces, PodUserns};
 
 /// Grace period StopPodSandbox gives each container: none, as containerd does — the kubelet
 /// has already stopped the containers with the pod's grace period before it stops the pod.
@@ -36,6 +36,12 @@ pub fn pod_info(r: &SandboxRecord) -> PodInfo {
             ipc: join(&m.namespaces.ipc),
             uts: join(&m.namespaces.uts),
             pid,
+            user: m
+                .namespaces
+                .user
+                .clone()
+                .zip(m.userns)
+                .map(|(path, maps)| PodUserns { path, maps }),
         },
         files: PodFiles {
             hostname: Some(m.files.hostname.clone()),

@@ -263,7 +263,7 @@ impl Containers {
             .images
             .lease(&r.image_id, &r.id)
             .map_err(ContainerError::Image)
-            .and_then(|lowers| self.mounter.mount(&lowers, &self.layer_dir(&r.id), &target));
+            .and_then(|lowers| self.mounter.mount(&lowers, &self.layer_dir(&r.id), &target, None));
         if let Err(e) = res {
             tracing::error!(id = %r.id, error = %e, "cannot restore the rootfs mount");
             self.mark(

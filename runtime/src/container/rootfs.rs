@@ -49,6 +49,24 @@ pub fn mount(lowers: &[PathBuf], layer_dir: &Path, target: &Path) -> Result<(), 
     if lowers.is_empty() {
         return Err(ContainerError::Invalid("image has no layers".into()));
     }
+    prepare_dirs(layer_dir, target)?;
+    let opts = overlay_options(lowers, &layer_dir.join("upper"), &layer_dir.join("work"))?;
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| ContainerError::Io {
+        what: "mount overlay at",
+        path: target.into(),
+        source: e.into(),
+    })
+}
+
+/// Creates `layer_dir`'s `upper` and `work` and the mount point `target`.
+pub(super) fn prepare_dirs(layer_dir: &Path, target: &Path) -> Result<(), ContainerError> {
     let upper = layer_dir.join("upper");
     let work = layer_dir.join("work");
     // The writable layer's parent and the overlay work dir are root's alone; `upper` is the
@@ -62,19 +80,7 @@ pub fn mount(lowers: &[PathBuf], layer_dir: &Path, target: &Path) -> Result<(), 
             .create(d)
             .map_err(io_err("create", d))?;
     }
-    let opts = overlay_options(lowers, &upper, &work)?;
-    nix::mount::mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(opts.as_str()),
-    )
-    .map_err(|e| ContainerError::Io {
-        what: "mount overlay at",
-        path: target.into(),
-        source: e.into(),
-    })
+    Ok(())
 }
 
 /// Detaches the overlay at `target` if mounted.

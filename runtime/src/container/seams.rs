@@ -26,7 +26,7 @@ use std::time::Duration;
 use cri_api::v1::LinuxContainerResources;
 use crius_shim_api::{Request, Response, ShimConfig};
 
-use super::{ContainerError, cgroup_sample, cgroupfs, recover, rootfs};
+use super::{ContainerError, cgroup_sample, cgroupfs, recover, rootfs, rootfs_idmap};
 use crate::shim_client::{REQUEST_TIMEOUT, ShimClient, ShimError};
 
 /// `/proc/<pid>/stat` is a line of about 300 bytes; [`CgroupAccess::runs_in`] reads this much.
@@ -59,8 +59,15 @@ pub(crate) trait ShimLifecycle: Send + Sync {
 /// The container's overlay root filesystem.
 pub(crate) trait RootfsMounter: Send + Sync {
     /// Mounts `lowers` (top first) under `layer_dir`'s `upper`/`work` at `target`, creating the
-    /// directories it needs.
-    fn mount(&self, lowers: &[PathBuf], layer_dir: &Path, target: &Path) -> Result<(), ContainerError>;
+    /// directories it needs; idmapped with `idmap`, or with the idmap `layer_dir` was first
+    /// mounted with (`rootfs_idmap`).
+    fn mount(
+        &self,
+        lowers: &[PathBuf],
+        layer_dir: &Path,
+        target: &Path,
+        idmap: Option<&rootfs_idmap::Idmap>,
+    ) -> Result<(), ContainerError>;
     /// Detaches whatever is mounted at `target`; fine when nothing is.
     fn unmount(&self, target: &Path) -> Result<(), ContainerError>;
     /// Whether `target` is a mount point in this mount namespace.
@@ -133,8 +140,20 @@ fn pids_mentioning(dir: &Path) -> Vec<i32> {
 pub(crate) struct Overlay;
 
 impl RootfsMounter for Overlay {
-    fn mount(&self, lowers: &[PathBuf], layer_dir: &Path, target: &Path) -> Result<(), ContainerError> {
-        rootfs::mount(lowers, layer_dir, target)
+    fn mount(
+        &self,
+        lowers: &[PathBuf],
+        layer_dir: &Path,
+        target: &Path,
+        idmap: Option<&rootfs_idmap::Idmap>,
+    ) -> Result<(), ContainerError> {
+        match idmap
+            .cloned()
+            .map_or_else(|| rootfs_idmap::recorded(layer_dir), |m| Ok(Some(m)))?
+        {
+            Some(m) => rootfs_idmap::mount(lowers, layer_dir, target, &m),
+            None => rootfs::mount(lowers, layer_dir, target),
+        }
     }
     fn unmount(&self, target: &Path) -> Result<(), ContainerError> {
         rootfs::unmount(target)

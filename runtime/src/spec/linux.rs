@@ -131,6 +131,8 @@ pub struct PodNamespaces {
     pub uts: Namespace,
     /// The pod-shared PID namespace (the infra process's), when the pod shares one.
     pub pid: Namespace,
+    /// The pod's own user namespace; None = the host's.
+    pub user: Option<super::userns::PodUserns>,
 }
 
 pub fn namespaces(
@@ -138,17 +140,8 @@ pub fn namespaces(
     sc: Option<&LinuxContainerSecurityContext>,
     target_pid: Option<&Path>,
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
-    let userns = sc
-        .and_then(|s| s.namespace_options.as_ref())
-        .and_then(|n| n.userns_options.as_ref());
-    if let Some(u) = userns.filter(|u| u.mode != NamespaceMode::Node as i32) {
-        // CRI: only NODE (the host's user namespace) is supported; never run a pod that asked
-        // for its own user namespace without one (the handler does not advertise them).
-        return Err(SpecError::Unsupported(format!(
-            "user namespace mode {} is not supported: crius runs containers in the host user namespace",
-            NamespaceMode::try_from(u.mode).map_or("unknown", |m| m.as_str_name())
-        )));
-    }
+    // The user namespace first: it owns the namespaces the container creates.
+    let user = super::userns::namespace(pod.user.as_ref(), sc)?;
     // Absent options mean the proto defaults (POD), as in containerd: the container joins the
     // pod's PID namespace when the pod has one of its own.
     let pid_mode = sc
@@ -172,7 +165,7 @@ pub fn namespaces(
             )));
         }
     };
-    let mut out = Vec::new();
+    let mut out: Vec<LinuxNamespace> = user.into_iter().collect();
     for (typ, ns) in [
         (LinuxNamespaceType::Mount, &Namespace::New),
         (LinuxNamespaceType::Pid, &pid),
@@ -409,6 +402,7 @@ mod tests {
             ipc: Namespace::Host,
             uts: Namespace::Join("/run/crius/ns/p/uts".into()),
             pid: Namespace::Join("/proc/42/ns/pid".into()),
+            user: None,
         };
         let sc = LinuxContainerSecurityContext {
             namespace_options: Some(NamespaceOption {
@@ -451,12 +445,13 @@ mod tests {
     }
 
     #[test]
-    fn only_the_host_user_namespace_is_accepted() {
+    fn a_pod_without_a_user_namespace_accepts_only_the_host_one() {
         let pod = PodNamespaces {
             network: Namespace::Host,
             ipc: Namespace::Host,
             uts: Namespace::Host,
             pid: Namespace::New,
+            user: None,
         };
         let with = |mode: NamespaceMode| LinuxContainerSecurityContext {
             namespace_options: Some(NamespaceOption {
@@ -476,7 +471,7 @@ mod tests {
         ] {
             assert!(matches!(
                 namespaces(&pod, Some(&with(m)), None),
-                Err(SpecError::Unsupported(_))
+                Err(SpecError::Invalid(_))
             ));
         }
     }

@@ -13,6 +13,7 @@ mod mounts;
 mod process;
 mod seccomp;
 pub mod user;
+pub mod userns;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ pub use linux::{HostFacts, Namespace, PodNamespaces};
 pub use mounts::unescape_mountinfo;
 pub use process::{ALL_CAPS, DEFAULT_PATH};
 pub use user::UserDb;
+pub use userns::PodUserns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -210,6 +212,10 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .set_gid_mappings(None)
         .set_sysctl(None)
         .set_intel_rdt(None);
+    if let Some(u) = &input.namespaces.user {
+        userns::check(&proc, privileged, u)?;
+        userns::set_mappings(&mut lx, u);
+    }
 
     let mut annotations: HashMap<String, String> = cfg.annotations.clone().into_iter().collect();
     let name = cfg.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();

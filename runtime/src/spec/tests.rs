@@ -48,6 +48,7 @@ fn pod_ns() -> PodNamespaces {
         ipc: Namespace::Join("/run/crius/ns/p/ipc".into()),
         uts: Namespace::Join("/run/crius/ns/p/uts".into()),
         pid: Namespace::New,
+        user: None,
     }
 }
 

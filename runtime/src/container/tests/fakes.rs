@@ -248,7 +248,13 @@ fn errno_err(what: &'static str, path: &Path, errno: nix::errno::Errno) -> Conta
 }
 
 impl RootfsMounter for FakeMounter {
-    fn mount(&self, lowers: &[PathBuf], layer_dir: &Path, target: &Path) -> Result<(), ContainerError> {
+    fn mount(
+        &self,
+        lowers: &[PathBuf],
+        layer_dir: &Path,
+        target: &Path,
+        _idmap: Option<&crate::container::rootfs_idmap::Idmap>,
+    ) -> Result<(), ContainerError> {
         let mut s = self.inner();
         s.calls.push(MountCall::Mount(target.into()));
         assert!(!lowers.is_empty(), "the image's layers are passed to the mount");

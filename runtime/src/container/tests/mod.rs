@@ -100,6 +100,7 @@ impl Fixture {
                 ipc: Namespace::New,
                 uts: Namespace::New,
                 pid: Namespace::New,
+                user: None,
             },
             files: Default::default(),
             cgroup_parent: format!("/crius/{POD}"),

@@ -1,0 +1,263 @@
+//! Pods with their own user namespace (CRI user namespace mode POD, Kubernetes `hostUsers:
+//! false`), observed from inside and from the host: the kubelet's mapping in
+//! `/proc/self/uid_map`, root inside is an unprivileged id outside (a file written to a hostPath
+//! volume is owned by the mapped id: volumes are not idmapped), the image's files still belong to
+//! root (idmapped layers), capabilities do not reach the host, and the container survives a
+//! daemon restart. Refused requests (CONTAINER/TARGET modes, bad mappings) create nothing.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use crius_tests::containers::World;
+use crius_tests::pods::PodCleanup;
+use crius_tests::security::*;
+use k8s_cri::v1::*;
+
+fn mapping(host_id: u32) -> Vec<IdMapping> {
+    vec![IdMapping {
+        host_id,
+        container_id: 0,
+        length: 65536,
+    }]
+}
+
+/// User namespace mode POD with uids at `uid` and gids at `gid`; the pod's other namespaces
+/// are its own (PID per container, as the kubelet sends it).
+fn userns_ns(uid: u32, gid: u32) -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        ipc: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Container as i32,
+        target_id: String::new(),
+        userns_options: Some(UserNamespace {
+            mode: NamespaceMode::Pod as i32,
+            uids: mapping(uid),
+            gids: mapping(gid),
+        }),
+    }
+}
+
+/// Host ids no other test uses: one 65536-block per test network.
+fn ids(w: &World) -> (u32, u32) {
+    let base = 65536 * (1000 + 2 * u32::from(w.net.n));
+    (base, base + 65536)
+}
+
+#[tokio::test]
+async fn userns_pod_maps_root_to_the_kubelet_range_and_survives_a_restart() {
+    let mut w = World::new().await.unwrap();
+    let _clean = PodCleanup::new(&w.d);
+    let status =
+        w.d.runtime
+            .status(StatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+    let features = status.runtime_handlers[0].features.unwrap();
+    assert!(
+        features.user_namespaces,
+        "this host (6.x, ext4) supports idmapped layers"
+    );
+
+    let (uid, gid) = ids(&w);
+    let (pod, pod_cfg) = run_pod(&mut w, "userns", |sc| {
+        sc.namespace_options = Some(userns_ns(uid, gid))
+    })
+    .await
+    .unwrap();
+    let user_pin = crius_tests::pods::ns_path(&w.d.state, &pod, "user");
+    assert!(crius_tests::pods::is_pinned(&user_pin));
+
+    let vol = w.d.dir.join("userns-vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut sc = LinuxContainerSecurityContext {
+        namespace_options: Some(userns_ns(uid, gid)),
+        ..Default::default()
+    };
+    // Capabilities inside the user namespace only: none of them reaches the host. No seccomp
+    // filter, so what refuses below is the kernel's capability check, not a filter.
+    sc.capabilities = Some(Capability {
+        add_capabilities: vec!["SYS_ADMIN".into(), "SYS_MODULE".into()],
+        ..Default::default()
+    });
+    sc.seccomp = Some(SecurityProfile {
+        profile_type: security_profile::ProfileType::Unconfined as i32,
+        ..Default::default()
+    });
+    let mut c = sleeper(&w, "inside", sc);
+    c.mounts = vec![Mount {
+        container_path: "/vol".into(),
+        host_path: vol.to_string_lossy().into_owned(),
+        ..Default::default()
+    }];
+    let id = create_in(&mut w, &pod, &pod_cfg, c).await.unwrap();
+    w.start(&id).await.unwrap();
+
+    let uid_map = exec_ok(&mut w, &id, &["cat", "/proc/self/uid_map"]).await;
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &uid.to_string(), "65536"]
+    );
+    let gid_map = exec_ok(&mut w, &id, &["cat", "/proc/self/gid_map"]).await;
+    assert_eq!(
+        gid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &gid.to_string(), "65536"]
+    );
+    assert_eq!(exec_ok(&mut w, &id, &["id", "-u"]).await.trim(), "0");
+    // The image's files are root's inside (idmapped layers), and so is the writable `/`.
+    assert_eq!(
+        exec_ok(&mut w, &id, &["stat", "-c", "%u:%g", "/bin/busybox"])
+            .await
+            .trim(),
+        "0:0"
+    );
+    exec_ok(&mut w, &id, &["touch", "/new-file"]).await;
+    assert_eq!(
+        exec_ok(&mut w, &id, &["stat", "-c", "%u", "/new-file"])
+            .await
+            .trim(),
+        "0"
+    );
+
+    // A file the container's root writes on a hostPath volume belongs to the mapped ids.
+    exec_ok(&mut w, &id, &["touch", "/vol/made-inside"]).await;
+    let meta = std::fs::metadata(vol.join("made-inside")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+
+    // The init process runs as the mapped id on the host.
+    let pid = w.pid(&id).await;
+    let host_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert_eq!(
+        status_field(&host_status, "Uid").split_whitespace().next(),
+        Some(&*uid.to_string())
+    );
+
+    // CAP_SYS_MODULE inside is no capability over the kernel: EPERM before the file is parsed
+    // (ENOSYS on a kernel built without modules, as the host root would get too).
+    let (code, out, err) = exec(&mut w, &id, &["insmod", "/bin/busybox"]).await;
+    assert_ne!(code, 0);
+    let said = format!("{out}{err}");
+    let no_modules = !std::path::Path::new("/proc/modules").exists();
+    assert!(
+        said.contains("not permitted") || (no_modules && said.contains("not support")),
+        "insmod: {said}"
+    );
+    // CAP_MKNOD inside (a default capability) makes no device node in a user namespace.
+    let (code, out, err) = exec(&mut w, &id, &["mknod", "/tmp/null", "c", "1", "3"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        format!("{out}{err}").contains("not permitted"),
+        "mknod: {out}{err}"
+    );
+    // CAP_SYS_ADMIN inside can drop the container's read-only /proc/sys, but a host sysctl
+    // stays the host root's.
+    let before = std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap();
+    let new = if before.trim() == "17" { "18" } else { "17" };
+    let script = format!("umount /proc/sys 2>/dev/null; echo {new} > /proc/sys/vm/swappiness");
+    let (code, _, err) = exec(&mut w, &id, &["sh", "-c", &script]).await;
+    assert_ne!(code, 0, "writing a host sysctl must fail: {err}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap(),
+        before
+    );
+
+    // sysfs is the pod network namespace's (owned by the pod's user namespace): its interfaces.
+    let nets = exec_ok(&mut w, &id, &["ls", "/sys/class/net"]).await;
+    assert_eq!(nets.split_whitespace().collect::<Vec<_>>(), ["eth0", "lo"]);
+
+    // A daemon restart keeps the pinned user namespace and the running container.
+    w.d.restart().await.unwrap();
+    assert!(crius_tests::pods::is_pinned(&user_pin));
+    assert_eq!(w.state(&id).await.state, ContainerState::ContainerRunning as i32);
+    let uid_map = exec_ok(&mut w, &id, &["cat", "/proc/self/uid_map"]).await;
+    assert!(uid_map.contains(&uid.to_string()), "{uid_map}");
+    assert_eq!(exec_ok(&mut w, &id, &["id", "-u"]).await.trim(), "0");
+
+    w.d.stop_pod(&pod).await.unwrap();
+    w.d.remove_pod(&pod).await.unwrap();
+    assert!(!user_pin.exists());
+    w.teardown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pod_shared_pid_namespace_belongs_to_the_pod_user_namespace() {
+    let mut w = World::new().await.unwrap();
+    let _clean = PodCleanup::new(&w.d);
+    let (uid, gid) = ids(&w);
+    let mut n = userns_ns(uid, gid);
+    n.pid = NamespaceMode::Pod as i32;
+    let (pod, pod_cfg) = run_pod(&mut w, "userns-pidpod", |sc| {
+        sc.namespace_options = Some(n.clone())
+    })
+    .await
+    .unwrap();
+    let sc = LinuxContainerSecurityContext {
+        namespace_options: Some(n),
+        ..Default::default()
+    };
+    let c = sleeper(&w, "shared", sc);
+    let id = create_in(&mut w, &pod, &pod_cfg, c).await.unwrap();
+    w.start(&id).await.unwrap();
+    // PID 1 is the pod's infra process; /proc is mountable because its PID namespace is the
+    // pod user namespace's.
+    let pid1 = exec_ok(&mut w, &id, &["cat", "/proc/1/cmdline"]).await;
+    assert!(pid1.contains("pause"), "{pid1:?}");
+    let uid_map = exec_ok(&mut w, &id, &["cat", "/proc/self/uid_map"]).await;
+    assert!(uid_map.contains(&uid.to_string()), "{uid_map}");
+    w.teardown().await.unwrap();
+}
+
+#[tokio::test]
+async fn refused_user_namespace_requests_create_nothing() {
+    let mut w = World::new().await.unwrap();
+    let _clean = PodCleanup::new(&w.d);
+    let (uid, gid) = ids(&w);
+    let pods_before = w.d.pods().await.len();
+    let ns_before = std::fs::read_dir(w.d.state.join("ns")).unwrap().count();
+
+    let mut cases: Vec<(&str, NamespaceOption)> = Vec::new();
+    for (name, mode) in [
+        ("container", NamespaceMode::Container),
+        ("target", NamespaceMode::Target),
+    ] {
+        let mut n = userns_ns(uid, gid);
+        n.userns_options.as_mut().unwrap().mode = mode as i32;
+        cases.push((name, n));
+    }
+    let bad: [(&str, Vec<IdMapping>); 4] = [
+        ("none", vec![]),
+        ("host-ids", mapping(1000)),
+        ("two", [mapping(uid), mapping(uid + 65536)].concat()),
+        ("overflow", mapping(u32::MAX - 1000)),
+    ];
+    for (name, uids) in bad {
+        let mut n = userns_ns(uid, gid);
+        n.userns_options.as_mut().unwrap().uids = uids;
+        cases.push((name, n));
+    }
+    let mut host_net = userns_ns(uid, gid);
+    host_net.network = NamespaceMode::Node as i32;
+    cases.push(("host-net", host_net));
+
+    for (name, n) in cases {
+        let err = run_pod(&mut w, name, |sc| sc.namespace_options = Some(n))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}: {err:?}");
+    }
+    assert_eq!(w.d.pods().await.len(), pods_before);
+    assert_eq!(
+        std::fs::read_dir(w.d.state.join("ns")).unwrap().count(),
+        ns_before
+    );
+
+    // A container asking for a user namespace its pod does not have is refused too.
+    let sc = LinuxContainerSecurityContext {
+        namespace_options: Some(userns_ns(uid, gid)),
+        ..Default::default()
+    };
+    let err = w.create(sleeper(&w, "no-pod-userns", sc)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_no_containers_left(&mut w).await;
+    w.teardown().await.unwrap();
+}
