@@ -3,8 +3,9 @@
 //!
 //! Invariants:
 //! - [`validate`] has no side effects. A mapping that passes maps container id 0, is one range
-//!   per kind, fits in u32 on both sides and leaves the host's ids 0..65536 (the host's system
-//!   and regular users) unmapped.
+//!   per kind, fits in u32 on both sides and never maps onto host id 0. Which host ids a pod
+//!   gets is the kubelet's choice (it hands out multiples of 65536 from its own range; critest
+//!   maps from 1000), as in containerd and CRI-O.
 //! - A user namespace can only be created or entered by a single-threaded process, and the
 //!   daemon has many threads: [`Holder::spawn`] forks a child that unshares a user namespace and
 //!   waits until the parent has written its uid/gid maps. Only then does it unshare the pod's
@@ -23,9 +24,6 @@ use cri_api::v1::{IdMapping, NamespaceMode, UserNamespace};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// The first host id a pod may be mapped to: 0..65536 are the host's own users.
-pub const FIRST_HOST_ID: u32 = 65536;
 
 /// One id range: container ids `container_id..container_id+length` are host ids
 /// `host_id..host_id+length`.
@@ -113,11 +111,10 @@ fn range(kind: &'static str, maps: &[IdMapping]) -> Result<IdRange, UsernsError>
             r.host_id, r.length
         )));
     }
-    if r.host_id < FIRST_HOST_ID {
-        return Err(bad(format!(
-            "host range starts at {}, inside the host's own ids 0..{FIRST_HOST_ID}",
-            r.host_id
-        )));
+    if r.host_id == 0 {
+        return Err(bad(
+            "host range starts at 0: the container's root would be the host's root".into(),
+        ));
     }
     Ok(r)
 }
@@ -359,8 +356,8 @@ mod tests {
             (ok(), vec![m(0, 65536, 0)], "length is 0"),
             (vec![m(0, u32::MAX - 10, 65536)], ok(), "32 bits"),
             (vec![m(0, 4_294_901_760, 65536)], ok(), "32 bits"),
-            (vec![m(0, 0, 65536)], ok(), "host's own ids"),
-            (ok(), vec![m(0, 1000, 65536)], "host's own ids"),
+            (vec![m(0, 0, 65536)], ok(), "host's root"),
+            (ok(), vec![m(0, 0, 1)], "host's root"),
         ];
         for (uids, gids, want) in cases {
             let e = validate(Some(&opts(NamespaceMode::Pod, uids.clone(), gids.clone())))

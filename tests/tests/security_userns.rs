@@ -226,7 +226,7 @@ async fn refused_user_namespace_requests_create_nothing() {
     }
     let bad: [(&str, Vec<IdMapping>); 4] = [
         ("none", vec![]),
-        ("host-ids", mapping(1000)),
+        ("host-root", mapping(0)),
         ("two", [mapping(uid), mapping(uid + 65536)].concat()),
         ("overflow", mapping(u32::MAX - 1000)),
     ];

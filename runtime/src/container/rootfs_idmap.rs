@@ -214,9 +214,10 @@ pub fn probe(dir: &Path) -> Result<(), String> {
 
 fn probe_in(scratch: &Path) -> Result<(), String> {
     use crius_sandbox::userns::{Holder, IdRange, Mappings};
+    // One unprivileged host id above the host's usual users: owns nothing, so nothing leaks.
     let range = IdRange {
         container_id: 0,
-        host_id: crius_sandbox::userns::FIRST_HOST_ID,
+        host_id: 65536,
         length: 1,
     };
     let holder = Holder::spawn(
