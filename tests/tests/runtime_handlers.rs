@@ -47,8 +47,9 @@ impl Runtimes {
         let crun = if v2_controllers {
             let w = dir.path().join("crun");
             let script = format!(
-                "#!/bin/sh\nexec unshare --mount --propagation private \
-                 sh -c 'umount /sys/fs/cgroup/unified && exec {CRUN} \"$@\"' crun \"$@\"\n"
+                "#!/bin/sh\nexec unshare --mount --propagation unchanged \
+                 sh -c 'mount --make-rprivate /sys/fs/cgroup && umount /sys/fs/cgroup/unified \
+                 && exec {CRUN} \"$@\"' crun \"$@\"\n"
             );
             std::fs::write(&w, script).unwrap();
             std::fs::set_permissions(&w, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
