@@ -50,6 +50,17 @@ pub fn mount(lowers: &[PathBuf], layer_dir: &Path, target: &Path) -> Result<(), 
         return Err(ContainerError::Invalid("image has no layers".into()));
     }
     prepare_dirs(layer_dir, target)?;
+    mount_overlay(lowers, layer_dir, target, "mount overlay at")
+}
+
+/// Mounts an overlay of `lowers` (top first) with `layer_dir`'s `upper` and `work` at `target`;
+/// `what` names the mount in the error.
+pub(super) fn mount_overlay(
+    lowers: &[PathBuf],
+    layer_dir: &Path,
+    target: &Path,
+    what: &'static str,
+) -> Result<(), ContainerError> {
     let opts = overlay_options(lowers, &layer_dir.join("upper"), &layer_dir.join("work"))?;
     nix::mount::mount(
         Some("overlay"),
@@ -59,7 +70,7 @@ pub fn mount(lowers: &[PathBuf], layer_dir: &Path, target: &Path) -> Result<(), 
         Some(opts.as_str()),
     )
     .map_err(|e| ContainerError::Io {
-        what: "mount overlay at",
+        what,
         path: target.into(),
         source: e.into(),
     })

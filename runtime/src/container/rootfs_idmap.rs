@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MntFlags;
 
 use super::{ContainerError, io_err, rootfs};
 use crate::spec::SpecError;
@@ -107,19 +107,7 @@ pub fn mount(
             attach_idmapped(lower, &at, &userns)?;
             staged.push(at);
         }
-        let opts = rootfs::overlay_options(&staged, &upper, &layer_dir.join("work"))?;
-        nix::mount::mount(
-            Some("overlay"),
-            target,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(opts.as_str()),
-        )
-        .map_err(|e| ContainerError::Io {
-            what: "mount the idmapped overlay at",
-            path: target.into(),
-            source: e.into(),
-        })
+        rootfs::mount_overlay(&staged, layer_dir, target, "mount the idmapped overlay at")
     })();
     for at in &staged {
         if let Err(e) = nix::mount::umount2(at, MntFlags::MNT_DETACH) {
