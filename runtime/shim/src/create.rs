@@ -262,15 +262,36 @@ fn create(config_path: &Path) -> Result<(Monitor, Pid), CreateError> {
     };
 
     proc_setup::after_libcontainer(oom_before);
+    let mut monitor = created_monitor(cfg, pid, stdout_fd, &mut io, ctl, log)
+        .map_err(|(what, e)| io_err(what)(e.into()))?;
+    let mut container = container;
+    monitor.starter = Some(Box::new(move || {
+        container.start().map_err(|e| format!("start: {e}"))
+    }));
+    Ok((monitor, pid))
+}
+
+/// The monitor of a created container whose init is `pid`, for both the embedded and an
+/// external runtime: the OOM baseline under systemd, non-blocking output fds, SIGCHLD through a
+/// signalfd, and the attach socket (a container runs without one if it cannot be bound). The
+/// error names the step that failed.
+pub(crate) fn created_monitor(
+    cfg: ShimConfig,
+    pid: Pid,
+    stdout_fd: Option<OwnedFd>,
+    io: &mut ShimStdio,
+    ctl: UnixListener,
+    log: LogFile,
+) -> Result<Monitor, (&'static str, nix::Error)> {
     if cfg.systemd_cgroup
         && let Some(n) = crate::cgroup::parent_oom_kills(&cfg.cgroup_path)
     {
         // Before the container runs: see cgroup::oom_killed.
         let _ = fs::write(cfg.shim_dir.join(crate::cgroup::OOM_BASELINE), n.to_string());
     }
-    let sigfd = proc_setup::sigchld_fd().map_err(|e| io_err("signalfd")(e.into()))?;
+    let sigfd = proc_setup::sigchld_fd().map_err(|e| ("signalfd", e))?;
     for fd in [&stdout_fd, &io.stderr].into_iter().flatten() {
-        proc_setup::set_nonblocking(fd).map_err(|e| io_err("O_NONBLOCK")(e.into()))?;
+        proc_setup::set_nonblocking(fd).map_err(|e| ("O_NONBLOCK", e))?;
     }
     let mut monitor = Monitor::new(
         cfg,
@@ -291,11 +312,7 @@ fn create(config_path: &Path) -> Result<(Monitor, Pid), CreateError> {
             None
         }
     };
-    let mut container = container;
-    monitor.starter = Some(Box::new(move || {
-        container.start().map_err(|e| format!("start: {e}"))
-    }));
-    Ok((monitor, pid))
+    Ok(monitor)
 }
 
 fn build(cfg: &ShimConfig, io: &mut ShimStdio) -> Result<Container, CreateError> {

@@ -16,13 +16,12 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use crius_shim_api::{ExecRequest, OciRuntime, ProcessStatus, ShimConfig};
+use crius_shim_api::{ExecRequest, OciRuntime, ShimConfig};
 use nix::unistd::Pid;
 
-use crate::attach::AttachHub;
 use crate::create::{CreateError, ShimStdio, receive_pty_master};
-use crate::log::{LogFile, Stream};
-use crate::monitor::{Monitor, Output};
+use crate::log::LogFile;
+use crate::monitor::Monitor;
 use crate::oci_cli::{self, CREATE_TIMEOUT, Cli, RUNTIME_LOG, VERB_TIMEOUT};
 use crate::proc_setup;
 
@@ -110,35 +109,8 @@ pub fn create(
         }
         None => io.stdout.take(),
     };
-    if cfg.systemd_cgroup
-        && let Some(n) = crate::cgroup::parent_oom_kills(&cfg.cgroup_path)
-    {
-        let _ = fs::write(cfg.shim_dir.join(crate::cgroup::OOM_BASELINE), n.to_string());
-    }
-    let io_fail = |what: &str, e: nix::Error| undo(format!("{what}: {e}"));
-    let sigfd = proc_setup::sigchld_fd().map_err(|e| io_fail("signalfd", e))?;
-    for fd in [&stdout_fd, &io.stderr].into_iter().flatten() {
-        proc_setup::set_nonblocking(fd).map_err(|e| io_fail("O_NONBLOCK", e))?;
-    }
-    let mut monitor = Monitor::new(
-        cfg,
-        pid,
-        ProcessStatus::Created,
-        stdout_fd.map(|fd| Output::new(fd, Stream::Stdout)),
-        io.stderr.take().map(|fd| Output::new(fd, Stream::Stderr)),
-        io.stdin.take(),
-        ctl,
-        log,
-        sigfd,
-        crate::teardown::delete_container,
-    );
-    monitor.attach = match AttachHub::bind(&monitor.cfg.shim_dir, monitor.cfg.stdin_once) {
-        Ok(hub) => Some(hub),
-        Err(e) => {
-            eprintln!("crius-shim {}: no attach socket: {e}", monitor.cfg.id);
-            None
-        }
-    };
+    let mut monitor = crate::create::created_monitor(cfg.clone(), pid, stdout_fd, &mut io, ctl, log)
+        .map_err(|(what, e)| undo(format!("{what}: {e}")))?;
     let start_cfg = monitor.cfg.clone();
     monitor.starter = Some(Box::new(move || {
         let c = cli(&start_cfg, &rt, &runtime_log);
