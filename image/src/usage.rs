@@ -49,6 +49,67 @@ pub fn measure(dir: &Path) -> Usage {
     usage
 }
 
+/// [`measure`] of `dir`, and apart the usage of its entry `part` (included in the first).
+/// One walk: a container's layer directory and its `upper`, for the stats RPCs. Hard links
+/// between `part` and the rest are counted twice (an overlay's upper and work share none).
+pub fn measure_with_part(dir: &Path, part: &str) -> (Usage, Usage) {
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return (Usage::default(), Usage::default());
+    };
+    let mut whole = Usage {
+        bytes: top.blocks() * 512,
+        inodes: 1,
+    };
+    let mut of_part = Usage::default();
+    for (name, u) in entries(dir, top.dev()) {
+        whole.bytes += u.bytes;
+        whole.inodes += u.inodes;
+        if name == part {
+            of_part = u;
+        }
+    }
+    (whole, of_part)
+}
+
+/// [`measure`] of `dir`, taking each entry's usage from `known` (by name) where it has it:
+/// the containers' directory, whose entries the stats RPCs measured a moment ago. Hard links
+/// between two entries count twice.
+pub fn measure_reusing(dir: &Path, known: impl Fn(&std::ffi::OsStr) -> Option<Usage>) -> Usage {
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return Usage::default();
+    };
+    let mut usage = Usage {
+        bytes: top.blocks() * 512,
+        inodes: 1,
+    };
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return usage;
+    };
+    for entry in list.flatten() {
+        let u = match known(&entry.file_name()) {
+            Some(u) => u,
+            None => match std::fs::symlink_metadata(entry.path()) {
+                Ok(m) if m.dev() == top.dev() => measure(&entry.path()),
+                _ => continue,
+            },
+        };
+        usage.bytes += u.bytes;
+        usage.inodes += u.inodes;
+    }
+    usage
+}
+
+/// Each entry of `dir` on device `dev` with its [`measure`].
+fn entries(dir: &Path, dev: u64) -> Vec<(OsString, Usage)> {
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    list.flatten()
+        .filter(|e| std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.dev() == dev))
+        .map(|e| (e.file_name(), measure(&e.path())))
+        .collect()
+}
+
 /// The usage of a directory whose entries never change once they have their final name (the
 /// unpacked layers: each is built in a `.`-named temp dir and renamed into place): every such
 /// entry is walked once and remembered by name and inode, so kubelet's periodic ImageFsInfo
@@ -134,6 +195,31 @@ mod tests {
         std::fs::remove_dir_all(dir.path().join("a")).unwrap();
         assert_eq!(memo.measure(dir.path()), measure(dir.path()));
         assert_eq!(memo.known.lock().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_part_and_reused_entries_add_up_to_the_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b"] {
+            std::fs::create_dir_all(dir.path().join(name).join("upper/d")).unwrap();
+            std::fs::write(dir.path().join(name).join("upper/d/f"), vec![1u8; 8192]).unwrap();
+            std::fs::create_dir_all(dir.path().join(name).join("work/work")).unwrap();
+        }
+        let a = dir.path().join("a");
+        let (whole, upper) = measure_with_part(&a, "upper");
+        assert_eq!(whole, measure(&a));
+        assert_eq!(upper, measure(&a.join("upper")));
+        assert_eq!(upper.inodes, 3);
+        assert_eq!(measure_reusing(dir.path(), |_| None), measure(dir.path()));
+        // A known entry is taken as given, not walked.
+        let fake = Usage { bytes: 1, inodes: 1 };
+        let reused = measure_reusing(dir.path(), |n| (n == "a").then_some(fake));
+        let b = measure(&dir.path().join("b"));
+        assert_eq!(reused.inodes, 1 + fake.inodes + b.inodes);
+        assert_eq!(
+            measure_with_part(Path::new("/nonexistent/crius"), "upper").0,
+            Usage::default()
+        );
     }
 
     #[test]

@@ -143,8 +143,13 @@ pub fn container_dir(root: &Path) -> PathBuf {
 }
 
 /// CRI: `ImageFsInfo`. Measures the disk; never fails (crictl calls it on every connect).
-/// `layers` remembers the unpacked layers' usage between calls (they never change).
-pub fn image_fs_info(root: &Path, layers: &crius_image::usage::ImmutableEntries) -> v1::ImageFsInfoResponse {
+/// `layers` remembers the unpacked layers' usage between calls (they never change);
+/// `known_container` gives a container directory's usage (by name) where it was just measured.
+pub fn image_fs_info(
+    root: &Path,
+    layers: &crius_image::usage::ImmutableEntries,
+    known_container: impl Fn(&std::ffi::OsStr) -> Option<crius_image::usage::Usage>,
+) -> v1::ImageFsInfoResponse {
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -155,7 +160,7 @@ pub fn image_fs_info(root: &Path, layers: &crius_image::usage::ImmutableEntries)
         bytes: c.bytes + l.bytes,
         inodes: c.inodes + l.inodes,
     };
-    let containers = crius_image::usage::measure(&container_dir(root));
+    let containers = crius_image::usage::measure_reusing(&container_dir(root), known_container);
     let fs = |mountpoint: &Path, u: crius_image::usage::Usage| v1::FilesystemUsage {
         timestamp,
         fs_id: Some(v1::FilesystemIdentifier {
@@ -227,7 +232,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("content/blobs")).unwrap();
         std::fs::write(root.path().join("content/blobs/x"), vec![1u8; 8192]).unwrap();
-        let r = image_fs_info(root.path(), &Default::default());
+        let r = image_fs_info(root.path(), &Default::default(), |_| None);
         let img = &r.image_filesystems[0];
         assert!(img.used_bytes.unwrap().value >= 8192);
         assert_eq!(img.inodes_used.unwrap().value, 3);

@@ -55,14 +55,14 @@ impl SandboxManager {
         let filter = filter.unwrap_or_default();
         let mut unreadable = Vec::new();
         let mut records = if filter.id.is_empty() {
-            let (records, bad) = store::scan(&self.db)?;
+            let (records, bad) = store::scan_shared(&self.db)?;
             unreadable = bad;
             records
         } else {
             // CRI: an id filter matches a full id or a unique prefix; anything else matches nothing.
             match self.resolve(&filter.id) {
                 Ok(Some(id)) => match store::get(&self.db, &id) {
-                    Ok(r) => r.into_iter().collect(),
+                    Ok(r) => r.into_iter().map(Arc::new).collect(),
                     Err(store::StoreError::Corrupt { .. }) => {
                         unreadable = store::scan(&self.db)?.1;
                         unreadable.retain(|u| u.id == id);
@@ -96,12 +96,12 @@ impl SandboxManager {
             .into_iter()
             .map(|r| PodSandbox {
                 state: cri_state(r.status.state),
-                id: r.meta.id,
+                id: r.meta.id.clone(),
                 metadata: r.meta.config.metadata.clone(),
                 created_at: r.meta.created_at,
                 labels: r.meta.config.labels.clone(),
                 annotations: r.meta.config.annotations.clone(),
-                runtime_handler: r.meta.runtime_handler,
+                runtime_handler: r.meta.runtime_handler.clone(),
             })
             .chain(salvaged)
             .collect();

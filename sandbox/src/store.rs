@@ -226,11 +226,18 @@ pub struct Unreadable {
 /// Every record, in id order: the readable ones and the unreadable ones (never rewritten or
 /// removed here).
 pub fn scan(store: &Store) -> Result<(Vec<Record>, Vec<Unreadable>), StoreError> {
+    let (shared, unreadable) = scan_shared(store)?;
+    Ok((shared.iter().map(|r| Record::clone(r)).collect(), unreadable))
+}
+
+/// [`scan`] without copying the readable records: they are shared with the row cache, for
+/// readers that only look (ListPodSandbox, every second).
+pub fn scan_shared(store: &Store) -> Result<(Vec<Arc<Record>>, Vec<Unreadable>), StoreError> {
     let mut out = Vec::new();
     let mut unreadable = Vec::new();
     for row in store.rows()?.values() {
         match row {
-            Row::Readable(r) => out.push(Record::clone(r)),
+            Row::Readable(r) => out.push(r.clone()),
             Row::Unreadable(u) => unreadable.push(Unreadable::clone(u)),
         }
     }

@@ -1,5 +1,5 @@
-//! One full sample of a cgroup for the metric RPCs (ListPodSandboxMetrics) and the swap and
-//! process fields of the stats RPCs: CPU time split by mode and throttling, the memory
+//! One full sample of a cgroup for the metric RPCs (ListPodSandboxMetrics; the stats RPCs read
+//! the subset in `cgroup_usage`): CPU time split by mode and throttling, the memory
 //! breakdown, swap, OOM kills, processes and threads, hugetlb, and the limits set on it.
 //! cgroup v1 (one hierarchy per controller) and v2 (unified) are parsed by pure functions over
 //! the files' text, so both are unit-tested on any host.
@@ -318,7 +318,7 @@ pub(crate) fn weight_to_shares(weight: u64) -> u64 {
 }
 
 /// Processes in `dir` and every cgroup below it (at most [`TREE_CAP`] directories).
-fn count_procs(dir: &Path) -> Option<u64> {
+pub(super) fn count_procs(dir: &Path) -> Option<u64> {
     let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
     let mut total = 0u64;
     let mut visited = 0;

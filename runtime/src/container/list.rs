@@ -1,9 +1,11 @@
 //! ListContainers: every record matching the CRI filter (id or unique prefix, state, pod id or
 //! prefix, label selector — all given parts must match).
 
+use std::sync::Arc;
+
 use cri_api::v1::{Container, ContainerFilter};
 
-use super::record::Record;
+use super::record::{Record, State};
 use super::status::image_spec;
 use super::{ContainerError, Containers};
 
@@ -17,10 +19,53 @@ impl Containers {
         self.blocking(move |c| {
             // Id, pod and labels first (no clone of the others); the state once exits are folded.
             let f = filter.as_ref();
-            let selected = c.selected(|r| matches_ignoring_state(r, f))?;
-            Ok(selected.iter().filter(|r| matches(r, f)).map(to_cri).collect())
+            let selected = c.selected_shared(|r| matches_ignoring_state(r, f))?;
+            Ok(selected
+                .iter()
+                .filter(|r| matches(r, f))
+                .map(|r| to_cri(r))
+                .collect())
         })
         .await
+    }
+
+    /// [`Containers::selected`] sharing the records with the row cache: a record is copied
+    /// only when an exit is folded into it. For the reads repeated every second.
+    pub(crate) fn selected_shared(
+        &self,
+        keep: impl Fn(&Record) -> bool,
+    ) -> Result<Vec<Arc<Record>>, ContainerError> {
+        let unreadable = self.records.unreadable()?;
+        let mut all = self
+            .records
+            .select_shared(&keep)?
+            .into_iter()
+            .map(|r| self.fold_exit_shared(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        all.extend(
+            unreadable
+                .into_iter()
+                .filter_map(|u| u.salvaged)
+                .filter(|r| keep(r))
+                .map(Arc::new),
+        );
+        Ok(all)
+    }
+
+    /// [`Containers::fold_exit`] of a shared record: unchanged, and not copied, unless it may
+    /// take an exit and its shim's exit file is there. A RUNNING container whose shim directory
+    /// the exit watcher watches is left as recorded: the watcher folds its exit as soon as the
+    /// shim writes it, so its exit file is not looked for on every list.
+    fn fold_exit_shared(&self, r: Arc<Record>) -> Result<Arc<Record>, ContainerError> {
+        let foldable = match r.status.state {
+            State::Running => !self.watcher.get().is_some_and(|w| w.watches(&r.id)),
+            State::Unknown | State::Created => true,
+            State::Exited => false,
+        };
+        if !foldable || !self.shim_dir(&r.id).join(crius_shim_api::EXIT_FILE).exists() {
+            return Ok(r);
+        }
+        Ok(Arc::new(self.fold_exit(Record::clone(&r))?))
     }
 }
 

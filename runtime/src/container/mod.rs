@@ -19,6 +19,7 @@
 mod attach;
 mod census;
 mod cgroup_sample;
+mod cgroup_usage;
 mod cgroupfs;
 mod create;
 mod events;
@@ -36,6 +37,7 @@ pub(crate) mod rootfs_idmap;
 mod seams;
 mod start;
 mod stats;
+mod stats_cache;
 mod status;
 pub(crate) mod stdio;
 mod stop;
@@ -166,8 +168,8 @@ pub struct Containers {
     /// Names being created right now (`<pod>/<name>/<attempt>`), so concurrent creates of one
     /// name fail fast instead of both doing the work.
     creating: Mutex<HashMap<String, String>>,
-    /// Last cpu sample per cgroup `(timestamp ns, usage ns)`, for `usage_nano_cores`.
-    cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    /// The stats RPCs' latest reading per container and pod (`stats_cache.rs`).
+    stats_cache: stats_cache::StatsCache,
     /// Lifecycle events (see `events.rs`), sent after the record change committed.
     events: Events,
     /// Started on first use (it needs the state dir to exist); see `watch.rs`.
@@ -200,7 +202,7 @@ impl Containers {
             state: state.to_path_buf(),
             locks: Default::default(),
             creating: Mutex::new(HashMap::new()),
-            cpu_samples: Mutex::new(HashMap::new()),
+            stats_cache: Default::default(),
             events: Events::default(),
             watcher: OnceLock::new(),
             shim_dirs: cgroupfs::shim_dirs(

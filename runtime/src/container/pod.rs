@@ -86,6 +86,8 @@ impl ContainerHook for PodHook {
         for id in self.containers.ids_in_pod(sandbox_id)? {
             self.runtime.block_on(self.containers.remove(&id))?;
         }
+        // The pod's own reading (its record goes next).
+        self.containers.stats_cache.forget(sandbox_id);
         Ok(())
     }
 }

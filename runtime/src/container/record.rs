@@ -390,6 +390,18 @@ impl Records {
             .collect())
     }
 
+    /// [`Records::select`] without copying: the records are shared with the row cache.
+    pub fn select_shared(&self, keep: impl Fn(&Record) -> bool) -> Result<Vec<Arc<Record>>, RecordError> {
+        Ok(self
+            .rows()?
+            .values()
+            .filter_map(|row| match row {
+                Row::Readable(r) if keep(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// What can be read of an unreadable record, for listing it (None: readable or missing).
     pub fn salvage(&self, id: &str) -> Result<Option<Record>, RecordError> {
         Ok(match self.rows()?.get(id) {

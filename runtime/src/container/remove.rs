@@ -26,6 +26,7 @@ impl Containers {
         self.teardown(id, Some(r.cgroup_path.clone())).await?;
         self.blocking(move |c| {
             c.records.remove(&r)?;
+            c.stats_cache.forget(&r.id);
             c.events.send(&r.id, &r.sandbox_id, super::EventKind::Deleted);
             Ok(())
         })

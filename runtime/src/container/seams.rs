@@ -86,8 +86,12 @@ pub(crate) trait CgroupAccess: Send + Sync {
     fn kill_and_remove(&self, cgroup: &str, wait: Duration) -> bool;
     /// Writes `resources` (UpdateContainerResources) to the cgroup's files.
     fn apply(&self, cgroup: &str, resources: &LinuxContainerResources) -> Result<(), ContainerError>;
-    /// Everything the metric RPCs and the swap and process stats report.
+    /// Everything the metric RPCs report.
     fn sample(&self, cgroup: &str) -> cgroup_sample::Sample;
+    /// What the stats RPCs report (`cgroup_usage::read_usage`); the full sample by default.
+    fn usage(&self, cgroup: &str, _processes: bool) -> cgroup_sample::Sample {
+        self.sample(cgroup)
+    }
     /// Whether `pid` is a live process (not a zombie) in the cgroup: a container's init that
     /// still runs, never an unrelated process that reused its pid.
     fn runs_in(&self, cgroup: &str, pid: i32) -> bool;
@@ -181,6 +185,9 @@ impl CgroupAccess for Cgroupfs {
     }
     fn sample(&self, cgroup: &str) -> cgroup_sample::Sample {
         cgroup_sample::read(cgroup)
+    }
+    fn usage(&self, cgroup: &str, processes: bool) -> cgroup_sample::Sample {
+        super::cgroup_usage::read_usage(cgroup, processes)
     }
     fn runs_in(&self, cgroup: &str, pid: i32) -> bool {
         if pid <= 0 {

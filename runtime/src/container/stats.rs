@@ -1,7 +1,9 @@
 //! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: cgroup usage read
-//! by the daemon, the writable layer's size, and `usage_nano_cores` from the previous sample;
-//! swap where the host accounts it, the pod's process count. The pod's network counters are
-//! added by the node (`node::netdev`), which knows the pod's namespace.
+//! by the daemon (`cgroup_usage`), the writable layer's size, and `usage_nano_cores` from the
+//! previous reading; swap where the host accounts it, the pod's process count. A reading
+//! answers every stats call for a second (`stats_cache`), so a pod's stats reuse its
+//! containers' from the ListContainerStats just before. The pod's network counters are added
+//! by the node (`node::netdev`), which knows the pod's namespace.
 //!
 //! Invariant: every returned usage carries a non-zero timestamp, also when the cgroup is gone
 //! (an exited container reports what is left: nothing). Swap is `None` when the host keeps no
@@ -15,9 +17,9 @@ use cri_api::v1::{
     PodSandboxStats, ProcessUsage, SwapUsage, UInt64Value,
 };
 
-use super::cgroup_sample::Sample;
 use super::record::Record;
-use super::{ContainerError, Containers, now_ns};
+use super::stats_cache::{LayerUsage, StatsReading};
+use super::{ContainerError, Containers};
 
 /// What the pod stats need from the sandbox manager.
 #[derive(Debug, Clone)]
@@ -53,7 +55,7 @@ impl Containers {
         &self,
         f: Option<&ContainerStatsFilter>,
     ) -> Result<Vec<ContainerStats>, ContainerError> {
-        let all = self.all()?;
+        let all = self.selected_shared(|_| true)?;
         Ok(all
             .iter()
             .filter(|r| {
@@ -67,6 +69,12 @@ impl Containers {
             })
             .map(|r| self.stats_of(r))
             .collect())
+    }
+
+    /// The usage of container `id`'s layer directory when the stats RPCs measured it within
+    /// the last second: ImageFsInfo takes it instead of walking the directory again.
+    pub fn fresh_layer_usage(&self, id: &str) -> Option<crius_image::usage::Usage> {
+        self.stats_cache.fresh_layer(id)
     }
 
     /// CRI: PodSandboxStats for one pod: its cgroup's usage plus each container's stats.
@@ -85,7 +93,7 @@ impl Containers {
         pods: Vec<PodStatsInput>,
     ) -> Result<Vec<PodSandboxStats>, ContainerError> {
         self.blocking(move |c| {
-            let all = c.all()?;
+            let all = c.selected_shared(|_| true)?;
             let mut by_pod: HashMap<&str, Vec<&Record>> = HashMap::new();
             for r in &all {
                 by_pod.entry(r.sandbox_id.as_str()).or_default().push(r);
@@ -99,18 +107,24 @@ impl Containers {
     }
 
     fn pod_stats_blocking(&self, pod: &PodStatsInput) -> Result<PodSandboxStats, ContainerError> {
-        let all = self.all()?;
-        let mine: Vec<&Record> = all.iter().filter(|r| r.sandbox_id == pod.id).collect();
+        let all = self.selected_shared(|_| true)?;
+        let mine: Vec<&Record> = all
+            .iter()
+            .filter(|r| r.sandbox_id == pod.id)
+            .map(|r| &**r)
+            .collect();
         Ok(self.pod_stats_of(pod, &mine))
     }
 
-    /// One pod's stats: its cgroup's sample and each of `containers` (the pod's records).
+    /// One pod's stats: its cgroup's reading and each of `containers` (the pod's records).
     fn pod_stats_of(&self, pod: &PodStatsInput, containers: &[&Record]) -> PodSandboxStats {
-        let sample = self.cgroups.sample(&pod.cgroup_parent);
-        let (cpu, memory) = self.cgroup_stats(&pod.cgroup_parent, &sample);
+        let reading = self.stats_cache.get(&pod.id, &pod.cgroup_parent, || {
+            (self.cgroups.usage(&pod.cgroup_parent, true), None)
+        });
+        let (cpu, memory) = cgroup_stats(&reading);
         let process = ProcessUsage {
-            timestamp: now_ns(),
-            process_count: u(sample.processes),
+            timestamp: reading.ts,
+            process_count: u(reading.sample.processes),
         };
         let containers = containers.iter().map(|r| self.stats_of(r)).collect();
         PodSandboxStats {
@@ -131,17 +145,25 @@ impl Containers {
         }
     }
 
+    /// One container's stats from its reading: the cgroup's usage and the writable layer's.
     fn stats_of(&self, r: &Record) -> ContainerStats {
-        let sample = self.cgroups.sample(&r.cgroup_path);
-        let (cpu, memory) = self.cgroup_stats(&r.cgroup_path, &sample);
-        let ts = now_ns();
+        let layer_dir = self.layer_dir(&r.id);
+        let reading = self.stats_cache.get(&r.id, &r.cgroup_path, || {
+            let (dir, upper) = crius_image::usage::measure_with_part(&layer_dir, "upper");
+            (
+                self.cgroups.usage(&r.cgroup_path, false),
+                Some(LayerUsage { dir, upper }),
+            )
+        });
+        let upper = layer_dir.join("upper");
+        let (cpu, memory) = cgroup_stats(&reading);
+        let (ts, sample) = (reading.ts, &reading.sample);
         let swap = sample.swap_usage.map(|used| SwapUsage {
             timestamp: ts,
             swap_available_bytes: u(sample.swap_available),
             swap_usage_bytes: u(Some(used)),
         });
-        let upper = self.layer_dir(&r.id).join("upper");
-        let used = crius_image::usage::measure(&upper);
+        let used = reading.layer.unwrap_or_default().upper;
         ContainerStats {
             attributes: Some(ContainerAttributes {
                 id: r.id.clone(),
@@ -162,37 +184,29 @@ impl Containers {
             swap,
         }
     }
+}
 
-    /// CRI cpu and memory of one sample of `cgroup`; `usage_nano_cores` from the previous
-    /// sample of the same cgroup.
-    fn cgroup_stats(&self, cgroup: &str, sample: &Sample) -> (CpuUsage, MemoryUsage) {
-        let ts = now_ns();
-        let nano_cores = sample.cpu_total_ns.and_then(|now_usage| {
-            let mut samples = self.cpu_samples.lock().unwrap_or_else(|e| e.into_inner());
-            let prev = samples.insert(cgroup.to_string(), (ts, now_usage));
-            let (t0, u0) = prev?;
-            let dt = (ts - t0) as u64;
-            (dt > 0).then(|| now_usage.saturating_sub(u0).saturating_mul(1_000_000_000) / dt)
-        });
-        let available = sample
-            .memory_limit
-            .zip(sample.working_set)
-            .map(|(limit, ws)| limit.saturating_sub(ws));
-        (
-            CpuUsage {
-                timestamp: ts,
-                usage_core_nano_seconds: u(sample.cpu_total_ns),
-                usage_nano_cores: u(nano_cores),
-            },
-            MemoryUsage {
-                timestamp: ts,
-                working_set_bytes: u(sample.working_set),
-                available_bytes: u(available),
-                usage_bytes: u(sample.memory_usage),
-                rss_bytes: u(sample.rss),
-                page_faults: u(sample.pgfault_tree),
-                major_page_faults: u(sample.pgmajfault_tree),
-            },
-        )
-    }
+/// CRI cpu and memory of one reading; `usage_nano_cores` from the reading before it.
+fn cgroup_stats(reading: &StatsReading) -> (CpuUsage, MemoryUsage) {
+    let (ts, sample) = (reading.ts, &reading.sample);
+    let available = sample
+        .memory_limit
+        .zip(sample.working_set)
+        .map(|(limit, ws)| limit.saturating_sub(ws));
+    (
+        CpuUsage {
+            timestamp: ts,
+            usage_core_nano_seconds: u(sample.cpu_total_ns),
+            usage_nano_cores: u(reading.nano_cores),
+        },
+        MemoryUsage {
+            timestamp: ts,
+            working_set_bytes: u(sample.working_set),
+            available_bytes: u(available),
+            usage_bytes: u(sample.memory_usage),
+            rss_bytes: u(sample.rss),
+            page_faults: u(sample.pgfault_tree),
+            major_page_faults: u(sample.pgmajfault_tree),
+        },
+    )
 }

@@ -18,8 +18,15 @@ impl Containers {
         query: &str,
         verbose: bool,
     ) -> Result<ContainerStatusResponse, ContainerError> {
-        let id = self.find(query).await?;
-        self.blocking(move |c| c.status_blocking(id, verbose)).await
+        // One trip to the blocking pool for the look-up and the status (kubelet asks per pod).
+        let query = query.to_string();
+        self.blocking(move |c| {
+            let id = c
+                .resolve(&query)?
+                .ok_or_else(|| ContainerError::NotFound(query.clone()))?;
+            c.status_blocking(id, verbose)
+        })
+        .await
     }
 
     fn status_blocking(&self, id: String, verbose: bool) -> Result<ContainerStatusResponse, ContainerError> {

@@ -8,8 +8,9 @@
 //! when the watch is added, so no exit is missed; the thread never takes a container lock and
 //! never blocks a tokio worker. Without inotify the exit is still folded lazily on every read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
@@ -31,8 +32,9 @@ pub(crate) struct ExitWatcher {
 
 struct Inner {
     inotify: Inotify,
-    /// Watch descriptor → container id.
-    watches: Mutex<HashMap<WatchDescriptor, String>>,
+    watches: Mutex<Watches>,
+    /// False once the thread stopped: exits are then only folded lazily, by the readers.
+    alive: AtomicBool,
 }
 
 impl ExitWatcher {
@@ -49,7 +51,8 @@ impl ExitWatcher {
             Ok(inotify) => {
                 let inner = Arc::new(Inner {
                     inotify,
-                    watches: Mutex::new(HashMap::new()),
+                    watches: Mutex::default(),
+                    alive: AtomicBool::new(true),
                 });
                 let (t_inner, t_records, t_events, t_dir) = (
                     inner.clone(),
@@ -83,12 +86,31 @@ impl ExitWatcher {
         if let Some(inner) = &self.inner {
             match inner.inotify.add_watch(&shim_dir, MASK) {
                 Ok(wd) => {
-                    lock(&inner.watches).insert(wd, id.to_string());
+                    let mut w = lock(&inner.watches);
+                    w.by_wd.insert(wd, id.to_string());
+                    w.ids.insert(id.to_string());
                 }
                 Err(e) => tracing::warn!(id, error = %e, "cannot watch the shim directory"),
             }
         }
         fold(&self.records, &self.events, &self.containers_dir, id);
+    }
+}
+
+/// The watched shim directories, by descriptor and by container id.
+#[derive(Default)]
+struct Watches {
+    by_wd: HashMap<WatchDescriptor, String>,
+    ids: HashSet<String>,
+}
+
+impl ExitWatcher {
+    /// Whether the thread is running and watches `id`'s shim directory, so it folds the exit
+    /// the moment the shim writes it: a reader may then leave the exit file alone.
+    pub(crate) fn watches(&self, id: &str) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|i| i.alive.load(Ordering::Acquire) && lock(&i.watches).ids.contains(id))
     }
 }
 
@@ -129,19 +151,31 @@ fn run(inner: &Inner, records: &Records, events: &Events, containers_dir: &Path)
             Ok(evs) => evs,
             Err(Errno::EINTR) => continue,
             Err(e) => {
+                inner.alive.store(false, Ordering::Release);
                 tracing::error!(error = %e, "exit watcher stopped; exits are noticed lazily from now on");
                 return;
             }
         };
         for ev in evs {
+            if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                // Events were lost: look at every watched container.
+                let ids: Vec<String> = lock(&inner.watches).ids.iter().cloned().collect();
+                for id in ids {
+                    fold(records, events, containers_dir, &id);
+                }
+                continue;
+            }
             if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
-                lock(&inner.watches).remove(&ev.wd);
+                let mut w = lock(&inner.watches);
+                if let Some(id) = w.by_wd.remove(&ev.wd) {
+                    w.ids.remove(&id);
+                }
                 continue;
             }
             if ev.name.as_deref() != Some(std::ffi::OsStr::new(crius_shim_api::EXIT_FILE)) {
                 continue;
             }
-            let Some(id) = lock(&inner.watches).get(&ev.wd).cloned() else {
+            let Some(id) = lock(&inner.watches).by_wd.get(&ev.wd).cloned() else {
                 continue;
             };
             if fold(records, events, containers_dir, &id) {

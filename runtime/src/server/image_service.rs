@@ -119,10 +119,12 @@ impl ImageService for Images {
     /// CRI: must never fail (crictl calls it on every connect); the walk runs off the async workers.
     async fn image_fs_info(&self, _req: Request<ImageFsInfoRequest>) -> Rpc<ImageFsInfoResponse> {
         let crius = self.0.clone();
-        let resp =
-            tokio::task::spawn_blocking(move || info::image_fs_info(&crius.config.root, &crius.layer_usage))
-                .await
-                .map_err(|e| Status::internal(format!("ImageFsInfo walk failed: {e}")))?;
+        let resp = tokio::task::spawn_blocking(move || {
+            let known = |name: &std::ffi::OsStr| crius.containers.fresh_layer_usage(name.to_str()?);
+            info::image_fs_info(&crius.config.root, &crius.layer_usage, known)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("ImageFsInfo walk failed: {e}")))?;
         Ok(Response::new(resp))
     }
 }

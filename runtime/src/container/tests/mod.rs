@@ -9,6 +9,7 @@ mod create;
 mod fakes;
 mod handlers;
 mod lifecycle;
+mod list_exits;
 mod recover;
 
 use std::path::Path;
