@@ -20,7 +20,10 @@ mod attach;
 mod census;
 mod cgroup_sample;
 mod cgroupfs;
+mod checkpoint;
+mod checkpoint_archive;
 mod create;
+mod criu;
 mod events;
 mod exec_stream;
 mod exec_sync;
@@ -58,6 +61,7 @@ use crate::spec::{HostFacts, PodFiles, PodNamespaces, SpecError};
 pub use census::{ContainerCensus, ExitCounts};
 pub use cgroup_sample::Sample;
 pub(crate) use cgroup_sample::read_capped;
+pub use checkpoint::CheckpointError;
 pub use events::{Event, EventKind, Events};
 pub use pod::{PodHook, pod_info};
 pub use readings::{ContainerReading, FsReading, ReadingParts};
@@ -128,6 +132,8 @@ pub enum ContainerError {
     /// The pod's handler is no longer configured (the daemon restarted with another config).
     #[error("pod's {0}")]
     Handler(#[from] crate::handlers::UnknownHandler),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
 }
 
 impl ContainerError {
