@@ -168,9 +168,12 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     let location = w.d.dir.join("checkpoints/counter.tar");
     std::fs::create_dir_all(location.parent().unwrap()).unwrap();
 
+    // Printed so a run's output (the test node shows it) says which kernel case was tested.
     if works {
+        println!("criu check passes on this kernel: checkpointing a running container");
         checkpointed(&mut w, &id, &location, before).await;
     } else {
+        println!("criu check fails on this kernel: expecting a fast FailedPrecondition");
         refused(&mut w, &id, &location, before).await;
     }
     w.teardown().await.unwrap();
@@ -208,6 +211,7 @@ async fn checkpointed(w: &mut World, id: &str, location: &Path, before: u64) {
     let mode = std::fs::metadata(location).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the archive holds the spec and env: private");
     let entries = tar_list(location);
+    println!("archive: {} entries", entries.len());
     for want in [
         "checkpoint/inventory.img",
         "checkpoint/pstree.img",

@@ -65,3 +65,64 @@ impl ShimClient {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_helper_past_the_deadline_is_killed_with_its_children() {
+        let t = tempfile::tempdir().unwrap();
+        let pid_file = t.path().join("child.pid");
+        // Stands in for the helper: starts a child (as the helper starts criu), then hangs.
+        let script = t.path().join("helper");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nsleep 600 &\necho $! > {}\nwait\n", pid_file.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let client = ShimClient { binary: script };
+        let req = CheckpointRequest {
+            version: crius_shim_api::PROTOCOL_VERSION,
+            id: "c1".into(),
+            youki_root: t.path().into(),
+            image_dir: t.path().into(),
+            runtime: None,
+            systemd_cgroup: false,
+        };
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(700);
+        let out = client
+            .checkpoint(&req, std::ffi::OsStr::new("/usr/bin:/bin"), deadline)
+            .await
+            .unwrap();
+        assert_eq!(out, CheckpointOutcome::TimedOut);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let child: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The grandchild got the group's SIGKILL: gone, or a zombie until init reaps it.
+        let gone_deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+            if stat.is_empty() || state == Some('Z') {
+                break;
+            }
+            assert!(
+                Instant::now() < gone_deadline,
+                "child {child} still alive: {stat}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
