@@ -266,7 +266,7 @@ async fn checkpointed(w: &mut World, id: &str, location: &Path, before: u64) {
     );
 
     // Nothing of the work is left in the container's state, and a second checkpoint works.
-    let work = w.d.state.join("containers").join(id).join("checkpoint.work");
+    let work = w.d.root.join("containers").join(id).join("checkpoint.work");
     assert!(!work.exists(), "{} removed", work.display());
     checkpoint(w, id, location, 120).await.unwrap();
 

@@ -4,7 +4,7 @@
 //! (`checkpoint_archive.rs` has the layout).
 //!
 //! ```text
-//! RUNNING --criu dump (leave running)--> images in <bundle>/checkpoint.work/checkpoint/
+//! RUNNING --criu dump (leave running)--> images in <root>/containers/<id>/checkpoint.work/checkpoint/
 //!         --config, spec, rootfs diff--> <location>   (the work dir is always removed)
 //! ```
 //!
@@ -31,7 +31,9 @@ use crate::shim_client::CheckpointOutcome;
 /// The bound when the client gives none (CRI: `timeout` 0). Kubelet's own default for the
 /// call is its runtime request timeout; a CRIU dump of a large container can take minutes.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
-/// The scratch dir in the container's bundle: CRIU's images, then the archive's other files.
+/// The scratch dir beside the writable layer: CRIU's images (as large as the container's
+/// memory, so on the root's disk, not in the state tmpfs), then the archive's other files.
+/// Removed after each call; a leftover from a crash goes with the next call or the container.
 const WORK_DIR: &str = "checkpoint.work";
 
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +114,7 @@ impl Containers {
         let r = self.refreshed_off(&id).await?;
         super::require_state(&r, &[State::Running], "checkpoint")?;
         // The request's own arguments are checked before the host's CRIU.
-        let (work, loc) = (self.bundle_dir(&id).join(WORK_DIR), location.clone());
+        let (work, loc) = (self.layer_dir(&id).join(WORK_DIR), location.clone());
         self.blocking(move |_| prepare(&work, &loc)).await?;
         let result = match super::criu::available().await {
             Ok(criu) => self.dump_and_archive(&r, &criu, &location, deadline).await,
@@ -122,7 +124,7 @@ impl Containers {
             }
             .into()),
         };
-        let work = self.bundle_dir(&id).join(WORK_DIR);
+        let work = self.layer_dir(&id).join(WORK_DIR);
         self.blocking(move |_| std::fs::remove_dir_all(&work)).await.ok();
         result.map_err(|e| match e {
             ContainerError::Checkpoint(CheckpointError::Archive {
@@ -147,7 +149,7 @@ impl Containers {
         deadline: Instant,
     ) -> Result<(), ContainerError> {
         let id = r.id.clone();
-        let work = self.bundle_dir(&id).join(WORK_DIR);
+        let work = self.layer_dir(&id).join(WORK_DIR);
         let req = CheckpointRequest {
             version: crius_shim_api::PROTOCOL_VERSION,
             id: id.clone(),

@@ -96,6 +96,8 @@ pub fn write(parts: &Parts, location: &Path, deadline: Instant) -> Result<(), Ar
     }
 
     let tmp = temp_name(location);
+    // A leftover of a crashed call with this pid; create_new below then refuses anything else.
+    let _ = std::fs::remove_file(&tmp);
     let result = (|| {
         let file = create_private(&tmp)?;
         let mut b = tar::Builder::new(file);

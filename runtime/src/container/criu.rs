@@ -1,7 +1,8 @@
 //! Whether this host can checkpoint: a `criu` binary of a usable version whose `criu check`
-//! passes on the running kernel. Decided once, on the first CheckpointContainer, and cached for
-//! the daemon's life (neither the binary nor the kernel changes under a running daemon; a
-//! restart looks again).
+//! passes on the running kernel. Decided on the first CheckpointContainer and cached for the
+//! daemon's life (the kernel does not change under a running daemon; installing CRIU takes a
+//! restart to notice). A check that could not finish (timeout, spawn failure) is not a verdict:
+//! the next call checks again.
 //!
 //! Invariants: the check never hangs a request (every command runs under [`CHECK_TIMEOUT`] and
 //! is killed past it); what CRIU prints is read capped while it runs ([`OUTPUT_CAP`]); the
@@ -33,40 +34,46 @@ static VERDICT: OnceCell<Result<Criu, String>> = OnceCell::const_new();
 
 /// The cached verdict: the usable `criu`, or why there is none.
 pub async fn available() -> Result<Criu, String> {
-    VERDICT.get_or_init(check).await.clone()
+    VERDICT.get_or_try_init(check).await?.clone()
 }
 
-async fn check() -> Result<Criu, String> {
-    let path = find().ok_or_else(|| {
-        format!(
+/// `Ok(verdict)`, or `Err` when the check itself could not finish (not cached).
+async fn check() -> Result<Result<Criu, String>, String> {
+    let Some(path) = find() else {
+        return Ok(Err(format!(
             "checkpointing needs CRIU: no `criu` binary in PATH or {}",
             FALLBACK_DIRS.join(", ")
-        )
-    })?;
-    let (ok, version) = run(&path, &["--version"]).await?;
+        )));
+    };
+    verdict(&path).await
+}
+
+/// `Ok(Ok)`: usable; `Ok(Err)`: a definite no, with the reason; `Err`: the check did not finish.
+async fn verdict(path: &Path) -> Result<Result<Criu, String>, String> {
+    let (ok, version) = run(path, &["--version"]).await?;
     let parsed = parse_version(&version);
     match parsed {
         Some(v) if ok && v >= MIN_VERSION => {}
         _ => {
-            return Err(format!(
+            return Ok(Err(format!(
                 "checkpointing needs CRIU >= {}.{}; {} --version says: {}",
                 MIN_VERSION.0,
                 MIN_VERSION.1,
                 path.display(),
                 one_line(&version)
-            ));
+            )));
         }
     }
-    let (ok, out) = run(&path, &["check"]).await?;
+    let (ok, out) = run(path, &["check"]).await?;
     if !ok {
-        return Err(format!(
+        return Ok(Err(format!(
             "checkpointing needs a kernel CRIU supports; `{} check` failed: {}",
             path.display(),
             one_line(&out)
-        ));
+        )));
     }
     tracing::info!(criu = %path.display(), "CRIU is usable: checkpoints enabled");
-    Ok(Criu { path })
+    Ok(Ok(Criu { path: path.into() }))
 }
 
 fn find() -> Option<PathBuf> {
@@ -178,6 +185,44 @@ mod tests {
         );
         assert_eq!(one_line(""), "(no output)");
         assert!(one_line(&"é ".repeat(2000)).len() <= 1024 + '…'.len_utf8());
+    }
+
+    /// A stand-in `criu` printing `version`, whose `check` prints `check_out` and exits `rc`.
+    fn fake_criu(dir: &Path, version: &str, check_out: &str, rc: i32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("criu");
+        let body = format!(
+            "#!/bin/sh\ncase \"$1\" in\n--version) echo 'Version: {version}' ;;\n\
+             check) echo '{check_out}' >&2; exit {rc} ;;\nesac\n"
+        );
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn verdicts_name_the_reason() {
+        let t = tempfile::tempdir().unwrap();
+        let ok = fake_criu(t.path(), "3.17", "Looks good.", 0);
+        assert_eq!(verdict(&ok).await.unwrap().unwrap().path, ok);
+
+        let t = tempfile::tempdir().unwrap();
+        let old = fake_criu(t.path(), "3.15", "", 0);
+        let e = verdict(&old).await.unwrap().unwrap_err();
+        assert!(e.contains(">= 3.16") && e.contains("Version: 3.15"), "{e}");
+
+        let t = tempfile::tempdir().unwrap();
+        let broken = fake_criu(
+            t.path(),
+            "3.17",
+            "Error (criu/vdso.c:613): vdso: Failed to fill self vdso symtable",
+            1,
+        );
+        let e = verdict(&broken).await.unwrap().unwrap_err();
+        assert!(
+            e.contains("check` failed") && e.contains("Failed to fill self vdso symtable"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
