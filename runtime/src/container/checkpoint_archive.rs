@@ -17,7 +17,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::os::unix::ffi::OsStrExt;
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -148,6 +148,12 @@ fn check(deadline: Instant) -> Result<(), ArchiveError> {
 
 /// Tars `upper` into `out` (names relative, no leading `/`) and returns the paths the container
 /// deleted: overlay whiteouts (char device 0:0), and what an opaque dir hides in `lowers`.
+///
+/// The container runs on while this reads its writable layer, so every entry is reached from its
+/// parent's fd with `O_NOFOLLOW` (a dir swapped for a symlink cannot lead out of `upper`), a
+/// file's entry holds exactly the size its header states (a file that grows is cut, one that
+/// shrinks is padded), sockets are left out (tar cannot hold them), and the tree's depth is
+/// capped at [`MAX_DEPTH`] (one open fd per level).
 pub fn rootfs_diff(
     upper: &Path,
     lowers: &[PathBuf],
@@ -155,49 +161,186 @@ pub fn rootfs_diff(
     deadline: Instant,
 ) -> Result<BTreeSet<String>, ArchiveError> {
     let _ = std::fs::remove_file(out);
-    let mut b = tar::Builder::new(create_private(out)?);
-    b.follow_symlinks(false);
-    let mut deleted = BTreeSet::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = upper.join(&rel);
-        let entries = std::fs::read_dir(&dir).map_err(io("read dir", &dir))?;
+    let root = File::open(upper).map_err(io("open", upper))?;
+    let mut w = DiffWalk {
+        b: tar::Builder::new(create_private(out)?),
+        upper,
+        lowers,
+        deleted: BTreeSet::new(),
+        deadline,
+    };
+    w.dir(&root, Path::new(""), 0)?;
+    let f = w.b.into_inner().map_err(io("finish", out))?;
+    f.sync_all().map_err(io("fsync", out))?;
+    Ok(w.deleted)
+}
+
+/// The deepest directory nesting of a writable layer that is archived.
+pub const MAX_DEPTH: usize = 128;
+
+struct DiffWalk<'a> {
+    b: tar::Builder<File>,
+    upper: &'a Path,
+    lowers: &'a [PathBuf],
+    deleted: BTreeSet<String>,
+    deadline: Instant,
+}
+
+impl DiffWalk<'_> {
+    fn err(&self, what: &'static str, rel: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + use<> {
+        let path = self.upper.join(rel);
+        move |source| ArchiveError::Io { what, path, source }
+    }
+
+    fn nix_err(&self, what: &'static str, rel: &Path) -> impl FnOnce(nix::Error) -> ArchiveError + use<> {
+        let f = self.err(what, rel);
+        move |e| f(e.into())
+    }
+
+    /// Archives the entries of the open directory `dir` (at `rel` in the layer).
+    fn dir(&mut self, dir: &File, rel: &Path, depth: usize) -> Result<(), ArchiveError> {
+        use std::os::fd::AsRawFd;
+        if depth > MAX_DEPTH {
+            return Err(ArchiveError::Io {
+                what: "archive",
+                path: self.upper.join(rel),
+                source: std::io::Error::other(format!("nested deeper than {MAX_DEPTH} directories")),
+            });
+        }
+        let listing = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
         let mut names = Vec::new();
-        for e in entries {
-            let e = e.map_err(io("read dir", &dir))?;
-            names.push(e.file_name());
+        for e in std::fs::read_dir(&listing).map_err(self.err("read dir", rel))? {
+            names.push(e.map_err(self.err("read dir", rel))?.file_name());
         }
         names.sort();
         for name in names {
-            check(deadline)?;
+            check(self.deadline)?;
             let rel_path = rel.join(&name);
-            let abs = upper.join(&rel_path);
-            let meta = std::fs::symlink_metadata(&abs).map_err(io("stat", &abs))?;
-            if meta.file_type().is_char_device() && meta.rdev() == 0 {
-                deleted.insert(absolute(&rel_path));
-                continue;
+            self.entry(dir, &name, &rel_path, depth)?;
+        }
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        dir: &File,
+        name: &std::ffi::OsStr,
+        rel: &Path,
+        depth: usize,
+    ) -> Result<(), ArchiveError> {
+        use nix::sys::stat::{SFlag, fstatat};
+        use std::os::fd::AsRawFd;
+        let st = match fstatat(
+            Some(dir.as_raw_fd()),
+            name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => st,
+            // Removed by the running container since the listing.
+            Err(nix::Error::ENOENT) => return Ok(()),
+            Err(e) => return Err(self.nix_err("stat", rel)(e)),
+        };
+        let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+        match kind {
+            SFlag::S_IFCHR if st.st_rdev == 0 => {
+                self.deleted.insert(absolute(rel));
             }
-            b.append_path_with_name(&abs, &rel_path)
-                .map_err(io("archive", &abs))?;
-            if meta.is_dir() {
-                if is_opaque(&abs) {
-                    let kept: BTreeSet<_> = std::fs::read_dir(&abs)
-                        .map_err(io("read dir", &abs))?
+            SFlag::S_IFSOCK => {}
+            SFlag::S_IFREG => {
+                let Some(file) =
+                    open_at(dir, name, nix::fcntl::OFlag::empty()).map_err(self.err("open", rel))?
+                else {
+                    return Ok(());
+                };
+                let st = nix::sys::stat::fstat(file.as_raw_fd()).map_err(self.nix_err("stat", rel))?;
+                let size = st.st_size.max(0) as u64;
+                let mut h = header(&st, tar::EntryType::Regular);
+                h.set_size(size);
+                let data = (&file).take(size).chain(std::io::repeat(0)).take(size);
+                self.b
+                    .append_data(&mut h, rel, data)
+                    .map_err(self.err("archive", rel))?;
+            }
+            SFlag::S_IFDIR => {
+                let Some(sub) =
+                    open_at(dir, name, nix::fcntl::OFlag::O_DIRECTORY).map_err(self.err("open", rel))?
+                else {
+                    return Ok(());
+                };
+                let mut h = header(&st, tar::EntryType::Directory);
+                self.b
+                    .append_data(&mut h, rel, std::io::empty())
+                    .map_err(self.err("archive", rel))?;
+                if is_opaque(&sub) {
+                    let kept: BTreeSet<_> = std::fs::read_dir(format!("/proc/self/fd/{}", sub.as_raw_fd()))
+                        .map_err(self.err("read dir", rel))?
                         .filter_map(|e| e.ok().map(|e| e.file_name()))
                         .collect();
-                    for hidden in lower_entries(lowers, &rel_path) {
+                    for hidden in lower_entries(self.lowers, rel) {
                         if !kept.contains(&hidden) {
-                            deleted.insert(absolute(&rel_path.join(hidden)));
+                            self.deleted.insert(absolute(&rel.join(hidden)));
                         }
                     }
                 }
-                stack.push(rel_path);
+                self.dir(&sub, rel, depth + 1)?;
             }
+            SFlag::S_IFLNK => {
+                let target = match nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name) {
+                    Ok(t) => t,
+                    Err(nix::Error::ENOENT | nix::Error::EINVAL) => return Ok(()),
+                    Err(e) => return Err(self.nix_err("read link", rel)(e)),
+                };
+                let mut h = header(&st, tar::EntryType::Symlink);
+                self.b
+                    .append_link(&mut h, rel, Path::new(&target))
+                    .map_err(self.err("archive", rel))?;
+            }
+            SFlag::S_IFIFO | SFlag::S_IFCHR | SFlag::S_IFBLK => {
+                let kind = match kind {
+                    SFlag::S_IFIFO => tar::EntryType::Fifo,
+                    SFlag::S_IFCHR => tar::EntryType::Char,
+                    _ => tar::EntryType::Block,
+                };
+                let mut h = header(&st, kind);
+                let dev = st.st_rdev;
+                h.set_device_major(libc::major(dev))
+                    .map_err(self.err("archive", rel))?;
+                h.set_device_minor(libc::minor(dev))
+                    .map_err(self.err("archive", rel))?;
+                self.b
+                    .append_data(&mut h, rel, std::io::empty())
+                    .map_err(self.err("archive", rel))?;
+            }
+            _ => {}
         }
+        Ok(())
     }
-    let f = b.into_inner().map_err(io("finish", out))?;
-    f.sync_all().map_err(io("fsync", out))?;
-    Ok(deleted)
+}
+
+/// `name` in `dir`, opened read-only without following a symlink; `None` when the running
+/// container removed or replaced it since it was listed.
+fn open_at(dir: &File, name: &std::ffi::OsStr, extra: nix::fcntl::OFlag) -> std::io::Result<Option<File>> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | extra;
+    match nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags, nix::sys::stat::Mode::empty()) {
+        // SAFETY: openat just returned this fd; nothing else owns it.
+        Ok(fd) => Ok(Some(unsafe { File::from_raw_fd(fd) })),
+        Err(nix::Error::ENOENT | nix::Error::ELOOP | nix::Error::ENOTDIR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A tar header with the entry's mode, owner and mtime (what restoring it needs).
+fn header(st: &nix::sys::stat::FileStat, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(st.st_mode & 0o7777);
+    h.set_uid(u64::from(st.st_uid));
+    h.set_gid(u64::from(st.st_gid));
+    h.set_mtime(st.st_mtime.max(0) as u64);
+    h.set_size(0);
+    h
 }
 
 fn absolute(rel: &Path) -> String {
@@ -206,17 +349,15 @@ fn absolute(rel: &Path) -> String {
 
 /// An overlay opaque dir: `trusted.overlay.opaque` (or the `user.` namespace of an overlay
 /// mounted with `userxattr`) is `y`.
-fn is_opaque(dir: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
+fn is_opaque(dir: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    [c"trusted.overlay.opaque", c"user.overlay.opaque"]
         .iter()
         .any(|attr| {
-            let attr = std::ffi::CString::new(*attr).expect("no NUL");
             let mut v = [0u8; 2];
-            // SAFETY: both strings are NUL-terminated and `v` is writable for its length.
-            let n = unsafe { libc::lgetxattr(c.as_ptr(), attr.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+            // SAFETY: `attr` is NUL-terminated and `v` is writable for its length.
+            let n =
+                unsafe { libc::fgetxattr(dir.as_raw_fd(), attr.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
             n == 1 && v[0] == b'y'
         })
 }
@@ -309,9 +450,18 @@ mod tests {
             0,
         )
         .is_ok();
+        // A socket cannot be archived and is left out; a fifo is kept, under its own name.
+        let _sock = std::os::unix::net::UnixListener::bind(upper.join("app.sock")).unwrap();
+        nix::unistd::mkfifo(
+            &upper.join("etc/pipe"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
         let out = t.path().join("diff.tar");
         let deleted = rootfs_diff(&upper, &[], &out, later()).unwrap();
         let got = names(&out);
+        assert!(!got.iter().any(|n| n.contains("app.sock")), "{got:?}");
+        assert!(got.contains(&"etc/pipe".to_string()), "{got:?}");
         assert!(got.contains(&"data.txt".to_string()), "{got:?}");
         assert!(got.contains(&"etc/sub/f".to_string()), "{got:?}");
         assert!(got.contains(&"link".to_string()), "{got:?}");
@@ -334,6 +484,19 @@ mod tests {
             link.link_name().unwrap().unwrap().as_ref(),
             Path::new("/outside/target")
         );
+    }
+
+    #[test]
+    fn a_tree_deeper_than_the_cap_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let upper = t.path().join("upper");
+        let mut deep = upper.clone();
+        for _ in 0..=MAX_DEPTH + 1 {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        let err = rootfs_diff(&upper, &[], &t.path().join("diff.tar"), later()).unwrap_err();
+        assert!(err.to_string().contains("nested deeper"), "{err}");
     }
 
     #[test]
