@@ -20,10 +20,11 @@ mirror=${2:?usage: image.sh OUT_DIR MIRROR}
 # What a minbase bookworm needs to boot under qemu with systemd as PID 1 (kernel, initramfs, udev,
 # kmod, dbus), then what the integration tests expect on their host: the CNI plugins in
 # /usr/lib/cni, docker-registry on PATH, /bin/busybox (the test images are built from it),
-# iptables, ip, nsenter/mount, jq (the Makefile's DEB_PACKAGES without the build tools).
+# iptables, ip, nsenter/mount, jq (the Makefile's DEB_PACKAGES without the build tools), and criu
+# (CheckpointContainer; bookworm's 3.17 works on the guest's 6.1 kernel).
 packages=(
     systemd systemd-sysv linux-image-amd64 udev iproute2 kmod dbus procps initramfs-tools ca-certificates
-    containernetworking-plugins docker-registry busybox-static iptables util-linux jq
+    containernetworking-plugins docker-registry busybox-static iptables util-linux jq criu
 )
 disk_size=8G
 

@@ -9,10 +9,12 @@
 //! runtime's `--log` and `--pid-file`, see [`OciRuntime`]).
 
 pub mod attach;
+pub mod checkpoint;
 pub mod exit;
 pub mod frame;
 pub mod messages;
 
+pub use checkpoint::{CheckpointReport, CheckpointRequest};
 pub use exit::{ExitFileError, ExitStatus};
 pub use frame::{FrameError, MAX_FRAME, read_frame, write_frame};
 pub use messages::*;

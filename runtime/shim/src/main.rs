@@ -5,12 +5,14 @@
 //! - `create --config <shim dir>/shim.json`: started by the daemon per container (see `create`).
 //! - `monitor <hand-off>`: what `create` re-execs into after `start` (see `reexec`).
 //! - `exec-helper --request <json>`: one process per exec (see `exec_helper`).
+//! - `checkpoint-helper --request <json>`: one CRIU dump of a running container (see `checkpoint`).
 //! - `pause [--cgroup DIR].. | [--systemd-scope UNIT] [--user P] [--net P] [--ipc P] [--uts P]`: PID 1 of
 //!   a pod-shared PID namespace (see `pause`).
 //! - `stop-slice NAME.slice`: stops a pod slice of the systemd driver (see `systemd`).
 
 mod attach;
 mod cgroup;
+mod checkpoint;
 mod create;
 mod exec_helper;
 mod external;
@@ -28,8 +30,8 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: crius-shim create --config <shim.json> | exec-helper --request <json> \
-         (protocol {})",
+        "usage: crius-shim create --config <shim.json> | exec-helper --request <json> | \
+         checkpoint-helper --request <json> (protocol {})",
         crius_shim_api::PROTOCOL_VERSION
     );
     ExitCode::from(2)
@@ -55,6 +57,10 @@ fn main() -> ExitCode {
         Some("stop-slice") => systemd::stop_slice_main(&args[2..]),
         Some("exec-helper") => match arg("--request") {
             Some(req) => exec_helper::main(req),
+            None => return usage(),
+        },
+        Some("checkpoint-helper") => match arg("--request") {
+            Some(req) => checkpoint::main(req),
             None => return usage(),
         },
         _ => return usage(),

@@ -38,6 +38,7 @@ impl Containers {
             .and_then(|()| cri_api::validate::labels("config.labels", &config.labels))
             .and_then(|()| cri_api::validate::annotations("config.annotations", &config.annotations))
             .map_err(|e| ContainerError::Invalid(e.to_string()))?;
+        super::checkpoint::refuse_restore(&config)?;
         if !pod.ready {
             return Err(ContainerError::PodNotReady(pod.id.clone()));
         }

@@ -21,7 +21,10 @@ mod census;
 mod cgroup_sample;
 mod cgroup_usage;
 mod cgroupfs;
+mod checkpoint;
+mod checkpoint_archive;
 mod create;
+mod criu;
 mod events;
 mod exec_stream;
 mod exec_sync;
@@ -60,6 +63,7 @@ use crate::spec::{HostFacts, PodFiles, PodNamespaces, SpecError};
 pub use census::{ContainerCensus, ExitCounts};
 pub use cgroup_sample::Sample;
 pub(crate) use cgroup_sample::read_capped;
+pub use checkpoint::CheckpointError;
 pub use events::{Event, EventKind, Events};
 pub use pod::{PodHook, pod_info};
 pub use readings::{ContainerReading, FsReading, ReadingParts};
@@ -130,6 +134,8 @@ pub enum ContainerError {
     /// The pod's handler is no longer configured (the daemon restarted with another config).
     #[error("pod's {0}")]
     Handler(#[from] crate::handlers::UnknownHandler),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
 }
 
 impl ContainerError {

@@ -110,6 +110,10 @@ pub fn container(e: crate::container::ContainerError) -> Status {
         E::Cdi(_) => Status::invalid_argument(msg),
         E::PodNotReady(_) | E::WrongState { .. } | E::Handler(_) => Status::failed_precondition(msg),
         E::ExecTimeout { .. } => Status::deadline_exceeded(msg),
+        E::Checkpoint(c) if c.is_precondition() => Status::failed_precondition(msg),
+        E::Checkpoint(c) if c.is_deadline() => Status::deadline_exceeded(msg),
+        E::Checkpoint(c) if c.is_invalid() => Status::invalid_argument(msg),
+        E::Checkpoint(_) => Status::internal(msg),
         E::Shim {
             source: S::Unreachable { .. } | S::Timeout(_),
             ..

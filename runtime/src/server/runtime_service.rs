@@ -8,7 +8,7 @@ use cri_api::v1::*;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{Crius, error, ids, unimplemented};
+use super::{Crius, error, ids};
 use crate::info;
 use crius_streaming::Pending;
 
@@ -277,9 +277,12 @@ impl RuntimeService for Runtime {
 
     async fn checkpoint_container(
         &self,
-        _req: Request<CheckpointContainerRequest>,
+        req: Request<CheckpointContainerRequest>,
     ) -> Rpc<CheckpointContainerResponse> {
-        Err(unimplemented("CheckpointContainer"))
+        let req = ids::inner(req);
+        let c = self.0.containers.clone();
+        detached(async move { c.checkpoint(&req.container_id, &req.location, req.timeout).await }).await?;
+        Ok(Response::new(CheckpointContainerResponse {}))
     }
 
     async fn list_metric_descriptors(

@@ -19,7 +19,9 @@ use crius_shim_api::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+mod checkpoint;
 mod exec;
+pub use checkpoint::CheckpointOutcome;
 pub use exec::{ExecStdio, InteractiveExec, Killer};
 
 /// How long `crius-shim create` may take to report (libcontainer needs ~20 ms on an idle host).
