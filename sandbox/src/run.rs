@@ -203,6 +203,13 @@ impl SandboxManager {
         }
         let ns_opts = effective_namespaces(&config)?;
         let userns = userns::validate(ns_opts.userns_options.as_ref()).map_err(InvalidRequest::from)?;
+        if userns.is_some()
+            && let Err(reason) = self.user_namespaces()
+        {
+            return Err(SandboxError::HostUnsupported(format!(
+                "user namespace mode POD is not available on this host: {reason}"
+            )));
+        }
         let host_net = ns_opts.network == NamespaceMode::Node as i32;
         let host_ipc = ns_opts.ipc == NamespaceMode::Node as i32;
         let hostname = pod_hostname(&config, host_net)?;

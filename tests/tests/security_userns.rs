@@ -261,3 +261,58 @@ async fn refused_user_namespace_requests_create_nothing() {
     assert_no_containers_left(&mut w).await;
     w.teardown().await.unwrap();
 }
+
+/// Where the start-up probe finds that the layer store cannot be idmapped (here: ramfs, which no
+/// kernel idmaps), the daemon advertises no user namespaces and RunPodSandbox refuses mode POD
+/// up front with FailedPrecondition naming the reason; nothing of the pod is created.
+#[tokio::test]
+async fn a_host_that_cannot_idmap_refuses_user_namespace_pods_up_front() {
+    let mut d = crius_tests::Daemon::start().await.unwrap();
+    d.stop().await.unwrap();
+    // The daemon's root on ramfs; the daemon's Drop unmounts everything under its dir.
+    nix::mount::mount(
+        Some("ramfs"),
+        &d.root,
+        Some("ramfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    d.restart().await.unwrap();
+    let status = d
+        .runtime
+        .status(StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let default = status
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .unwrap();
+    assert!(!default.features.unwrap().user_namespaces);
+
+    let mut cfg = crius_tests::pods::pod_config("userns-unsupported", "uid-userns-unsupported");
+    *crius_tests::pods::namespace_options(&mut cfg) = userns_ns(65536 * 990, 65536 * 991);
+    let err = d.run_pod(cfg.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("user namespace"), "{}", err.message());
+    assert!(
+        err.message().contains("idmap"),
+        "the probe's reason: {}",
+        err.message()
+    );
+    assert!(d.pods().await.is_empty());
+    assert!(crius_tests::util::dir_entries(&d.state.join("ns")).is_empty());
+    assert!(crius_tests::util::dir_entries(&d.state.join("pods")).is_empty());
+
+    // Bad mappings stay the request's fault.
+    crius_tests::pods::namespace_options(&mut cfg)
+        .userns_options
+        .as_mut()
+        .unwrap()
+        .uids
+        .clear();
+    let err = d.run_pod(cfg).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+}
