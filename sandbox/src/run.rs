@@ -130,6 +130,9 @@ impl SandboxManager {
             pod_ip,
             &self.config.host_files,
         )?;
+        if let Some(maps) = &meta.userns {
+            podfiles::chown_to(&meta.files, maps.uids.host_id, maps.gids.host_id)?;
+        }
         let t_cni = start.elapsed();
         crate::crash::point("run-pod-sandbox:after-cgroup");
         rec.status.state = SandboxState::Ready;

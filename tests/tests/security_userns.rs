@@ -119,6 +119,17 @@ async fn userns_pod_maps_root_to_the_kubelet_range_and_survives_a_restart() {
         "0"
     );
 
+    // The pod's files and its /dev/shm are the container root's, as in a pod without a user
+    // namespace (they belong to the mapped ids on the host).
+    for f in ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/dev/shm"] {
+        assert_eq!(
+            exec_ok(&mut w, &id, &["stat", "-c", "%u:%g", f]).await.trim(),
+            "0:0",
+            "{f}"
+        );
+    }
+    exec_ok(&mut w, &id, &["sh", "-c", "echo 10.0.0.1 extra >> /etc/hosts"]).await;
+
     // A file the container's root writes on a hostPath volume belongs to the mapped ids.
     exec_ok(&mut w, &id, &["touch", "/vol/made-inside"]).await;
     let meta = std::fs::metadata(vol.join("made-inside")).unwrap();
