@@ -327,3 +327,83 @@ async fn a_host_that_cannot_idmap_refuses_user_namespace_pods_up_front() {
     let err = d.run_pod(cfg).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 }
+
+/// On cgroup v2 a userns container has its own cgroup namespace and its cgroup is delegated to
+/// its root (the dir and cgroup.procs/threads/subtree_control owned by the mapped ids), so root
+/// inside can make and use sub-cgroups; the cgroup's own limits stay the host root's. On a
+/// cgroup v1 host nothing is delegated: the container's cgroups stay the host root's.
+#[tokio::test]
+async fn a_userns_container_owns_its_cgroup_on_cgroup_v2() {
+    let mut w = World::new().await.unwrap();
+    let _clean = PodCleanup::new(&w.d);
+    let (uid, gid) = ids(&w);
+    let (pod, pod_cfg) = run_pod(&mut w, "userns-cgroup", |sc| {
+        sc.namespace_options = Some(userns_ns(uid, gid))
+    })
+    .await
+    .unwrap();
+    let sc = LinuxContainerSecurityContext {
+        namespace_options: Some(userns_ns(uid, gid)),
+        capabilities: Some(Capability {
+            add_capabilities: vec!["SYS_ADMIN".into()],
+            ..Default::default()
+        }),
+        seccomp: Some(SecurityProfile {
+            profile_type: security_profile::ProfileType::Unconfined as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let c = sleeper(&w, "cgroup-owner", sc);
+    let id = create_in(&mut w, &pod, &pod_cfg, c).await.unwrap();
+    w.start(&id).await.unwrap();
+    let pid = w.pid(&id).await;
+    let host_view = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if v2 {
+        let rel = host_view
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap()
+            .trim_start_matches('/');
+        let dir = std::path::Path::new("/sys/fs/cgroup").join(rel);
+        for f in ["", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"] {
+            let m = std::fs::metadata(dir.join(f)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (uid, gid), "{}/{f}", dir.display());
+        }
+        let limit = std::fs::metadata(dir.join("memory.max")).unwrap();
+        assert_eq!(
+            (limit.uid(), limit.gid()),
+            (0, 0),
+            "the cgroup's own limits stay the host's"
+        );
+        // Inside: its own cgroup namespace (root "/"), and root can make a sub-cgroup and move
+        // a process into it through a cgroup2 mount of its own.
+        assert_eq!(
+            exec_ok(&mut w, &id, &["cat", "/proc/self/cgroup"]).await.trim(),
+            "0::/"
+        );
+        let script = "mkdir -p /tmp/cg && mount -t cgroup2 none /tmp/cg && mkdir /tmp/cg/sub && \
+                      echo $$ > /tmp/cg/sub/cgroup.procs && cat /proc/self/cgroup; \
+                      rc=$?; umount /tmp/cg; exit $rc";
+        let out = exec_ok(&mut w, &id, &["sh", "-c", script]).await;
+        assert_eq!(out.trim(), "0::/sub");
+        assert!(dir.join("sub").is_dir());
+        let sub = std::fs::metadata(dir.join("sub")).unwrap();
+        assert_eq!((sub.uid(), sub.gid()), (uid, gid));
+        // Removing the container removes the sub-cgroup its root made, then its cgroup.
+        w.stop(&id, 5).await.unwrap();
+        w.remove(&id).await.unwrap();
+        assert!(!dir.exists(), "{} is left behind", dir.display());
+    } else {
+        // cgroup v1: the memory hierarchy's dir of the container stays the host root's.
+        let rel = host_view
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p))
+            .expect("a memory cgroup on v1")
+            .trim_start_matches('/');
+        let m = std::fs::metadata(std::path::Path::new("/sys/fs/cgroup/memory").join(rel)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (0, 0));
+    }
+    w.teardown().await.unwrap();
+}

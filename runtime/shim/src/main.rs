@@ -11,6 +11,7 @@
 
 mod attach;
 mod cgroup;
+mod cgroup_delegate;
 mod create;
 mod exec_helper;
 mod external;
