@@ -23,6 +23,7 @@ mod proc_setup;
 mod reexec;
 mod systemd;
 mod teardown;
+mod tenant_root;
 
 use std::path::Path;
 use std::process::ExitCode;
