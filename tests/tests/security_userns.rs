@@ -1,9 +1,11 @@
 //! Pods with their own user namespace (CRI user namespace mode POD, Kubernetes `hostUsers:
 //! false`), observed from inside and from the host: the kubelet's mapping in
-//! `/proc/self/uid_map`, root inside is an unprivileged id outside (a file written to a hostPath
-//! volume is owned by the mapped id: volumes are not idmapped), the image's files still belong to
-//! root (idmapped layers), capabilities do not reach the host, and the container survives a
-//! daemon restart. Refused requests (CONTAINER/TARGET modes, bad mappings) create nothing.
+//! `/proc/self/uid_map`, root inside is an unprivileged id outside (a file written to a plain
+//! hostPath volume is owned by the mapped id; a mount with the pod's uid/gid mappings is
+//! idmapped), the image's files and the pod's files (`/etc/hosts`, `/dev/shm`, ...) belong to
+//! root inside, capabilities do not reach the host, the container's cgroup v2 is delegated to
+//! its root, and the container survives a daemon restart. Refused requests (CONTAINER/TARGET
+//! modes, bad mappings, a host that cannot idmap) create nothing.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
@@ -405,5 +407,131 @@ async fn a_userns_container_owns_its_cgroup_on_cgroup_v2() {
         let m = std::fs::metadata(std::path::Path::new("/sys/fs/cgroup/memory").join(rel)).unwrap();
         assert_eq!((m.uid(), m.gid()), (0, 0));
     }
+    w.teardown().await.unwrap();
+}
+
+/// A mount with the pod's uid/gid mappings is idmapped: a file owned by host root is root's
+/// inside, and what the container's root writes there is owned by host root on disk (unlike a
+/// plain hostPath, where it is owned by the mapped id). Mappings in a pod without a user
+/// namespace, or other than the pod's, are InvalidArgument; a filesystem that cannot be
+/// idmapped (ramfs) is FailedPrecondition naming the mount; none leaves anything behind.
+#[tokio::test]
+async fn a_mount_with_the_pods_mappings_is_idmapped() {
+    let mut w = World::new().await.unwrap();
+    let _clean = PodCleanup::new(&w.d);
+    let (uid, gid) = ids(&w);
+    let src = w.d.dir.join("idmapped-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("host-file"), "from the host\n").unwrap();
+    let idmapped = |host: &std::path::Path, uids: u32, gids: u32| Mount {
+        container_path: "/idm".into(),
+        host_path: host.to_string_lossy().into_owned(),
+        uid_mappings: mapping(uids),
+        gid_mappings: mapping(gids),
+        ..Default::default()
+    };
+
+    // The World's own pod has no user namespace.
+    let mut c = sleeper(&w, "no-userns", LinuxContainerSecurityContext::default());
+    c.mounts = vec![idmapped(&src, uid, gid)];
+    let err = w.create(c).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    let (pod, pod_cfg) = run_pod(&mut w, "userns-idmap", |sc| {
+        sc.namespace_options = Some(userns_ns(uid, gid))
+    })
+    .await
+    .unwrap();
+    let sc = LinuxContainerSecurityContext {
+        namespace_options: Some(userns_ns(uid, gid)),
+        ..Default::default()
+    };
+    let mut c = sleeper(&w, "other-maps", sc.clone());
+    c.mounts = vec![idmapped(&src, uid + 65536 * 100, gid)];
+    let err = create_in(&mut w, &pod, &pod_cfg, c).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    let ramfs = w.d.dir.join("ramfs-src");
+    std::fs::create_dir_all(&ramfs).unwrap();
+    // Unmounted by the daemon's Drop (everything under its dir) should an assert fail first.
+    nix::mount::mount(
+        Some("ramfs"),
+        &ramfs,
+        Some("ramfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let mut c = sleeper(&w, "ramfs", sc.clone());
+    c.mounts = vec![idmapped(&ramfs, uid, gid)];
+    let err = create_in(&mut w, &pod, &pod_cfg, c).await.unwrap_err();
+    nix::mount::umount2(&ramfs, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("/idm"),
+        "names the mount: {}",
+        err.message()
+    );
+    assert_no_containers_left(&mut w).await;
+    assert_eq!(
+        crius_tests::util::mounts_under(&w.d.state.join("containers")),
+        Vec::<std::path::PathBuf>::new()
+    );
+
+    let plain = w.d.dir.join("plain-src");
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut c = sleeper(&w, "idmapped", sc);
+    c.mounts = vec![
+        idmapped(&src, uid, gid),
+        Mount {
+            container_path: "/plain".into(),
+            host_path: plain.to_string_lossy().into_owned(),
+            ..Default::default()
+        },
+    ];
+    let id = create_in(&mut w, &pod, &pod_cfg, c).await.unwrap();
+    w.start(&id).await.unwrap();
+    assert_eq!(
+        exec_ok(&mut w, &id, &["stat", "-c", "%u:%g", "/idm/host-file"])
+            .await
+            .trim(),
+        "0:0"
+    );
+    exec_ok(&mut w, &id, &["touch", "/idm/made-inside", "/plain/made-inside"]).await;
+    let m = std::fs::metadata(src.join("made-inside")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (0, 0), "idmapped: host root's on disk");
+    let m = std::fs::metadata(plain.join("made-inside")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (uid, gid), "plain: the mapped ids");
+    // The container's status reports the mount as requested.
+    let status = w.status(&id).await.unwrap().status.unwrap();
+    assert!(
+        status
+            .mounts
+            .iter()
+            .any(|m| m.host_path == src.to_string_lossy() && !m.uid_mappings.is_empty())
+    );
+
+    // The staging mount survives a daemon restart and goes with the container.
+    w.d.restart().await.unwrap();
+    assert!(
+        exec_ok(&mut w, &id, &["cat", "/idm/host-file"])
+            .await
+            .contains("from the host")
+    );
+    let staged = crius_tests::util::mounts_under(&w.d.state.join("containers").join(&id));
+    assert!(
+        staged
+            .iter()
+            .any(|p| p.to_string_lossy().contains("idmapped-mounts")),
+        "{staged:?}"
+    );
+    w.stop(&id, 5).await.unwrap();
+    w.remove(&id).await.unwrap();
+    assert_eq!(
+        crius_tests::util::mounts_under(&w.d.state.join("containers").join(&id)),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(src.join("host-file").exists(), "the volume's files stay");
     w.teardown().await.unwrap();
 }
