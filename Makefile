@@ -91,7 +91,8 @@ clean-test-bridge:
 # (TCG, no network); the guest image is built once and cached. See tests/node/run.sh.
 # The tests that concern cgroups, resources, stats, OOM, namespaces and restart survival, once per
 # driver, then crius.service itself (restart/stop with running containers).
-NODE_TESTS ?= cgroup_node security_namespaces container_resources restart_survival container_checkpoint
+NODE_TESTS ?= cgroup_node security_namespaces container_resources restart_survival container_checkpoint \
+              security_userns
 NODE_DRIVERS ?= cgroupfs systemd
 NODE_SERVICE_TESTS ?= node_service
 NODE_TIMEOUT ?= 2400

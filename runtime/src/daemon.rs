@@ -127,6 +127,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracing::info!(error = %e, "user namespaces are not available: no idmapped overlay root filesystem");
     }
     crate::info::set_user_namespaces(idmap.is_ok());
+    sandboxes.set_user_namespaces(idmap.map_err(|e| {
+        format!(
+            "the start-up probe found no idmapped overlay root filesystem under {}: {e}",
+            config.root.display()
+        )
+    }));
     let socket = config.listen.clone();
     if let Some(step) = crius_sandbox::crash::init() {
         tracing::warn!(

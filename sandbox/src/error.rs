@@ -39,6 +39,10 @@ pub enum SandboxError {
     UnknownHandler(String),
     #[error("pod sandbox name {name} is already reserved by sandbox {holder}")]
     NameReserved { name: String, holder: String },
+    /// A request this host cannot serve (gRPC FailedPrecondition), e.g. a pod user namespace
+    /// where the kernel or the layer store's filesystem cannot idmap.
+    #[error("{0}")]
+    HostUnsupported(String),
     #[error("network not ready: {0}")]
     NetworkNotReady(#[source] ConfigError),
     #[error("pod namespaces: {0}")]

@@ -62,6 +62,9 @@ pub struct SandboxManager {
     hook: RwLock<Option<Arc<dyn ContainerHook>>>,
     /// What start-up reconciliation did; set once by `new`.
     recovered: std::sync::OnceLock<crate::Recovered>,
+    /// Whether pods may have their own user namespace: the daemon's start-up probe, set once
+    /// before it serves; until then (and for a manager without a probe) they may not.
+    user_namespaces: std::sync::OnceLock<Result<(), String>>,
 }
 
 impl SandboxManager {
@@ -106,6 +109,7 @@ impl SandboxManager {
             creating: Mutex::default(),
             hook: RwLock::new(None),
             recovered: std::sync::OnceLock::new(),
+            user_namespaces: std::sync::OnceLock::new(),
         });
         let recovered = manager.recover()?;
         let _ = manager.recovered.set(recovered);
@@ -120,6 +124,20 @@ impl SandboxManager {
     /// Plugs in container stop/removal. Until then a pod has no containers to stop.
     pub fn set_container_hook(&self, hook: Arc<dyn ContainerHook>) {
         *self.hook.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// Records whether this host can give a pod its own user namespace (`Err` says why not);
+    /// later calls are ignored. RunPodSandbox refuses user namespace mode POD until it is `Ok`.
+    pub fn set_user_namespaces(&self, support: Result<(), String>) {
+        let _ = self.user_namespaces.set(support);
+    }
+
+    /// Ok when pods may have their own user namespace, else the reason they may not.
+    pub(crate) fn user_namespaces(&self) -> Result<(), String> {
+        self.user_namespaces
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Err("the daemon has not probed for user namespace support".into()))
     }
 
     pub(crate) fn hook(&self) -> Option<Arc<dyn ContainerHook>> {

@@ -131,6 +131,24 @@ pub fn write_hosts(
     write_atomic(&files.hosts, &content)
 }
 
+/// Gives the pod's files (`hostname`, `hosts`, `resolv.conf`) and the root of its shm tmpfs to
+/// `uid:gid`: the host ids of the containers' root in a pod with its own user namespace, so
+/// they are root's inside (0:0, as in a pod without one), as CRI-O does. Run after the last
+/// write (`write_hosts` replaces `hosts`).
+pub fn chown_to(files: &PodFiles, uid: u32, gid: u32) -> Result<(), FilesError> {
+    let shm = files.shm.iter();
+    for path in [&files.hostname, &files.hosts, &files.resolv_conf]
+        .into_iter()
+        .chain(shm)
+    {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|source| FilesError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 fn hosts_file(hostname: &str, pod_ip: Option<&str>) -> Vec<u8> {
     let mut s = String::from(
         "# Kubernetes-managed hosts file (crius).\n\
@@ -236,6 +254,36 @@ mod tests {
             b"nameserver 192.0.2.1\n"
         );
         assert_eq!(resolv_conf(None, &host), b"nameserver 192.0.2.1\n");
+    }
+
+    #[test]
+    fn files_of_a_user_namespace_pod_belong_to_its_root() {
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root: chown and the shm tmpfs"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let host = HostFiles {
+            resolv_conf: tmp.path().join("none"),
+            hosts: tmp.path().join("none"),
+        };
+        let files = PodFiles::at(tmp.path().join("pods/u"), true);
+        create(&files, "u", None, &host).unwrap();
+        write_hosts(&files, "u", false, Some("10.85.0.9"), &host).unwrap();
+        let result = chown_to(&files, 65536 * 5, 65536 * 6);
+        let owners: Vec<_> = [
+            &files.hostname,
+            &files.hosts,
+            &files.resolv_conf,
+            files.shm.as_ref().unwrap(),
+        ]
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| (m.uid(), m.gid())).unwrap())
+        .collect();
+        remove(&files.dir).unwrap();
+        result.unwrap();
+        assert_eq!(owners, vec![(65536 * 5, 65536 * 6); 4]);
     }
 
     #[test]

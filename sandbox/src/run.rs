@@ -130,6 +130,9 @@ impl SandboxManager {
             pod_ip,
             &self.config.host_files,
         )?;
+        if let Some(maps) = &meta.userns {
+            podfiles::chown_to(&meta.files, maps.uids.host_id, maps.gids.host_id)?;
+        }
         let t_cni = start.elapsed();
         crate::crash::point("run-pod-sandbox:after-cgroup");
         rec.status.state = SandboxState::Ready;
@@ -203,6 +206,13 @@ impl SandboxManager {
         }
         let ns_opts = effective_namespaces(&config)?;
         let userns = userns::validate(ns_opts.userns_options.as_ref()).map_err(InvalidRequest::from)?;
+        if userns.is_some()
+            && let Err(reason) = self.user_namespaces()
+        {
+            return Err(SandboxError::HostUnsupported(format!(
+                "user namespace mode POD is not available on this host: {reason}"
+            )));
+        }
         let host_net = ns_opts.network == NamespaceMode::Node as i32;
         let host_ipc = ns_opts.ipc == NamespaceMode::Node as i32;
         let hostname = pod_hostname(&config, host_net)?;

@@ -384,6 +384,61 @@ async fn bad_requests_are_refused_before_anything_is_created() {
     assert!(store::list(&m.db).unwrap().is_empty());
 }
 
+/// A user namespace POD request: the kubelet's one-block mapping.
+fn userns_request(name: &str) -> RunPodSandboxRequest {
+    let mut req = request(name);
+    let map = || {
+        vec![IdMapping {
+            host_id: 65536 * 3,
+            container_id: 0,
+            length: 65536,
+        }]
+    };
+    let sc = req.config.as_mut().unwrap().linux.as_mut().unwrap();
+    sc.security_context.as_mut().unwrap().namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Container as i32,
+        userns_options: Some(UserNamespace {
+            mode: NamespaceMode::Pod as i32,
+            uids: map(),
+            gids: map(),
+        }),
+        ..Default::default()
+    });
+    req
+}
+
+#[tokio::test]
+async fn a_pod_user_namespace_is_refused_where_the_host_cannot_have_one() {
+    let env = env();
+    let m = &env.manager;
+    // Bad mappings are the request's fault, whatever the host supports.
+    let mut bad = userns_request("bad");
+    let sc = bad.config.as_mut().unwrap().linux.as_mut().unwrap();
+    let opts = sc
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap();
+    opts.userns_options.as_mut().unwrap().uids.clear();
+    assert!(m.run(bad).await.unwrap_err().is_invalid_argument());
+
+    m.set_user_namespaces(Err("no idmapped mounts on this kernel".into()));
+    let e = m.run(userns_request("u")).await.unwrap_err();
+    assert!(matches!(&e, SandboxError::HostUnsupported(_)), "{e}");
+    assert!(!e.is_invalid_argument());
+    assert!(e.to_string().contains("no idmapped mounts on this kernel"), "{e}");
+    // Nothing was created: no record, no name, no namespaces, no pod files.
+    assert!(store::list(&m.db).unwrap().is_empty());
+    assert_eq!(count(&env.dir.join("state/ns")), 0);
+    assert_eq!(count(&env.dir.join("state/pods")), 0);
+    assert!(!env.dir.join("bin/calls").exists(), "no CNI call");
+    // A pod in the host's user namespace is unaffected.
+    let id = m.run(request("plain")).await.unwrap();
+    m.remove(id).await.unwrap();
+}
+
 #[tokio::test]
 async fn recovery_marks_pods_with_lost_namespaces_not_ready() {
     let env = env();

@@ -25,7 +25,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
 # Set but empty means none (NODE_TESTS= boots the guest, prints its facts and runs nothing).
-NODE_TESTS=${NODE_TESTS-cgroup_node security_namespaces container_resources restart_survival container_checkpoint}
+NODE_TESTS=${NODE_TESTS-cgroup_node security_namespaces container_resources restart_survival container_checkpoint security_userns}
 NODE_DRIVERS=${NODE_DRIVERS-cgroupfs systemd}
 NODE_SERVICE_TESTS=${NODE_SERVICE_TESTS-node_service}
 NODE_TIMEOUT=${NODE_TIMEOUT:-2400}

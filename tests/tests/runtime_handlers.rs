@@ -414,3 +414,79 @@ async fn privileged_without_host_devices_under_runc() {
     assert_eq!(seen, [true, false], "host devices under runc, none under nodev");
     w.teardown().await.unwrap();
 }
+
+/// A pod with its own user namespace under runc: runc joins the pod's pinned user namespace
+/// (the kubelet's mapping in uid_map; root inside is the mapped id on the host), the rootfs
+/// crius idmapped shows the image's files as root's, and exec joins the user namespace too.
+#[tokio::test]
+async fn runc_runs_a_container_of_a_user_namespace_pod() {
+    let rts = Runtimes::new();
+    let mut w = World::with_config(&rts.config()).await.unwrap();
+    // Host ids no other test uses.
+    let host_id = 65536 * (3000 + u32::from(w.net.n));
+    let maps = || {
+        vec![IdMapping {
+            host_id,
+            container_id: 0,
+            length: 65536,
+        }]
+    };
+    let ns = NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        ipc: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Container as i32,
+        target_id: String::new(),
+        userns_options: Some(UserNamespace {
+            mode: NamespaceMode::Pod as i32,
+            uids: maps(),
+            gids: maps(),
+        }),
+    };
+    let mut cfg = w.pod_config();
+    cfg.metadata.as_mut().unwrap().name = "runc-userns-pod".into();
+    *crius_tests::pods::namespace_options(&mut cfg) = ns.clone();
+    let pod =
+        w.d.runtime
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(cfg),
+                runtime_handler: "runc".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+    w.pod = pod;
+    let sc = LinuxContainerSecurityContext {
+        namespace_options: Some(ns),
+        ..Default::default()
+    };
+    let id = w.create(sleeper(&w, "userns", sc)).await.unwrap();
+    w.start(&id).await.unwrap();
+    assert!(runtime_state(&w, &rts, "runc", &id).is_some(), "runc runs it");
+    let uid_map = exec_ok(&mut w, &id, &["cat", "/proc/self/uid_map"]).await;
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &host_id.to_string(), "65536"]
+    );
+    assert_eq!(exec_ok(&mut w, &id, &["id", "-u"]).await.trim(), "0");
+    assert_eq!(
+        exec_ok(
+            &mut w,
+            &id,
+            &["stat", "-c", "%u:%g", "/bin/busybox", "/etc/hosts"]
+        )
+        .await
+        .split_whitespace()
+        .collect::<Vec<_>>(),
+        ["0:0", "0:0"]
+    );
+    let pid = w.pid(&id).await;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert_eq!(
+        crius_tests::security::status_field(&status, "Uid")
+            .split_whitespace()
+            .next(),
+        Some(&*host_id.to_string())
+    );
+    w.teardown().await.unwrap();
+}

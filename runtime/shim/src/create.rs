@@ -283,6 +283,14 @@ pub(crate) fn created_monitor(
     ctl: UnixListener,
     log: LogFile,
 ) -> Result<Monitor, (&'static str, nix::Error)> {
+    // Before the container's process runs; a container that cannot be delegated still runs,
+    // as one in the host's user namespace would, without sub-cgroups of its own.
+    if let Err(e) = crate::cgroup_delegate::delegate(&cfg.bundle, &cfg.shim_dir, pid) {
+        eprintln!(
+            "crius-shim {}: cgroup not delegated to the container's root: {e}",
+            cfg.id
+        );
+    }
     if cfg.systemd_cgroup
         && let Some(n) = crate::cgroup::parent_oom_kills(&cfg.cgroup_path)
     {

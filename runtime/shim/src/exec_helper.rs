@@ -132,7 +132,19 @@ fn run(request: &str, send: &mut dyn FnMut(&ExecReport)) -> Result<i32, ExecErro
             id: req.id.clone(),
             message,
         }),
-        None => join_user_namespace(&req.id, &spec).and_then(|()| build(&req, &scratch, seccomp)),
+        None => crate::tenant_root::prepare(&req.youki_root, &req.id, &spec, &req.scratch_dir)
+            .map_err(|message| ExecError::Build {
+                id: req.id.clone(),
+                message,
+            })
+            .and_then(|tenant| {
+                join_user_namespace(&req.id, &spec)?;
+                let root = tenant
+                    .as_ref()
+                    .map_or(req.youki_root.as_path(), |t| t.root.as_path());
+                // The scratch root (if any) may go once the process runs: it is dropped here.
+                build(&req, root, &scratch, seccomp)
+            }),
     };
     let _ = std::fs::remove_file(&scratch);
     if let (Some(sock), None) = (&req.console_socket, &req.runtime) {
@@ -154,6 +166,7 @@ fn run(request: &str, send: &mut dyn FnMut(&ExecReport)) -> Result<i32, ExecErro
 
 fn build(
     req: &ExecRequest,
+    youki_root: &std::path::Path,
     process_file: &std::path::Path,
     seccomp: Option<LinuxSeccomp>,
 ) -> Result<nix::unistd::Pid, ExecError> {
@@ -168,7 +181,7 @@ fn build(
             .map_err(|e| fail(format!("dup fd {fd}: {e}")))
     };
     let builder = ContainerBuilder::new(req.id.clone(), SyscallType::default())
-        .with_root_path(&req.youki_root)
+        .with_root_path(youki_root)
         .map_err(|e| fail(error_chain(&e)))?
         .with_executor(SeccompExecutor { seccomp });
     // libcontainer requires "detached" exactly when the process has a terminal; for a tenant

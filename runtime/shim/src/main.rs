@@ -12,6 +12,7 @@
 
 mod attach;
 mod cgroup;
+mod cgroup_delegate;
 mod checkpoint;
 mod create;
 mod exec_helper;
@@ -24,6 +25,7 @@ mod proc_setup;
 mod reexec;
 mod systemd;
 mod teardown;
+mod tenant_root;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -7,7 +7,7 @@
 //! [`crius_sandbox::cgroup::join`]); a missing file is "no data", never an error (the container
 //! may have exited); writes go only to files of the container's own cgroup.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cri_api::v1::LinuxContainerResources;
 use crius_sandbox::cgroup::Hierarchies;
@@ -207,11 +207,25 @@ fn dirs(cgroup: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes the container's (empty) cgroup in every hierarchy; missing or busy ones are left.
+/// Removes the container's (empty) cgroup in every hierarchy, sub-cgroups first (the root of
+/// a container whose cgroup v2 is delegated to it may have made some); missing or busy ones are
+/// left.
 pub fn remove(cgroup: &str) {
     for d in dirs(cgroup) {
-        let _ = std::fs::remove_dir(d);
+        remove_tree(&d, 0);
     }
+}
+
+/// rmdir of `d` after its sub-dirs, deepest first; depth-bounded.
+fn remove_tree(d: &Path, depth: usize) {
+    if depth < 32 {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path(), depth + 1);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(d);
 }
 
 /// Kills every process in the container's cgroup and removes it, waiting up to `wait` for the
@@ -220,6 +234,13 @@ pub fn kill_and_remove(cgroup: &str, wait: std::time::Duration) -> bool {
     let deadline = std::time::Instant::now() + wait;
     loop {
         signal(cgroup, 0, libc::SIGKILL, true);
+        // cgroup v2 (5.14+): the whole subtree, processes in sub-cgroups included.
+        for d in dirs(cgroup) {
+            let kill = d.join("cgroup.kill");
+            if kill.exists() {
+                let _ = std::fs::write(kill, "1");
+            }
+        }
         remove(cgroup);
         if dirs(cgroup).is_empty() {
             return true;

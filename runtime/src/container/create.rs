@@ -131,6 +131,7 @@ impl Containers {
             .and_then(|c| c.stop_signal().clone());
 
         let log_path = log_path(&pod.config, &config)?;
+        let idmapped = super::mount_idmap::plan(&config, pod.namespaces.user.as_ref())?;
         // CDI devices are resolved (and their host nodes, mount sources and hooks checked)
         // before anything of the container exists; the spec files are re-read each time.
         let cdi = crate::cdi::Injection::resolve(&self.cdi_spec_dirs, &crate::cdi::requested(&config)?)?;
@@ -153,6 +154,14 @@ impl Containers {
         self.mounter
             .mount(&lowers, &self.layer_dir(&id), &rootfs_dir, idmap.as_ref())?;
         crius_sandbox::crash::point("create-container:after-mount");
+        // The spec is built from a copy whose idmapped mounts name their staging paths; the
+        // record keeps the request's mounts.
+        let staged = match &pod.namespaces.user {
+            Some(u) if !idmapped.is_empty() => {
+                Some(super::mount_idmap::stage(&config, &idmapped, u, &bundle)?)
+            }
+            _ => None,
+        };
 
         let target_pid = self.target_pid_namespace(&config)?;
         let users = UserDb::load(&rootfs_dir)?;
@@ -160,7 +169,7 @@ impl Containers {
         let mut oci = spec::build(&SpecInput {
             id: &id,
             sandbox_id: &pod.id,
-            config: &config,
+            config: staged.as_ref().unwrap_or(&config),
             // The pod's recorded config, never a request's copy, decides what the pod allows
             // (a privileged container needs a pod that was created privileged).
             sandbox: &pod.config,

@@ -29,6 +29,7 @@ mod events;
 mod exec_stream;
 mod exec_sync;
 mod list;
+mod mount_idmap;
 mod pod;
 mod readings;
 mod record;

@@ -104,7 +104,7 @@ pub fn mount(
                 .create(&at)
                 .or_else(|e| if at.is_dir() { Ok(()) } else { Err(e) })
                 .map_err(io_err("create", &at))?;
-            attach_idmapped(lower, &at, &userns)?;
+            attach_idmapped(lower, &at, &userns, "an idmapped root filesystem")?;
             staged.push(at);
         }
         rootfs::mount_overlay(&staged, layer_dir, target, "mount the idmapped overlay at")
@@ -118,12 +118,18 @@ pub fn mount(
     result
 }
 
-/// `open_tree(OPEN_TREE_CLONE)` of `src`, idmapped with `userns`, attached at `at`.
-fn attach_idmapped(src: &Path, at: &Path, userns: &File) -> Result<(), ContainerError> {
+/// `open_tree(OPEN_TREE_CLONE)` of `src`, idmapped with `userns`, attached at `at`. `what` names
+/// the mount in the FailedPrecondition that a kernel or filesystem without idmapped mounts gives.
+pub(super) fn attach_idmapped(
+    src: &Path,
+    at: &Path,
+    userns: &File,
+    what: &str,
+) -> Result<(), ContainerError> {
     let unsupported = |step: &str, e: std::io::Error| {
         ContainerError::Spec(SpecError::Unsupported(format!(
-            "cannot give the container an idmapped root filesystem ({step} {}: {e}); this kernel or \
-             filesystem does not support idmapped mounts, which a pod with its own user namespace needs",
+            "cannot give the container {what} ({step} {}: {e}); this kernel or filesystem does not \
+             support idmapped mounts, which a pod with its own user namespace needs",
             src.display()
         )))
     };

@@ -102,6 +102,11 @@ impl Containers {
             note("rootfs mount", Err(e));
             return first.map_or(Ok(()), Err);
         }
+        if let Err(e) = super::mount_idmap::unstage(&bundle) {
+            // A staging mount is a volume's host path: the bundle waits for the retry.
+            note("idmapped mounts", Err(e));
+            return first.map_or(Ok(()), Err);
+        }
         note("bundle", remove_dir(&bundle));
         note("writable layer", remove_dir(&self.layer_dir(id)));
         note(

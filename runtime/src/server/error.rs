@@ -82,7 +82,7 @@ pub fn sandbox(e: crius_sandbox::SandboxError) -> Status {
         E::Invalid(_) => Status::invalid_argument(msg),
         E::NotFound { .. } | E::UnknownHandler(_) => Status::not_found(msg),
         E::NameReserved { .. } => Status::already_exists(msg),
-        E::NetworkNotReady(_) => Status::failed_precondition(msg),
+        E::NetworkNotReady(_) | E::HostUnsupported(_) => Status::failed_precondition(msg),
         E::Namespaces(_)
         | E::Network(_)
         | E::Files(_)

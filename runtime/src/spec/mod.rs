@@ -22,6 +22,7 @@ use cri_api::v1::{ContainerConfig, PodSandboxConfig};
 use oci_spec::runtime::{Linux, Root, Spec};
 
 pub use linux::{HostFacts, Namespace, PodNamespaces};
+pub(crate) use mounts::host_source;
 pub use mounts::unescape_mountinfo;
 pub use process::{ALL_CAPS, DEFAULT_PATH};
 pub use user::UserDb;

@@ -266,7 +266,7 @@ pub fn cri_mounts(
 /// A CRI mount's source on the host, symlinks resolved. A path that does not exist is created
 /// as a directory, parents included (0755, owned by root); a dangling symlink, or a path below
 /// a regular file, is an error (InvalidArgument naming the path).
-fn host_source(path: &str) -> Result<PathBuf, SpecError> {
+pub(crate) fn host_source(path: &str) -> Result<PathBuf, SpecError> {
     use std::os::unix::fs::DirBuilderExt;
     let p = Path::new(path);
     if !p.is_absolute() {
