@@ -179,6 +179,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .layer(server::RpcLog {
             metrics: crius.metrics.clone(),
         })
+        // Inside RpcLog, so a passed deadline is logged and counted with its code.
+        .layer(server::ClientDeadline)
         .add_service(runtime)
         .add_service(images)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {

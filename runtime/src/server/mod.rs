@@ -5,12 +5,14 @@
 //! nothing itself. The readiness gate, the per-RPC tracing span and the per-RPC log line
 //! (`log_layer.rs`) live here once, not in each handler.
 
+mod deadline;
 pub(crate) mod error;
 mod ids;
 mod image_service;
 mod log_layer;
 mod runtime_service;
 
+pub use deadline::ClientDeadline;
 pub use log_layer::RpcLog;
 
 use std::sync::Arc;

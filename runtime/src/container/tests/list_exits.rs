@@ -35,7 +35,11 @@ async fn exits_reach_the_list_through_the_watcher_or_the_list() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         state = listed_state(&f, &running).await;
     }
-    assert_eq!(state, State::Exited.to_cri() as i32, "the watcher folded the exit");
+    assert_eq!(
+        state,
+        State::Exited.to_cri() as i32,
+        "the watcher folded the exit"
+    );
     assert_eq!(f.record(&running).unwrap().status.exit_code, 3);
 
     // A CREATED container is left to StartContainer by the watcher; the list folds it.
