@@ -1,7 +1,8 @@
 //! A daemon that dies inside RunPodSandbox or CreateContainer (the test-only crash hook
 //! `CRIUS_TEST_CRASH_AT` aborts it at a named step) leaves nothing behind once it restarts —
 //! no namespace, pod files, IP, veth, cgroup, mount, shim process or directory — and the
-//! kubelet's retry of the same RPC succeeds. A CreateContainer or RemoveContainer that has
+//! kubelet's retry of the same RPC succeeds. One that dies inside StartContainer, after the
+//! shim built the container, finds that shim again and the container can still be started. A CreateContainer or RemoveContainer that has
 //! answered is on disk, whatever crash follows.
 
 use std::path::{Path, PathBuf};
@@ -115,7 +116,6 @@ async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
         "create-container:after-lease",
         "create-container:after-mount",
         "create-container:after-spec",
-        "create-container:after-shim",
     ] {
         arm(&mut w.d, step).await;
         let cfg = w.config("crashy", &["sh", "-c", "sleep 1000"]);
@@ -124,12 +124,6 @@ async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
             assert!(
                 !util::dir_entries(&containers).is_empty(),
                 "{step}: the crash left a bundle for recovery to remove"
-            );
-        }
-        if step == "create-container:after-shim" {
-            assert!(
-                !util::pids_mentioning(&containers.to_string_lossy()).is_empty(),
-                "{step}: a shim runs"
             );
         }
         recover_from_crash(&mut w.d, step).await;
@@ -164,6 +158,44 @@ async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
         w.stop(&id, 0).await.unwrap();
         w.remove(&id).await.unwrap();
     }
+    w.teardown().await.unwrap();
+}
+
+#[tokio::test]
+async fn crash_inside_start_container_keeps_the_built_container_startable() {
+    let mut w = World::new().await.unwrap();
+    let _cleanup = PodCleanup::new(&w.d);
+    let id = w
+        .create(w.config("half-started", &["sh", "-c", "sleep 1000"]))
+        .await
+        .unwrap();
+    let step = "start-container:after-shim";
+    arm(&mut w.d, step).await;
+    // The armed restart kept the created container.
+    assert_eq!(w.state(&id).await.state(), ContainerState::ContainerCreated);
+    assert!(w.start(&id).await.is_err(), "{step}");
+    assert!(
+        !util::pids_mentioning(&id).is_empty(),
+        "{step}: the shim the start spawned runs on"
+    );
+    recover_from_crash(&mut w.d, step).await;
+
+    // Recovery adopted the shim: still CREATED, now with the init pid, and startable once.
+    let s = w.state(&id).await;
+    assert_eq!(s.state(), ContainerState::ContainerCreated);
+    assert!(w.pid(&id).await > 0);
+    w.start(&id).await.unwrap();
+    assert_eq!(w.state(&id).await.state(), ContainerState::ContainerRunning);
+    let out = w.exec(&id, &["echo", "ok"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    w.stop(&id, 0).await.unwrap();
+    w.remove(&id).await.unwrap();
+    assert!(util::pids_mentioning(&id).is_empty(), "processes left");
+    assert!(container_cgroups(&w.pod).is_empty(), "container cgroups left");
+    assert!(
+        util::dir_entries(&w.d.state.join("containers")).is_empty(),
+        "bundles left"
+    );
     w.teardown().await.unwrap();
 }
 
