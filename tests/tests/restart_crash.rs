@@ -204,20 +204,34 @@ async fn create_container_retried_after_a_client_deadline_gets_one_container() {
     let mut w = World::new().await.unwrap();
     let _cleanup = PodCleanup::new(&w.d);
     let cfg = w.config("late", &["sh", "-c", "sleep 1000"]);
+    // The daemon holds every create at its spec step for 0.5 s (test-only delay hook), so the
+    // client's deadline surely passes while the create is under way.
+    w.d.stop().await.unwrap();
+    w.d.env = vec![(
+        "CRIUS_TEST_DELAY_AT".to_string(),
+        "create-container:after-spec".to_string(),
+    )];
+    w.d.restart().await.unwrap();
     let mut req = tonic::Request::new(CreateContainerRequest {
         pod_sandbox_id: w.pod.clone(),
         config: Some(cfg.clone()),
         sandbox_config: Some(w.pod_config()),
     });
-    // Shorter than a shim create: the client gives up while the daemon works on.
-    req.set_timeout(std::time::Duration::from_millis(5));
+    req.set_timeout(std::time::Duration::from_millis(100));
     let first = w.d.runtime.create_container(req).await;
-    // The kubelet retries with the same metadata: it gets the container the first attempt made
-    // (or, if that attempt never reached the daemon, a new one) — never AlreadyExists.
+    // The kubelet retries with the same metadata: it gets the container the first attempt made,
+    // never AlreadyExists.
+    let gave_up = first.unwrap_err().code();
+    assert!(
+        matches!(gave_up, tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+        "the client gave up first: {gave_up:?}"
+    );
     let id = w.create(cfg.clone()).await.unwrap();
-    if let Ok(r) = first {
-        assert_eq!(r.into_inner().container_id, id);
-    }
+    assert!(
+        w.d.log()
+            .contains("handing a create that finished after its client gave up"),
+        "the retry got the first attempt's container"
+    );
     let listed = w.d.containers().await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].id, id);
