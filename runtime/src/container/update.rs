@@ -34,6 +34,7 @@ impl Containers {
         if new.memory_limit_in_bytes < 0 || new.cpu_shares < 0 || new.cpu_period < 0 {
             return Err(ContainerError::Invalid("negative resource value".into()));
         }
+        super::cgroupfs::check(&new)?;
         if !super::stop::never_started(&r) {
             self.cgroups.apply(&r.cgroup_path, &new)?;
         }

@@ -98,6 +98,14 @@ async fn resources_updated_while_created_are_written_at_start() {
         memory_limit_in_bytes: 64 << 20,
         ..Default::default()
     };
+    // A bad request is refused as it is for a running container, though no cgroup exists.
+    let mut bad = update.clone();
+    bad.unified.insert("../../cgroup.procs".into(), "1".into());
+    assert!(matches!(
+        f.c.update_resources(&id, Some(bad)).await.unwrap_err(),
+        ContainerError::Invalid(_)
+    ));
+    assert_eq!(f.record(&id).unwrap().status.resources, None);
     f.c.update_resources(&id, Some(update)).await.unwrap();
     // No cgroup yet: only recorded.
     assert_eq!(f.cgroups.calls(), vec![]);
