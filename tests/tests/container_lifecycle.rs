@@ -206,15 +206,30 @@ async fn names_images_and_pods_are_checked() {
         Code::InvalidArgument
     );
 
-    let bad_cmd = w
-        .create(w.config("badcmd", &["/no/such/binary"]))
-        .await
-        .unwrap_err();
+    // A missing entrypoint is found when the container is built, which StartContainer does
+    // (as containerd's `runc create` in its StartContainer): the start fails and the container
+    // is EXITED with reason StartError (128), then removed like any exited one.
+    let bad_cmd = w.create(w.config("badcmd", &["/no/such/binary"])).await.unwrap();
+    let e = w.start(&bad_cmd).await.unwrap_err();
+    assert!(e.message().contains("/no/such/binary"), "{}", e.message());
+    let s = w.state(&bad_cmd).await;
+    assert_eq!(state(&s), ContainerState::ContainerExited);
+    assert_eq!((s.exit_code, s.reason.as_str()), (128, "StartError"));
+    assert!(s.message.contains("/no/such/binary"), "{}", s.message);
+    assert!(s.finished_at > 0);
     assert!(
-        bad_cmd.message().contains("/no/such/binary"),
-        "{}",
-        bad_cmd.message()
+        util::pids_mentioning(&bad_cmd).is_empty(),
+        "a failed start leaves no process: {:?}",
+        util::pids_mentioning(&bad_cmd)
     );
+    assert!(
+        cgroup_dirs_named(&bad_cmd).is_empty(),
+        "a failed start leaves no cgroup"
+    );
+    w.stop(&bad_cmd, 0).await.unwrap();
+    assert_eq!(w.state(&bad_cmd).await.reason, "StartError");
+    w.remove(&bad_cmd).await.unwrap();
+    assert_nothing_left(&mut w, &bad_cmd).await;
 
     let unknown_pod = CreateContainerRequest {
         pod_sandbox_id: "f".repeat(64),

@@ -76,13 +76,26 @@ fn plain_name(name: &str) -> Result<&str, ContainerError> {
         .ok_or_else(|| ContainerError::Invalid(format!("{name:?} is not a settable cgroup file")))
 }
 
-/// Applies new limits to the container's cgroup. Fields left at 0/empty are not changed.
-pub fn apply(cgroup: &str, r: &LinuxContainerResources) -> Result<(), ContainerError> {
-    // Checked on every host, before anything is written: `unified` applies on v2 only (as at
-    // create), but a bad key is a bad request everywhere.
+/// What makes `r` a bad request whatever the cgroup: `unified` keys and hugepage sizes that
+/// are no plain file name, a v2 swap total below the memory limit. `unified` applies on v2
+/// only (as at create), but a bad key is a bad request everywhere.
+pub fn check(r: &LinuxContainerResources) -> Result<(), ContainerError> {
     for key in r.unified.keys() {
         plain_name(key)?;
     }
+    for h in &r.hugepage_limits {
+        plain_name(&h.page_size)?;
+    }
+    if v2() {
+        v2_swap_max(r)?;
+    }
+    Ok(())
+}
+
+/// Applies new limits to the container's cgroup. Fields left at 0/empty are not changed.
+pub fn apply(cgroup: &str, r: &LinuxContainerResources) -> Result<(), ContainerError> {
+    // Checked before anything is written.
+    check(r)?;
     if v2() {
         if r.cpu_shares > 0 {
             write(

@@ -1,11 +1,15 @@
-//! CreateContainer: resolve the image → lease its layers → overlay rootfs → OCI spec → shim →
-//! record CREATED.
+//! CreateContainer: resolve the image → lease its layers → overlay rootfs → OCI spec and the
+//! shim's configuration → record CREATED. No shim runs yet: as containerd defers `runc create`
+//! to StartContainer, the shim is spawned and libcontainer builds the container in
+//! StartContainer (`start.rs`), so a created container has no process, no cgroup and no
+//! libcontainer state (its record's `pid` is 0 until then).
 //!
 //! Invariants: the name `<pod>/<name>/<attempt>` is unique (AlreadyExists, checked up front and
 //! again in the transaction that inserts the record); any failure undoes every earlier step
 //! through the one container teardown (`teardown.rs`), whose steps all tolerate not having been
-//! done; the record is written only after the shim reported the container created. Everything but the shim round trip runs on the blocking pool (the image's account
-//! files are read there, never on an async worker).
+//! done; everything the request can be refused for (image, mounts, devices, CDI, handler, the
+//! spec itself) is checked here, so bad input fails at create with nothing left. All of it runs
+//! on the blocking pool (the image's account files are read there, never on an async worker).
 //!
 //! Durability: one fsync per create, the record's commit. The image lease is committed before
 //! it without an fsync (`lease_unsynced`) and reaches the disk with the record; a crash in
@@ -87,31 +91,21 @@ impl Containers {
         config: ContainerConfig,
     ) -> Result<(), ContainerError> {
         let (key, pod_info) = (id.to_string(), pod.clone());
-        let (mut record, shim_cfg) = self.blocking(move |c| c.prepare(&key, &pod_info, config)).await?;
-        let (pid, shim_pid) = self
-            .shim
-            .create(&shim_cfg)
-            .await
-            .map_err(ContainerError::shim(id))?;
-        record.status.pid = pid;
-        record.status.shim_pid = shim_pid;
-        crius_sandbox::crash::point("create-container:after-shim");
-        match self.blocking(move |c| c.records.insert(&record)).await {
-            Ok(()) => Ok(()),
-            Err(RecordError::NameTaken { name, id }) => Err(ContainerError::AlreadyExists { name, id }),
-            Err(e) => Err(e.into()),
-        }
+        self.blocking(move |c| {
+            let record = c.prepare(&key, &pod_info, config)?;
+            match c.records.insert(&record) {
+                Ok(()) => Ok(()),
+                Err(RecordError::NameTaken { name, id }) => Err(ContainerError::AlreadyExists { name, id }),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
-    /// The blocking part of a create, up to the shim: image lookup and lease, directories, the
-    /// rootfs mount, the image's account files, the OCI spec. Returns the record to insert once
-    /// the shim reported, and the shim's configuration.
-    fn prepare(
-        &self,
-        id: &str,
-        pod: &PodInfo,
-        config: ContainerConfig,
-    ) -> Result<(Record, crius_shim_api::ShimConfig), ContainerError> {
+    /// The blocking part of a create before its record: image lookup and lease, directories,
+    /// the rootfs mount, the image's account files, the OCI spec (`config.json`) and the shim's
+    /// configuration (`shim.json`, read back by StartContainer). Returns the record to insert.
+    fn prepare(&self, id: &str, pod: &PodInfo, config: ContainerConfig) -> Result<Record, ContainerError> {
         let id = id.to_string();
         let handler = self.handlers.get(&pod.runtime_handler)?.clone();
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
@@ -231,7 +225,14 @@ impl Containers {
             status: Status::created(resources),
         };
         let shim_cfg = self.shim_config(&record, &oci);
-        Ok((record, shim_cfg))
+        let cfg_path = shim_dir.join(crius_shim_api::CONFIG_FILE);
+        let body = serde_json::to_vec(&shim_cfg).map_err(|e| ContainerError::Io {
+            what: "encode",
+            path: cfg_path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        crate::private::write_file(&cfg_path, &body).map_err(io_err("write", &cfg_path))?;
+        Ok(record)
     }
 
     /// CRI: PID namespace mode TARGET joins the PID namespace of `target_id`, which must be a

@@ -7,8 +7,9 @@
 //!
 //! Invariants: every verb resolves the client's id once ([`Containers::resolve`]); verbs that
 //! change one container are serialised by its lock (`locks`, keyed by the full id);
-//! a record exists only for a container whose shim reported success; every create failure
-//! undoes what it did; stop and remove of an unknown container succeed. The async verbs never
+//! a record exists only for a container whose create fully succeeded (its shim is spawned by
+//! StartContainer, so a CREATED record may have none: `pid` 0); every create failure undoes
+//! what it did; stop and remove of an unknown container succeed. The async verbs never
 //! touch the disk, a mount, a cgroup or redb on an async worker: that work runs through
 //! [`Containers::blocking`], so a slow or hostile filesystem cannot stall the daemon's RPCs.
 //!

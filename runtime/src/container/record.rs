@@ -49,7 +49,8 @@ impl State {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub state: State,
-    /// Init's pid in the host PID namespace (0 before create finished).
+    /// Init's pid in the host PID namespace: 0 until StartContainer's shim built the
+    /// container (and again after a failed start).
     pub pid: i32,
     pub shim_pid: i32,
     pub started_at: i64,
@@ -63,7 +64,7 @@ pub struct Status {
 }
 
 impl Status {
-    /// A container the shim just created, with the resources its config asked for.
+    /// A container just created (no shim yet), with the resources its config asked for.
     pub fn created(resources: Option<cri_api::v1::LinuxContainerResources>) -> Status {
         Status {
             state: State::Created,

@@ -6,7 +6,11 @@
 //! the shim is asked for its state — alive ⇒ reconnected (CREATED/RUNNING kept, the exit watcher
 //! re-armed, a vanished rootfs mount restored); shim gone and the container's init gone ⇒
 //! EXITED, exit code 255, reason `Unknown`; shim gone but init still running in the container's
-//! cgroup ⇒ UNKNOWN (StopContainer then kills it).
+//! cgroup ⇒ UNKNOWN (StopContainer then kills it). A CREATED record without an init pid was
+//! never started (StartContainer spawns the shim): with no shim answering it stays CREATED
+//! (whatever an interrupted start left — a shim still building, a cgroup, runtime state — is
+//! removed, so a later start begins afresh); a shim that answers was spawned by a start the
+//! crash interrupted and is adopted as it is (its pid recorded; RUNNING if it already runs).
 //!
 //! Orphans (a crash between two create steps, or between two remove steps): shim directories
 //! and bundles under `<state>/containers`, libcontainer state under `<state>/youki`, writable
@@ -41,6 +45,7 @@ const PROBE: Duration = Duration::from_secs(5);
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovered {
     pub containers: usize,
+    /// Kept live: reconnected to its shim, or CREATED and not started yet.
     pub reconnected: usize,
     pub exited: usize,
     pub unknown: usize,
@@ -189,7 +194,9 @@ impl Containers {
         let id = r.id.clone();
         match probe {
             Probe::Alive(status, pid) => {
-                if r.status.state == State::Unknown {
+                if super::stop::never_started(&r) {
+                    self.adopt_started_shim(&id, status, pid)?;
+                } else if r.status.state == State::Unknown {
                     self.records.update::<ContainerError>(&id, |s| {
                         s.state = if status == ProcessStatus::Running {
                             State::Running
@@ -217,6 +224,14 @@ impl Containers {
                     self.record_lost_exit(&id, &exit, "")?;
                 }
                 Ok(Outcome::Exited)
+            }
+            Probe::Gone(_) if super::stop::never_started(&r) => {
+                if let Some(e) = self.teardown_runtime_files(&id, Some(r.cgroup_path.clone()), false) {
+                    tracing::warn!(id, error = %e, "cannot remove what an interrupted start left");
+                }
+                self.ensure_rootfs(&r);
+                self.watch_exit(&id);
+                Ok(Outcome::Reconnected)
             }
             Probe::Gone(why) => {
                 if self.cgroups.runs_in(&r.cgroup_path, r.status.pid) {
@@ -250,6 +265,27 @@ impl Containers {
                 Ok(Outcome::Exited)
             }
         }
+    }
+
+    /// A CREATED record without a pid whose shim answers: a start spawned it and the daemon
+    /// went down before recording it. Its pid is recorded; RUNNING if the start request had
+    /// reached the shim (STARTED is published then).
+    fn adopt_started_shim(&self, id: &str, status: ProcessStatus, pid: i32) -> Result<(), ContainerError> {
+        let mut started = false;
+        let _order = self.events.order();
+        let r = self.records.update::<ContainerError>(id, |s| {
+            s.pid = pid;
+            if status == ProcessStatus::Running && s.state == State::Created {
+                s.state = State::Running;
+                s.started_at = now_ns();
+                started = true;
+            }
+            Ok(())
+        })?;
+        if started {
+            self.events.send(id, &r.sandbox_id, super::EventKind::Started);
+        }
+        Ok(())
     }
 
     /// Mounts the rootfs again if its mount vanished while the container is still recorded live.

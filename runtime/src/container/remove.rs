@@ -22,7 +22,10 @@ impl Containers {
             Err(ContainerError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.stop_locked(r.clone(), 0).await?;
+        // A never-started container has nothing to stop (and its record goes anyway).
+        if !super::stop::never_started(&r) {
+            self.stop_locked(r.clone(), 0).await?;
+        }
         self.teardown(id, Some(r.cgroup_path.clone())).await?;
         self.blocking(move |c| {
             c.records.remove(&r)?;

@@ -1,6 +1,9 @@
 //! StopContainer: the image's stop signal (or SIGTERM), up to `timeout` seconds, then SIGKILL to
 //! every process of the container.
 //!
+//! A CREATED container that was never started has no process: it is recorded EXITED as if its
+//! init had been SIGKILLed before it ran (137), as stopping a created runc container does.
+//!
 //! Invariants: stopping an unknown or exited container succeeds (CRI idempotence); the call
 //! returns only once the exit is recorded (or the shim is found gone, which records an exit).
 //! A shim that does not answer a signal request within [`SIGNAL_TIMEOUT`] does not keep the
@@ -49,6 +52,10 @@ impl Containers {
         if !matches!(r.status.state, State::Running | State::Created | State::Unknown) {
             return Ok(());
         }
+        if never_started(&r) {
+            let id = r.id.clone();
+            return self.blocking(move |c| c.record_stopped_unstarted(&id)).await;
+        }
         let id = r.id.as_str();
         let started = Instant::now();
         let mut shim_answers = true;
@@ -90,6 +97,29 @@ impl Containers {
             id: id.into(),
             source: ShimError::Timeout(KILL_GRACE),
         })
+    }
+
+    /// Records the stop of a container that never ran (unless a start got in first).
+    fn record_stopped_unstarted(&self, id: &str) -> Result<(), ContainerError> {
+        let mut changed = false;
+        let _order = self.events.order();
+        let r = self.records.update::<ContainerError>(id, |s| {
+            if s.state == State::Created && s.pid == 0 {
+                let killed = crius_shim_api::ExitStatus {
+                    exit_code: 128 + libc::SIGKILL,
+                    finished_at: now_ns(),
+                    oom_killed: false,
+                };
+                super::mark_exited(s, &killed);
+                s.message = "stopped before it was started".into();
+                changed = true;
+            }
+            Ok(())
+        })?;
+        if changed {
+            self.events.send(&r.id, &r.sandbox_id, super::EventKind::Stopped);
+        }
+        Ok(())
     }
 
     /// Sends a signal through the shim, or through the cgroup when the shim does not answer.
@@ -200,6 +230,11 @@ impl Containers {
         self.record_lost_exit(id, &exit, &msg)?;
         Ok(())
     }
+}
+
+/// A CREATED container whose shim was never spawned (StartContainer spawns it).
+pub(crate) fn never_started(r: &Record) -> bool {
+    r.status.state == State::Created && r.status.pid == 0
 }
 
 /// How a signal reached the container.

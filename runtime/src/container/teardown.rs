@@ -32,38 +32,58 @@ impl Containers {
         id: &str,
         cgroup: Option<String>,
     ) -> Result<(), ContainerError> {
-        let shim_dir = self.shim_dir(id);
-        let socket = shim_dir.join(crius_shim_api::CONTROL_SOCKET);
-        let has_shim = self.blocking(move |_| socket.exists()).await;
-        let shim_done = if has_shim {
-            match tokio::time::timeout(SHUTDOWN, self.shim.request(&shim_dir, Request::Shutdown)).await {
-                Ok(Ok(_)) => true,
-                Ok(Err(ShimError::Unreachable { .. })) => false,
-                Ok(Err(e)) => {
-                    tracing::warn!(id, error = %e, "shim shutdown failed; killing it");
-                    false
-                }
-                Err(_) => {
-                    tracing::warn!(id, timeout = ?SHUTDOWN, "shim did not shut down in time; killing it");
-                    false
-                }
-            }
-        } else {
-            false
-        };
+        let shim_done = self.shutdown_shim(id).await;
         let id = id.to_string();
         self.blocking(move |c| c.teardown_files(&id, cgroup, shim_done))
             .await
     }
 
-    /// The blocking half of [`Containers::teardown`], after the shim answered (`shim_done`)
-    /// or was found gone or hung.
-    fn teardown_files(
+    /// The runtime half of [`Containers::teardown`], for a start that failed: the shim, the
+    /// container's processes and cgroup, the runtime's state. The rootfs, bundle, writable layer
+    /// and lease stay for RemoveContainer (which runs the whole teardown again).
+    pub(crate) async fn teardown_runtime(
+        self: &Arc<Self>,
+        id: &str,
+        cgroup: String,
+    ) -> Result<(), ContainerError> {
+        let shim_done = self.shutdown_shim(id).await;
+        let id = id.to_string();
+        self.blocking(move |c| {
+            c.teardown_runtime_files(&id, Some(cgroup), shim_done)
+                .map_or(Ok(()), Err)
+        })
+        .await
+    }
+
+    /// Asks the shim, if it has a control socket, to shut down; true when it answered.
+    async fn shutdown_shim(self: &Arc<Self>, id: &str) -> bool {
+        let shim_dir = self.shim_dir(id);
+        let socket = shim_dir.join(crius_shim_api::CONTROL_SOCKET);
+        if !self.blocking(move |_| socket.exists()).await {
+            return false;
+        }
+        match tokio::time::timeout(SHUTDOWN, self.shim.request(&shim_dir, Request::Shutdown)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(ShimError::Unreachable { .. })) => false,
+            Ok(Err(e)) => {
+                tracing::warn!(id, error = %e, "shim shutdown failed; killing it");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(id, timeout = ?SHUTDOWN, "shim did not shut down in time; killing it");
+                false
+            }
+        }
+    }
+
+    /// The blocking runtime half: a shim that did not answer (`!shim_done`) is killed, then the
+    /// runtime's state dirs and the cgroup go. Every step runs; the first failure is returned.
+    pub(crate) fn teardown_runtime_files(
         &self,
         id: &str,
         cgroup: Option<String>,
         shim_done: bool,
-    ) -> Result<(), ContainerError> {
+    ) -> Option<ContainerError> {
         let bundle = self.bundle_dir(id);
         let mut first: Option<ContainerError> = None;
         let mut note = |step: &'static str, r: Result<(), ContainerError>| {
@@ -94,6 +114,25 @@ impl Containers {
                 ))),
             );
         }
+        first
+    }
+
+    /// The blocking half of [`Containers::teardown`], after the shim answered (`shim_done`)
+    /// or was found gone or hung.
+    fn teardown_files(
+        &self,
+        id: &str,
+        cgroup: Option<String>,
+        shim_done: bool,
+    ) -> Result<(), ContainerError> {
+        let bundle = self.bundle_dir(id);
+        let mut first = self.teardown_runtime_files(id, cgroup, shim_done);
+        let mut note = |step: &'static str, r: Result<(), ContainerError>| {
+            if let Err(e) = r {
+                tracing::warn!(id, step, error = %e, "container teardown step failed");
+                first.get_or_insert(e);
+            }
+        };
         if let Err(e) = self.mounter.unmount(&self.rootfs_dir(id)) {
             // Still mounted: removing the bundle would walk into the container's filesystem,
             // removing the writable layer would pull the overlay's upper dir from under it, and

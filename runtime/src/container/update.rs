@@ -1,7 +1,9 @@
 //! UpdateContainerResources: writes new limits into the container's cgroup and records them, so
 //! ContainerStatus reports what is in force.
 //!
-//! Invariant: the record changes only after the cgroup accepted every value.
+//! Invariant: the record changes only after the cgroup accepted every value. A CREATED container
+//! that was never started has no cgroup yet: its resources are only recorded, and
+//! StartContainer writes them into the cgroup the shim made before the container runs.
 
 use cri_api::v1::LinuxContainerResources;
 
@@ -32,7 +34,10 @@ impl Containers {
         if new.memory_limit_in_bytes < 0 || new.cpu_shares < 0 || new.cpu_period < 0 {
             return Err(ContainerError::Invalid("negative resource value".into()));
         }
-        self.cgroups.apply(&r.cgroup_path, &new)?;
+        super::cgroupfs::check(&new)?;
+        if !super::stop::never_started(&r) {
+            self.cgroups.apply(&r.cgroup_path, &new)?;
+        }
         self.records.update::<ContainerError>(id, |s| {
             let mut merged = s.resources.clone().unwrap_or_default();
             merge(&mut merged, &new);

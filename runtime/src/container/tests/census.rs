@@ -44,14 +44,19 @@ async fn states_are_counted_and_each_exit_once() {
     );
     assert_eq!(f.c.exit_counts().shims_lost(), 0);
 
-    f.shim.die(&f.c.shim_dir(&created));
+    // A created container has no shim to lose.
     f.c.stop(&created, 10).await.unwrap();
-    f.c.stop(&created, 10).await.unwrap();
+    assert_eq!(f.c.exit_counts().shims_lost(), 0);
+    let lost = f.c.create(&f.pod(), config("lost")).await.unwrap();
+    f.c.start(&lost).await.unwrap();
+    f.shim.die(&f.c.shim_dir(&lost));
+    f.c.stop(&lost, 10).await.unwrap();
+    f.c.stop(&lost, 10).await.unwrap();
     assert_eq!(f.c.exit_counts().shims_lost(), 1, "stopped twice, lost once");
     assert_eq!(f.c.exit_counts().oom_kills(), 1);
     let census = f.c.census().unwrap();
     assert_eq!(
         (census.created, census.running, census.exited, census.unknown),
-        (0, 0, 2, 0)
+        (0, 0, 3, 0)
     );
 }

@@ -1,64 +1,156 @@
-//! CreateContainer's rollback: every failure after the id was chosen leaves nothing behind and
-//! the name free.
+//! CreateContainer and the StartContainer that builds what it prepared: create spawns no shim;
+//! every create failure after the id was chosen leaves nothing behind and the name free; a
+//! failed start records StartError and undoes its runtime half; what changed while the
+//! container was CREATED (resources, a stop) holds.
 
-use super::fakes::{CgroupCall, MountCall, ShimCall};
+use super::fakes::{CgroupCall, INIT_PID, MountCall, SHIM_PID, ShimCall};
 use super::*;
 use crate::container::ContainerError;
 use crate::container::record::{State, name_key};
 use crius_shim_api::Request;
 
-/// The id the fake shim was asked to create last.
-fn created_id(f: &Fixture) -> String {
-    f.shim
-        .calls()
-        .iter()
-        .rev()
-        .find_map(|c| match c {
-            ShimCall::Create(id) => Some(id.clone()),
-            _ => None,
-        })
-        .expect("the shim was asked to create a container")
+#[tokio::test]
+async fn create_spawns_no_shim_and_start_builds_the_container() {
+    let f = Fixture::new();
+    let id = f.c.create(&f.pod(), config("app")).await.unwrap();
+    let r = f.record(&id).unwrap();
+    assert_eq!(
+        (r.status.state, r.status.pid, r.status.shim_pid),
+        (State::Created, 0, 0)
+    );
+    assert!(r.created_at > 0);
+    assert_eq!(f.shim.calls(), vec![]);
+    assert_eq!(f.cgroups.calls(), vec![]);
+    // The shim's configuration waits in the shim directory for StartContainer.
+    let cfg: crius_shim_api::ShimConfig =
+        serde_json::from_slice(&std::fs::read(f.c.shim_dir(&id).join(crius_shim_api::CONFIG_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(
+        (cfg.id.as_str(), cfg.cgroup_path.as_str()),
+        (id.as_str(), f.cgroup(&id).as_str())
+    );
+
+    f.c.start(&id).await.unwrap();
+    let r = f.record(&id).unwrap();
+    assert_eq!(
+        (r.status.state, r.status.pid, r.status.shim_pid),
+        (State::Running, INIT_PID, SHIM_PID)
+    );
+    assert!(r.status.started_at > 0);
+    assert_eq!(
+        f.shim.calls(),
+        vec![
+            ShimCall::Create(id.clone()),
+            ShimCall::Request(id.clone(), Request::Start)
+        ]
+    );
 }
 
 #[tokio::test]
-async fn shim_create_failure_rolls_everything_back_and_frees_the_name() {
+async fn shim_create_failure_at_start_records_start_error_and_undoes_the_runtime() {
     let f = Fixture::new();
+    let id = f.c.create(&f.pod(), config("app")).await.unwrap();
     f.shim.fail_next_create("libcontainer: cannot create container");
-    let err = f.c.create(&f.pod(), config("app")).await.unwrap_err();
+    let err = f.c.start(&id).await.unwrap_err();
     assert!(
         matches!(&err, ContainerError::Shim { source: crate::shim_client::ShimError::CreateFailed(m), .. } if m.contains("libcontainer")),
         "{err:?}"
     );
-    let id = created_id(&f);
-    f.assert_gone(&id);
-    let rootfs = f.c.rootfs_dir(&id);
+    let r = f.record(&id).unwrap();
     assert_eq!(
-        f.mounter.calls(),
-        vec![MountCall::Mount(rootfs.clone()), MountCall::Unmount(rootfs)]
+        (
+            r.status.state,
+            r.status.exit_code,
+            r.status.reason.as_str(),
+            r.status.pid
+        ),
+        (State::Exited, 128, "StartError", 0)
     );
-    // No shim reported, so no socket to ask: the sweep for hung shim processes ran instead.
+    assert!(r.status.finished_at > 0);
+    assert!(r.status.message.contains("libcontainer"), "{}", r.status.message);
+    // No shim reported, so no socket to ask: the sweep for shim processes ran, and the
+    // cgroup the build may have made went; the rootfs and bundle stay for remove.
     assert_eq!(
         f.shim.calls(),
         vec![ShimCall::Create(id.clone()), ShimCall::KillHung(id.clone())]
     );
-    // The cgroup comes from the bundle's spec, which existed when the rollback ran.
     assert_eq!(f.cgroups.calls(), vec![CgroupCall::KillAndRemove(f.cgroup(&id))]);
-
+    assert_eq!(f.mounter.mounted(), vec![f.c.rootfs_dir(&id)]);
+    assert!(f.c.bundle_dir(&id).is_dir());
+    // An exited container does not start again; stop is a no-op; remove clears everything.
+    assert!(matches!(
+        f.c.start(&id).await.unwrap_err(),
+        ContainerError::WrongState { .. }
+    ));
+    f.c.stop(&id, 10).await.unwrap();
+    assert_eq!(f.record(&id).unwrap().status.reason, "StartError");
+    f.c.remove(&id).await.unwrap();
+    f.assert_gone(&id);
     let again = f.c.create(&f.pod(), config("app")).await.unwrap();
     assert_ne!(again, id);
-    assert_eq!(f.record(&again).unwrap().status.state, State::Created);
-    assert!(f.leased(&again));
 }
 
 #[tokio::test]
-async fn record_insert_failing_after_the_shim_reported_shuts_the_shim_down() {
+async fn resources_updated_while_created_are_written_at_start() {
+    let f = Fixture::new();
+    let id = f.c.create(&f.pod(), config("app")).await.unwrap();
+    let update = cri_api::v1::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    };
+    // A bad request is refused as it is for a running container, though no cgroup exists.
+    let mut bad = update.clone();
+    bad.unified.insert("../../cgroup.procs".into(), "1".into());
+    assert!(matches!(
+        f.c.update_resources(&id, Some(bad)).await.unwrap_err(),
+        ContainerError::Invalid(_)
+    ));
+    assert_eq!(f.record(&id).unwrap().status.resources, None);
+    f.c.update_resources(&id, Some(update)).await.unwrap();
+    // No cgroup yet: only recorded.
+    assert_eq!(f.cgroups.calls(), vec![]);
+    let r = f.record(&id).unwrap();
+    assert_eq!(r.status.resources.unwrap().memory_limit_in_bytes, 64 << 20);
+    f.c.start(&id).await.unwrap();
+    assert_eq!(f.cgroups.calls(), vec![CgroupCall::Apply(f.cgroup(&id))]);
+    assert_eq!(
+        f.shim.calls(),
+        vec![
+            ShimCall::Create(id.clone()),
+            ShimCall::Request(id.clone(), Request::Start)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn stop_of_a_never_started_container_records_it_exited_without_a_shim() {
+    let f = Fixture::new();
+    let id = f.c.create(&f.pod(), config("app")).await.unwrap();
+    f.c.stop(&id, 10).await.unwrap();
+    let r = f.record(&id).unwrap();
+    assert_eq!((r.status.state, r.status.exit_code), (State::Exited, 137));
+    assert!(r.status.finished_at > 0);
+    f.c.stop(&id, 10).await.unwrap();
+    assert_eq!(f.shim.calls(), vec![]);
+    assert_eq!(f.c.exit_counts().shims_lost(), 0);
+    f.c.remove(&id).await.unwrap();
+    f.assert_gone(&id);
+}
+
+#[tokio::test]
+async fn record_insert_failing_rolls_everything_back() {
     let f = Fixture::new();
     // Another container takes the name between the up-front check and the insert.
     let records = f.c.records.clone();
     let other = "f".repeat(64);
     let (o, pod) = (other.clone(), f.pod());
-    f.shim.after_next_create(move |cfg| {
-        let mut r = template_record(&cfg.id, &pod);
+    f.mounter.after_next_mount(move |target| {
+        let id = target
+            .parent()
+            .and_then(Path::file_name)
+            .unwrap()
+            .to_string_lossy();
+        let mut r = template_record(&id, &pod);
         r.id = o;
         records.insert(&r).unwrap();
     });
@@ -68,17 +160,18 @@ async fn record_insert_failing_after_the_shim_reported_shuts_the_shim_down() {
         matches!(&err, ContainerError::AlreadyExists { name, id } if *name == key && *id == other),
         "{err:?}"
     );
-    let id = created_id(&f);
+    let MountCall::Mount(target) = &f.mounter.calls()[0] else {
+        panic!("no mount")
+    };
+    let id = target
+        .parent()
+        .and_then(Path::file_name)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     f.assert_gone(&id);
-    // The shim answered its shutdown, so it deleted the container itself: no kill sweep.
-    assert_eq!(
-        f.shim.calls(),
-        vec![
-            ShimCall::Create(id.clone()),
-            ShimCall::Request(id.clone(), Request::Shutdown)
-        ]
-    );
-    assert!(!f.shim.alive(&f.c.shim_dir(&id)));
+    // No shim was ever spawned: only the sweep for shim processes of the bundle.
+    assert_eq!(f.shim.calls(), vec![ShimCall::KillHung(id.clone())]);
     assert_eq!(f.cgroups.calls(), vec![CgroupCall::KillAndRemove(f.cgroup(&id))]);
     // The winner is untouched.
     assert_eq!(f.c.records.name_owner(&key).unwrap(), Some(other.clone()));

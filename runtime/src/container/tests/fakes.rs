@@ -205,9 +205,12 @@ pub(crate) enum MountCall {
     Unmount(PathBuf),
 }
 
+type MountHook = Box<dyn FnOnce(&Path) + Send>;
+
 #[derive(Default)]
 struct MountInner {
     calls: Vec<MountCall>,
+    after_mount: Option<MountHook>,
     mounted: HashSet<PathBuf>,
     fail_mount: Option<nix::errno::Errno>,
     /// How many of the next unmounts fail, and how.
@@ -229,6 +232,10 @@ impl FakeMounter {
     }
     pub(crate) fn fail_next_mount(&self, errno: nix::errno::Errno) {
         self.inner().fail_mount = Some(errno);
+    }
+    /// Runs `hook` with the target right after the next successful `mount`.
+    pub(crate) fn after_next_mount(&self, hook: impl FnOnce(&Path) + Send + 'static) {
+        self.inner().after_mount = Some(Box::new(hook));
     }
     pub(crate) fn fail_unmounts(&self, times: usize, errno: nix::errno::Errno) {
         self.inner().fail_unmount = Some((times, errno));
@@ -266,6 +273,11 @@ impl RootfsMounter for FakeMounter {
             return Err(errno_err("mount overlay at", target, errno));
         }
         s.mounted.insert(target.into());
+        let hook = s.after_mount.take();
+        drop(s);
+        if let Some(hook) = hook {
+            hook(target);
+        }
         Ok(())
     }
 

@@ -38,6 +38,7 @@ async fn the_pods_handler_reaches_the_shim_and_the_record() {
     let mut pod = f.pod();
     pod.runtime_handler = "runc".into();
     let id = f.c.create(&pod, config("app")).await.unwrap();
+    f.c.start(&id).await.unwrap();
     let rt = seen
         .lock()
         .unwrap()

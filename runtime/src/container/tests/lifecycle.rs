@@ -9,12 +9,11 @@ use crate::shim_client::ShimError;
 use crius_shim_api::Request;
 
 #[tokio::test]
-async fn shim_dying_between_create_and_start_is_unavailable_then_stop_and_remove_clean_up() {
+async fn shim_dying_before_the_start_request_is_a_start_error_then_remove_cleans_up() {
     let f = Fixture::new();
     let id = f.c.create(&f.pod(), config("app")).await.unwrap();
-    let r = f.record(&id).unwrap();
-    assert_eq!((r.status.state, r.status.pid), (State::Created, INIT_PID));
-    f.shim.die(&f.c.shim_dir(&id));
+    let shim = f.shim.clone();
+    f.shim.after_next_create(move |cfg| shim.die(&cfg.shim_dir));
 
     let err = f.c.start(&id).await.unwrap_err();
     assert!(
@@ -32,20 +31,15 @@ async fn shim_dying_between_create_and_start_is_unavailable_then_stop_and_remove
         tonic::Code::Unavailable
     );
     let r = f.record(&id).unwrap();
-    assert_eq!(r.status.state, State::Created);
-    assert!(
-        r.status.message.starts_with("start failed: "),
-        "{}",
-        r.status.message
+    assert_eq!(
+        (r.status.state, r.status.exit_code, r.status.reason.as_str()),
+        (State::Exited, 128, "StartError")
     );
+    assert!(r.status.message.contains("not reachable"), "{}", r.status.message);
 
-    // Stop finds the shim gone and records an unknown end.
-    let init = f.record(&id).unwrap().status.pid;
+    // Exited: stop has nothing to do; remove asks the (dead) shim through its socket file,
+    // sweeps, and removes the rest.
     f.c.stop(&id, 10).await.unwrap();
-    let r = f.record(&id).unwrap();
-    assert_eq!((r.status.state, r.status.exit_code), (State::Exited, 255));
-    assert!(r.status.message.contains("shim is gone"), "{}", r.status.message);
-
     f.c.remove(&id).await.unwrap();
     f.assert_gone(&id);
     assert_eq!(
@@ -53,30 +47,18 @@ async fn shim_dying_between_create_and_start_is_unavailable_then_stop_and_remove
         vec![
             ShimCall::Create(id.clone()),
             ShimCall::Request(id.clone(), Request::Start),
-            // CREATED: no grace period, straight to SIGKILL, which finds the shim gone.
-            ShimCall::Request(
-                id.clone(),
-                Request::Kill {
-                    signal: libc::SIGKILL,
-                    all: true
-                }
-            ),
-            // Its socket file is still there, so remove asks, then sweeps.
+            // The failed start's undo: the socket file is there, nobody answers, a sweep.
+            ShimCall::Request(id.clone(), Request::Shutdown),
+            ShimCall::KillHung(id.clone()),
+            // Remove's teardown does the same again.
             ShimCall::Request(id.clone(), Request::Shutdown),
             ShimCall::KillHung(id.clone()),
         ]
     );
-    // With the shim gone, stop kills what is left through the cgroup (never by the recorded
-    // pid, which may be reused); remove then kills and removes the cgroup.
     assert_eq!(
         f.cgroups.calls(),
         vec![
-            CgroupCall::Signal {
-                cgroup: f.cgroup(&id),
-                init,
-                signal: libc::SIGKILL,
-                all: true
-            },
+            CgroupCall::KillAndRemove(f.cgroup(&id)),
             CgroupCall::KillAndRemove(f.cgroup(&id))
         ]
     );

@@ -1,6 +1,6 @@
 //! Start-up recovery against shims that are gone, alive, or never had a record.
 
-use super::fakes::{CgroupCall, MountCall, ShimCall};
+use super::fakes::{CgroupCall, INIT_PID, MountCall, ShimCall};
 use super::*;
 use crate::container::Recovered;
 use crate::container::record::State;
@@ -151,4 +151,82 @@ async fn shim_gone_while_init_runs_is_unknown_and_stop_kills_through_the_cgroup(
     );
     c.remove(&id).await.unwrap();
     f.assert_gone(&id);
+}
+
+#[tokio::test]
+async fn created_container_survives_a_restart_and_starts_after_it() {
+    let f = Fixture::new();
+    let id = f.c.create(&f.pod(), config("app")).await.unwrap();
+    let rootfs = f.c.rootfs_dir(&id);
+    f.mounter.lose(&rootfs);
+
+    let c = f.restarted();
+    let got = c.recover().await;
+    assert_eq!(
+        got,
+        Recovered {
+            containers: 1,
+            reconnected: 1,
+            ..Default::default()
+        }
+    );
+    let r = f.record(&id).unwrap();
+    assert_eq!((r.status.state, r.status.pid), (State::Created, 0));
+    assert!(r.status.message.is_empty(), "{}", r.status.message);
+    // No shim answered: whatever a start could have left is swept, the rootfs is back.
+    assert_eq!(
+        f.shim.calls(),
+        vec![
+            ShimCall::Request(id.clone(), Request::State),
+            ShimCall::KillHung(id.clone())
+        ]
+    );
+    assert_eq!(f.cgroups.calls(), vec![CgroupCall::KillAndRemove(f.cgroup(&id))]);
+    assert_eq!(f.mounter.mounted(), vec![rootfs]);
+
+    c.start(&id).await.unwrap();
+    assert_eq!(f.record(&id).unwrap().status.state, State::Running);
+    c.remove(&id).await.unwrap();
+    f.assert_gone(&id);
+}
+
+#[tokio::test]
+async fn a_shim_spawned_by_an_interrupted_start_is_adopted() {
+    use crate::container::seams::ShimLifecycle;
+    for already_running in [false, true] {
+        let f = Fixture::new();
+        let id = f.c.create(&f.pod(), config("app")).await.unwrap();
+        // The daemon went down inside StartContainer: the shim built the container (and maybe
+        // got the start request), the record still says CREATED without a pid.
+        let cfg = f.c.shim_config_of(&id).unwrap();
+        f.shim.create(&cfg).await.unwrap();
+        if already_running {
+            f.shim.request(&f.c.shim_dir(&id), Request::Start).await.unwrap();
+        }
+
+        let c = f.restarted();
+        assert_eq!(c.recover().await.reconnected, 1);
+        let r = f.record(&id).unwrap();
+        assert_eq!(r.status.pid, INIT_PID);
+        if already_running {
+            assert_eq!(r.status.state, State::Running);
+            assert!(r.status.started_at > 0);
+            assert!(matches!(
+                c.start(&id).await.unwrap_err(),
+                crate::container::ContainerError::WrongState { .. }
+            ));
+        } else {
+            assert_eq!(r.status.state, State::Created);
+            let before = f.shim.calls().len();
+            c.start(&id).await.unwrap();
+            // Only the start request: the adopted shim is not spawned again.
+            assert_eq!(
+                f.shim.calls()[before..],
+                [ShimCall::Request(id.clone(), Request::Start)]
+            );
+            assert_eq!(f.record(&id).unwrap().status.state, State::Running);
+        }
+        c.remove(&id).await.unwrap();
+        f.assert_gone(&id);
+    }
 }
