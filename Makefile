@@ -6,7 +6,7 @@ DEB_PACKAGES := protobuf-compiler libseccomp-dev pkg-config containernetworking-
                 busybox-static iptables iproute2 util-linux jq runc crun openssl
 CNI_CONF_DIR := /etc/cni/net.d
 
-.PHONY: deps build release run test test-node install install-cni fmt bench fuzz clean-test-bridge
+.PHONY: deps build release run test test-node install install-cni fmt bench fuzz
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -72,20 +72,11 @@ install-cni:
 run: build install-cni
 	$(TARGET_DIR)/debug/dist/crius
 
-# The bridge plugin creates the tests' bridge `crius0` (10.85.0.1/16) and never deletes it; once no
-# test is left, a bridge without ports is removed so that it does not keep routes for 10.85.0.0/16.
-clean_test_bridge = if [ -d /sys/class/net/crius0/brif ] && [ -z "$$(ls -A /sys/class/net/crius0/brif)" ]; then \
-	ip link del crius0 && echo "removed the tests' bridge crius0"; fi
-
 # The whole suite: unit tests of every crate and the integration tests in tests/ (root needed).
 test: deps
 	cargo build --workspace --bins
 	$(call dist,,debug)
-	CRIUS_BIN_DIR=$(TARGET_DIR)/debug/dist cargo test --workspace --no-fail-fast; \
-		status=$$?; $(clean_test_bridge); exit $$status
-
-clean-test-bridge:
-	@$(clean_test_bridge)
+	CRIUS_BIN_DIR=$(TARGET_DIR)/debug/dist cargo test --workspace --no-fail-fast
 
 # The integration tests inside a Debian bookworm guest with systemd and cgroup v2, booted with qemu
 # (TCG, no network); the guest image is built once and cached. See tests/node/run.sh.

@@ -289,10 +289,33 @@ impl Runtime {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
             }
         }
+        let bridge = bench_bridge(&self.dir);
         for dir in [&self.state, &self.dir] {
             util::unmount_all_under(dir);
             let _ = std::fs::remove_dir_all(dir);
         }
+        if let Some(bridge) = bridge {
+            remove_idle_bridge(&bridge);
+        }
+    }
+}
+
+/// The bridge the runtime's bench network (`net.d/10-bench.conflist`) puts its pods on.
+fn bench_bridge(dir: &Path) -> Option<String> {
+    let conf = std::fs::read(dir.join("net.d/10-bench.conflist")).ok()?;
+    let conf: serde_json::Value = serde_json::from_slice(&conf).ok()?;
+    conf["plugins"]
+        .as_array()?
+        .iter()
+        .find_map(|p| p["bridge"].as_str().map(str::to_string))
+}
+
+/// The bridge plugin creates the bench's bridge and never deletes it; left behind (down, with
+/// the gateway address), it keeps the routes of its subnet. Removed once no pod is on it.
+fn remove_idle_bridge(bridge: &str) {
+    let ports = Path::new("/sys/class/net").join(bridge).join("brif");
+    if std::fs::read_dir(&ports).is_ok_and(|mut d| d.next().is_none()) {
+        let _ = Command::new("ip").args(["link", "del", bridge]).status();
     }
 }
 
