@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod exit;
 pub mod frame;
 pub mod messages;
+pub mod utc;
 
 pub use checkpoint::{CheckpointReport, CheckpointRequest};
 pub use exit::{ExitFileError, ExitStatus};

@@ -381,27 +381,8 @@ fn lower_entries(lowers: &[PathBuf], rel: &Path) -> BTreeSet<std::ffi::OsString>
     names
 }
 
-/// Seconds since the epoch as RFC 3339 in UTC (`2026-11-30T14:00:00Z`).
-pub fn rfc3339(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days since 1970-01-01 to a proleptic Gregorian date (the era-based civil calendar method).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
+/// The archive's times (RFC 3339 to the second, UTC).
+pub use crius_shim_api::utc::rfc3339;
 
 #[cfg(test)]
 mod tests {
