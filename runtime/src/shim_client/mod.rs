@@ -99,38 +99,15 @@ impl ShimClient {
     /// Writes `shim.json`, starts `crius-shim create` and waits for its report.
     /// Returns `(init pid, shim pid)`.
     pub async fn create(&self, cfg: &ShimConfig) -> Result<(i32, i32), ShimError> {
-        let cfg_path = cfg.shim_dir.join(crius_shim_api::CONFIG_FILE);
-        let body = serde_json::to_vec_pretty(cfg).map_err(|e| ShimError::Config {
-            path: cfg_path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        crate::private::write_file(&cfg_path, &body).map_err(|source| ShimError::Config {
-            path: cfg_path.clone(),
-            source,
-        })?;
-        let log = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(cfg.shim_dir.join(crius_shim_api::SHIM_LOG))
-            .map_err(|source| ShimError::Config {
-                path: cfg.shim_dir.join(crius_shim_api::SHIM_LOG),
-                source,
-            })?;
         let spawn_err = |source| ShimError::Spawn {
             binary: self.binary.clone(),
             source,
         };
-        // The report pipe is the shim's stdout: no pre-exec hook, so std can posix_spawn
-        // (vfork) instead of forking the daemon's whole address space.
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
-        let mut cmd = std::process::Command::new(&self.binary);
-        cmd.arg("create").arg("--config").arg(&cfg_path);
-        cmd.stdin(Stdio::null()).stdout(Stdio::from(w)).stderr(log);
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        // Our copy of the write end goes with `cmd`, so EOF means every shim process closed it.
-        drop(cmd);
+        // The files and the spawn are blocking calls: off the async workers.
+        let (binary, owned_cfg) = (self.binary.clone(), cfg.clone());
+        let (mut child, r) = tokio::task::spawn_blocking(move || spawn_create(&binary, &owned_cfg))
+            .await
+            .map_err(|e| spawn_err(std::io::Error::other(e)))??;
         let report = receiver(r).map_err(spawn_err)?;
         // The first process only forks and exits; reap it off the runtime.
         let _ = tokio::task::spawn_blocking(move || child.wait()).await;
@@ -283,6 +260,46 @@ impl Drop for Child {
             std::thread::spawn(move || c.wait());
         }
     }
+}
+
+/// Writes the shim's config and log files and spawns `crius-shim create` with its report pipe
+/// as stdout. Returns the child (the first process, which only forks and exits) and the pipe's
+/// read end.
+fn spawn_create(binary: &Path, cfg: &ShimConfig) -> Result<(std::process::Child, OwnedFd), ShimError> {
+    let cfg_path = cfg.shim_dir.join(crius_shim_api::CONFIG_FILE);
+    let body = serde_json::to_vec_pretty(cfg).map_err(|e| ShimError::Config {
+        path: cfg_path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    crate::private::write_file(&cfg_path, &body).map_err(|source| ShimError::Config {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let log_path = cfg.shim_dir.join(crius_shim_api::SHIM_LOG);
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(|source| ShimError::Config {
+            path: log_path,
+            source,
+        })?;
+    let spawn_err = |source| ShimError::Spawn {
+        binary: binary.to_path_buf(),
+        source,
+    };
+    // The report pipe is the shim's stdout: no pre-exec hook, so std can posix_spawn
+    // (vfork) instead of forking the daemon's whole address space.
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
+    let mut cmd = std::process::Command::new(binary);
+    cmd.arg("create").arg("--config").arg(&cfg_path);
+    cmd.stdin(Stdio::null()).stdout(Stdio::from(w)).stderr(log);
+    let child = cmd.spawn().map_err(spawn_err)?;
+    // Our copy of the write end goes with `cmd`, so EOF means every shim process closed it.
+    drop(cmd);
+    Ok((child, r))
 }
 
 fn receiver(fd: OwnedFd) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
