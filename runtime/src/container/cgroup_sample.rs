@@ -145,14 +145,20 @@ pub fn read(cgroup: &str) -> Sample {
         pids_current: f("pids", "pids.current"),
         pids_max: f("pids", "pids.max"),
     });
-    s.processes = dir("pids")
-        .filter(|d| d.exists())
-        .or_else(|| dir("memory"))
-        .and_then(|d| count_procs(&d));
+    s.processes = v1_processes(host, cgroup);
     if let Some(d) = dir("hugetlb") {
         s.hugetlb = hugetlb(&d, "usage_in_bytes", Some("max_usage_in_bytes"));
     }
     s
+}
+
+/// The processes of a v1 cgroup's tree, counted in its pids hierarchy, or in its memory
+/// hierarchy where the pids one has no such cgroup.
+pub(crate) fn v1_processes(host: &Hierarchies, cgroup: &str) -> Option<u64> {
+    host.dir("pids", cgroup)
+        .filter(|d| d.exists())
+        .or_else(|| host.dir("memory", cgroup))
+        .and_then(|d| count_procs(&d))
 }
 
 /// The v1 files a sample is made of (their text, `None` when unreadable).

@@ -9,7 +9,9 @@
 
 use crius_sandbox::cgroup::Hierarchies;
 
-use super::cgroup_sample::{Sample, V1Files, V2Files, count_procs, parse_v1, parse_v2, read_capped};
+use super::cgroup_sample::{
+    Sample, V1Files, V2Files, count_procs, parse_v1, parse_v2, read_capped, v1_processes,
+};
 
 /// Samples what the stats RPCs report of the cgroup at the absolute cgroupfs path `cgroup`;
 /// with `processes`, also the processes of its tree.
@@ -45,10 +47,7 @@ pub fn read_usage(cgroup: &str, processes: bool) -> Sample {
         ..V1Files::default()
     });
     if processes {
-        s.processes = dir("pids")
-            .filter(|d| d.exists())
-            .or(memory)
-            .and_then(|d| count_procs(&d));
+        s.processes = v1_processes(host, cgroup);
     }
     s
 }
