@@ -96,14 +96,15 @@ impl ShimClient {
         }
     }
 
-    /// Writes `shim.json`, starts `crius-shim create` and waits for its report.
+    /// Starts `crius-shim create` on the `shim.json` in `cfg.shim_dir` (written by
+    /// CreateContainer; `cfg` is its content) and waits for its report.
     /// Returns `(init pid, shim pid)`.
     pub async fn create(&self, cfg: &ShimConfig) -> Result<(i32, i32), ShimError> {
         let spawn_err = |source| ShimError::Spawn {
             binary: self.binary.clone(),
             source,
         };
-        // The files and the spawn are blocking calls: off the async workers.
+        // The log file and the spawn are blocking calls: off the async workers.
         let (binary, owned_cfg) = (self.binary.clone(), cfg.clone());
         let (mut child, r) = tokio::task::spawn_blocking(move || spawn_create(&binary, &owned_cfg))
             .await
@@ -262,19 +263,11 @@ impl Drop for Child {
     }
 }
 
-/// Writes the shim's config and log files and spawns `crius-shim create` with its report pipe
-/// as stdout. Returns the child (the first process, which only forks and exits) and the pipe's
-/// read end.
+/// Opens the shim's log file and spawns `crius-shim create` on the `shim.json` that
+/// CreateContainer wrote (`cfg` is that file's content), with its report pipe as stdout.
+/// Returns the child (the first process, which only forks and exits) and the pipe's read end.
 fn spawn_create(binary: &Path, cfg: &ShimConfig) -> Result<(std::process::Child, OwnedFd), ShimError> {
     let cfg_path = cfg.shim_dir.join(crius_shim_api::CONFIG_FILE);
-    let body = serde_json::to_vec_pretty(cfg).map_err(|e| ShimError::Config {
-        path: cfg_path.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    crate::private::write_file(&cfg_path, &body).map_err(|source| ShimError::Config {
-        path: cfg_path.clone(),
-        source,
-    })?;
     let log_path = cfg.shim_dir.join(crius_shim_api::SHIM_LOG);
     let log = std::fs::OpenOptions::new()
         .write(true)
