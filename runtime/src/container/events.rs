@@ -108,9 +108,8 @@ impl super::Containers {
         sandbox_id: &str,
     ) -> Result<Vec<cri_api::v1::ContainerStatus>, super::ContainerError> {
         Ok(self
-            .all()?
+            .selected(|r| r.sandbox_id == sandbox_id)?
             .iter()
-            .filter(|r| r.sandbox_id == sandbox_id)
             .map(super::status::to_cri)
             .collect())
     }

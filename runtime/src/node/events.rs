@@ -59,6 +59,12 @@ impl EventBus {
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
+                // Enriching costs a pod status and every container status of the pod; with
+                // nobody subscribed there is no one to read it. A subscriber that arrives
+                // meanwhile only ever receives events published after it subscribed.
+                if bus.subscribers() == 0 {
+                    continue;
+                }
                 let resp = enrich(&containers, &sandboxes, ev).await;
                 bus.publish(resp);
             }

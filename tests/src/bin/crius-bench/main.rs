@@ -8,6 +8,7 @@
 
 mod churn;
 mod flood;
+mod growth;
 mod leaks;
 mod node_report;
 mod node_scale;
@@ -85,8 +86,14 @@ struct Args {
     /// Pods created, started, stopped and removed in the churn scenario 11.
     #[arg(long, default_value_t = 1000)]
     churn_pods: usize,
+    /// Pods filled in scenario 12.
+    #[arg(long, default_value_t = 5)]
+    growth_pods: usize,
+    /// Containers created and started, one after the other, in each pod of scenario 12.
+    #[arg(long, default_value_t = 8)]
+    growth_containers: usize,
     /// Scenarios to run (numbers); all by default.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9,10,11")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9,10,11,12")]
     only: Vec<u32>,
     /// Where to write the Markdown table.
     #[arg(long, default_value = "crius-bench.md")]
@@ -404,6 +411,49 @@ async fn main() -> Result<()> {
             args.churn_pods, args.in_flight
         );
         rows.extend(node_report::churn_rows(&mut rts, args.churn_pods, args.in_flight, &small).await);
+    }
+
+    if run(12) {
+        let per_pod = args.growth_containers.max(1);
+        eprintln!(
+            "scenario 12: {per_pod} containers created and started in each of {} pods",
+            args.growth_pods
+        );
+        let mut fills: BTreeMap<&str, growth::Growth> = BTreeMap::new();
+        let mut unsupported: BTreeMap<&str, String> = BTreeMap::new();
+        for round in 0..args.growth_pods {
+            for k in order(rts.len(), round) {
+                let r = &mut rts[k];
+                if unsupported.contains_key(r.name) {
+                    continue;
+                }
+                let out = fills.entry(r.name).or_default();
+                if let Outcome::Unsupported(m) =
+                    outcome(growth::fill_one_pod(r, round, per_pod, &small, out).await)?
+                {
+                    unsupported.insert(r.name, m);
+                }
+            }
+        }
+        let positions = [(0, "1st"), (per_pod - 1, "last")];
+        for verb in ["CreateContainer", "StartContainer"] {
+            for (pos, label) in positions {
+                let per: BTreeMap<&str, std::result::Result<Vec<Duration>, String>> = names
+                    .iter()
+                    .map(|n| {
+                        let samples = fills.get(n).and_then(|g| g.of(verb).get(&pos)).cloned();
+                        let v = match (samples, unsupported.get(n)) {
+                            (Some(s), _) if !s.is_empty() => Ok(s),
+                            (_, Some(m)) => Err(m.clone()),
+                            _ => Err("no samples".to_string()),
+                        };
+                        (*n, v)
+                    })
+                    .collect();
+                let what = format!("12. {verb}, {label} of {per_pod} containers in one pod");
+                rows.push(times_row(&what, &names, &per));
+            }
+        }
     }
 
     for r in rts {
