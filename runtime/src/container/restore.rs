@@ -59,13 +59,11 @@ impl Containers {
         let extracted = archive::extract(&path, &layer.join(RESTORE_DIR), &Limits::default())
             .map_err(CheckpointError::from)?;
         let candidates = extracted.config.image_candidates();
-        let mut found = None;
-        for c in &candidates {
-            if self.images.get(c).map_err(ContainerError::Image)?.is_some() {
-                found = Some(c.to_string());
-                break;
-            }
-        }
+        // A name the store cannot parse is just not present; the next one may be.
+        let found = candidates
+            .iter()
+            .find(|c| matches!(self.images.get(c), Ok(Some(_))))
+            .map(|c| c.to_string());
         let Some(found) = found else {
             return Err(CheckpointError::RestoreImage {
                 archive: path.display().to_string(),

@@ -210,8 +210,9 @@ fn extract_into(archive: &Path, dest: &Path, limits: &Limits) -> Result<(), Rest
             return Err(invalid(archive, format!("entry {name:?} is nested too deep")));
         }
         match entry.kind {
-            EntryType::Directory => {
-                make_dirs(dest, &rel).map_err(io_at(archive, "create", &dest.join(&rel)))?;
+            // Directories only inside CRIU's image dir: a layout file is never a directory.
+            EntryType::Directory if rel.starts_with(CHECKPOINT_DIR) => {
+                make_dirs(dest, &rel).map_err(conflict(archive, &name, dest, &rel))?;
             }
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.remaining();
@@ -229,19 +230,39 @@ fn extract_into(archive: &Path, dest: &Path, limits: &Limits) -> Result<(), Rest
                     ));
                 }
                 if let Some(parent) = rel.parent() {
-                    make_dirs(dest, parent).map_err(io_at(archive, "create", &dest.join(parent)))?;
+                    make_dirs(dest, parent).map_err(conflict(archive, &name, dest, parent))?;
                 }
                 write_file(archive, dest, &rel, &mut entry, size)?;
             }
             other => {
                 return Err(invalid(
                     archive,
-                    format!("entry {name:?} is a {other:?}; only files and directories are accepted"),
+                    format!(
+                        "entry {name:?} is a {other:?}; only regular files, and directories in \
+                         {CHECKPOINT_DIR}/, are accepted"
+                    ),
                 ));
             }
         }
     }
     Ok(())
+}
+
+/// A `make_dirs` failure: an earlier entry's file where this entry needs a directory is the
+/// archive's fault (Invalid), anything else a local one.
+fn conflict<'a>(
+    archive: &'a Path,
+    name: &'a Path,
+    dest: &'a Path,
+    rel: &'a Path,
+) -> impl FnOnce(io::Error) -> RestoreError + 'a {
+    move |e| match e.kind() {
+        io::ErrorKind::AlreadyExists => invalid(
+            archive,
+            format!("entry {name:?} needs a directory where an earlier entry is a file"),
+        ),
+        _ => io_at(archive, "create", &dest.join(rel))(e),
+    }
 }
 
 /// A tar name as a relative path of normal components (a leading `./` is dropped); `None`
@@ -266,7 +287,7 @@ fn make_dirs(dest: &Path, rel: &Path) -> io::Result<()> {
         p.push(c);
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(io::Error::other("exists and is not a directory")),
+            Ok(_) => return Err(io::ErrorKind::AlreadyExists.into()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 std::fs::DirBuilder::new().mode(0o700).create(&p)?;
             }

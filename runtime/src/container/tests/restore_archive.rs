@@ -180,6 +180,15 @@ fn hostile_entries_are_refused_and_nothing_is_left() {
         "appears twice",
     );
     refused(
+        &archive(|b| raw(b, "spec.dump/", EntryType::Directory, "", b"")),
+        &l,
+        "Directory",
+    );
+    let mut b = tar::Builder::new(Vec::new());
+    file(&mut b, "checkpoint", b"a file");
+    file(&mut b, "checkpoint/inventory.img", b"inv");
+    refused(&b.into_inner().unwrap(), &l, "needs a directory");
+    refused(
         &archive(|b| file(b, "checkpoint/a/b/c.img", b"x")),
         &l,
         "too deep",
