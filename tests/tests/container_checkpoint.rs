@@ -4,7 +4,12 @@
 //! `config.dump`, `spec.dump`, the writable layer as `rootfs-diff.tar` and `deleted.files`.
 //! Where `criu check` fails (newer kernels than bookworm's CRIU knows), the call fails fast with
 //! FailedPrecondition and CRIU's reason, and the container is untouched. Either way: a container
-//! that is not running, a bad location and a restore request are refused.
+//! that is not running and a bad location are refused.
+//!
+//! Restore: CreateContainer from an archive's path (hand-made archives here, so the host runs
+//! it without CRIU) applies the writable layer's changes; hostile or incomplete archives are
+//! InvalidArgument with nothing left behind; StartContainer of a restored container answers
+//! FailedPrecondition (restoring processes is not implemented yet).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -150,11 +155,11 @@ async fn checkpoint_refuses_what_it_cannot_do() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(!location.exists());
 
-    // CRI-O restores when the image is an archive's path; crius cannot restore yet.
+    // CRI-O restores when the image is an archive's path; this one does not exist.
     let mut cfg = w.config("restored", &["sleep", "600"]);
     cfg.image.as_mut().unwrap().image = location.to_string_lossy().into_owned();
     let e = w.create(cfg).await.unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("checkpoint archive"), "{e:?}");
     w.teardown().await.unwrap();
 }
@@ -215,6 +220,7 @@ async fn checkpointed(w: &mut World, id: &str, location: &Path, before: u64) {
     for want in [
         "checkpoint/inventory.img",
         "checkpoint/pstree.img",
+        "checkpoint/descriptors.json",
         "config.dump",
         "spec.dump",
         "rootfs-diff.tar",
@@ -270,9 +276,176 @@ async fn checkpointed(w: &mut World, id: &str, location: &Path, before: u64) {
     assert!(!work.exists(), "{} removed", work.display());
     checkpoint(w, id, location, 120).await.unwrap();
 
-    // Restoring is refused clearly until crius can do it.
+    // A create from the archive restores the writable layer; starting it (restoring the
+    // processes) is refused clearly until crius can do it.
     let mut cfg = w.config("restored", &["sleep", "600"]);
     cfg.image.as_mut().unwrap().image = location.to_string_lossy().into_owned();
-    let e = w.create(cfg).await.unwrap_err();
+    let restored = w.create(cfg).await.unwrap();
+    let upper = w.d.root.join("containers").join(&restored).join("upper");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("written.txt")).unwrap(),
+        "hello\n"
+    );
+    assert!(is_whiteout(&upper.join("keep/gone.txt")), "deleted.files applied");
+    refused_start(w, &restored).await;
+}
+
+fn is_whiteout(p: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
+}
+
+/// Start of a container created from an archive: FailedPrecondition, still CREATED; then it is
+/// removed with its writable layer (and the extracted archive in it).
+async fn refused_start(w: &mut World, id: &str) {
+    let st = w.state(id).await;
+    assert_eq!(st.state, ContainerState::ContainerCreated as i32);
+    assert_eq!(
+        st.image.as_ref().unwrap().image,
+        w.image,
+        "the checkpointed image"
+    );
+    let e = w.start(id).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("not implemented"), "{e:?}");
+    assert_eq!(w.state(id).await.state, ContainerState::ContainerCreated as i32);
+    w.remove(id).await.unwrap();
+    let layer = w.d.root.join("containers").join(id);
+    assert!(!layer.exists(), "{} removed", layer.display());
+}
+
+/// Appends an entry under a raw name (the tar crate's setters refuse `..` and absolute names).
+fn put(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
+    put(b, name, tar::EntryType::Regular, "", data);
+}
+
+/// An archive in CRI-O's layout made by hand: what CreateContainer reads before CRIU is needed.
+/// `parts` leaves out the named layout files; `extra` appends entries.
+fn handmade(image: &str, skip: &[&str], extra: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let mut diff = tar::Builder::new(Vec::new());
+    file(&mut diff, "written.txt", b"hello\n");
+    file(&mut diff, "count", b"7\n");
+    let diff = diff.into_inner().unwrap();
+    let config = serde_json::json!({"id": "c0", "name": "counter", "rootfsImageName": image}).to_string();
+    let spec = r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"args":["sh","-c","sleep 600"],"cwd":"/"},"root":{"path":"rootfs"}}"#;
+    let mut b = tar::Builder::new(Vec::new());
+    let parts: [(&str, &[u8]); 5] = [
+        ("checkpoint/inventory.img", b"inventory"),
+        ("config.dump", config.as_bytes()),
+        ("spec.dump", spec.as_bytes()),
+        ("rootfs-diff.tar", &diff),
+        ("deleted.files", br#"["/keep/gone.txt"]"#),
+    ];
+    for (name, data) in parts {
+        if !skip.contains(&name) {
+            file(&mut b, name, data);
+        }
+    }
+    extra(&mut b);
+    b.into_inner().unwrap()
+}
+
+async fn create_from(w: &mut World, archive: &Path, name: &str) -> Result<String, tonic::Status> {
+    let mut cfg = w.config(name, &["sleep", "600"]);
+    cfg.image.as_mut().unwrap().image = archive.to_string_lossy().into_owned();
+    w.create(cfg).await
+}
+
+#[tokio::test]
+async fn a_restore_applies_the_writable_layer_and_refuses_to_start() {
+    let mut w = World::with_image(image()).await.unwrap();
+    let archive = w.d.dir.join("handmade.tar");
+    std::fs::write(&archive, handmade(&w.image.clone(), &[], |_| {})).unwrap();
+    let id = create_from(&mut w, &archive, "restored").await.unwrap();
+    let upper = w.d.root.join("containers").join(&id).join("upper");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("written.txt")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(std::fs::read_to_string(upper.join("count")).unwrap(), "7\n");
+    assert!(is_whiteout(&upper.join("keep/gone.txt")), "deleted.files applied");
+    assert!(!upper.join("keep/stays.txt").exists());
+    refused_start(&mut w, &id).await;
+    w.teardown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_archives_are_refused_and_leave_nothing() {
+    use tar::EntryType as T;
+    let mut w = World::with_image(image()).await.unwrap();
+    let image = w.image.clone();
+    let huge = |b: &mut tar::Builder<Vec<u8>>| {
+        // A header announcing 64 GiB: refused before any data is read.
+        let mut h = tar::Header::new_gnu();
+        h.set_path("checkpoint/pages-1.img").unwrap();
+        h.set_size(64 << 30);
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not-a-tar", b"just some text that is not a tar archive".to_vec()),
+        ("no-config", handmade(&image, &["config.dump"], |_| {})),
+        ("no-spec", handmade(&image, &["spec.dump"], |_| {})),
+        (
+            "no-images",
+            handmade(&image, &["checkpoint/inventory.img"], |_| {}),
+        ),
+        ("dotdot", handmade(&image, &[], |b| file(b, "../../escape", b"x"))),
+        (
+            "absolute",
+            handmade(&image, &[], |b| file(b, "/tmp/escape", b"x")),
+        ),
+        (
+            "symlink",
+            handmade(&image, &[], |b| put(b, "checkpoint/l", T::Symlink, "/etc", b"")),
+        ),
+        (
+            "hardlink",
+            handmade(&image, &[], |b| put(b, "checkpoint/h", T::Link, "spec.dump", b"")),
+        ),
+        ("oversize", handmade(&image, &[], huge)),
+    ];
+    for (name, body) in cases {
+        let archive = w.d.dir.join(format!("{name}.tar"));
+        std::fs::write(&archive, body).unwrap();
+        let e = create_from(&mut w, &archive, name).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
+        assert!(e.message().contains("checkpoint archive"), "{name}: {e:?}");
+    }
+    assert!(!w.d.dir.join("escape").exists() && !Path::new("/tmp/escape").exists());
+
+    // A valid archive of an image that is not here: FailedPrecondition naming the image.
+    let archive = w.d.dir.join("other-image.tar");
+    std::fs::write(&archive, handmade("registry.invalid/absent:1", &[], |_| {})).unwrap();
+    let e = create_from(&mut w, &archive, "absent").await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("registry.invalid/absent:1"), "{e:?}");
+
+    // Nothing of any attempt is left: no record, no writable layer, no bundle.
+    let listed =
+        w.d.runtime
+            .list_containers(ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+    assert!(listed.is_empty(), "{listed:?}");
+    for dir in [w.d.root.join("containers"), w.d.state.join("containers")] {
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{}: {left:?}", dir.display());
+    }
+    w.teardown().await.unwrap();
 }

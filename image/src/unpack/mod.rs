@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 pub use apply::clean;
-pub use tarstream::{MAX_SPECIAL_ENTRY, TarStream, header_only};
+pub use tarstream::{Entry, MAX_SPECIAL_ENTRY, TarStream, header_only};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {

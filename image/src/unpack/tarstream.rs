@@ -44,6 +44,14 @@ pub struct Entry<'a, R: Read> {
     src: &'a mut TarStream<R>,
 }
 
+impl<R: Read> Entry<'_, R> {
+    /// Data bytes not read yet: before the first read, the size the headers announced (PAX
+    /// `size` applied), which reading never exceeds.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+}
+
 impl<R: Read> Read for Entry<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let want = buf

@@ -14,8 +14,7 @@
 //! whole call is bounded by its timeout (DeadlineExceeded, nothing left at the location); the
 //! container's lock is held throughout, so it is not stopped or removed under the dump.
 //!
-//! Restoring from an archive (CreateContainer with the archive's path as image) is refused with
-//! FailedPrecondition: crius cannot restore yet.
+//! Restoring from an archive (CreateContainer with the archive's path as image) is `restore.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,16 +51,28 @@ pub enum CheckpointError {
         #[source]
         source: ArchiveError,
     },
+    /// The archive is refused (InvalidArgument) or could not be extracted (Internal).
+    #[error(transparent)]
+    Restore(#[from] super::restore_archive::RestoreError),
     #[error(
-        "image {0:?} is a path: restoring a container from a checkpoint archive is not supported by crius"
+        "checkpoint archive {archive}: the checkpointed container's image is not present locally \
+         (tried {images}); pull it first"
     )]
-    RestoreUnsupported(String),
+    RestoreImage { archive: String, images: String },
+    #[error(
+        "container {id} was created from checkpoint archive {archive} (its rootfs changes are \
+         applied), but restoring its processes is not implemented by crius yet; remove it"
+    )]
+    RestoreProcesses { id: String, archive: String },
 }
 
 impl CheckpointError {
     /// The client's request cannot be served on this host or in this state (FailedPrecondition).
     pub fn is_precondition(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::RestoreUnsupported(_))
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::RestoreImage { .. } | Self::RestoreProcesses { .. }
+        )
     }
     /// The call's own timeout passed (DeadlineExceeded).
     pub fn is_deadline(&self) -> bool {
@@ -76,22 +87,11 @@ impl CheckpointError {
     }
     /// The request itself is bad (InvalidArgument).
     pub fn is_invalid(&self) -> bool {
-        matches!(self, Self::Location { .. })
+        matches!(
+            self,
+            Self::Location { .. } | Self::Restore(super::restore_archive::RestoreError::Invalid { .. })
+        )
     }
-}
-
-/// CRI-O accepts a checkpoint archive's path as the image of CreateContainer to restore from
-/// it; an image reference never starts with `/`, so such a request is refused as what it is.
-pub fn refuse_restore(config: &cri_api::v1::ContainerConfig) -> Result<(), ContainerError> {
-    let image = config
-        .image
-        .as_ref()
-        .map(|i| i.image.as_str())
-        .unwrap_or_default();
-    if image.starts_with('/') {
-        return Err(CheckpointError::RestoreUnsupported(image.into()).into());
-    }
-    Ok(())
 }
 
 impl Containers {
@@ -287,24 +287,6 @@ mod tests {
                 "{bad:?}: {e}"
             );
         }
-    }
-
-    #[test]
-    fn a_path_as_image_is_a_refused_restore() {
-        let mut cfg = cri_api::v1::ContainerConfig {
-            image: Some(cri_api::v1::ImageSpec {
-                image: "/var/lib/kubelet/checkpoints/c.tar".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let e = refuse_restore(&cfg).unwrap_err();
-        assert!(
-            matches!(&e, ContainerError::Checkpoint(c) if c.is_precondition()),
-            "{e}"
-        );
-        cfg.image.as_mut().unwrap().image = "registry.k8s.io/pause:3.10".into();
-        assert!(refuse_restore(&cfg).is_ok());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! StartContainer (`start.rs`), so a created container has no process, no cgroup and no
 //! libcontainer state (its record's `pid` is 0 until then).
 //!
+//! An absolute path as image names a checkpoint archive to restore from (`restore.rs`).
+//!
 //! Invariants: the name `<pod>/<name>/<attempt>` is unique (AlreadyExists, checked up front and
 //! again in the transaction that inserts the record); any failure undoes every earlier step
 //! through the one container teardown (`teardown.rs`), whose steps all tolerate not having been
@@ -42,7 +44,6 @@ impl Containers {
             .and_then(|()| cri_api::validate::labels("config.labels", &config.labels))
             .and_then(|()| cri_api::validate::annotations("config.annotations", &config.annotations))
             .map_err(|e| ContainerError::Invalid(e.to_string()))?;
-        super::checkpoint::refuse_restore(&config)?;
         if !pod.ready {
             return Err(ContainerError::PodNotReady(pod.id.clone()));
         }
@@ -105,9 +106,16 @@ impl Containers {
     /// The blocking part of a create before its record: image lookup and lease, directories,
     /// the rootfs mount, the image's account files, the OCI spec (`config.json`) and the shim's
     /// configuration (`shim.json`, read back by StartContainer). Returns the record to insert.
-    fn prepare(&self, id: &str, pod: &PodInfo, config: ContainerConfig) -> Result<Record, ContainerError> {
+    fn prepare(
+        &self,
+        id: &str,
+        pod: &PodInfo,
+        mut config: ContainerConfig,
+    ) -> Result<Record, ContainerError> {
         let id = id.to_string();
         let handler = self.handlers.get(&pod.runtime_handler)?.clone();
+        // An archive as image: extracted first, so a bad archive fails before anything else.
+        let restore = self.extract_checkpoint(&id, &mut config)?;
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if image_name.is_empty() {
             return Err(ContainerError::Invalid("container image is required".into()));
@@ -148,6 +156,9 @@ impl Containers {
         self.mounter
             .mount(&lowers, &self.layer_dir(&id), &rootfs_dir, idmap.as_ref())?;
         crius_sandbox::crash::point("create-container:after-mount");
+        if let Some(r) = &restore {
+            self.apply_checkpoint_rootfs(r, &rootfs_dir)?;
+        }
         // The spec is built from a copy whose idmapped mounts name their staging paths; the
         // record keeps the request's mounts.
         let staged = match &pod.namespaces.user {
@@ -222,6 +233,7 @@ impl Containers {
             uid: user.uid(),
             gid: user.gid(),
             additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            restored_from: restore.map(|r| r.archive),
             status: Status::created(resources),
         };
         let shim_cfg = self.shim_config(&record, &oci);

@@ -37,6 +37,8 @@ mod record;
 mod recover;
 mod remove;
 mod reopen_log;
+mod restore;
+mod restore_archive;
 mod rootfs;
 pub(crate) mod rootfs_idmap;
 mod seams;

@@ -109,6 +109,10 @@ pub struct Record {
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,
+    /// The checkpoint archive the container was created from (its rootfs changes applied at
+    /// create); StartContainer must restore its processes instead of running the spec's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<PathBuf>,
     pub status: Status,
 }
 
@@ -182,6 +186,7 @@ fn salvage(id: &str, v: &serde_json::Value, error: &str) -> Option<Record> {
         uid: 0,
         gid: 0,
         additional_gids: Vec::new(),
+        restored_from: field(v, "/restored_from"),
         status: Status {
             state: State::Unknown,
             pid: field(v, "/status/pid").unwrap_or_default(),
@@ -510,6 +515,7 @@ mod tests {
             uid: 0,
             gid: 0,
             additional_gids: vec![],
+            restored_from: None,
             status: Status::created(None),
         }
     }

@@ -32,6 +32,7 @@ impl Containers {
         let _guard = self.locks.lock(id).await;
         let r = self.refreshed_off(id).await?;
         require_state(&r, &[State::Created], "start")?;
+        super::restore::refuse_start(&r)?;
         match self.start_steps(&r).await {
             Ok(spawned) => {
                 let id = id.clone();

@@ -242,6 +242,7 @@ fn template_record(id: &str, pod: &PodInfo) -> Record {
         uid: 0,
         gid: 0,
         additional_gids: Vec::new(),
+        restored_from: None,
         status: Status::created(None),
     }
 }
