@@ -199,3 +199,78 @@ fn missing_plugin_is_named() {
         "{e}"
     );
 }
+
+#[test]
+fn portmap_without_mappings_is_not_run_and_passes_the_result_through() {
+    let bin = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    fake_plugin(bin.path(), "first", "10.0.0.7");
+    fake_plugin(bin.path(), "portmap", "10.0.0.9");
+    let net = network(
+        bin.path(),
+        r#"{"type":"first"},{"type":"portmap","capabilities":{"portMappings":true}}"#,
+    );
+    let cni = Cni {
+        bin_dirs: vec![bin.path().into()],
+        cache_dir: cache.path().into(),
+    };
+    let mut att = attachment(Path::new("/run/x/net"));
+    att.capability_args.remove("portMappings");
+    let result = cni.add(&net, &att).unwrap();
+    assert_eq!(
+        pod_ips(&result, POD_IFNAME),
+        vec!["10.0.0.7"],
+        "first's result, unchanged"
+    );
+    cni.del(&net, &att, None).unwrap();
+    let log = calls(bin.path());
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log[0].starts_with("first ADD"), "{log:?}");
+    assert!(log[1].starts_with("first DEL"), "{log:?}");
+
+    // With a mapping it runs on both commands, with the mapping in its runtimeConfig.
+    std::fs::remove_file(bin.path().join("calls.log")).unwrap();
+    let att = attachment(Path::new("/run/x/net"));
+    let result = cni.add(&net, &att).unwrap();
+    assert_eq!(pod_ips(&result, POD_IFNAME), vec!["10.0.0.9"]);
+    assert_eq!(
+        stdin_of(bin.path(), "portmap", "ADD")["runtimeConfig"]["portMappings"][0]["hostPort"],
+        8080
+    );
+    cni.del(&net, &att, None).unwrap();
+    let log = calls(bin.path());
+    assert_eq!(log.len(), 4, "{log:?}");
+    assert!(
+        log[1].starts_with("portmap ADD") && log[2].starts_with("portmap DEL"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn portmap_with_mappings_in_the_list_or_first_in_it_still_runs() {
+    let bin = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    fake_plugin(bin.path(), "first", "10.0.0.7");
+    fake_plugin(bin.path(), "portmap", "10.0.0.9");
+    let cni = Cni {
+        bin_dirs: vec![bin.path().into()],
+        cache_dir: cache.path().into(),
+    };
+    let mut att = attachment(Path::new("/run/x/net"));
+    att.capability_args.remove("portMappings");
+    // Mappings written into the list itself are the plugin's business.
+    let fixed = network(
+        bin.path(),
+        r#"{"type":"first"},{"type":"portmap","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":2,"protocol":"tcp"}]}}"#,
+    );
+    cni.add(&fixed, &att).unwrap();
+    // First in the list there is no prevResult to pass through: the plugin runs and decides.
+    let alone = network(bin.path(), r#"{"type":"portmap"}"#);
+    cni.add(&alone, &att).unwrap();
+    let log = calls(bin.path());
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert!(
+        log[1].starts_with("portmap ADD") && log[2].starts_with("portmap ADD"),
+        "{log:?}"
+    );
+}
