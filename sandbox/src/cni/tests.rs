@@ -274,3 +274,27 @@ fn portmap_with_mappings_in_the_list_or_first_in_it_still_runs() {
         "{log:?}"
     );
 }
+
+#[test]
+fn plugins_run_with_one_go_proc_unless_the_daemon_says_otherwise() {
+    let bin = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let script = "#!/bin/sh\ncat > /dev/null\necho \"[$GOMAXPROCS]\" > \"$(dirname \"$0\")/gomaxprocs\"\n\
+                  printf '{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"10.0.0.3/24\"}]}'\n";
+    let path = bin.path().join("gm");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let net = network(bin.path(), r#"{"type":"gm"}"#);
+    let cni = Cni {
+        bin_dirs: vec![bin.path().into()],
+        cache_dir: cache.path().into(),
+    };
+    cni.add(&net, &attachment(Path::new("/run/x/net"))).unwrap();
+    let expected = std::env::var("GOMAXPROCS").unwrap_or_else(|_| "1".into());
+    assert_eq!(
+        std::fs::read_to_string(bin.path().join("gomaxprocs"))
+            .unwrap()
+            .trim(),
+        format!("[{expected}]")
+    );
+}
