@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pathrs::flags::OpenFlags;
@@ -59,9 +59,26 @@ impl Unreadable {
     }
 }
 
-/// The cgroup mounts as read at most [`MOUNT_POINTS_FRESH`] ago (by this process, or by the one
-/// it was cloned from).
+/// The mount points given to [`assume_mount_points`].
+static ASSUMED: OnceLock<Vec<PathBuf>> = OnceLock::new();
+
+/// Makes every later lookup in this process (and in processes cloned from it) answer from
+/// `points` — every `cgroup` mount point of the mount table, in table order — instead of reading
+/// the table (crius patch: its daemon reads them once and hands them to each shim). The first
+/// call wins.
+pub fn assume_mount_points(points: Vec<PathBuf>) {
+    let _ = ASSUMED.set(points);
+}
+
+/// The cgroup mounts given to [`assume_mount_points`], else as read at most
+/// [`MOUNT_POINTS_FRESH`] ago (by this process, or by the one it was cloned from).
 fn cgroup_mount_points() -> Result<CgroupMounts, V1MountPointError> {
+    if let Some(points) = ASSUMED.get() {
+        return Ok(CgroupMounts {
+            points: points.clone(),
+            unreadable: None,
+        });
+    }
     static CACHE: Mutex<Option<(Instant, CgroupMounts)>> = Mutex::new(None);
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((read_at, table)) = cache.as_ref() {
