@@ -116,8 +116,7 @@ impl Cni {
         let mut prev: Option<Value> = None;
         for plugin in &net.plugins {
             let conf = plugin_config(net, plugin, prev.as_ref(), &att.capability_args);
-            if let Some(p) = prev.as_ref().filter(|_| passes_through(plugin, &conf)) {
-                prev = Some(p.clone());
+            if prev.is_some() && passes_through(plugin, &conf) {
                 continue;
             }
             let out = exec::run_plugin(&plugin.plugin_type, &inv, &conf)?;
@@ -186,12 +185,20 @@ impl Cni {
 /// with no `runtimeConfig.portMappings` (none offered, none in the list) prints its
 /// `prevResult` unchanged on ADD and returns at once on DEL. Run without a `prevResult` on ADD,
 /// it fails ("must be called as chained plugin"), so callers skip it only when there is one.
+/// A `runtimeConfig` or `portMappings` of another JSON type is the plugin's to reject.
 fn passes_through(plugin: &PluginConfig, conf: &Value) -> bool {
-    plugin.plugin_type == "portmap"
-        && conf
-            .pointer("/runtimeConfig/portMappings")
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty)
+    if plugin.plugin_type != "portmap" {
+        return false;
+    }
+    match conf.get("runtimeConfig") {
+        None => true,
+        Some(Value::Object(rc)) => match rc.get("portMappings") {
+            None => true,
+            Some(Value::Array(maps)) => maps.is_empty(),
+            Some(_) => false,
+        },
+        Some(_) => false,
+    }
 }
 
 /// The stdin config of one plugin: its own object plus the list's name and version, the previous

@@ -264,15 +264,20 @@ fn portmap_with_mappings_in_the_list_or_first_in_it_still_runs() {
         r#"{"type":"first"},{"type":"portmap","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":2,"protocol":"tcp"}]}}"#,
     );
     cni.add(&fixed, &att).unwrap();
+    // A malformed runtimeConfig is the plugin's to reject.
+    let malformed = network(
+        bin.path(),
+        r#"{"type":"first"},{"type":"portmap","runtimeConfig":{"portMappings":"all"}}"#,
+    );
+    cni.add(&malformed, &att).unwrap();
     // First in the list there is no prevResult to pass through: the plugin runs and decides.
     let alone = network(bin.path(), r#"{"type":"portmap"}"#);
     cni.add(&alone, &att).unwrap();
     let log = calls(bin.path());
-    assert_eq!(log.len(), 3, "{log:?}");
-    assert!(
-        log[1].starts_with("portmap ADD") && log[2].starts_with("portmap ADD"),
-        "{log:?}"
-    );
+    assert_eq!(log.len(), 5, "{log:?}");
+    for i in [1, 3, 4] {
+        assert!(log[i].starts_with("portmap ADD"), "{log:?}");
+    }
 }
 
 #[test]
