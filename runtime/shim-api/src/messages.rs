@@ -60,6 +60,12 @@ pub struct ShimConfig {
     /// before handlers existed): the embedded libcontainer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<OciRuntime>,
+    /// Every cgroup v1 mount point of the host, in mount-table order, as the daemon found them
+    /// when it started: libcgroups takes them instead of reading `/proc/self/mountinfo`, whose
+    /// length grows with every container and pod on the node. `None` (a pure cgroup v2 host, an
+    /// unreadable table, configs written before this existed): libcgroups reads the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_v1_mounts: Option<Vec<PathBuf>>,
 }
 
 /// An external OCI runtime binary (runc, crun, ...) that the shim drives through the OCI

@@ -230,6 +230,10 @@ fn create(config_path: &Path) -> Result<(Monitor, Pid), CreateError> {
         return crate::external::create(cfg, rt, io, ctl, &ctl_path, log);
     }
     let oom_before = proc_setup::read_oom_score_adj();
+    if let Some(points) = &cfg.cgroup_v1_mounts {
+        // Before libcontainer clones its processes, which inherit them.
+        libcgroups::v1::util::assume_mount_points(points.clone());
+    }
 
     let built = build(&cfg, &mut io);
     let container = match built {

@@ -125,6 +125,7 @@ impl Ctr {
             kill_all_on_exit: false,
             poststop_hooks: self.libcontainer_delete,
             runtime: None,
+            cgroup_v1_mounts: None,
         };
         std::fs::write(
             self.shim_dir().join(CONFIG_FILE),

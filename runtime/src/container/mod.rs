@@ -354,6 +354,7 @@ impl Containers {
             kill_all_on_exit: crate::spec::shares_pid_namespace(oci),
             poststop_hooks,
             runtime: r.runtime.clone(),
+            cgroup_v1_mounts: cgroup_v1_mounts(),
         }
     }
 
@@ -566,4 +567,11 @@ pub(crate) fn new_id() -> Result<String, ContainerError> {
         .and_then(|mut f| f.read_exact(&mut b))
         .map_err(io_err("read", Path::new("/dev/urandom")))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// The host's cgroup v1 mount points for the shim's libcgroups (see
+/// [`ShimConfig::cgroup_v1_mounts`]): those the daemon, too, takes as fixed for its lifetime.
+fn cgroup_v1_mounts() -> Option<Vec<PathBuf>> {
+    let h = crius_sandbox::cgroup::Hierarchies::host();
+    (!h.v1.is_empty() && !h.unified_only()).then(|| h.v1.iter().map(|m| m.mount.clone()).collect())
 }

@@ -3,6 +3,12 @@
 //!
 //! Invariants: a plugin is only ever looked up by plain file name in the configured bin dirs; a
 //! plugin that runs longer than the timeout is killed; a failure carries the plugin's own message.
+//!
+//! Plugins inherit the daemon's environment plus the CNI_* variables and, unless the daemon's
+//! environment sets it, `GOMAXPROCS=1`: the plugins are short sequential Go programs, and with one
+//! P per core their runtime starts threads that spin for work and that the kernel must tear down
+//! again (the reaping of a plugin's threads flushes their procfs entries). Measured on 2 cores:
+//! 60 bridge (+ host-local) invocations took 17 % less CPU with it.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -47,7 +53,11 @@ pub fn run_plugin(plugin: &str, inv: &Invocation<'_>, config: &Value) -> Result<
         path: path.clone(),
         source,
     };
-    let mut child = Command::new(&path)
+    let mut cmd = Command::new(&path);
+    if std::env::var_os("GOMAXPROCS").is_none() {
+        cmd.env("GOMAXPROCS", "1");
+    }
+    let mut child = cmd
         .env("CNI_COMMAND", inv.command)
         .env("CNI_CONTAINERID", inv.container_id)
         .env("CNI_NETNS", inv.netns)

@@ -5,6 +5,9 @@
 //! runs DEL, which undoes partial work); DEL runs them in reverse order with the cached ADD result
 //! as `prevResult` (spec ≥ 0.4.0), passes no namespace path once the namespace is gone, tries every
 //! plugin even after one fails, and removes the cache entry only when all of them succeeded.
+//! The one plugin not executed is `portmap` when its config carries no port mapping: the
+//! reference plugin then passes `prevResult` through on ADD and does nothing on DEL (see
+//! [`passes_through`]), and each exec of it costs a Go runtime's start-up.
 
 pub mod cache;
 mod config;
@@ -113,6 +116,9 @@ impl Cni {
         let mut prev: Option<Value> = None;
         for plugin in &net.plugins {
             let conf = plugin_config(net, plugin, prev.as_ref(), &att.capability_args);
+            if prev.is_some() && passes_through(plugin, &conf) {
+                continue;
+            }
             let out = exec::run_plugin(&plugin.plugin_type, &inv, &conf)?;
             if out.is_null() {
                 return Err(CniError::BadOutput {
@@ -158,6 +164,9 @@ impl Cni {
         let mut errors = Vec::new();
         for plugin in net.plugins.iter().rev() {
             let conf = plugin_config(net, plugin, prev, &att.capability_args);
+            if passes_through(plugin, &conf) {
+                continue;
+            }
             if let Err(e) = exec::run_plugin(&plugin.plugin_type, &inv, &conf) {
                 errors.push(e.to_string());
             }
@@ -169,6 +178,26 @@ impl Cni {
             });
         }
         cache::remove(&self.cache_dir, &net.name, att)
+    }
+}
+
+/// Whether running `plugin` with `conf` would change nothing: the reference `portmap` plugin
+/// with no `runtimeConfig.portMappings` (none offered, none in the list) prints its
+/// `prevResult` unchanged on ADD and returns at once on DEL. Run without a `prevResult` on ADD,
+/// it fails ("must be called as chained plugin"), so callers skip it only when there is one.
+/// A `runtimeConfig` or `portMappings` of another JSON type is the plugin's to reject.
+fn passes_through(plugin: &PluginConfig, conf: &Value) -> bool {
+    if plugin.plugin_type != "portmap" {
+        return false;
+    }
+    match conf.get("runtimeConfig") {
+        None => true,
+        Some(Value::Object(rc)) => match rc.get("portMappings") {
+            None => true,
+            Some(Value::Array(maps)) => maps.is_empty(),
+            Some(_) => false,
+        },
+        Some(_) => false,
     }
 }
 

@@ -199,3 +199,107 @@ fn missing_plugin_is_named() {
         "{e}"
     );
 }
+
+#[test]
+fn portmap_without_mappings_is_not_run_and_passes_the_result_through() {
+    let bin = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    fake_plugin(bin.path(), "first", "10.0.0.7");
+    fake_plugin(bin.path(), "portmap", "10.0.0.9");
+    let net = network(
+        bin.path(),
+        r#"{"type":"first"},{"type":"portmap","capabilities":{"portMappings":true}}"#,
+    );
+    let cni = Cni {
+        bin_dirs: vec![bin.path().into()],
+        cache_dir: cache.path().into(),
+    };
+    let mut att = attachment(Path::new("/run/x/net"));
+    att.capability_args.remove("portMappings");
+    let result = cni.add(&net, &att).unwrap();
+    assert_eq!(
+        pod_ips(&result, POD_IFNAME),
+        vec!["10.0.0.7"],
+        "first's result, unchanged"
+    );
+    cni.del(&net, &att, None).unwrap();
+    let log = calls(bin.path());
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log[0].starts_with("first ADD"), "{log:?}");
+    assert!(log[1].starts_with("first DEL"), "{log:?}");
+
+    // With a mapping it runs on both commands, with the mapping in its runtimeConfig.
+    std::fs::remove_file(bin.path().join("calls.log")).unwrap();
+    let att = attachment(Path::new("/run/x/net"));
+    let result = cni.add(&net, &att).unwrap();
+    assert_eq!(pod_ips(&result, POD_IFNAME), vec!["10.0.0.9"]);
+    assert_eq!(
+        stdin_of(bin.path(), "portmap", "ADD")["runtimeConfig"]["portMappings"][0]["hostPort"],
+        8080
+    );
+    cni.del(&net, &att, None).unwrap();
+    let log = calls(bin.path());
+    assert_eq!(log.len(), 4, "{log:?}");
+    assert!(
+        log[1].starts_with("portmap ADD") && log[2].starts_with("portmap DEL"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn portmap_with_mappings_in_the_list_or_first_in_it_still_runs() {
+    let bin = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    fake_plugin(bin.path(), "first", "10.0.0.7");
+    fake_plugin(bin.path(), "portmap", "10.0.0.9");
+    let cni = Cni {
+        bin_dirs: vec![bin.path().into()],
+        cache_dir: cache.path().into(),
+    };
+    let mut att = attachment(Path::new("/run/x/net"));
+    att.capability_args.remove("portMappings");
+    // Mappings written into the list itself are the plugin's business.
+    let fixed = network(
+        bin.path(),
+        r#"{"type":"first"},{"type":"portmap","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":2,"protocol":"tcp"}]}}"#,
+    );
+    cni.add(&fixed, &att).unwrap();
+    // A malformed runtimeConfig is the plugin's to reject.
+    let malformed = network(
+        bin.path(),
+        r#"{"type":"first"},{"type":"portmap","runtimeConfig":{"portMappings":"all"}}"#,
+    );
+    cni.add(&malformed, &att).unwrap();
+    // First in the list there is no prevResult to pass through: the plugin runs and decides.
+    let alone = network(bin.path(), r#"{"type":"portmap"}"#);
+    cni.add(&alone, &att).unwrap();
+    let log = calls(bin.path());
+    assert_eq!(log.len(), 5, "{log:?}");
+    for i in [1, 3, 4] {
+        assert!(log[i].starts_with("portmap ADD"), "{log:?}");
+    }
+}
+
+#[test]
+fn plugins_run_with_one_go_proc_unless_the_daemon_says_otherwise() {
+    let bin = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let script = "#!/bin/sh\ncat > /dev/null\necho \"[$GOMAXPROCS]\" > \"$(dirname \"$0\")/gomaxprocs\"\n\
+                  printf '{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"10.0.0.3/24\"}]}'\n";
+    let path = bin.path().join("gm");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let net = network(bin.path(), r#"{"type":"gm"}"#);
+    let cni = Cni {
+        bin_dirs: vec![bin.path().into()],
+        cache_dir: cache.path().into(),
+    };
+    cni.add(&net, &attachment(Path::new("/run/x/net"))).unwrap();
+    let expected = std::env::var("GOMAXPROCS").unwrap_or_else(|_| "1".into());
+    assert_eq!(
+        std::fs::read_to_string(bin.path().join("gomaxprocs"))
+            .unwrap()
+            .trim(),
+        format!("[{expected}]")
+    );
+}
