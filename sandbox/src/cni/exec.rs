@@ -2,7 +2,9 @@
 //! or error object on stdout).
 //!
 //! Invariants: a plugin is only ever looked up by plain file name in the configured bin dirs; a
-//! plugin that runs longer than the timeout is killed; a failure carries the plugin's own message.
+//! plugin that runs longer than the timeout is killed; a failure carries the plugin's own message;
+//! at most [`STDOUT_CAP`] + [`STDERR_CAP`] bytes of a plugin's output are held, however much it
+//! writes.
 //!
 //! Plugins inherit the daemon's environment plus the CNI_* variables and, unless the daemon's
 //! environment sets it, `GOMAXPROCS=1`: the plugins are short sequential Go programs, and with one
@@ -41,6 +43,32 @@ pub fn find_plugin(bin_dirs: &[PathBuf], plugin: &str) -> Option<PathBuf> {
     bin_dirs.iter().map(|d| d.join(plugin)).find(|p| p.is_file())
 }
 
+/// The most of a plugin's stdout (its result) kept; a result is a few kB.
+const STDOUT_CAP: usize = 1 << 20;
+/// The most of a plugin's stderr kept, for its failure message.
+const STDERR_CAP: usize = 64 << 10;
+
+/// Reads `r` to its end, keeping at most `cap` bytes (the rest is read and dropped, so the
+/// writer never blocks on a full pipe). Returns what was kept and whether anything was dropped.
+fn read_capped(mut r: impl std::io::Read, cap: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut overflow = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let room = cap - kept.len();
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                overflow |= n > room;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    (kept, overflow)
+}
+
 /// Runs `plugin` with `config` on stdin. Returns its stdout parsed as JSON (Null when empty).
 pub fn run_plugin(plugin: &str, inv: &Invocation<'_>, config: &Value) -> Result<Value, CniError> {
     let path = find_plugin(inv.bin_dirs, plugin).ok_or_else(|| CniError::PluginNotFound {
@@ -75,13 +103,18 @@ pub fn run_plugin(plugin: &str, inv: &Invocation<'_>, config: &Value) -> Result<
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let (tx, rx) = mpsc::channel();
     // Feeding stdin happens under the timeout too: a plugin that never reads cannot hang us.
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
     std::thread::spawn(move || {
+        let errs = std::thread::spawn(move || read_capped(stderr, STDERR_CAP));
         // The plugin may exit without reading stdin; a broken pipe then is not our error to report.
         let _ = stdin.write_all(&stdin_bytes);
         drop(stdin);
-        let _ = tx.send(child.wait_with_output());
+        let out = read_capped(stdout, STDOUT_CAP);
+        let err = errs.join().unwrap_or_default();
+        let _ = tx.send(child.wait().map(|status| (status, out, err)));
     });
-    let output = match rx.recv_timeout(PLUGIN_TIMEOUT) {
+    let (status, (stdout, stdout_overflow), (stderr, _)) = match rx.recv_timeout(PLUGIN_TIMEOUT) {
         Ok(out) => out.map_err(spawn_err)?,
         Err(_) => {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
@@ -92,17 +125,24 @@ pub fn run_plugin(plugin: &str, inv: &Invocation<'_>, config: &Value) -> Result<
             });
         }
     };
-    if !output.status.success() {
+    if !status.success() {
         return Err(CniError::PluginFailed {
             plugin: plugin.to_string(),
             command: inv.command.to_string(),
-            message: failure_message(&output.stdout, &output.stderr, output.status),
+            message: failure_message(&stdout, &stderr, status),
         });
     }
-    if output.stdout.iter().all(u8::is_ascii_whitespace) {
+    if stdout_overflow {
+        return Err(CniError::BadOutput {
+            plugin: plugin.to_string(),
+            command: inv.command.to_string(),
+            reason: format!("its result is larger than {STDOUT_CAP} bytes"),
+        });
+    }
+    if stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&output.stdout).map_err(|e| CniError::BadOutput {
+    serde_json::from_slice(&stdout).map_err(|e| CniError::BadOutput {
         plugin: plugin.to_string(),
         command: inv.command.to_string(),
         reason: e.to_string(),

@@ -303,3 +303,38 @@ fn plugins_run_with_one_go_proc_unless_the_daemon_says_otherwise() {
         format!("[{expected}]")
     );
 }
+
+#[test]
+fn a_plugin_flooding_its_output_is_refused_and_only_the_caps_are_held() {
+    let bin = tempfile::tempdir().unwrap();
+    // 8 MiB of result and of stderr: far over both caps; the plugin still runs to its end
+    // (nothing blocks on a full pipe) and its exit status is seen.
+    let script = "#!/bin/sh\ncat >/dev/null\nhead -c 8388608 /dev/zero | tr '\\0' x\n\
+                  head -c 8388608 /dev/zero | tr '\\0' y >&2\nexit \"${EXIT:-0}\"\n";
+    for (name, body) in [
+        ("flood", script.to_string()),
+        ("floodfail", script.replace("${EXIT:-0}", "${EXIT:-1}")),
+    ] {
+        let p = bin.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let inv = exec::Invocation {
+        command: "ADD",
+        container_id: "abc",
+        netns: "/x",
+        ifname: "eth0",
+        args: "",
+        bin_dirs: &[bin.path().into()],
+    };
+    let e = exec::run_plugin("flood", &inv, &json!({}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("larger than 1048576 bytes"), "{e}");
+    let e = exec::run_plugin("floodfail", &inv, &json!({}))
+        .unwrap_err()
+        .to_string();
+    // The failure message is built from the kept stderr only.
+    assert!(e.contains("yyyy"), "{}", &e[..e.len().min(200)]);
+    assert!(e.len() <= (64 << 10) + 200, "message of {} bytes", e.len());
+}
