@@ -57,14 +57,7 @@ fn shims_cpu(r: &Runtime) -> f64 {
 pub async fn log_throughput(r: &mut Runtime, secs: u64, image: &str) -> Result<LogThroughput, Fail> {
     let name = "flood";
     let cfg = pod_config(&r.log_dir(), name);
-    let pod =
-        r.rt.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = r.run_pod(&cfg).await?;
     let log = r.log_dir().join(name).join("yes.log");
     let measured = async {
         let mut c = container_config(image);

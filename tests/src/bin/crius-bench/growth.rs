@@ -40,14 +40,7 @@ pub async fn fill_one_pod(
 ) -> std::result::Result<(), Fail> {
     let name = format!("growth-{round}");
     let cfg = pod_config(&r.log_dir(), &name);
-    let pod_id =
-        r.rt.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = r.run_pod(&cfg).await?;
     let result = async {
         for pos in 0..per_pod {
             let mut config = container_config(image);

@@ -241,6 +241,19 @@ impl Runtime {
         out
     }
 
+    /// RunPodSandbox with `cfg`; returns the pod's id.
+    pub async fn run_pod(&mut self, cfg: &PodSandboxConfig) -> std::result::Result<String, tonic::Status> {
+        Ok(self
+            .rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(cfg.clone()),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id)
+    }
+
     /// Removes every pod this runtime still has (each stopped first).
     pub async fn remove_all_pods(&mut self) -> std::result::Result<(), tonic::Status> {
         let pods = self
