@@ -122,3 +122,30 @@ async fn a_teardown_that_keeps_failing_is_finished_by_the_pods_removal() {
     f.assert_gone(&id);
     assert_eq!(f.c.teardowns.len(), 0);
 }
+
+/// Layer directories in the fixture's layer store.
+fn layer_dirs(f: &Fixture) -> usize {
+    std::fs::read_dir(f.dir.path().join("root/layers"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_image_removed_before_the_teardown_is_freed_once_the_lease_goes() {
+    let f = queued(4);
+    let id = exited(&f, "app").await;
+    assert_eq!(layer_dirs(&f), 2);
+    // RemoveImage while the container still holds its lease: the layers stay.
+    f.images.remove(IMAGE).unwrap();
+    assert_eq!(layer_dirs(&f), 2, "leased layers stay");
+
+    f.c.remove(&id).await.unwrap();
+    f.c.finish_pod_teardowns(POD).await.unwrap();
+    // The release, a moment after the answer, found the image gone and ran the GC.
+    assert!(!f.leased(&id));
+    assert_eq!(layer_dirs(&f), 0, "layers freed with the lease");
+}
