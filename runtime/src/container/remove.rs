@@ -21,7 +21,7 @@ enum First {
     /// Stopped, and its record removed: the queued teardown is left to start.
     Removed(Job),
     /// Still to stop, or the queue had no place: the rest is done step by step.
-    Rest(Record),
+    Rest(Box<Record>),
 }
 
 impl Containers {
@@ -50,7 +50,7 @@ impl Containers {
                 self.spawn_teardown(id, job);
                 return Ok(());
             }
-            First::Rest(r) => r,
+            First::Rest(r) => *r,
         };
         // A never-started container has nothing to stop (and its record goes anyway).
         if !super::stop::never_started(&r) {
@@ -81,11 +81,11 @@ impl Containers {
         };
         let live = matches!(r.status.state, State::Running | State::Created | State::Unknown);
         if live && !super::stop::never_started(&r) {
-            return Ok(First::Rest(r));
+            return Ok(First::Rest(Box::new(r)));
         }
         let job = job_of(&r);
         if !self.teardowns.admit(&r.id, job.clone()) {
-            return Ok(First::Rest(r));
+            return Ok(First::Rest(Box::new(r)));
         }
         match self.forget(&r) {
             Ok(()) => Ok(First::Removed(job)),
