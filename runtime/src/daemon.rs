@@ -19,6 +19,8 @@ use crate::store;
 
 /// How long in-flight RPCs may run after SIGTERM/SIGINT before the daemon exits anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long, after the RPCs, background container teardowns may take at shutdown.
+const TEARDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -203,6 +205,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             shutdown(serve, stop_tx, "SIGINT").await
         }
     };
+    let cut_short = crius.containers.drain_teardowns(TEARDOWN_DRAIN).await;
+    if cut_short > 0 {
+        tracing::warn!(
+            cut_short,
+            "background container teardowns cut short; the next start's recovery finishes them"
+        );
+    }
     recovery.abort();
     events.abort();
     drop(metrics_server);

@@ -10,7 +10,9 @@
 //! last two once CNI ADD and the pod cgroup with its infra process, which run concurrently, are
 //! both done);
 //! `create-container:after-lease`, `:after-mount`, `:after-spec` (blocking thread);
-//! `start-container:after-shim` (the shim built the container, the record is not updated yet).
+//! `start-container:after-shim` (the shim built the container, the record is not updated yet);
+//! `remove-container:teardown` (blocking thread: a background teardown after RemoveContainer
+//! answered and its record's removal is durable, before any teardown step).
 //!
 //! Invariant: the variable is read once, at start-up ([`init`]); without it [`point`] is a no-op.
 

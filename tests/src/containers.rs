@@ -151,6 +151,22 @@ impl World {
         self.d.runtime.remove_container(req).await.map(|_| ())
     }
 
+    /// Waits (up to 5 s) for the teardown RemoveContainer leaves running in the background
+    /// after it answers: until container `id`'s bundle (removed after its shim, cgroup and
+    /// rootfs mount) and writable layer are gone.
+    pub async fn wait_torn_down(&self, id: &str) -> Result<()> {
+        let bundle = self.d.state.join("containers").join(id);
+        let layer = self.d.root.join("containers").join(id);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while bundle.exists() || layer.exists() {
+            if Instant::now() > deadline {
+                bail!("container {id} not torn down within 5 s of its removal");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     pub async fn status(&mut self, id: &str) -> Result<ContainerStatusResponse, tonic::Status> {
         let req = ContainerStatusRequest {
             container_id: id.into(),

@@ -111,6 +111,8 @@ async fn cdi_devices_bring_env_mounts_nodes_and_hooks() {
     // Removal runs the poststop hooks; one that fails does not keep the container.
     w.stop(&a, 0).await.unwrap();
     w.remove(&a).await.unwrap();
+    // The hooks run in the shim's shutdown, part of the teardown that follows the answer.
+    w.wait_torn_down(&a).await.unwrap();
     let state: serde_json::Value = serde_json::from_slice(
         &std::fs::read(hook_out.with_extension("poststop")).expect("poststop hook ran"),
     )

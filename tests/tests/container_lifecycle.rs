@@ -35,6 +35,8 @@ fn cgroup_dirs_named(id: &str) -> Vec<std::path::PathBuf> {
 async fn assert_nothing_left(w: &mut World, id: &str) {
     let st = w.status(id).await.unwrap_err();
     assert_eq!(st.code(), Code::NotFound);
+    // RemoveContainer answers before its teardown finishes in the background.
+    w.wait_torn_down(id).await.unwrap();
     let mounts: Vec<_> = util::mounts_under(&w.d.state)
         .into_iter()
         .filter(|m| m.to_string_lossy().contains(id))

@@ -190,6 +190,14 @@ async fn crash_inside_start_container_keeps_the_built_container_startable() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
     w.stop(&id, 0).await.unwrap();
     w.remove(&id).await.unwrap();
+    // The teardown runs in the background after the answer; the shim exits once shut down.
+    w.wait_torn_down(&id).await.unwrap();
+    for _ in 0..100 {
+        if util::pids_mentioning(&id).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(util::pids_mentioning(&id).is_empty(), "processes left");
     assert!(container_cgroups(&w.pod).is_empty(), "container cgroups left");
     assert!(
@@ -291,10 +299,11 @@ async fn create_and_remove_that_answered_survive_a_sigkill() {
     w.stop(&id, 0).await.unwrap();
     w.remove(&id).await.unwrap();
     w.d.kill().await.unwrap();
-    // The release commits without its own fsync too; the record's removal carries it.
-    let (records, leases) = on_disk(&w.d.root);
+    // The record's removal is durable at the answer. The lease goes with the teardown, which
+    // runs in the background after the answer (and commits without its own fsync): it may be
+    // on disk still, for recovery to release.
+    let (records, _) = on_disk(&w.d.root);
     assert!(records.is_empty(), "removed record back: {records:?}");
-    assert!(leases.is_empty(), "released lease back: {leases:?}");
 
     w.d.restart().await.unwrap();
     let listed = w.d.containers().await;
@@ -306,5 +315,12 @@ async fn create_and_remove_that_answered_survive_a_sigkill() {
         "libcontainer state left"
     );
     assert!(container_cgroups(&w.pod).is_empty(), "container cgroups left");
+    // Recovery released the lease (no fsync of its own); the next durable commit, this create's
+    // record, carries it to the disk.
+    let probe = w.create(w.config("probe", &["sleep", "1000"])).await.unwrap();
+    w.d.kill().await.unwrap();
+    let (_, leases) = on_disk(&w.d.root);
+    assert_eq!(leases, vec![probe], "released lease back");
+    w.d.restart().await.unwrap();
     w.teardown().await.unwrap();
 }

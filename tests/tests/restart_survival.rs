@@ -282,6 +282,9 @@ async fn containers_whose_shim_died_with_the_daemon_are_unknown_or_exited() {
     wait_gone(orphan_pid).await;
     w.remove(&orphan).await.unwrap();
     w.remove(&lost).await.unwrap();
+    // Their teardowns run in the background after the answers.
+    w.wait_torn_down(&orphan).await.unwrap();
+    w.wait_torn_down(&lost).await.unwrap();
     assert!(
         std::fs::read_dir(w.d.state.join("containers"))
             .unwrap()

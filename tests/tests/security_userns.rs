@@ -396,6 +396,7 @@ async fn a_userns_container_owns_its_cgroup_on_cgroup_v2() {
         // Removing the container removes the sub-cgroup its root made, then its cgroup.
         w.stop(&id, 5).await.unwrap();
         w.remove(&id).await.unwrap();
+        w.wait_torn_down(&id).await.unwrap();
         assert!(!dir.exists(), "{} is left behind", dir.display());
     } else {
         // cgroup v1: the memory hierarchy's dir of the container stays the host root's.
@@ -528,6 +529,7 @@ async fn a_mount_with_the_pods_mappings_is_idmapped() {
     );
     w.stop(&id, 5).await.unwrap();
     w.remove(&id).await.unwrap();
+    w.wait_torn_down(&id).await.unwrap();
     assert_eq!(
         crius_tests::util::mounts_under(&w.d.state.join("containers").join(&id)),
         Vec::<std::path::PathBuf>::new()

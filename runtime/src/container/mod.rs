@@ -49,6 +49,7 @@ mod status;
 pub(crate) mod stdio;
 mod stop;
 mod teardown;
+mod teardown_queue;
 mod update;
 mod watch;
 
@@ -190,6 +191,8 @@ pub struct Containers {
     cdi_spec_dirs: Vec<PathBuf>,
     /// The runtime handlers in force (a pod's handler picks its containers' runtime).
     handlers: crate::handlers::Handlers,
+    /// Teardowns RemoveContainer handed off after the record's removal (`teardown_queue.rs`).
+    teardowns: teardown_queue::TeardownQueue,
 }
 
 impl Containers {
@@ -221,7 +224,22 @@ impl Containers {
             ),
             cdi_spec_dirs: crate::cdi::CdiConfig::default().spec_dirs,
             handlers: Default::default(),
+            teardowns: teardown_queue::TeardownQueue::new(teardown_queue::CAPACITY),
         })
+    }
+
+    /// Holds at most `capacity` background teardowns (0: RemoveContainer always tears down
+    /// inline, before the record goes).
+    #[cfg(test)]
+    pub(crate) fn with_teardown_capacity(mut self, capacity: usize) -> Self {
+        self.teardowns = teardown_queue::TeardownQueue::new(capacity);
+        self
+    }
+
+    /// Daemon shutdown: later removes tear down inline; the background teardowns get `grace` to
+    /// finish. Returns how many were cut short (start-up recovery's orphan sweep finishes them).
+    pub async fn drain_teardowns(&self, grace: std::time::Duration) -> usize {
+        self.teardowns.close_and_drain(grace).await
     }
 
     /// Reads CDI device specs from `dirs` (lowest priority first) instead of the defaults.

@@ -86,6 +86,10 @@ impl ContainerHook for PodHook {
         for id in self.containers.ids_in_pod(sandbox_id)? {
             self.runtime.block_on(self.containers.remove(&id))?;
         }
+        // The pod's cgroup, mounts and namespaces go next: its containers' background
+        // teardowns (these removes' and earlier RemoveContainers') must be done first.
+        self.runtime
+            .block_on(self.containers.finish_pod_teardowns(sandbox_id))?;
         // The pod's own reading (its record goes next).
         self.containers.stats_cache.forget(sandbox_id);
         Ok(())

@@ -1,38 +1,114 @@
-//! RemoveContainer: stop if needed, the one container teardown (`teardown.rs`), then forget the
-//! record.
+//! RemoveContainer: stop if needed, forget the record (durably), and hand the one container
+//! teardown (`teardown.rs`) to the background queue (`teardown_queue.rs`) — or, when the queue
+//! is full or closed, run it inline before the record goes, as before there was a queue.
 //!
-//! Invariants: removing an unknown container succeeds; the record goes only after the teardown
-//! fully succeeded, and every teardown step tolerates having been done already, so a remove that
-//! failed half-way can simply be retried.
+//! Invariants: removing an unknown container succeeds (a second remove of the same id too);
+//! once the RPC answered, the record's removal is on disk (its commit is fsynced), so after any
+//! crash the container never comes back — its leftovers are orphans that start-up recovery
+//! removes; the container is NotFound and its name free at the answer. Inline, the record goes
+//! only after the teardown fully succeeded, so a remove that failed half-way can be retried.
 
 use std::sync::Arc;
 
+use super::record::{Record, State};
+use super::teardown_queue::Job;
 use super::{ContainerError, Containers};
+
+/// What the first look at a container under its lock found or did.
+enum First {
+    /// No such container (any more).
+    Gone,
+    /// Stopped, and its record removed: the queued teardown is left to start.
+    Removed(Job),
+    /// Still to stop, or the queue had no place: the rest is done step by step.
+    Rest(Box<Record>),
+}
 
 impl Containers {
     /// CRI: RemoveContainer.
     pub async fn remove(self: &Arc<Self>, query: &str) -> Result<(), ContainerError> {
-        let Some(id) = self.resolve_off(query).await? else {
-            return Ok(());
+        // A full id (what the kubelet sends) is its own resolution: locked at once, and looked
+        // up in the hop below; only a prefix costs a resolving hop first.
+        let full = query.len() == cri_api::validate::ID_LEN && cri_api::validate::plausible_id(query);
+        let id = if full {
+            query.to_string()
+        } else {
+            match self.resolve_off(query).await? {
+                Some(id) => id,
+                None => return Ok(()),
+            }
         };
-        let id = id.as_str();
-        let _guard = self.locks.lock(id).await;
-        let r = match self.refreshed_off(id).await {
-            Ok(r) => r,
-            Err(ContainerError::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
+        let _guard = self.locks.lock(&id).await;
+        // The common case — an exited container, a place in the queue — in one blocking hop.
+        let first = {
+            let id = id.clone();
+            self.blocking(move |c| c.remove_if_stopped(&id)).await?
+        };
+        let r = match first {
+            First::Gone => return Ok(()),
+            First::Removed(job) => {
+                self.spawn_teardown(id, job);
+                return Ok(());
+            }
+            First::Rest(r) => *r,
         };
         // A never-started container has nothing to stop (and its record goes anyway).
         if !super::stop::never_started(&r) {
             self.stop_locked(r.clone(), 0).await?;
         }
-        self.teardown(id, Some(r.cgroup_path.clone())).await?;
-        self.blocking(move |c| {
-            c.records.remove(&r)?;
-            c.stats_cache.forget(&r.id);
-            c.events.send(&r.id, &r.sandbox_id, super::EventKind::Deleted);
-            Ok(())
-        })
-        .await
+        let job = job_of(&r);
+        if self.teardowns.admit(&r.id, job.clone()) {
+            let res = self.blocking(move |c| c.forget(&r)).await;
+            if let Err(e) = res {
+                self.teardowns.cancel(&id);
+                return Err(e);
+            }
+            self.spawn_teardown(id, job);
+            return Ok(());
+        }
+        // Back-pressure: the queue is full (or the daemon is stopping).
+        self.teardown(&id, Some(job.cgroup)).await?;
+        self.blocking(move |c| c.forget(&r)).await
+    }
+
+    /// Under the container's lock: removes the record of a container with nothing left to
+    /// stop when the queue admits its teardown (the caller then starts it).
+    fn remove_if_stopped(&self, id: &str) -> Result<First, ContainerError> {
+        let r = match self.refreshed(id) {
+            Ok(r) => r,
+            Err(ContainerError::NotFound(_)) => return Ok(First::Gone),
+            Err(e) => return Err(e),
+        };
+        let live = matches!(r.status.state, State::Running | State::Created | State::Unknown);
+        if live && !super::stop::never_started(&r) {
+            return Ok(First::Rest(Box::new(r)));
+        }
+        let job = job_of(&r);
+        if !self.teardowns.admit(&r.id, job.clone()) {
+            return Ok(First::Rest(Box::new(r)));
+        }
+        match self.forget(&r) {
+            Ok(()) => Ok(First::Removed(job)),
+            Err(e) => {
+                self.teardowns.cancel(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the record and its name (one durable commit), the container's stats reading,
+    /// and publishes CONTAINER_DELETED.
+    fn forget(&self, r: &Record) -> Result<(), ContainerError> {
+        self.records.remove(r)?;
+        self.stats_cache.forget(&r.id);
+        self.events.send(&r.id, &r.sandbox_id, super::EventKind::Deleted);
+        Ok(())
+    }
+}
+
+fn job_of(r: &Record) -> Job {
+    Job {
+        sandbox_id: r.sandbox_id.clone(),
+        cgroup: r.cgroup_path.clone(),
     }
 }

@@ -11,6 +11,7 @@ mod handlers;
 mod lifecycle;
 mod list_exits;
 mod recover;
+mod remove_queue;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -172,6 +173,9 @@ fn build(
     Arc::new(
         Containers::new(db.clone(), images.clone(), &dir.join("root"), &dir.join("state"))
             .unwrap()
-            .with_seams(shim.clone(), mounter.clone(), cgroups.clone()),
+            .with_seams(shim.clone(), mounter.clone(), cgroups.clone())
+            // Inline teardowns (the queue's back-pressure path), so each test sees a remove's
+            // whole effect when it answers; `remove_queue.rs` tests the background path.
+            .with_teardown_capacity(0),
     )
 }
