@@ -60,6 +60,10 @@ pub struct ShimConfig {
     /// before handlers existed): the embedded libcontainer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<OciRuntime>,
+    /// The container was created from a checkpoint archive: the shim restores its processes
+    /// from these CRIU images (the extracted archive's `checkpoint/`) instead of building it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_images: Option<PathBuf>,
 }
 
 /// An external OCI runtime binary (runc, crun, ...) that the shim drives through the OCI

@@ -125,6 +125,7 @@ impl Ctr {
             kill_all_on_exit: false,
             poststop_hooks: self.libcontainer_delete,
             runtime: None,
+            restore_images: None,
         };
         std::fs::write(
             self.shim_dir().join(CONFIG_FILE),

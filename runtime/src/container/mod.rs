@@ -354,6 +354,11 @@ impl Containers {
             kill_all_on_exit: crate::spec::shares_pid_namespace(oci),
             poststop_hooks,
             runtime: r.runtime.clone(),
+            restore_images: r.restored_from.as_ref().map(|_| {
+                self.layer_dir(&r.id)
+                    .join(restore::RESTORE_DIR)
+                    .join(checkpoint_archive::CHECKPOINT_DIR)
+            }),
         }
     }
 

@@ -15,8 +15,8 @@
 //!
 //! Invariants: the extraction dir lives in the writable layer's dir, so the one container
 //! teardown removes it with the layer (a failed create, RemoveContainer, recovery of orphans).
-//! Restoring the processes is not implemented: StartContainer of such a container answers
-//! FailedPrecondition and leaves it CREATED, never starting the spec's process in its place.
+//! StartContainer of such a container restores the checkpointed processes (the shim runs
+//! `criu restore`, see the shim's `restore`), never the spec's process in their place.
 
 use std::path::{Path, PathBuf};
 
@@ -86,17 +86,21 @@ impl Containers {
     }
 }
 
-/// StartContainer of a container created from a checkpoint: restoring its processes is not
-/// implemented, so the start is refused before anything is spawned (the container stays
-/// CREATED and can be removed).
-pub(super) fn refuse_start(r: &Record) -> Result<(), ContainerError> {
-    match &r.restored_from {
-        Some(archive) => Err(CheckpointError::RestoreProcesses {
+/// StartContainer of a container created from a checkpoint: the shim restores its processes
+/// with CRIU, so a host where CRIU cannot run refuses at once (FailedPrecondition, with CRIU's
+/// reason) before a shim is spawned; the start then fails as any start does (EXITED,
+/// `StartError`).
+pub(super) async fn check_start(r: &Record) -> Result<(), ContainerError> {
+    if r.restored_from.is_none() {
+        return Ok(());
+    }
+    match super::criu::available().await {
+        Ok(_) => Ok(()),
+        Err(reason) => Err(CheckpointError::RestoreUnavailable {
             id: r.id.clone(),
-            archive: archive.display().to_string(),
+            reason,
         }
         .into()),
-        None => Ok(()),
     }
 }
 
