@@ -57,6 +57,8 @@ pub enum CreateError {
     Build { id: String, message: String },
     #[error("could not create container {id}: {message}")]
     External { id: String, message: String },
+    #[error("could not restore container {id}: {message}")]
+    Restore { id: String, message: String },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CreateError {

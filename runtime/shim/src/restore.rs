@@ -53,9 +53,9 @@ const FALLBACK_DIRS: [&str; 3] = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
 
 /// Restores the container of `cfg` from `images`; returns the restored init.
 pub fn restore(cfg: &ShimConfig, images: &Path, io: &mut ShimStdio) -> Result<Pid, CreateError> {
-    let fail = |message: String| CreateError::Build {
+    let fail = |message: String| CreateError::Restore {
         id: cfg.id.clone(),
-        message: format!("restore from {}: {message}", images.display()),
+        message: format!("from {}: {message}", images.display()),
     };
     if cfg.terminal {
         return Err(fail("a container with a terminal cannot be restored".into()));

@@ -87,12 +87,30 @@ impl Containers {
 }
 
 /// StartContainer of a container created from a checkpoint: the shim restores its processes
-/// with CRIU, so a host where CRIU cannot run refuses at once (FailedPrecondition, with CRIU's
-/// reason) before a shim is spawned; the start then fails as any start does (EXITED,
+/// with CRIU, so a host where CRIU cannot run, an external runtime's container or one with a
+/// terminal is refused at once (FailedPrecondition, with the reason) before a shim is spawned; the start then fails as any start does (EXITED,
 /// `StartError`).
 pub(super) async fn check_start(r: &Record) -> Result<(), ContainerError> {
     if r.restored_from.is_none() {
         return Ok(());
+    }
+    let unsupported = |reason: String| {
+        Err(CheckpointError::RestoreUnavailable {
+            id: r.id.clone(),
+            reason,
+        }
+        .into())
+    };
+    // The shim restores with CRIU and libcontainer's state; an external runtime would not know
+    // the container, and a terminal's pty cannot be handed over.
+    if let Some(rt) = &r.runtime {
+        return unsupported(format!(
+            "restoring is done by the embedded runtime, not runtime handler {}",
+            rt.handler
+        ));
+    }
+    if r.config.tty {
+        return unsupported("a container with a terminal cannot be restored".into());
     }
     match super::criu::available().await {
         Ok(_) => Ok(()),
