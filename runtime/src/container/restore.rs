@@ -88,8 +88,8 @@ impl Containers {
 
 /// StartContainer of a container created from a checkpoint: the shim restores its processes
 /// with CRIU, so a host where CRIU cannot run, an external runtime's container or one with a
-/// terminal is refused at once (FailedPrecondition, with the reason) before a shim is spawned; the start then fails as any start does (EXITED,
-/// `StartError`).
+/// terminal is refused at once (FailedPrecondition, with the reason) before a shim is
+/// spawned; the start then fails as any start does (EXITED, `StartError`).
 pub(super) async fn check_start(r: &Record) -> Result<(), ContainerError> {
     if r.restored_from.is_none() {
         return Ok(());
@@ -114,11 +114,7 @@ pub(super) async fn check_start(r: &Record) -> Result<(), ContainerError> {
     }
     match super::criu::available().await {
         Ok(_) => Ok(()),
-        Err(reason) => Err(CheckpointError::RestoreUnavailable {
-            id: r.id.clone(),
-            reason,
-        }
-        .into()),
+        Err(reason) => unsupported(reason),
     }
 }
 

@@ -1,8 +1,8 @@
 //! StartContainer: spawns the container's shim, which builds the container (libcontainer, or
 //! `create` of the pod handler's OCI runtime) — or, for a container created from a checkpoint
-//! archive, restores its processes with CRIU (`restore`) — and reports its init pid; writes resources that
-//! UpdateContainerResources changed while the container was CREATED into the new cgroup; asks
-//! the shim to let the container run; records RUNNING.
+//! archive, restores its processes with CRIU (`restore`) — and reports its init pid; writes
+//! resources that UpdateContainerResources changed while the container was CREATED into the
+//! new cgroup; asks the shim to let the container run; records RUNNING.
 //!
 //! Invariants: only a CREATED container starts (FailedPrecondition otherwise). A CREATED record
 //! whose `pid` is 0 has no shim yet; one with a pid has a shim that a start interrupted by a
