@@ -66,6 +66,10 @@ pub struct ShimConfig {
     /// unreadable table, configs written before this existed): libcgroups reads the table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_v1_mounts: Option<Vec<PathBuf>>,
+    /// The container was created from a checkpoint archive: the shim restores its processes
+    /// from these CRIU images (the extracted archive's `checkpoint/`) instead of building it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_images: Option<PathBuf>,
 }
 
 /// An external OCI runtime binary (runc, crun, ...) that the shim drives through the OCI

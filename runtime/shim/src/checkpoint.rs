@@ -99,8 +99,8 @@ fn with_runtime(req: &CheckpointRequest, rt: &crius_shim_api::OciRuntime) -> Res
     crate::oci_cli::run(rt, cmd, "checkpoint", RUNTIME_TIMEOUT).map(|_| ())
 }
 
-/// The last [`LOG_TAIL`] bytes of CRIU's log, from a line start, on one line.
-fn log_tail(path: &Path) -> Option<String> {
+/// The last [`LOG_TAIL`] bytes of a CRIU log, from a line start, on one line.
+pub(crate) fn log_tail(path: &Path) -> Option<String> {
     let mut f = File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
     f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL))).ok()?;

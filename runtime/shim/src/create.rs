@@ -57,6 +57,8 @@ pub enum CreateError {
     Build { id: String, message: String },
     #[error("could not create container {id}: {message}")]
     External { id: String, message: String },
+    #[error("could not restore container {id}: {message}")]
+    Restore { id: String, message: String },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CreateError {
@@ -226,6 +228,9 @@ fn create(config_path: &Path) -> Result<(Monitor, Pid), CreateError> {
         cfg.log_path.as_deref().unwrap_or(Path::new("")).display()
     )))?;
     let mut io = stdio(&cfg)?;
+    if let Some(images) = cfg.restore_images.clone() {
+        return restored(cfg, &images, io, ctl, &ctl_path, log);
+    }
     if let Some(rt) = cfg.runtime.clone() {
         return crate::external::create(cfg, rt, io, ctl, &ctl_path, log);
     }
@@ -272,6 +277,32 @@ fn create(config_path: &Path) -> Result<(Monitor, Pid), CreateError> {
     monitor.starter = Some(Box::new(move || {
         container.start().map_err(|e| format!("start: {e}"))
     }));
+    Ok((monitor, pid))
+}
+
+/// A container restored from checkpoint images (`restore`): its processes already run, so
+/// the daemon's start request only lets the monitor take over.
+fn restored(
+    cfg: ShimConfig,
+    images: &Path,
+    mut io: ShimStdio,
+    ctl: UnixListener,
+    ctl_path: &Path,
+    log: LogFile,
+) -> Result<(Monitor, Pid), CreateError> {
+    let pid = match crate::restore::restore(&cfg, images, &mut io) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = fs::remove_file(ctl_path);
+            return Err(e);
+        }
+    };
+    let stdout_fd = io.stdout.take();
+    let mut monitor = created_monitor(cfg, pid, stdout_fd, &mut io, ctl, log).map_err(|(what, e)| {
+        let _ = fs::remove_file(ctl_path);
+        io_err(what)(e.into())
+    })?;
+    monitor.starter = Some(Box::new(|| Ok(())));
     Ok((monitor, pid))
 }
 

@@ -23,6 +23,7 @@ mod oci_cli;
 mod pause;
 mod proc_setup;
 mod reexec;
+mod restore;
 mod systemd;
 mod teardown;
 mod tenant_root;

@@ -126,6 +126,7 @@ impl Ctr {
             poststop_hooks: self.libcontainer_delete,
             runtime: None,
             cgroup_v1_mounts: None,
+            restore_images: None,
         };
         std::fs::write(
             self.shim_dir().join(CONFIG_FILE),

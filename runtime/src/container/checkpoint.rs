@@ -41,6 +41,8 @@ pub enum CheckpointError {
     Location { location: String, reason: String },
     #[error("cannot checkpoint container {id}: {reason}")]
     Unavailable { id: String, reason: String },
+    #[error("cannot restore the processes of container {id}: {reason}")]
+    RestoreUnavailable { id: String, reason: String },
     #[error("checkpoint of container {id} did not finish within {seconds}s")]
     Deadline { id: String, seconds: u64 },
     #[error("checkpoint of container {id} failed: {message}")]
@@ -59,11 +61,6 @@ pub enum CheckpointError {
          (tried {images}); pull it first"
     )]
     RestoreImage { archive: String, images: String },
-    #[error(
-        "container {id} was created from checkpoint archive {archive} (its rootfs changes are \
-         applied), but restoring its processes is not implemented by crius yet; remove it"
-    )]
-    RestoreProcesses { id: String, archive: String },
 }
 
 impl CheckpointError {
@@ -71,7 +68,7 @@ impl CheckpointError {
     pub fn is_precondition(&self) -> bool {
         matches!(
             self,
-            Self::Unavailable { .. } | Self::RestoreImage { .. } | Self::RestoreProcesses { .. }
+            Self::Unavailable { .. } | Self::RestoreUnavailable { .. } | Self::RestoreImage { .. }
         )
     }
     /// The call's own timeout passed (DeadlineExceeded).

@@ -1,7 +1,8 @@
-//! Whether this host can checkpoint: a `criu` binary of a usable version whose `criu check`
-//! passes on the running kernel. Decided on the first CheckpointContainer and cached for the
-//! daemon's life (the kernel does not change under a running daemon; installing CRIU takes a
-//! restart to notice). A check that could not finish (timeout, spawn failure) is not a verdict:
+//! Whether this host can checkpoint (and restore): a `criu` binary of a usable version whose
+//! `criu check` passes on the running kernel. Decided on the first CheckpointContainer (or
+//! StartContainer of a container created from a checkpoint archive) and cached for the daemon's
+//! life (the kernel does not change under a running daemon; installing CRIU takes a restart to
+//! notice). A check that could not finish (timeout, spawn failure) is not a verdict:
 //! the next call checks again.
 //!
 //! Invariants: the check never hangs a request (every command runs under [`CHECK_TIMEOUT`] and

@@ -373,6 +373,11 @@ impl Containers {
             poststop_hooks,
             runtime: r.runtime.clone(),
             cgroup_v1_mounts: cgroup_v1_mounts(),
+            restore_images: r.restored_from.as_ref().map(|_| {
+                self.layer_dir(&r.id)
+                    .join(restore::RESTORE_DIR)
+                    .join(checkpoint_archive::CHECKPOINT_DIR)
+            }),
         }
     }
 

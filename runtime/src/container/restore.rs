@@ -15,8 +15,8 @@
 //!
 //! Invariants: the extraction dir lives in the writable layer's dir, so the one container
 //! teardown removes it with the layer (a failed create, RemoveContainer, recovery of orphans).
-//! Restoring the processes is not implemented: StartContainer of such a container answers
-//! FailedPrecondition and leaves it CREATED, never starting the spec's process in its place.
+//! StartContainer of such a container restores the checkpointed processes (the shim runs
+//! `criu restore`, see the shim's `restore`), never the spec's process in their place.
 
 use std::path::{Path, PathBuf};
 
@@ -86,17 +86,35 @@ impl Containers {
     }
 }
 
-/// StartContainer of a container created from a checkpoint: restoring its processes is not
-/// implemented, so the start is refused before anything is spawned (the container stays
-/// CREATED and can be removed).
-pub(super) fn refuse_start(r: &Record) -> Result<(), ContainerError> {
-    match &r.restored_from {
-        Some(archive) => Err(CheckpointError::RestoreProcesses {
+/// StartContainer of a container created from a checkpoint: the shim restores its processes
+/// with CRIU, so a host where CRIU cannot run, an external runtime's container or one with a
+/// terminal is refused at once (FailedPrecondition, with the reason) before a shim is
+/// spawned; the start then fails as any start does (EXITED, `StartError`).
+pub(super) async fn check_start(r: &Record) -> Result<(), ContainerError> {
+    if r.restored_from.is_none() {
+        return Ok(());
+    }
+    let unsupported = |reason: String| {
+        Err(CheckpointError::RestoreUnavailable {
             id: r.id.clone(),
-            archive: archive.display().to_string(),
+            reason,
         }
-        .into()),
-        None => Ok(()),
+        .into())
+    };
+    // The shim restores with CRIU and libcontainer's state; an external runtime would not know
+    // the container, and a terminal's pty cannot be handed over.
+    if let Some(rt) = &r.runtime {
+        return unsupported(format!(
+            "restoring is done by the embedded runtime, not runtime handler {}",
+            rt.handler
+        ));
+    }
+    if r.config.tty {
+        return unsupported("a container with a terminal cannot be restored".into());
+    }
+    match super::criu::available().await {
+        Ok(_) => Ok(()),
+        Err(reason) => unsupported(reason),
     }
 }
 

@@ -1,7 +1,8 @@
 //! StartContainer: spawns the container's shim, which builds the container (libcontainer, or
-//! `create` of the pod handler's OCI runtime) and reports its init pid; writes resources that
-//! UpdateContainerResources changed while the container was CREATED into the new cgroup; asks
-//! the shim to let the container run; records RUNNING.
+//! `create` of the pod handler's OCI runtime) — or, for a container created from a checkpoint
+//! archive, restores its processes with CRIU (`restore`) — and reports its init pid; writes
+//! resources that UpdateContainerResources changed while the container was CREATED into the
+//! new cgroup; asks the shim to let the container run; records RUNNING.
 //!
 //! Invariants: only a CREATED container starts (FailedPrecondition otherwise). A CREATED record
 //! whose `pid` is 0 has no shim yet; one with a pid has a shim that a start interrupted by a
@@ -32,7 +33,6 @@ impl Containers {
         let _guard = self.locks.lock(id).await;
         let r = self.refreshed_off(id).await?;
         require_state(&r, &[State::Created], "start")?;
-        super::restore::refuse_start(&r)?;
         match self.start_steps(&r).await {
             Ok(spawned) => {
                 let id = id.clone();
@@ -51,6 +51,7 @@ impl Containers {
         let id = r.id.as_str();
         let mut spawned = None;
         if r.status.pid == 0 {
+            super::restore::check_start(r).await?;
             let key = id.to_string();
             let cfg = self.blocking(move |c| c.shim_config_of(&key)).await?;
             spawned = Some(self.shim.create(&cfg).await.map_err(ContainerError::shim(id))?);
