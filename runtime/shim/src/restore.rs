@@ -44,8 +44,10 @@ use crate::create::{CreateError, ShimStdio};
 pub const RESTORE_LOG: &str = "restore.log";
 /// CRIU's pidfile (the restored init, as the shim sees it), in the shim dir.
 const PID_FILE: &str = "restore.pid";
-/// How long one `criu restore` may take before it is killed.
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one `criu restore` may take before it is killed: well inside the daemon's wait for
+/// the shim's create report (`CREATE_TIMEOUT`, 60 s), so a slow restore fails with CRIU's own
+/// story instead of the daemon abandoning a shim that is still restoring.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(45);
 /// The most bytes of `descriptors.json` read.
 const DESCRIPTORS_CAP: u64 = 64 * 1024;
 /// Where `criu` is looked for after `PATH`.
