@@ -334,6 +334,8 @@ async fn lifecycle_under(handler: &str) {
     let s = w.wait_exited(&app).await.unwrap();
     assert_eq!((s.exit_code, s.reason.as_str()), (137, "Error"));
     w.remove(&app).await.unwrap();
+    // The teardown (runtime state, then bundle and layer) finishes after the answer.
+    w.wait_torn_down(&app).await.unwrap();
     assert!(
         runtime_state(&w, &rts, handler, &app).is_none(),
         "the runtime forgot it"
