@@ -5,6 +5,7 @@
 
 pub mod containers;
 pub mod daemon;
+pub mod daemon_db;
 pub mod images;
 pub mod index;
 pub mod metrics;

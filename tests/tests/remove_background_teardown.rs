@@ -4,34 +4,12 @@
 //! a crash right after the answer (the teardown held by the test-only delay hook) never brings
 //! the container back, while recovery removes what it left.
 
-use std::path::Path;
-
 use crius_tests::containers::World;
+use crius_tests::daemon_db::records_and_leases;
 use crius_tests::pods::{self, PodCleanup};
 use crius_tests::util;
 use k8s_cri::v1::*;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tonic::Code;
-
-const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
-const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("image_leases");
-
-/// The ids with a container record and with an image lease in the database of a daemon that is
-/// not running.
-fn on_disk(root: &Path) -> (Vec<String>, Vec<String>) {
-    let db = redb::Database::open(root.join("crius.redb")).unwrap();
-    let txn = db.begin_read().unwrap();
-    let keys = |t: redb::ReadOnlyTable<&str, &[u8]>| -> Vec<String> {
-        t.iter()
-            .unwrap()
-            .map(|e| e.unwrap().0.value().to_string())
-            .collect()
-    };
-    (
-        keys(txn.open_table(CONTAINERS).unwrap()),
-        keys(txn.open_table(LEASES).unwrap()),
-    )
-}
 
 /// Container cgroup directories (64-hex children of the pod's cgroup) in every hierarchy.
 fn container_cgroups(pod: &str) -> Vec<std::path::PathBuf> {
@@ -122,7 +100,7 @@ async fn a_crash_right_after_the_answer_never_brings_the_container_back() {
     w.d.kill().await.unwrap();
     let bundle = w.d.state.join("containers").join(&id);
     assert!(bundle.exists(), "the crash came before the teardown");
-    let (records, _) = on_disk(&w.d.root);
+    let (records, _) = records_and_leases(&w.d.root);
     assert_eq!(records, vec![keep.clone()], "the removed record is not on disk");
 
     w.d.env.clear();
@@ -157,7 +135,7 @@ async fn a_crash_right_after_the_answer_never_brings_the_container_back() {
     // (this create's record) carries it to the disk.
     let probe = w.create(w.config("probe", &["sleep", "1000"])).await.unwrap();
     w.d.kill().await.unwrap();
-    let (mut records, leases) = on_disk(&w.d.root);
+    let (mut records, leases) = records_and_leases(&w.d.root);
     records.sort();
     let mut live = vec![keep.clone(), probe.clone()];
     live.sort();

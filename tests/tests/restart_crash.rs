@@ -5,13 +5,13 @@
 //! shim built the container, finds that shim again and the container can still be started. A CreateContainer or RemoveContainer that has
 //! answered is on disk, whatever crash follows.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crius_tests::containers::World;
+use crius_tests::daemon_db::records_and_leases;
 use crius_tests::pods::{self, PodCleanup, TestNet};
 use crius_tests::{Daemon, util};
 use k8s_cri::v1::*;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 const CRASH_ENV: &str = "CRIUS_TEST_CRASH_AT";
 
@@ -258,27 +258,6 @@ async fn create_container_retried_after_a_client_deadline_gets_one_container() {
 
 /// The daemon's database file and the two tables a container owns rows in (its record, its
 /// image lease): the on-disk contract of the store.
-const DB_FILE: &str = "crius.redb";
-const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
-const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("image_leases");
-
-/// The ids with a container record and those with an image lease, read from the database of a
-/// daemon that is not running.
-fn on_disk(root: &Path) -> (Vec<String>, Vec<String>) {
-    let db = redb::Database::open(root.join(DB_FILE)).unwrap();
-    let txn = db.begin_read().unwrap();
-    let keys = |t: redb::ReadOnlyTable<&str, &[u8]>| -> Vec<String> {
-        t.iter()
-            .unwrap()
-            .map(|e| e.unwrap().0.value().to_string())
-            .collect()
-    };
-    (
-        keys(txn.open_table(CONTAINERS).unwrap()),
-        keys(txn.open_table(LEASES).unwrap()),
-    )
-}
-
 #[tokio::test]
 async fn create_and_remove_that_answered_survive_a_sigkill() {
     let mut w = World::new().await.unwrap();
@@ -287,7 +266,7 @@ async fn create_and_remove_that_answered_survive_a_sigkill() {
     let id = w.create(cfg).await.unwrap();
     w.d.kill().await.unwrap();
     // The lease commits without its own fsync; the record's commit, before the answer, carries it.
-    let (records, leases) = on_disk(&w.d.root);
+    let (records, leases) = records_and_leases(&w.d.root);
     assert_eq!(records, vec![id.clone()], "the record is on disk");
     assert_eq!(leases, vec![id.clone()], "the image lease is on disk");
 
@@ -302,7 +281,7 @@ async fn create_and_remove_that_answered_survive_a_sigkill() {
     // The record's removal is durable at the answer. The lease goes with the teardown, which
     // runs in the background after the answer (and commits without its own fsync): it may be
     // on disk still, for recovery to release.
-    let (records, _) = on_disk(&w.d.root);
+    let (records, _) = records_and_leases(&w.d.root);
     assert!(records.is_empty(), "removed record back: {records:?}");
 
     w.d.restart().await.unwrap();
@@ -319,7 +298,7 @@ async fn create_and_remove_that_answered_survive_a_sigkill() {
     // record, carries it to the disk.
     let probe = w.create(w.config("probe", &["sleep", "1000"])).await.unwrap();
     w.d.kill().await.unwrap();
-    let (_, leases) = on_disk(&w.d.root);
+    let (_, leases) = records_and_leases(&w.d.root);
     assert_eq!(leases, vec![probe], "released lease back");
     w.d.restart().await.unwrap();
     w.teardown().await.unwrap();
