@@ -182,6 +182,24 @@ impl Daemon {
         self.child.as_ref().map(Child::id)
     }
 
+    /// What the daemon keeps of containers on disk, each as `<what> <id>`: bundles
+    /// (`state/containers`), writable layers (`root/containers`) and libcontainer state
+    /// (`state/youki`). Empty once every container is torn down.
+    pub fn container_leftovers(&self) -> Vec<String> {
+        [
+            ("bundle", self.state.join("containers")),
+            ("writable layer", self.root.join("containers")),
+            ("libcontainer state", self.state.join("youki")),
+        ]
+        .iter()
+        .flat_map(|(what, dir)| {
+            util::dir_entries(dir)
+                .into_iter()
+                .map(move |id| format!("{what} {id}"))
+        })
+        .collect()
+    }
+
     /// Everything the daemon logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

@@ -67,15 +67,8 @@ async fn a_removed_container_is_gone_at_the_answer_and_the_pod_removal_right_aft
     let containers = w.d.state.join("containers");
     let mounts = util::mounts_under(&w.d.state);
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    assert!(util::dir_entries(&containers).is_empty(), "bundles left");
-    assert!(
-        util::dir_entries(&w.d.root.join("containers")).is_empty(),
-        "writable layers left"
-    );
-    assert!(
-        util::dir_entries(&w.d.state.join("youki")).is_empty(),
-        "libcontainer state left"
-    );
+    let left = w.d.container_leftovers();
+    assert!(left.is_empty(), "left: {left:?}");
     let shims = pids_after_reaping(&containers.to_string_lossy()).await;
     assert!(shims.is_empty(), "shim processes left: {shims:?}");
     w.teardown().await.unwrap();
@@ -110,14 +103,12 @@ async fn a_crash_right_after_the_answer_never_brings_the_container_back() {
     assert_eq!(listed, vec![keep.clone()]);
     // Recovery's orphan sweep removed the leftovers; the other container is untouched.
     assert!(!bundle.exists(), "bundle left");
-    assert!(
-        !w.d.root.join("containers").join(&id).exists(),
-        "writable layer left"
-    );
-    assert!(
-        !w.d.state.join("youki").join(&id).exists(),
-        "libcontainer state left"
-    );
+    let left: Vec<String> =
+        w.d.container_leftovers()
+            .into_iter()
+            .filter(|l| l.ends_with(&id))
+            .collect();
+    assert!(left.is_empty(), "left: {left:?}");
     let mounts: Vec<_> = util::mounts_under(&w.d.state)
         .into_iter()
         .filter(|m| m.to_string_lossy().contains(&id))

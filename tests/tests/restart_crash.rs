@@ -130,15 +130,8 @@ async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
 
         let listed = w.d.containers().await;
         assert!(listed.is_empty(), "{step}: {listed:?}");
-        assert!(util::dir_entries(&containers).is_empty(), "{step}: bundles left");
-        assert!(
-            util::dir_entries(&w.d.root.join("containers")).is_empty(),
-            "{step}: writable layers left"
-        );
-        assert!(
-            util::dir_entries(&w.d.state.join("youki")).is_empty(),
-            "{step}: libcontainer state left"
-        );
+        let left = w.d.container_leftovers();
+        assert!(left.is_empty(), "{step}: left {left:?}");
         let mounts: Vec<_> = util::mounts_under(&containers);
         assert!(mounts.is_empty(), "{step}: mounts left: {mounts:?}");
         let shims = util::pids_mentioning(&containers.to_string_lossy());
