@@ -56,18 +56,16 @@ impl Containers {
         if !super::stop::never_started(&r) {
             self.stop_locked(r.clone(), 0).await?;
         }
-        let job = job_of(&r);
-        if self.teardowns.admit(&r.id, job.clone()) {
-            let res = self.blocking(move |c| c.forget(&r)).await;
-            if let Err(e) = res {
-                self.teardowns.cancel(&id);
-                return Err(e);
-            }
+        let queued = {
+            let r = r.clone();
+            self.blocking(move |c| c.forget_queued(&r)).await?
+        };
+        if let Some(job) = queued {
             self.spawn_teardown(id, job);
             return Ok(());
         }
         // Back-pressure: the queue is full (or the daemon is stopping).
-        self.teardown(&id, Some(job.cgroup)).await?;
+        self.teardown(&id, Some(r.cgroup_path.clone())).await?;
         self.blocking(move |c| c.forget(&r)).await
     }
 
@@ -83,14 +81,24 @@ impl Containers {
         if live && !super::stop::never_started(&r) {
             return Ok(First::Rest(Box::new(r)));
         }
-        let job = job_of(&r);
+        Ok(match self.forget_queued(&r)? {
+            Some(job) => First::Removed(job),
+            None => First::Rest(Box::new(r)),
+        })
+    }
+
+    /// When the queue admits the teardown of `r`: removes its record ([`Containers::forget`])
+    /// and returns the queued job for the caller to start. `None` (queue full or closed):
+    /// nothing was done. A failed removal takes the job back out of the queue.
+    fn forget_queued(&self, r: &Record) -> Result<Option<Job>, ContainerError> {
+        let job = job_of(r);
         if !self.teardowns.admit(&r.id, job.clone()) {
-            return Ok(First::Rest(Box::new(r)));
+            return Ok(None);
         }
-        match self.forget(&r) {
-            Ok(()) => Ok(First::Removed(job)),
+        match self.forget(r) {
+            Ok(()) => Ok(Some(job)),
             Err(e) => {
-                self.teardowns.cancel(id);
+                self.teardowns.cancel(&r.id);
                 Err(e)
             }
         }
