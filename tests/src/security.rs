@@ -92,12 +92,19 @@ pub fn own_bounding_set() -> u64 {
     cap_mask(&status_field(&s, "CapBnd"))
 }
 
-/// No container state of a refused create is left: no records, no bundle or layer dirs.
+/// No container state of a refused create is left: no records, no bundle or layer dirs. The
+/// dirs of containers removed just before are given the 5 s that `World::wait_torn_down` gives
+/// RemoveContainer's background teardown.
 pub async fn assert_no_containers_left(w: &mut World) {
     let listed = w.d.containers().await;
     assert!(listed.is_empty(), "records left: {listed:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     for p in [w.d.state.join("containers"), w.d.root.join("containers")] {
-        let left: Vec<_> = std::fs::read_dir(&p).into_iter().flatten().flatten().collect();
+        let mut left = crate::util::dir_entries(&p);
+        while !left.is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            left = crate::util::dir_entries(&p);
+        }
         assert!(left.is_empty(), "{} not empty: {left:?}", p.display());
     }
 }
