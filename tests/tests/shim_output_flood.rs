@@ -138,3 +138,124 @@ async fn yes_on_stdout_stderr_and_tty_never_starves_the_shim() {
     flood(&mut w, "tty", &["yes"], true, "stdout").await;
     w.teardown().await.unwrap();
 }
+
+/// What the container of the full-disk case runs: a numbered 1000-byte line about every
+/// millisecond on stdout, and the number in /tmp/n, so ExecSync can tell it is still going.
+const WRITER: &str = "L=$(head -c 1000 /dev/zero | tr '\\000' x); i=0; \
+    while :; do i=$((i+1)); echo \"$i $L\"; echo $i > /tmp/n; usleep 1000; done";
+
+/// The WRITER's line count so far, read inside the container (again when the read fell between
+/// the writer's truncation of /tmp/n and its write).
+async fn lines_written(w: &mut World, id: &str) -> u64 {
+    for _ in 0..20 {
+        let out = answered("ExecSync", w.exec(id, &["cat", "/tmp/n"], 10))
+            .await
+            .expect("exec");
+        if let Ok(n) = String::from_utf8_lossy(&out.stdout).trim().parse() {
+            return n;
+        }
+    }
+    panic!("/tmp/n never held a number");
+}
+
+/// Checks that every record of a WRITER log is whole; returns how many there are.
+fn check_writer_log(path: &Path) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let filler = "x".repeat(1000);
+    for (i, line) in text.lines().enumerate() {
+        let mut p = line.splitn(5, ' ');
+        let ok = p.next().is_some_and(is_rfc3339_nano)
+            && p.next() == Some("stdout")
+            && p.next() == Some("F")
+            && p.next().is_some_and(|n| n.parse::<u64>().is_ok())
+            && p.next() == Some(filler.as_str());
+        assert!(ok, "{} record {i} is torn or malformed: {line:?}", path.display());
+    }
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{}: a torn last record",
+        path.display()
+    );
+    text.lines().count()
+}
+
+/// Waits up to 30 s until the file system at `dir` has less than 64 KiB left.
+async fn wait_full(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = nix::sys::statvfs::statvfs(dir).expect("statvfs");
+        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        if free < 64 * 1024 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} still has {free} bytes free",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A full log disk costs log records, never the container: its output goes on being drained
+/// (it does not block on a full pipe), the shim answers and says once that records are being
+/// dropped, the file holds only whole records, and once the space is back and the log reopened,
+/// records are written again.
+#[tokio::test]
+async fn a_full_log_disk_drops_records_and_the_container_goes_on() {
+    let mut w = World::new().await.unwrap();
+    let _clean = PodCleanup::new(&w.d);
+    // 1 MiB for the pod's logs; the daemon's drop unmounts it whatever happens.
+    nix::mount::mount(
+        Some("tmpfs"),
+        &w.log_dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m,mode=0755"),
+    )
+    .expect("a small tmpfs on the pod's log directory");
+    let id = w.run("writer", &["sh", "-c", WRITER]).await;
+    let log = w.log_dir.join("writer.log");
+    let shim_log = w.d.state.join("containers").join(&id).join("shim/shim.log");
+    wait_full(&w.log_dir).await;
+
+    let before = lines_written(&mut w, &id).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = lines_written(&mut w, &id).await;
+    eprintln!("lines written with the log disk full: {before} then {after} a second later");
+    assert!(
+        after > before + 100,
+        "the container goes on writing with its log disk full: {before} then {after}"
+    );
+    assert_eq!(w.state(&id).await.state, ContainerState::ContainerRunning as i32);
+    let kept = check_writer_log(&log);
+    let said = std::fs::read_to_string(&shim_log).unwrap();
+    assert_eq!(
+        said.matches("dropping records").count(),
+        1,
+        "the shim says once that records are dropped: {said:?}"
+    );
+    eprintln!("{kept} whole records on the full disk of {after} lines");
+
+    // The space comes back: the old file goes, the log is reopened, records are written again.
+    std::fs::remove_file(&log).unwrap();
+    let req = ReopenContainerLogRequest {
+        container_id: id.clone(),
+    };
+    answered("ReopenContainerLog", w.d.runtime.reopen_container_log(req))
+        .await
+        .expect("reopen");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resumed = check_writer_log(&log);
+    assert!(resumed > 0, "records are written again after the reopen");
+    let said = std::fs::read_to_string(&shim_log).unwrap();
+    assert!(
+        said.contains("writing again"),
+        "the shim says records flow again: {said:?}"
+    );
+
+    w.stop(&id, GRACE_SECONDS).await.expect("stop");
+    w.remove(&id).await.expect("remove");
+    nix::mount::umount2(&w.log_dir, nix::mount::MntFlags::MNT_DETACH).expect("umount");
+    w.teardown().await.unwrap();
+}

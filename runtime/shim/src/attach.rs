@@ -222,7 +222,7 @@ impl AttachHub {
                 c.queued += p.len();
                 c.queue.push_back(p.clone());
                 if c.queued > MAX_QUEUED {
-                    eprintln!("crius-shim: attach client {} is too slow; disconnecting it", c.id);
+                    note!("crius-shim: attach client {} is too slow; disconnecting it", c.id);
                     dead.push(c.id);
                 }
             }

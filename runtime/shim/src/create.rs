@@ -71,7 +71,7 @@ pub fn main(config_path: &Path) -> i32 {
     let report = match take_report_channel() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("crius-shim: no report channel on stdout: {e}");
+            note!("crius-shim: no report channel on stdout: {e}");
             return 1;
         }
     };
@@ -104,7 +104,7 @@ pub fn main(config_path: &Path) -> i32 {
             serve(monitor)
         }
         Err(e) => {
-            eprintln!("crius-shim: {e}");
+            note!("crius-shim: {e}");
             send(
                 report,
                 &CreateReport::Failed {
@@ -129,7 +129,7 @@ fn take_report_channel() -> std::io::Result<File> {
 
 fn send(mut report: File, msg: &CreateReport) {
     if let Err(e) = write_frame(&mut report, msg) {
-        eprintln!("crius-shim: cannot report to the daemon: {e}");
+        note!("crius-shim: cannot report to the daemon: {e}");
     }
     let _ = report.flush();
 }
@@ -138,12 +138,12 @@ fn serve(mut monitor: Monitor) -> i32 {
     match monitor.run() {
         Ok(Outcome::Reexec) => {
             let err = reexec::into_monitor(monitor);
-            eprintln!("crius-shim: cannot re-exec into monitor mode: {err}");
+            note!("crius-shim: cannot re-exec into monitor mode: {err}");
             1
         }
         Ok(Outcome::Exit) => 0,
         Err(e) => {
-            eprintln!("crius-shim: event loop failed: {e}");
+            note!("crius-shim: event loop failed: {e}");
             1
         }
     }
@@ -321,7 +321,7 @@ pub(crate) fn created_monitor(
     // Before the container's process runs; a container that cannot be delegated still runs,
     // as one in the host's user namespace would, without sub-cgroups of its own.
     if let Err(e) = crate::cgroup_delegate::delegate(&cfg.bundle, &cfg.shim_dir, pid) {
-        eprintln!(
+        note!(
             "crius-shim {}: cgroup not delegated to the container's root: {e}",
             cfg.id
         );
@@ -351,7 +351,7 @@ pub(crate) fn created_monitor(
     monitor.attach = match AttachHub::bind(&monitor.cfg.shim_dir, monitor.cfg.stdin_once) {
         Ok(hub) => Some(hub),
         Err(e) => {
-            eprintln!("crius-shim {}: no attach socket: {e}", monitor.cfg.id);
+            note!("crius-shim {}: no attach socket: {e}", monitor.cfg.id);
             None
         }
     };

@@ -103,15 +103,23 @@ impl LineSplitter {
 }
 
 /// The log file, or a sink when the container has no log path. Reopen writes out the pending
-/// batch, closes the file and opens the same path again (`O_APPEND|O_CREAT`, mode 0640),
-/// creating a fresh file after the kubelet rotated the old one away. Callers write whole
+/// batch and opens the same path again (`O_APPEND|O_CREAT`, mode 0640) in place of the old
+/// file, creating a fresh file after the kubelet rotated the old one away. Callers write whole
 /// records and `flush` after each batch.
+///
+/// A batch the file refuses (a full disk, a quota, an I/O error) is dropped, so the buffer stays
+/// bounded and the container's output goes on being drained and attached, as with containerd.
+/// The file is cut back to the last whole record when a write got only part of a batch in, so a
+/// reader never sees a torn record. Writing never returns that error: the shim log gets one
+/// line when writes start failing and one when they succeed again, with what was dropped.
 #[derive(Debug)]
 pub struct LogFile {
     path: Option<PathBuf>,
     file: Option<File>,
     /// Whole records not yet written; at most [`BATCH`] plus one record.
     pending: Vec<u8>,
+    /// Bytes of records dropped since writes began failing; 0 while they succeed.
+    dropped: u64,
 }
 
 impl LogFile {
@@ -120,16 +128,15 @@ impl LogFile {
             path,
             file: None,
             pending: Vec::new(),
+            dropped: 0,
         };
         log.reopen()?;
         Ok(log)
     }
 
     pub fn reopen(&mut self) -> io::Result<()> {
-        if let Err(e) = self.flush() {
-            eprintln!("crius-shim: log records lost before reopen: {e}");
-        }
-        self.file = None;
+        self.write_pending();
+        // On failure the old file stays in use: records keep going where they went before.
         if let Some(p) = &self.path {
             self.file = Some(
                 OpenOptions::new()
@@ -142,6 +149,80 @@ impl LogFile {
         }
         Ok(())
     }
+
+    /// Bytes dropped since writes began failing (0 while they succeed).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Writes the pending batch, or drops it when the file refuses it (see [`LogFile`]).
+    fn write_pending(&mut self) {
+        let (Some(f), false) = (self.file.as_mut(), self.pending.is_empty()) else {
+            return;
+        };
+        let len = self.pending.len();
+        match append_whole(f, &self.pending) {
+            Ok(()) if self.dropped > 0 => {
+                note!(
+                    "crius-shim: log {}: writing again; {} bytes of records were dropped",
+                    self.path_text(),
+                    self.dropped
+                );
+                self.dropped = 0;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if self.dropped == 0 {
+                    note!(
+                        "crius-shim: log {}: cannot write ({e}); dropping records until it can",
+                        self.path_text()
+                    );
+                }
+                self.dropped += len as u64;
+            }
+        }
+        self.pending.clear();
+        // A trickle gives the memory back; a flood keeps the batch buffer for the next batch.
+        if len < BATCH / 4 && self.pending.capacity() > BATCH / 4 {
+            self.pending = Vec::new();
+        }
+    }
+
+    fn path_text(&self) -> String {
+        self.path
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Appends `buf` whole or not at all: when a write fails after part of `buf` went in, the file
+/// is cut back by that part.
+fn append_whole(f: &mut File, mut buf: &[u8]) -> io::Result<()> {
+    let mut written = 0u64;
+    while !buf.is_empty() {
+        match f.write(buf) {
+            Ok(0) => return Err(cut_back(f, written, io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                written += n as u64;
+                buf = &buf[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(cut_back(f, written, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Removes the last `written` bytes of `f` (a torn batch); returns `err`, the write's error.
+fn cut_back(f: &File, written: u64, err: io::Error) -> io::Error {
+    if written > 0
+        && let Ok(m) = f.metadata()
+        && let Err(e) = f.set_len(m.len().saturating_sub(written))
+    {
+        note!("crius-shim: log: cannot cut a torn record back: {e}");
+    }
+    err
 }
 
 impl Write for LogFile {
@@ -151,25 +232,15 @@ impl Write for LogFile {
         }
         self.pending.extend_from_slice(buf);
         if self.pending.len() >= BATCH {
-            self.flush()?;
+            self.write_pending();
         }
         Ok(buf.len())
     }
 
-    /// Writes the batch. On failure the batch is dropped (the buffer stays bounded; a full disk
-    /// loses records, as with containerd), and the error is returned.
+    /// Writes the batch; never fails (a refused batch is dropped, see [`LogFile`]).
     fn flush(&mut self) -> io::Result<()> {
-        let (Some(f), false) = (self.file.as_mut(), self.pending.is_empty()) else {
-            return Ok(());
-        };
-        let written = f.write_all(&self.pending);
-        let len = self.pending.len();
-        self.pending.clear();
-        // A trickle gives the memory back; a flood keeps the batch buffer for the next batch.
-        if len < BATCH / 4 && self.pending.capacity() > BATCH / 4 {
-            self.pending = Vec::new();
-        }
-        written
+        self.write_pending();
+        Ok(())
     }
 }
 
@@ -293,6 +364,37 @@ mod tests {
         let r = records(&std::fs::read(&p).unwrap());
         assert_eq!(r.len(), 100 + BATCH);
         assert!(r.iter().all(|x| x.0 == "stdout" && x.1 == "F" && x.2 == "y"));
+    }
+
+    #[test]
+    fn a_refused_file_drops_whole_batches_and_never_fails_the_writer() {
+        // /dev/full refuses every write with ENOSPC, as a full disk does.
+        let mut log = LogFile::open(Some(PathBuf::from("/dev/full"))).unwrap();
+        let mut s = LineSplitter::new(Stream::Stdout);
+        s.feed(&b"y\n".repeat(BATCH), TS, &mut log).unwrap();
+        log.flush().unwrap();
+        assert!(
+            log.dropped() >= (BATCH * 2) as u64,
+            "every record was counted as dropped"
+        );
+        assert!(
+            log.pending.is_empty(),
+            "nothing is kept for a file that refuses it"
+        );
+    }
+
+    #[test]
+    fn a_batch_cut_short_leaves_no_torn_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.log");
+        std::fs::write(&p, b"whole\n").unwrap();
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        let err = cut_back(&f, 3, io::ErrorKind::StorageFull.into());
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        f.flush().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"who");
+        assert!(append_whole(&mut f, b"le\n").is_ok());
+        assert_eq!(std::fs::read(&p).unwrap(), b"whole\n");
     }
 
     #[test]

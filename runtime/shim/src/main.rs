@@ -10,6 +10,9 @@
 //!   a pod-shared PID namespace (see `pause`).
 //! - `stop-slice NAME.slice`: stops a pod slice of the systemd driver (see `systemd`).
 
+#[macro_use]
+mod diag;
+
 mod attach;
 mod cgroup;
 mod cgroup_delegate;
@@ -32,7 +35,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!(
+    note!(
         "usage: crius-shim create --config <shim.json> | exec-helper --request <json> | \
          checkpoint-helper --request <json> (protocol {})",
         crius_shim_api::PROTOCOL_VERSION

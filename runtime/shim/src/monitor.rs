@@ -210,9 +210,9 @@ impl Monitor {
                 Ok(n) => {
                     taken += n;
                     let ts = rfc3339_nano(now_ns());
-                    if let Err(e) = out.split.feed(&buf[..n], &ts, &mut self.log) {
-                        eprintln!("crius-shim {}: cannot write log: {e}", self.cfg.id);
-                    }
+                    // LogFile never fails a write: a refused batch is dropped and reported
+                    // by it, so output is drained and attached whatever the log's disk does.
+                    let _ = out.split.feed(&buf[..n], &ts, &mut self.log);
                     if let Some(hub) = self.attach.as_mut() {
                         let tag = match which {
                             Stream::Stdout => crius_shim_api::attach::OUT_STDOUT,
@@ -229,14 +229,10 @@ impl Monitor {
         };
         if eof {
             let ts = rfc3339_nano(now_ns());
-            if let Err(e) = out.split.finish(&ts, &mut self.log) {
-                eprintln!("crius-shim {}: cannot write log: {e}", self.cfg.id);
-            }
+            let _ = out.split.finish(&ts, &mut self.log);
             *slot = None;
         }
-        if let Err(e) = self.log.flush() {
-            eprintln!("crius-shim {}: cannot write log: {e}", self.cfg.id);
-        }
+        let _ = self.log.flush();
         !eof && taken >= budget
     }
 
@@ -249,7 +245,7 @@ impl Monitor {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(e) => {
-                    eprintln!("crius-shim {}: waitpid: {e}", self.cfg.id);
+                    note!("crius-shim {}: waitpid: {e}", self.cfg.id);
                     return;
                 }
             };
@@ -283,7 +279,7 @@ impl Monitor {
         };
         let path = self.cfg.shim_dir.join(crius_shim_api::EXIT_FILE);
         if let Err(e) = st.write_atomic(&path) {
-            eprintln!("crius-shim {}: {e}", self.cfg.id);
+            note!("crius-shim {}: {e}", self.cfg.id);
         }
         self.exit = Some(st);
         self.status = ProcessStatus::Exited;
@@ -297,7 +293,7 @@ impl Monitor {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    eprintln!("crius-shim {}: accept: {e}", self.cfg.id);
+                    note!("crius-shim {}: accept: {e}", self.cfg.id);
                     return None;
                 }
             };
@@ -390,7 +386,7 @@ impl Monitor {
             // holds the loop for at most its timeout (`oci_cli::VERB_TIMEOUT`).
             match crate::external::kill(&self.cfg, rt, signal, all) {
                 Ok(()) => return Response::Ok,
-                Err(e) => eprintln!("crius-shim {}: {e}; signalling init directly", self.cfg.id),
+                Err(e) => note!("crius-shim {}: {e}; signalling init directly", self.cfg.id),
             }
         }
         if all {

@@ -24,7 +24,7 @@ pub fn main(args: &[String]) -> i32 {
     match launch(args) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("crius-shim pause: {e}");
+            note!("crius-shim pause: {e}");
             1
         }
     }

@@ -24,7 +24,7 @@ pub fn after_libcontainer(before: Option<i32>) {
         return;
     }
     if let Err(e) = std::fs::write(OOM_SCORE_ADJ, want.to_string()) {
-        eprintln!(
+        note!(
             "crius-shim: oom_score_adj stays at {:?} (wanted {want}): {e}",
             read_oom_score_adj()
         );
@@ -42,7 +42,7 @@ pub fn name_process() {
 pub fn become_subreaper() {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        eprintln!(
+        note!(
             "crius-shim: PR_SET_CHILD_SUBREAPER: {}",
             std::io::Error::last_os_error()
         );

@@ -88,14 +88,14 @@ pub fn main(arg: &str) -> i32 {
     let h: Handoff = match serde_json::from_str(arg) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("crius-shim monitor: bad hand-off: {e}");
+            note!("crius-shim monitor: bad hand-off: {e}");
             return 2;
         }
     };
     let cfg = match create::load_config(&h.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("crius-shim monitor: {e}");
+            note!("crius-shim monitor: {e}");
             return 2;
         }
     };
@@ -121,14 +121,14 @@ pub fn main(arg: &str) -> i32 {
     let log = match LogFile::open(cfg.log_path.clone()) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("crius-shim monitor: cannot open log: {e}");
+            note!("crius-shim monitor: cannot open log: {e}");
             LogFile::open(None).expect("a log without a path opens nothing")
         }
     };
     let sigfd = match proc_setup::sigchld_fd() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("crius-shim monitor: signalfd: {e}");
+            note!("crius-shim monitor: signalfd: {e}");
             return 1;
         }
     };
@@ -149,7 +149,7 @@ pub fn main(arg: &str) -> i32 {
     match monitor.run() {
         Ok(_) => 0,
         Err(e) => {
-            eprintln!("crius-shim monitor: event loop failed: {e}");
+            note!("crius-shim monitor: event loop failed: {e}");
             1
         }
     }

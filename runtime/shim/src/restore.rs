@@ -166,7 +166,7 @@ fn run_criu(
             let mut b = [0u8; 1];
             let _ = nix::unistd::read(gate_r.as_raw_fd(), &mut b);
             let e = cmd.exec();
-            eprintln!("crius-shim: exec {}: {e}", criu.display());
+            note!("crius-shim: exec {}: {e}", criu.display());
             // SAFETY: leaves the forked child without running the shim's exit path.
             unsafe { libc::_exit(127) }
         }

@@ -55,13 +55,13 @@ pub fn leave_daemon_cgroup(place: &crius_shim_api::ShimCgroup) -> Result<(), Str
 /// Idempotent: a slice that is not loaded is not an error. Returns the exit code.
 pub fn stop_slice_main(args: &[String]) -> i32 {
     let [slice] = args else {
-        eprintln!("usage: crius-shim stop-slice NAME.slice");
+        note!("usage: crius-shim stop-slice NAME.slice");
         return 2;
     };
     let parent = match parent_of(slice) {
         Some(p) => p,
         None => {
-            eprintln!("crius-shim stop-slice: {slice:?} is not a slice name");
+            note!("crius-shim stop-slice: {slice:?} is not a slice name");
             return 2;
         }
     };
@@ -71,7 +71,7 @@ pub fn stop_slice_main(args: &[String]) -> i32 {
     }) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("crius-shim stop-slice: {e}");
+            note!("crius-shim stop-slice: {e}");
             1
         }
     }

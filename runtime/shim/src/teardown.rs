@@ -11,7 +11,7 @@ use crate::create::error_chain;
 pub fn delete_container(cfg: &ShimConfig) -> Result<(), String> {
     // Sub-cgroups a delegated container's root made would keep its cgroup from being removed.
     if let Err(e) = crate::cgroup_delegate::remove_children(&cfg.shim_dir) {
-        eprintln!("crius-shim {}: {e}", cfg.id);
+        note!("crius-shim {}: {e}", cfg.id);
     }
     if let Some(rt) = &cfg.runtime {
         return crate::external::delete(cfg, rt);

@@ -43,6 +43,8 @@ struct Ctr {
     /// Sets `ShimConfig::poststop_hooks`, so Shutdown deletes through libcontainer (as it does for
     /// a spec with poststop hooks); otherwise it leaves state and cgroup to the daemon.
     libcontainer_delete: bool,
+    /// The CRI log and the shim's stderr both go to /dev/full, which refuses every write.
+    full_disk: bool,
 }
 
 impl Ctr {
@@ -64,6 +66,7 @@ impl Ctr {
             dir,
             shim_pid: None,
             libcontainer_delete: false,
+            full_disk: false,
         }
     }
 
@@ -115,7 +118,11 @@ impl Ctr {
             bundle: self.bundle(),
             youki_root: self.youki_root(),
             shim_dir: self.shim_dir(),
-            log_path: Some(self.log()),
+            log_path: Some(if self.full_disk {
+                PathBuf::from("/dev/full")
+            } else {
+                self.log()
+            }),
             terminal: false,
             stdin: false,
             stdin_once: false,
@@ -142,7 +149,11 @@ impl Ctr {
             .arg(self.shim_dir().join(CONFIG_FILE))
             .stdin(Stdio::null())
             .stdout(Stdio::from(w))
-            .stderr(std::fs::File::create(self.shim_dir().join(SHIM_LOG)).unwrap());
+            .stderr(if self.full_disk {
+                std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap()
+            } else {
+                std::fs::File::create(self.shim_dir().join(SHIM_LOG)).unwrap()
+            });
         let status = cmd.status().unwrap();
         assert!(status.success(), "the first shim process exits 0 after detaching");
         drop(cmd);
@@ -344,6 +355,31 @@ fn create_start_logs_exit_and_shutdown() {
     std::fs::rename(c.log(), c.dir.path().join("ctr.log.1")).unwrap();
     assert_eq!(c.call(Request::ReopenLog), Response::Ok);
     assert!(c.log().exists(), "reopen creates the file again");
+    c.shutdown();
+}
+
+/// With its CRI log and its own stderr both refusing every write (/dev/full, as a full disk
+/// does), the shim still drains the container's output, answers and records the exit: a full
+/// disk costs log records, never the container.
+#[test]
+fn a_full_disk_costs_log_records_not_the_container() {
+    require_root();
+    let mut c = Ctr::new("full");
+    c.full_disk = true;
+    c.write_spec(&[
+        "sh",
+        "-c",
+        "head -c 4194304 /dev/zero | tr '\\0' y; echo; echo done >&2; exit 7",
+    ]);
+    let CreateReport::Created { .. } = c.create() else {
+        panic!("create failed")
+    };
+    assert_eq!(c.call(Request::Start), Response::Ok);
+    // A shim that stopped reading would leave `tr` blocked on a full pipe, and a dead one
+    // would write no exit file: either way no exit within wait_exit's 30 s.
+    let exit = c.wait_exit();
+    assert_eq!(exit.exit_code, 7);
+    assert_eq!(c.state().status, ProcessStatus::Exited);
     c.shutdown();
 }
 
