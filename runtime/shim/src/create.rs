@@ -20,7 +20,6 @@ use crius_shim_api::{CreateReport, PROTOCOL_VERSION, ProcessStatus, ShimConfig, 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
-use libcontainer::workload::default::DefaultExecutor;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
@@ -29,6 +28,7 @@ use nix::unistd::{ForkResult, Pid, fork, pipe2, setsid};
 use crate::attach::AttachHub;
 use crate::log::{LogFile, Stream};
 use crate::monitor::{Monitor, Outcome, Output};
+use crate::workload::WorkloadExecutor;
 use crate::{proc_setup, reexec};
 
 #[derive(Debug, thiserror::Error)]
@@ -366,7 +366,7 @@ fn build(cfg: &ShimConfig, io: &mut ShimStdio) -> Result<Container, CreateError>
     let mut builder = ContainerBuilder::new(cfg.id.clone(), SyscallType::default())
         .with_root_path(&cfg.youki_root)
         .map_err(|e| fail(e.to_string()))?
-        .with_executor(DefaultExecutor {});
+        .with_executor(WorkloadExecutor::default());
     if let Some((stdin, stdout, stderr)) = io.container.take() {
         builder = builder.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr);
     }

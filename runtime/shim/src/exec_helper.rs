@@ -5,7 +5,7 @@
 //! capabilities, env, cwd, rlimits, no-new-privileges) with `args` replaced; fds 0/1/2 of the
 //! helper become its stdio, or, when the request names a console socket, the process gets a new
 //! terminal whose master libcontainer sends to that socket. libcontainer 0.7 drops `linux.seccomp` for tenants, so
-//! [`SeccompExecutor`] loads the container's filter itself right before `execvp`.
+//! [`WorkloadExecutor`] loads the container's filter itself right before `execvp`.
 //!
 //! With an external OCI runtime (`ExecRequest::runtime`) the process runs through that runtime's
 //! `exec --detach` instead (see `external`); the runtime applies the container's seccomp filter.
@@ -20,41 +20,12 @@ use std::path::PathBuf;
 
 use crius_shim_api::{ExecReport, ExecRequest, ExitStatus, PROTOCOL_VERSION, REPORT_FD, write_frame};
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::seccomp::initialize_seccomp;
 use libcontainer::syscall::syscall::SyscallType;
-use libcontainer::workload::default::DefaultExecutor;
-use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::sys::wait::{WaitStatus, waitpid};
 use oci_spec::runtime::{LinuxSeccomp, Spec};
 
 use crate::create::error_chain;
-
-/// Loads the container's seccomp filter in the exec'd process, then execs like the default
-/// executor.
-#[derive(Clone)]
-pub struct SeccompExecutor {
-    pub seccomp: Option<LinuxSeccomp>,
-}
-
-impl Executor for SeccompExecutor {
-    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        if let Some(filter) = &self.seccomp
-            && initialize_seccomp(filter).is_err()
-        {
-            // Without CAP_SYS_ADMIN (dropped by now) the kernel only accepts a filter from a
-            // no-new-privileges process; the init process got the same filter earlier.
-            // SAFETY: prctl with integer arguments only.
-            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-            initialize_seccomp(filter)
-                .map_err(|e| ExecutorError::Other(format!("load seccomp filter: {e}")))?;
-        }
-        DefaultExecutor {}.exec(spec)
-    }
-
-    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        DefaultExecutor {}.validate(spec)
-    }
-}
+use crate::workload::WorkloadExecutor;
 
 #[derive(Debug, thiserror::Error)]
 enum ExecError {
@@ -183,7 +154,7 @@ fn build(
     let builder = ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .with_root_path(youki_root)
         .map_err(|e| fail(error_chain(&e)))?
-        .with_executor(SeccompExecutor { seccomp });
+        .with_executor(WorkloadExecutor { seccomp });
     // libcontainer requires "detached" exactly when the process has a terminal; for a tenant
     // the flag means nothing else.
     let builder = match &req.console_socket {

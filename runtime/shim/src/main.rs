@@ -30,6 +30,7 @@ mod restore;
 mod systemd;
 mod teardown;
 mod tenant_root;
+mod workload;
 
 use std::path::Path;
 use std::process::ExitCode;

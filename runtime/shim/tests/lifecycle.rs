@@ -454,3 +454,53 @@ fn bad_command_is_reported_and_leaves_nothing() {
     assert!(!c.shim_dir().join(CONTROL_SOCKET).exists());
     assert!(!cgroup_dir(&c.cgroup_path()).exists(), "container cgroup removed");
 }
+
+/// Signals 1..=31 ignored or blocked, per a `/proc/<pid>/status` text: `(SigIgn, SigBlk)`.
+fn standard_signals_ignored_and_blocked(status: &str) -> (u64, u64) {
+    let mask = |key: &str| {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        u64::from_str_radix(line[key.len()..].trim(), 16).unwrap() & 0x7fff_ffff
+    };
+    (mask("SigIgn:"), mask("SigBlk:"))
+}
+
+/// The init process and an exec'd process start with the signal state runc gives them: nothing
+/// ignored (the shim, a Rust program, ignores SIGPIPE) and nothing blocked.
+#[test]
+fn workloads_start_with_default_signal_dispositions() {
+    require_root();
+    let mut c = Ctr::new("signals");
+    c.write_spec(&["sh", "-c", "cat /proc/self/status; exec sleep 1000"]);
+    let CreateReport::Created { .. } = c.create() else {
+        panic!("create failed")
+    };
+    assert_eq!(c.call(Request::Start), Response::Ok);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let init_status = loop {
+        let text: Vec<String> = log_records(&c.log()).into_iter().map(|r| r.2).collect();
+        if text.iter().any(|l| l.starts_with("SigBlk:")) && text.iter().any(|l| l.starts_with("SigIgn:")) {
+            break text.join("\n");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the init process printed no status: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        standard_signals_ignored_and_blocked(&init_status),
+        (0, 0),
+        "init: {init_status}"
+    );
+    let (out, _, _) = c.exec(&["cat", "/proc/self/status"]);
+    assert_eq!(standard_signals_ignored_and_blocked(&out), (0, 0), "exec: {out}");
+    assert_eq!(
+        c.call(Request::Kill {
+            signal: 9,
+            all: false
+        }),
+        Response::Ok
+    );
+    c.wait_exit();
+    c.shutdown();
+}
