@@ -153,7 +153,7 @@ impl Daemon {
             _ => String::new(),
         };
         let config = format!(
-            "root = {root:?}\nstate = {state:?}\nlisten = {socket:?}\nlog_level = \"debug\"\n{driver}{}\n\
+            "root = {root:?}\nstate = {state:?}\nlisten = {socket:?}\nlog_level = \"debug,h2=info,hyper=info,hyper_util=info,tower=info,rustls=info\"\n{driver}{}\n\
              [cni]\nconf_dir = {conf_dir:?}\nbin_dirs = {bin_dirs:?}\ncache_dir = {cni_cache_dir:?}\n\n{}\n",
             opts.top_config, opts.extra_config
         );
@@ -315,7 +315,11 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Whether the daemon had already ended before this drop: a failing test says so first,
+        // since a daemon that died mid-test explains the failure better than any log line.
+        let mut ended = None;
         if let Some(mut child) = self.child.take() {
+            ended = child.try_wait().ok().flatten();
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -334,6 +338,10 @@ impl Drop for Daemon {
         util::unmount_all_under(&self.dir);
         util::remove_cgroups_named(&ids);
         if std::thread::panicking() {
+            match ended {
+                Some(status) => eprintln!("--- crius had ended before the test did: {status} ---"),
+                None => eprintln!("--- crius was still running when the test failed ---"),
+            }
             eprintln!(
                 "--- crius log ({}) ---\n{}",
                 self.log_path.display(),

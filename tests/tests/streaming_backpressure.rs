@@ -25,9 +25,12 @@ const SESSION_KB: u64 = 4 * 1024;
 /// RSS growth allowed for the two stalled exec sessions together: 4 MiB each plus room for the
 /// exec helpers' bookkeeping, thread stacks and allocator slack.
 const EXEC_GROWTH_KB: u64 = 24 * 1024;
-/// What the container of the attach test prints: 1 MiB of `y` lines every 100 ms, about 200 MB
-/// over the stall, so a daemon that buffered it would show, while the log stays moderate.
-const TALKER: &str = "while :; do yes | head -c 1048576; usleep 100000; done";
+/// What the container of the attach test prints: 512 KiB every 100 ms, about 100 MB over the
+/// stall, so a daemon that buffered it would show. Its lines are 4 KiB long: the CRI log adds
+/// about 36 bytes to each line, which made short `y` lines a 19-times larger log (4 GB a run)
+/// and once filled the CI machine's disk.
+const TALKER: &str = "L=$(head -c 4095 /dev/zero | tr '\\000' y); \
+    while :; do yes \"$L\" | head -c 524288; usleep 100000; done";
 /// The port-forward test's server: `yes` on every connection to port 7000.
 const PORT: &str = "7000";
 
@@ -92,7 +95,7 @@ async fn attach_and_read(w: &mut World, id: &str) {
         ..Default::default()
     };
     let mut rc = RemoteCommand::start(&url, io).await.expect("SPDY attach");
-    rc.read_stdout_until(|s| s.contains("y\ny\n")).await;
+    rc.read_stdout_until(|s| s.contains("y\ny")).await;
     drop(rc);
     let url = attach_url(w, id).await;
     let (mut ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
@@ -101,7 +104,12 @@ async fn attach_and_read(w: &mut World, id: &str) {
         .expect("output arrives")
         .expect("a good message")
         .into_data();
-    assert_eq!(data.first(), Some(&1), "the first message is stdout");
+    assert_eq!(
+        data.first(),
+        Some(&1),
+        "the first message is stdout: {:?}",
+        String::from_utf8_lossy(&data[..data.len().min(200)])
+    );
 }
 
 /// Downloads from the port-forward server through SPDY until some data arrives (the server may
