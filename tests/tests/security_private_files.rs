@@ -103,6 +103,35 @@ async fn an_unprivileged_user_reads_no_state_and_runs_no_setuid_binary_from_a_la
     for (path, want) in promised(&w, &id) {
         assert_eq!(mode(&path), want, "{}", path.display());
     }
+    // The next create takes a writable layer made ahead of time (layer_spares.rs): it has the
+    // modes of one the create makes itself.
+    let spares = w.d.root.join("layer-spares");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::read_dir(&spares).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare writable layer was made"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(mode(&spares), 0o700, "{}", spares.display());
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let ready: Vec<u64> = std::fs::read_dir(&spares)
+        .unwrap()
+        .flatten()
+        .map(|e| inode(&e.path()))
+        .collect();
+    let second = w.config("second", &["sleep", "3600"]);
+    let second = w.create(second).await.unwrap();
+    let layer = w.d.root.join("containers").join(&second);
+    assert!(ready.contains(&inode(&layer)), "the create took a spare set");
+    for (path, want) in [
+        (layer.clone(), 0o700),
+        (layer.join("work"), 0o700),
+        (layer.join("upper"), 0o755),
+    ] {
+        assert_eq!(mode(&path), want, "{}", path.display());
+    }
     let bundle = w.d.state.join("containers").join(&id);
     let spec = bundle.join("config.json");
     assert!(std::fs::read_to_string(&spec).unwrap().contains("s3cr3t-token"));

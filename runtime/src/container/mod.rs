@@ -29,6 +29,7 @@ mod criu;
 mod events;
 mod exec_stream;
 mod exec_sync;
+mod layer_spares;
 mod list;
 mod mount_idmap;
 mod pod;
@@ -208,7 +209,9 @@ impl Containers {
             images,
             shim: Arc::new(shim.clone()),
             exec: shim,
-            mounter: Arc::new(seams::Overlay),
+            mounter: Arc::new(seams::Overlay {
+                spares: Arc::new(layer_spares::LayerSpares::new(root)),
+            }),
             cgroups: Arc::new(seams::Cgroupfs),
             host: HostFacts::detect(),
             root: root.to_path_buf(),

@@ -21,6 +21,7 @@
 //! the failure orders of create/start/stop/remove/recovery involves them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cri_api::v1::LinuxContainerResources;
@@ -140,8 +141,11 @@ fn pids_mentioning(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// Overlayfs through `mount(2)` (`rootfs.rs`).
-pub(crate) struct Overlay;
+/// Overlayfs through `mount(2)` (`rootfs.rs`); a new container's writable layer comes from
+/// `spares` when one is ready (`layer_spares.rs`).
+pub(crate) struct Overlay {
+    pub spares: Arc<super::layer_spares::LayerSpares>,
+}
 
 impl RootfsMounter for Overlay {
     fn mount(
@@ -156,7 +160,17 @@ impl RootfsMounter for Overlay {
             .map_or_else(|| rootfs_idmap::recorded(layer_dir), |m| Ok(Some(m)))?
         {
             Some(m) => rootfs_idmap::mount(lowers, layer_dir, target, &m),
-            None => rootfs::mount(lowers, layer_dir, target),
+            None => {
+                // A new container (no writable layer yet) takes a spare set; `mount` then finds
+                // its directories made. A remount after a restart keeps its own.
+                if !layer_dir.exists() {
+                    if layer_dir.parent().is_some_and(Path::is_dir) {
+                        self.spares.take(layer_dir);
+                    }
+                    self.spares.refill_in_background();
+                }
+                rootfs::mount(lowers, layer_dir, target)
+            }
         }
     }
     fn unmount(&self, target: &Path) -> Result<(), ContainerError> {
