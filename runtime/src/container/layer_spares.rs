@@ -10,8 +10,10 @@
 //!   crash.
 //! - Taking a set is one `rename(2)` on the same file system; two creates racing for one set
 //!   get it once, the other takes the next or makes its own directories.
-//! - At most [`SPARES`] sets are ready; one refill runs at a time, on the blocking pool, after
-//!   a take. Spares own nothing else: they survive restarts and are reused.
+//! - Ready sets are named by slot, `0` to [`SPARES`] − 1, so at most [`SPARES`] are ready and
+//!   the directory's listing is the same after any number of creates; one refill runs at a
+//!   time, on the blocking pool, after a take. Spares own nothing else: they survive restarts
+//!   and are reused.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -85,21 +87,20 @@ impl LayerSpares {
         });
     }
 
-    /// Blocking: makes sets until [`SPARES`] are ready.
+    /// Blocking: makes a set for every empty slot.
     pub(crate) fn refill(&self) {
-        let ready = entries(&self.dir)
-            .iter()
-            .filter(|n| !n.starts_with(TMP_PREFIX))
-            .count();
-        for _ in ready..SPARES {
-            if let Err(e) = self.make_one() {
+        for slot in 0..SPARES {
+            if self.dir.join(slot.to_string()).exists() {
+                continue;
+            }
+            if let Err(e) = self.make_one(slot) {
                 tracing::debug!(error = %e, "cannot make a spare writable layer");
                 return;
             }
         }
     }
 
-    fn make_one(&self) -> std::io::Result<()> {
+    fn make_one(&self, slot: usize) -> std::io::Result<()> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         crate::private::create_dir(&self.dir)?;
         let tmp = self.dir.join(format!("{TMP_PREFIX}{n:x}"));
@@ -107,7 +108,8 @@ impl LayerSpares {
             crate::private::create_dir(&tmp)?;
             crate::private::create_dir(&tmp.join("work"))?;
             std::fs::DirBuilder::new().mode(0o755).create(tmp.join("upper"))?;
-            std::fs::rename(&tmp, self.dir.join(format!("{n:x}")))
+            // A set cannot replace one that filled the slot meanwhile: that one is not empty.
+            std::fs::rename(&tmp, self.dir.join(slot.to_string()))
         })();
         if made.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -156,11 +158,9 @@ mod tests {
             assert_eq!(entries(&layer.join("upper")), Vec::<String>::new());
         }
         spares.refill();
-        assert_eq!(
-            entries(&spares.dir).len(),
-            SPARES,
-            "refilled to the cap, not past it"
-        );
+        let mut names = entries(&spares.dir);
+        names.sort();
+        assert_eq!(names, ["0", "1"], "refilled to the cap, under the same names");
         spares.refill();
         assert_eq!(entries(&spares.dir).len(), SPARES);
     }
