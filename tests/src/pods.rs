@@ -341,3 +341,13 @@ pub fn pod_cgroup_dirs(id: &str) -> Vec<PathBuf> {
     out.retain(|p| p.exists());
     out
 }
+
+/// The container cgroup directories (64-hex children) of a pod's cgroups, in every hierarchy.
+pub fn container_cgroup_dirs(pod: &str) -> Vec<PathBuf> {
+    pod_cgroup_dirs(pod)
+        .into_iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| e.path().is_dir() && e.file_name().len() == 64)
+        .map(|e| e.path())
+        .collect()
+}

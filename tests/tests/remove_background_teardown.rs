@@ -11,16 +11,6 @@ use crius_tests::util;
 use k8s_cri::v1::*;
 use tonic::Code;
 
-/// Container cgroup directories (64-hex children of the pod's cgroup) in every hierarchy.
-fn container_cgroups(pod: &str) -> Vec<std::path::PathBuf> {
-    pods::pod_cgroup_dirs(pod)
-        .into_iter()
-        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-        .filter(|e| e.path().is_dir() && e.file_name().len() == 64)
-        .map(|e| e.path())
-        .collect()
-}
-
 /// Processes mentioning `needle`, after giving shims that were just shut down up to 2 s to exit.
 async fn pids_after_reaping(needle: &str) -> Vec<i32> {
     for _ in 0..100 {
@@ -114,7 +104,7 @@ async fn a_crash_right_after_the_answer_never_brings_the_container_back() {
         .filter(|m| m.to_string_lossy().contains(&id))
         .collect();
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    let cgroups: Vec<_> = container_cgroups(&w.pod)
+    let cgroups: Vec<_> = pods::container_cgroup_dirs(&w.pod)
         .into_iter()
         .filter(|c| c.ends_with(&id))
         .collect();

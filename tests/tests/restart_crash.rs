@@ -5,8 +5,6 @@
 //! shim built the container, finds that shim again and the container can still be started. A CreateContainer or RemoveContainer that has
 //! answered is on disk, whatever crash follows.
 
-use std::path::PathBuf;
-
 use crius_tests::containers::World;
 use crius_tests::daemon_db::records_and_leases;
 use crius_tests::pods::{self, PodCleanup, TestNet};
@@ -97,16 +95,6 @@ async fn crash_inside_run_pod_sandbox_leaks_nothing_and_the_retry_succeeds() {
     }
 }
 
-/// Child cgroup directories of the pod's cgroup (container cgroups), in every hierarchy.
-fn container_cgroups(pod: &str) -> Vec<PathBuf> {
-    pods::pod_cgroup_dirs(pod)
-        .into_iter()
-        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-        .filter(|e| e.path().is_dir() && e.file_name().len() == 64)
-        .map(|e| e.path())
-        .collect()
-}
-
 #[tokio::test]
 async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
     let mut w = World::new().await.unwrap();
@@ -137,7 +125,7 @@ async fn crash_inside_create_container_leaks_nothing_and_the_retry_succeeds() {
         let shims = util::pids_mentioning(&containers.to_string_lossy());
         assert!(shims.is_empty(), "{step}: shim processes left: {shims:?}");
         assert!(
-            container_cgroups(&w.pod).is_empty(),
+            pods::container_cgroup_dirs(&w.pod).is_empty(),
             "{step}: container cgroups left"
         );
 
@@ -192,7 +180,10 @@ async fn crash_inside_start_container_keeps_the_built_container_startable() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(util::pids_mentioning(&id).is_empty(), "processes left");
-    assert!(container_cgroups(&w.pod).is_empty(), "container cgroups left");
+    assert!(
+        pods::container_cgroup_dirs(&w.pod).is_empty(),
+        "container cgroups left"
+    );
     assert!(
         util::dir_entries(&w.d.state.join("containers")).is_empty(),
         "bundles left"
@@ -286,7 +277,10 @@ async fn create_and_remove_that_answered_survive_a_sigkill() {
         util::dir_entries(&w.d.state.join("youki")).is_empty(),
         "libcontainer state left"
     );
-    assert!(container_cgroups(&w.pod).is_empty(), "container cgroups left");
+    assert!(
+        pods::container_cgroup_dirs(&w.pod).is_empty(),
+        "container cgroups left"
+    );
     // Recovery released the lease (no fsync of its own); the next durable commit, this create's
     // record, carries it to the disk.
     let probe = w.create(w.config("probe", &["sleep", "1000"])).await.unwrap();
