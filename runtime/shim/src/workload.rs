@@ -2,10 +2,12 @@
 //! exec'd processes alike (libcontainer's executor hook).
 //!
 //! Invariants:
-//! - The workload starts with every signal at its default disposition and none blocked, as under
-//!   runc. The shim is a Rust program, which ignores SIGPIPE, and an ignored signal survives
-//!   `execve`: without the reset `yes | head` in a container would see EPIPE and complain
-//!   instead of dying quietly of SIGPIPE.
+//! - The workload starts with every signal libc lets a program set (1–31 and SIGRTMIN–SIGRTMAX)
+//!   at its default disposition and none blocked, as under runc. The shim is a Rust program,
+//!   which ignores SIGPIPE, and an ignored signal survives `execve`: without the reset
+//!   `yes | head` in a container would see EPIPE and complain instead of dying quietly of
+//!   SIGPIPE. glibc refuses `sigaction` on the two signals it reserves (32 and 33), so those
+//!   keep what the shim inherited.
 //! - The reset comes before the exec'd process's seccomp filter is loaded, so the filter cannot
 //!   refuse it; for the init process libcontainer loaded the filter earlier, and a filter that
 //!   refuses `rt_sigaction` only leaves the inherited dispositions (errors are ignored).
@@ -45,7 +47,8 @@ impl Executor for WorkloadExecutor {
     }
 }
 
-/// Every catchable signal back to `SIG_DFL` and an empty signal mask, in this process only.
+/// Every catchable signal libc accepts back to `SIG_DFL` (glibc's reserved 32 and 33 fail and
+/// are left) and an empty signal mask, in this process only.
 fn reset_signals() {
     let standard = 1..libc::SIGRTMIN();
     let realtime = libc::SIGRTMIN()..=libc::SIGRTMAX();
