@@ -116,7 +116,7 @@ fn scale_rows(names: &[&str], results: &PerRuntime<NodeScale>, plan: Plan, n: us
 }
 
 /// The latency series of scenario 10, in report order.
-const SERIES: [&str; 11] = [
+const SERIES: [&str; 13] = [
     "ListPodSandbox",
     "ListContainers",
     poll::RELIST,
@@ -128,6 +128,8 @@ const SERIES: [&str; 11] = [
     "ContainerStatus",
     poll::POD_STATUS,
     poll::FULL_PASS,
+    poll::CONTROL_RPC,
+    poll::CONTROL_WAKE,
 ];
 
 fn steady_rows(names: &[&str], results: &PerRuntime<Steady>, secs: u64, n: usize) -> Vec<Row> {
@@ -148,6 +150,16 @@ fn steady_rows(names: &[&str], results: &PerRuntime<Steady>, secs: u64, n: usize
         if let Ok(s) = &results[name] {
             for (rpc, e) in &s.failed {
                 eprintln!("  {name}: {rpc} failed while polled (the loop went on without it): {e}");
+            }
+            for t in &s.slow {
+                eprintln!(
+                    "  {name}: relist {:.2} ms ({:.2} + {:.2}); at that tick Version took {:.2} ms and the timer woke {:.2} ms late",
+                    t.relist.as_secs_f64() * 1e3,
+                    t.list_pods.as_secs_f64() * 1e3,
+                    t.list_containers.as_secs_f64() * 1e3,
+                    t.version.as_secs_f64() * 1e3,
+                    t.lateness.as_secs_f64() * 1e3
+                );
             }
         }
         push_cells(&mut rows, name, cells);

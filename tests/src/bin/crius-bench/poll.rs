@@ -8,6 +8,11 @@
 //!   PLEG only does this for pods with an event, so at rest this pass is heavier than kubelet,
 //!   standing in for its periodic pod resyncs.
 //!
+//! Two controls each second, for telling the runtime's slow answers from the machine's: how late
+//! the bench's own timer woke it, and a Version RPC right after the relist (answered in the gRPC
+//! layer, with no store read and no thread hop in crius). A relist over [`SLOW`] is kept with
+//! both, so a report can say whether the machine was slow at that moment too.
+//!
 //! The cost is the CPU (utime + stime from `/proc/<pid>/stat`) the runtime's processes spend over
 //! the window: the daemon and every shim and pod infra process alive at its start (exited children
 //! such as runc are not counted). Latencies are kept per RPC, per pod status, and per pass.
@@ -26,6 +31,21 @@ pub const RELIST: &str = "PLEG relist (ListPodSandbox + ListContainers)";
 pub const POD_STATUS: &str =
     "per-pod status (PodSandboxStatus + ListContainers of the pod + ContainerStatus)";
 pub const FULL_PASS: &str = "full status pass over all pods";
+pub const CONTROL_RPC: &str = "Version right after the relist (control)";
+pub const CONTROL_WAKE: &str = "bench timer's lateness at each tick (control)";
+
+/// A relist slower than this is kept with its tick's controls (the goal is a p99 of 5 ms).
+pub const SLOW: Duration = Duration::from_millis(5);
+
+/// One relist over [`SLOW`], with what the controls measured at the same tick.
+#[derive(Debug, Clone, Copy)]
+pub struct SlowTick {
+    pub relist: Duration,
+    pub list_pods: Duration,
+    pub list_containers: Duration,
+    pub version: Duration,
+    pub lateness: Duration,
+}
 
 /// Figures of scenario 10.
 #[derive(Debug, Clone)]
@@ -38,6 +58,8 @@ pub struct Steady {
     /// Polled stats RPCs the runtime answered UNIMPLEMENTED, and those it failed (first error).
     pub unsupported: BTreeSet<&'static str>,
     pub failed: BTreeMap<&'static str, String>,
+    /// Every relist over [`SLOW`], in order.
+    pub slow: Vec<SlowTick>,
 }
 
 pub async fn steady_state(r: &mut Runtime, secs: u64) -> Result<Steady, Fail> {
@@ -48,12 +70,15 @@ pub async fn steady_state(r: &mut Runtime, secs: u64) -> Result<Steady, Fail> {
     let mut lat: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
     let mut unsupported = BTreeSet::new();
     let mut failed = BTreeMap::new();
+    let mut slow = Vec::new();
     let (cpu_d0, cpu_s0) = (cpu_seconds(daemon), others_cpu());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for n in 0..secs {
-        tick.tick().await;
+        let due = tick.tick().await;
         let t = Instant::now();
+        let lateness = t.saturating_duration_since(due.into_std());
+        lat.entry(CONTROL_WAKE).or_default().push(lateness);
         let pods = timed(&mut lat, "ListPodSandbox", async {
             r.rt.list_pod_sandbox(ListPodSandboxRequest::default()).await
         })
@@ -63,7 +88,23 @@ pub async fn steady_state(r: &mut Runtime, secs: u64) -> Result<Steady, Fail> {
             r.rt.list_containers(ListContainersRequest::default()).await
         })
         .await?;
-        lat.entry(RELIST).or_default().push(t.elapsed());
+        let relist = t.elapsed();
+        let last = |k| lat[k].last().copied().unwrap_or_default();
+        let (list_pods, list_containers) = (last("ListPodSandbox"), last("ListContainers"));
+        lat.entry(RELIST).or_default().push(relist);
+        let t = Instant::now();
+        r.rt.version(VersionRequest::default()).await?;
+        let version = t.elapsed();
+        lat.entry(CONTROL_RPC).or_default().push(version);
+        if relist > SLOW {
+            slow.push(SlowTick {
+                relist,
+                list_pods,
+                list_containers,
+                version,
+                lateness,
+            });
+        }
         if n % 10 == 0 {
             stats_pass(r, &mut lat, &mut unsupported, &mut failed).await?;
             let t = Instant::now();
@@ -79,6 +120,7 @@ pub async fn steady_state(r: &mut Runtime, secs: u64) -> Result<Steady, Fail> {
         latencies: lat,
         unsupported,
         failed,
+        slow,
     })
 }
 
