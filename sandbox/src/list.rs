@@ -2,7 +2,9 @@
 //! pair must match).
 //!
 //! Invariant: read-only; sandboxes still being created are not listed; a sandbox whose record
-//! cannot be read is listed NOTREADY when its metadata can still be read.
+//! cannot be read is listed NOTREADY when its metadata can still be read. A list without an id
+//! filter is answered on the caller's async worker when the row cache is loaded (it then reads
+//! only memory); anything else goes to the blocking pool.
 
 use std::sync::Arc;
 
@@ -20,6 +22,12 @@ impl SandboxManager {
         self: &Arc<Self>,
         filter: Option<PodSandboxFilter>,
     ) -> Result<Vec<PodSandbox>, SandboxError> {
+        let filter = filter.unwrap_or_default();
+        if filter.id.is_empty()
+            && let Some((records, unreadable)) = store::scan_cached(&self.db)
+        {
+            return Ok(self.answer(records, unreadable, &filter));
+        }
         self.detached(move |m| m.list_blocking(filter)).await
     }
 
@@ -51,10 +59,9 @@ impl SandboxManager {
         Ok((ready, not_ready))
     }
 
-    fn list_blocking(&self, filter: Option<PodSandboxFilter>) -> Result<Vec<PodSandbox>, SandboxError> {
-        let filter = filter.unwrap_or_default();
+    fn list_blocking(&self, filter: PodSandboxFilter) -> Result<Vec<PodSandbox>, SandboxError> {
         let mut unreadable = Vec::new();
-        let mut records = if filter.id.is_empty() {
+        let records = if filter.id.is_empty() {
             let (records, bad) = store::scan_shared(&self.db)?;
             unreadable = bad;
             records
@@ -74,6 +81,16 @@ impl SandboxManager {
                 Err(e) => return Err(e),
             }
         };
+        Ok(self.answer(records, unreadable, &filter))
+    }
+
+    /// The CRI answer from records already read: memory only.
+    fn answer(
+        &self,
+        mut records: Vec<Arc<store::Record>>,
+        unreadable: Vec<store::Unreadable>,
+        filter: &PodSandboxFilter,
+    ) -> Vec<PodSandbox> {
         records.retain(|r| !self.is_creating(&r.meta.id));
         if let Some(state) = &filter.state {
             records.retain(|r| cri_state(r.status.state) == state.state);
@@ -106,6 +123,6 @@ impl SandboxManager {
             .chain(salvaged)
             .collect();
         items.sort_by_key(|p| p.created_at);
-        Ok(items)
+        items
     }
 }

@@ -10,6 +10,8 @@
 //!   the load and its installation).
 //! - Readers share one snapshot (`Arc`); a writer copies the map only while a reader holds the
 //!   old one, and rows are `Arc`s or small, so that copy is cheap.
+//! - The lock on the copy is never held across I/O (loads and commits run under the write lock
+//!   only), so [`RowCache::cached`] may be called on an async worker.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -68,6 +70,13 @@ impl<T: Clone> RowCache<T> {
         out
     }
 
+    /// The current rows if they are loaded, without waiting on a write or reading the table:
+    /// what a reader on an async worker takes before it falls back to [`RowCache::rows`] on the
+    /// blocking pool.
+    pub fn cached(&self) -> Option<Rows<T>> {
+        self.snapshot()
+    }
+
     fn snapshot(&self) -> Option<Rows<T>> {
         self.rows.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
@@ -106,6 +115,20 @@ mod tests {
         c.write(|| Ok::<_, ()>(()), |_, _| false).unwrap();
         assert_eq!(c.rows(|| load(&mut loads, &[("a", 7)])).unwrap()["a"], 7);
         assert_eq!(loads, 3);
+    }
+
+    #[test]
+    fn cached_is_none_until_loaded_and_after_a_dropped_copy() {
+        let c = RowCache::<u32>::default();
+        assert!(c.cached().is_none());
+        let mut loads = 0;
+        c.rows(|| load(&mut loads, &[("a", 1)])).unwrap();
+        assert_eq!(c.cached().unwrap()["a"], 1);
+        c.write(|| Ok::<_, ()>(3), |v, m| m.insert("a".into(), *v).is_some())
+            .unwrap();
+        assert_eq!(c.cached().unwrap()["a"], 3);
+        assert!(c.write(|| Err::<u32, _>("disk"), |_, _| true).is_err());
+        assert!(c.cached().is_none());
     }
 
     #[test]

@@ -233,15 +233,26 @@ pub fn scan(store: &Store) -> Result<(Vec<Record>, Vec<Unreadable>), StoreError>
 /// [`scan`] without copying the readable records: they are shared with the row cache, for
 /// readers that only look (ListPodSandbox, every second).
 pub fn scan_shared(store: &Store) -> Result<(Vec<Arc<Record>>, Vec<Unreadable>), StoreError> {
+    let rows = store.rows()?;
+    Ok(split(&rows))
+}
+
+/// [`scan_shared`] when the row cache is loaded (None otherwise): no transaction and no wait
+/// on a write, so an async worker may call it.
+pub fn scan_cached(store: &Store) -> Option<(Vec<Arc<Record>>, Vec<Unreadable>)> {
+    store.rows.cached().map(|rows| split(&rows))
+}
+
+fn split(rows: &BTreeMap<String, Row>) -> (Vec<Arc<Record>>, Vec<Unreadable>) {
     let mut out = Vec::new();
     let mut unreadable = Vec::new();
-    for row in store.rows()?.values() {
+    for row in rows.values() {
         match row {
             Row::Readable(r) => out.push(r.clone()),
             Row::Unreadable(u) => unreadable.push(Unreadable::clone(u)),
         }
     }
-    Ok((out, unreadable))
+    (out, unreadable)
 }
 
 /// Decodes both tables: a row per id in either of them.

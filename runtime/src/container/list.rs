@@ -1,5 +1,9 @@
 //! ListContainers: every record matching the CRI filter (id or unique prefix, state, pod id or
 //! prefix, label selector — all given parts must match).
+//!
+//! Invariant: a list is answered on the caller's async worker only when it reads nothing but
+//! memory: the row cache is loaded and no selected record could take an exit that only its exit
+//! file would show. Otherwise it goes to the blocking pool.
 
 use std::sync::Arc;
 
@@ -15,18 +19,37 @@ impl Containers {
         self: &std::sync::Arc<Self>,
         filter: Option<&ContainerFilter>,
     ) -> Result<Vec<Container>, ContainerError> {
-        let filter = filter.cloned();
-        self.blocking(move |c| {
-            // Id, pod and labels first (no clone of the others); the state once exits are folded.
-            let f = filter.as_ref();
-            let selected = c.selected_shared(|r| matches_ignoring_state(r, f))?;
-            Ok(selected
-                .iter()
-                .filter(|r| matches(r, f))
-                .map(|r| to_cri(r))
-                .collect())
-        })
-        .await
+        // Id, pod and labels first (no clone of the others); the state once exits are folded.
+        let selected = match self.selected_in_memory(filter) {
+            Some(selected) => selected,
+            None => {
+                let filter = filter.cloned();
+                self.blocking(move |c| c.selected_shared(|r| matches_ignoring_state(r, filter.as_ref())))
+                    .await?
+            }
+        };
+        Ok(selected
+            .iter()
+            .filter(|r| matches(r, filter))
+            .map(|r| to_cri(r))
+            .collect())
+    }
+
+    /// What [`Containers::selected_shared`] would select for `f`, from the row cache alone; None
+    /// when that needs a read of the table or of an exit file.
+    pub(super) fn selected_in_memory(&self, f: Option<&ContainerFilter>) -> Option<Vec<Arc<Record>>> {
+        let (mut selected, unreadable) = self.records.select_cached(|r| matches_ignoring_state(r, f))?;
+        if selected.iter().any(|r| self.may_take_exit(r)) {
+            return None;
+        }
+        selected.extend(
+            unreadable
+                .into_iter()
+                .filter_map(|u| u.salvaged)
+                .filter(|r| matches_ignoring_state(r, f))
+                .map(Arc::new),
+        );
+        Some(selected)
     }
 
     /// [`Containers::selected`] sharing the records with the row cache: a record is copied
@@ -57,15 +80,20 @@ impl Containers {
     /// the exit watcher watches is left as recorded: the watcher folds its exit as soon as the
     /// shim writes it, so its exit file is not looked for on every list.
     fn fold_exit_shared(&self, r: Arc<Record>) -> Result<Arc<Record>, ContainerError> {
-        let foldable = match r.status.state {
-            State::Running => !self.watcher.get().is_some_and(|w| w.watches(&r.id)),
-            State::Unknown | State::Created => true,
-            State::Exited => false,
-        };
-        if !foldable || !self.shim_dir(&r.id).join(crius_shim_api::EXIT_FILE).exists() {
+        if !self.may_take_exit(&r) || !self.shim_dir(&r.id).join(crius_shim_api::EXIT_FILE).exists() {
             return Ok(r);
         }
         Ok(Arc::new(self.fold_exit(Record::clone(&r))?))
+    }
+
+    /// Whether `r`'s recorded state may be behind an exit file its shim wrote: not for an
+    /// EXITED record, nor for a RUNNING one whose shim directory the exit watcher watches.
+    fn may_take_exit(&self, r: &Record) -> bool {
+        match r.status.state {
+            State::Running => !self.watcher.get().is_some_and(|w| w.watches(&r.id)),
+            State::Unknown | State::Created => true,
+            State::Exited => false,
+        }
     }
 }
 

@@ -408,6 +408,26 @@ impl Records {
             .collect())
     }
 
+    /// [`Records::select_shared`] and [`Records::unreadable`] from the row cache when it is
+    /// loaded (None otherwise): no transaction and no wait on a write, so an async worker may
+    /// call it.
+    pub fn select_cached(
+        &self,
+        keep: impl Fn(&Record) -> bool,
+    ) -> Option<(Vec<Arc<Record>>, Vec<Unreadable>)> {
+        let rows = self.rows.cached()?;
+        let mut selected = Vec::new();
+        let mut unreadable = Vec::new();
+        for row in rows.values() {
+            match row {
+                Row::Readable(r) if keep(r) => selected.push(r.clone()),
+                Row::Readable(_) => {}
+                Row::Unreadable(u) => unreadable.push(Unreadable::clone(u)),
+            }
+        }
+        Some((selected, unreadable))
+    }
+
     /// What can be read of an unreadable record, for listing it (None: readable or missing).
     pub fn salvage(&self, id: &str) -> Result<Option<Record>, RecordError> {
         Ok(match self.rows()?.get(id) {

@@ -47,3 +47,36 @@ async fn exits_reach_the_list_through_the_watcher_or_the_list() {
     write_exit(&f, &created, 1);
     assert_eq!(listed_state(&f, &created).await, State::Exited.to_cri() as i32);
 }
+
+#[tokio::test]
+async fn lists_are_answered_from_memory_only_when_no_exit_file_could_change_them() {
+    let f = Fixture::new();
+    let a = f.c.create(&f.pod(), config("a")).await.unwrap();
+    let b = f.c.create(&f.pod(), config("b")).await.unwrap();
+    f.c.start(&a).await.unwrap();
+    f.c.start(&b).await.unwrap();
+    let ids = |v: &[std::sync::Arc<crate::container::record::Record>]| {
+        let mut ids: Vec<String> = v.iter().map(|r| r.id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    // Both RUNNING and watched: memory answers, the same as the pool's scan.
+    f.c.list(None).await.unwrap();
+    let memory = f.c.selected_in_memory(None).expect("answered from memory");
+    let scanned = f.c.selected_shared(|_| true).unwrap();
+    assert_eq!(ids(&memory), ids(&scanned));
+    let only_a = cri_api::v1::ContainerFilter {
+        id: a.clone(),
+        ..Default::default()
+    };
+    assert_eq!(ids(&f.c.selected_in_memory(Some(&only_a)).unwrap()), [a.clone()]);
+
+    // A CREATED container may have an exit file only the pool's scan reads.
+    let idle = f.c.create(&f.pod(), config("idle")).await.unwrap();
+    assert!(f.c.selected_in_memory(None).is_none());
+    // ...unless the filter leaves it out.
+    assert!(f.c.selected_in_memory(Some(&only_a)).is_some());
+    write_exit(&f, &idle, 0);
+    assert_eq!(listed_state(&f, &idle).await, State::Exited.to_cri() as i32);
+    assert_eq!(ids(&f.c.selected_in_memory(None).unwrap()).len(), 3);
+}
