@@ -97,7 +97,8 @@ impl ExitWatcher {
     }
 }
 
-/// The watched shim directories, by descriptor and by container id.
+/// The watched shim directories, by descriptor and by container id. Its lock is never held
+/// across a system call, so [`ExitWatcher::watches`] may be asked on an async worker.
 #[derive(Default)]
 struct Watches {
     by_wd: HashMap<WatchDescriptor, String>,
