@@ -6,6 +6,7 @@ pub mod cdi;
 pub mod config;
 pub mod container;
 pub mod daemon;
+mod dir_names;
 pub mod handlers;
 pub mod info;
 pub mod metrics;

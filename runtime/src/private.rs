@@ -26,6 +26,8 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use crate::dir_names::id_names;
+
 /// Directories crius creates directly below `root`.
 const ROOT_DIRS: [&str; 4] = ["content", "content/blobs", "layers", "containers"];
 /// Directories crius creates directly below `state`.
@@ -73,7 +75,7 @@ pub fn tighten(root: &Path, state: &Path) -> usize {
         let searchable = matches!(d, "containers" | "pods" | "ns");
         set(&state.join(d), if searchable { 0o711 } else { 0o700 });
     }
-    for id in container_ids(&state.join("containers")) {
+    for id in id_names(&state.join("containers")) {
         let bundle = state.join("containers").join(&id);
         let shim = bundle.join("shim");
         // A user namespace container's bundle: searchable by its mapped root's group only.
@@ -90,14 +92,14 @@ pub fn tighten(root: &Path, state: &Path) -> usize {
             set(&shim.join(f), 0o600);
         }
     }
-    for id in container_ids(&root.join("containers")) {
+    for id in id_names(&root.join("containers")) {
         let layer = root.join("containers").join(&id);
         set(&layer, 0o700);
         set(&layer.join("work"), 0o700);
     }
-    for id in container_ids(&state.join("pods"))
+    for id in id_names(&state.join("pods"))
         .into_iter()
-        .chain(container_ids(&state.join("ns")))
+        .chain(id_names(&state.join("ns")))
     {
         for d in [state.join("pods").join(&id), state.join("ns").join(&id)] {
             // A pod user namespace's dirs: searchable by its mapped root's group only.
@@ -131,18 +133,6 @@ fn restrict(path: &Path, mode: u32) -> bool {
             false
         }
     }
-}
-
-/// Names of `dir` shaped like crius's ids (64 lowercase hex characters).
-fn container_ids(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| cri_api::validate::object_id("id", n).is_ok() && n.len() == cri_api::validate::ID_LEN)
-        .collect()
 }
 
 #[cfg(test)]

@@ -47,6 +47,12 @@ pub fn plausible_id(query: &str) -> bool {
     object_id("id", query).is_ok()
 }
 
+/// Whether `s` is a whole id as crius issues them (64 lowercase hex characters), not a prefix:
+/// how directories named by container or pod id are told from anything else beside them.
+pub fn full_id(s: &str) -> bool {
+    s.len() == super::ID_LEN && plausible_id(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +102,8 @@ mod tests {
             Err(InvalidInput::Empty { .. })
         ));
         assert!(!plausible_id("") && !plausible_id("XYZ") && plausible_id("0a"));
+        assert!(full_id(&"0a".repeat(32)) && !full_id("0a") && !full_id(&"0A".repeat(32)));
+        assert!(!full_id(&"0a".repeat(33)) && !full_id(&format!("{}g", "0".repeat(63))));
     }
 
     #[test]

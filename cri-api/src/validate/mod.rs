@@ -12,7 +12,7 @@ mod id;
 mod maps;
 
 pub use dns::{DNS_OPTIONS_MAX, DNS_SEARCHES_MAX, DNS_SERVERS_MAX, HOSTNAME_MAX, dns_config, hostname};
-pub use id::{PREFIX_CANDIDATES, plausible_id, resolve_id};
+pub use id::{PREFIX_CANDIDATES, full_id, plausible_id, resolve_id};
 pub use maps::{ANNOTATIONS_TOTAL_MAX, LABEL_KEY_MAX, LABELS_TOTAL_MAX, annotations, labels};
 
 /// Why a piece of wire input was refused. Always maps to gRPC `InvalidArgument`.

@@ -8,8 +8,9 @@
 //!   what `rootfs::prepare_dirs` makes) and only then renamed to its ready name, so a set found
 //!   under a ready name is whole and empty; [`LayerSpares::new`] removes `tmp-` leftovers of a
 //!   crash.
-//! - Taking a set is one `rename(2)` on the same file system; two creates racing for one set
-//!   get it once, the other takes the next or makes its own directories.
+//! - Taking a set is one `rename(2)` of a slot name on the same file system (no listing); two
+//!   creates racing for one set get it once, the other takes the next or makes its own
+//!   directories.
 //! - Ready sets are named by slot, `0` to [`SPARES`] − 1, so at most [`SPARES`] are ready and
 //!   the directory's listing is the same after any number of creates; one refill runs at a
 //!   time, on the blocking pool, after a take. Spares own nothing else: they survive restarts
@@ -19,6 +20,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::dir_names::entry_names;
 
 /// Ready sets kept: kubelet creates a pod's containers one after the other.
 pub(crate) const SPARES: usize = 2;
@@ -36,7 +39,10 @@ impl LayerSpares {
     /// Blocking.
     pub(crate) fn new(root: &Path) -> LayerSpares {
         let dir = root.join("layer-spares");
-        for name in entries(&dir).into_iter().filter(|n| n.starts_with(TMP_PREFIX)) {
+        for name in entry_names(&dir)
+            .into_iter()
+            .filter(|n| n.starts_with(TMP_PREFIX))
+        {
             let _ = std::fs::remove_dir_all(dir.join(name));
         }
         let seed = std::time::SystemTime::now()
@@ -53,16 +59,13 @@ impl LayerSpares {
     /// Renames a ready set to `layer_dir`, which must not exist yet. False when no set is
     /// ready (the caller makes the directories itself). Blocking.
     pub(crate) fn take(&self, layer_dir: &Path) -> bool {
-        for name in entries(&self.dir)
-            .into_iter()
-            .filter(|n| !n.starts_with(TMP_PREFIX))
-        {
-            match std::fs::rename(self.dir.join(&name), layer_dir) {
+        for slot in 0..SPARES {
+            match std::fs::rename(self.dir.join(slot.to_string()), layer_dir) {
                 Ok(()) => return true,
-                // Another create took this one.
+                // Not made yet, or another create took it.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    tracing::debug!(error = %e, set = name, "cannot take a spare writable layer");
+                    tracing::debug!(error = %e, slot, "cannot take a spare writable layer");
                     return false;
                 }
             }
@@ -118,16 +121,6 @@ impl LayerSpares {
     }
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -146,7 +139,7 @@ mod tests {
         let spares = LayerSpares::new(root.path());
         assert!(!spares.take(&containers.join("a")), "nothing is ready at first");
         spares.refill();
-        assert_eq!(entries(&spares.dir).len(), SPARES);
+        assert_eq!(entry_names(&spares.dir).len(), SPARES);
         assert!(spares.take(&containers.join("a")));
         assert!(spares.take(&containers.join("b")));
         assert!(!spares.take(&containers.join("c")), "both sets were taken");
@@ -155,14 +148,14 @@ mod tests {
             assert_eq!(mode(&layer), 0o700);
             assert_eq!(mode(&layer.join("work")), 0o700);
             assert_eq!(mode(&layer.join("upper")), 0o755);
-            assert_eq!(entries(&layer.join("upper")), Vec::<String>::new());
+            assert_eq!(entry_names(&layer.join("upper")), Vec::<String>::new());
         }
         spares.refill();
-        let mut names = entries(&spares.dir);
+        let mut names = entry_names(&spares.dir);
         names.sort();
         assert_eq!(names, ["0", "1"], "refilled to the cap, under the same names");
         spares.refill();
-        assert_eq!(entries(&spares.dir).len(), SPARES);
+        assert_eq!(entry_names(&spares.dir).len(), SPARES);
     }
 
     #[test]

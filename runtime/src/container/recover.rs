@@ -339,20 +339,9 @@ impl Containers {
 
 /// Entries of `dir` named like container ids that no record owns.
 fn orphan_ids(dir: &Path, known: &HashSet<String>) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| is_container_id(n) && !known.contains(n))
-        .collect()
-}
-
-fn is_container_id(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    let mut ids = crate::dir_names::id_names(dir);
+    ids.retain(|n| !known.contains(n));
+    ids
 }
 
 /// Whether `path` is a mount point in this mount namespace (`/proc/self/mountinfo`).

@@ -29,8 +29,7 @@ impl Containers {
     pub async fn remove(self: &Arc<Self>, query: &str) -> Result<(), ContainerError> {
         // A full id (what the kubelet sends) is its own resolution: locked at once, and looked
         // up in the hop below; only a prefix costs a resolving hop first.
-        let full = query.len() == cri_api::validate::ID_LEN && cri_api::validate::plausible_id(query);
-        let id = if full {
+        let id = if cri_api::validate::full_id(query) {
             query.to_string()
         } else {
             match self.resolve_off(query).await? {
