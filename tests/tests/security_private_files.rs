@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use crius_tests::containers::World;
 use crius_tests::images::{BUSYBOX, ImageSpec, Layer};
+use crius_tests::util;
 use k8s_cri::v1::KeyValue;
 
 const SUID: &str = "bin/suid-busybox";
@@ -107,7 +108,7 @@ async fn an_unprivileged_user_reads_no_state_and_runs_no_setuid_binary_from_a_la
     // modes of one the create makes itself.
     let spares = w.d.root.join("layer-spares");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::fs::read_dir(&spares).map_or(0, |d| d.count()) == 0 {
+    while util::dir_entries(&spares).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "no spare writable layer was made"
@@ -116,10 +117,9 @@ async fn an_unprivileged_user_reads_no_state_and_runs_no_setuid_binary_from_a_la
     }
     assert_eq!(mode(&spares), 0o700, "{}", spares.display());
     let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
-    let ready: Vec<u64> = std::fs::read_dir(&spares)
-        .unwrap()
-        .flatten()
-        .map(|e| inode(&e.path()))
+    let ready: Vec<u64> = util::dir_entries(&spares)
+        .iter()
+        .map(|n| inode(&spares.join(n)))
         .collect();
     let second = w.config("second", &["sleep", "3600"]);
     let second = w.create(second).await.unwrap();
