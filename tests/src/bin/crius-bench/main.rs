@@ -17,6 +17,7 @@ mod report;
 mod runtimes;
 mod scenarios;
 mod scrape;
+mod stalls;
 mod stats;
 
 use std::collections::BTreeMap;

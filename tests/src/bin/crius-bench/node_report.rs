@@ -152,13 +152,20 @@ fn steady_rows(names: &[&str], results: &PerRuntime<Steady>, secs: u64, n: usize
                 eprintln!("  {name}: {rpc} failed while polled (the loop went on without it): {e}");
             }
             for t in &s.slow {
+                let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
                 eprintln!(
-                    "  {name}: relist {:.2} ms ({:.2} + {:.2}); at that tick Version took {:.2} ms and the timer woke {:.2} ms late",
-                    t.relist.as_secs_f64() * 1e3,
-                    t.list_pods.as_secs_f64() * 1e3,
-                    t.list_containers.as_secs_f64() * 1e3,
-                    t.version.as_secs_f64() * 1e3,
-                    t.lateness.as_secs_f64() * 1e3
+                    "  {name}: relist {:.2} ms ({:.2} + {:.2}); at that tick Version took {:.2} ms and the timer woke {:.2} ms late; \
+                     during the relist the daemon's threads waited {:.2} ms and the bench's {:.2} ms for a CPU, steal {:.0} ms, major faults {} + {}",
+                    ms(t.relist),
+                    ms(t.list_pods),
+                    ms(t.list_containers),
+                    ms(t.version),
+                    ms(t.lateness),
+                    ms(t.waits.daemon_queued),
+                    ms(t.waits.bench_queued),
+                    ms(t.waits.steal),
+                    t.waits.daemon_major_faults,
+                    t.waits.bench_major_faults
                 );
             }
         }

@@ -8,10 +8,12 @@
 //!   PLEG only does this for pods with an event, so at rest this pass is heavier than kubelet,
 //!   standing in for its periodic pod resyncs.
 //!
-//! Two controls each second, for telling the runtime's slow answers from the machine's: how late
-//! the bench's own timer woke it, and a Version RPC right after the relist (answered in the gRPC
-//! layer, with no store read and no thread hop in crius). A relist over [`SLOW`] is kept with
-//! both, so a report can say whether the machine was slow at that moment too.
+//! Controls each second, for telling the runtime's slow answers from the machine's: how late
+//! the bench's own timer woke it, a Version RPC right after the relist (answered in the gRPC
+//! layer, with no store read and no thread hop in crius), and, over the relist itself, the
+//! hypervisor's steal, the run-queue waits of the daemon's and the bench's threads and their
+//! major page faults (`stalls`). A relist over [`SLOW`] is kept with them, so a report can say
+//! whether the machine was slow at that moment too.
 //!
 //! The cost is the CPU (utime + stime from `/proc/<pid>/stat`) the runtime's processes spend over
 //! the window: the daemon and every shim and pod infra process alive at its start (exited children
@@ -25,6 +27,7 @@ use k8s_cri::v1::*;
 use crate::flood::cpu_seconds;
 use crate::runtimes::Runtime;
 use crate::scenarios::Fail;
+use crate::stalls::Snapshot;
 
 /// Names of the latency series, as rows show them.
 pub const RELIST: &str = "PLEG relist (ListPodSandbox + ListContainers)";
@@ -45,6 +48,8 @@ pub struct SlowTick {
     pub list_containers: Duration,
     pub version: Duration,
     pub lateness: Duration,
+    /// What stalled the daemon and the bench during the relist (not during Version).
+    pub waits: crate::stalls::Waits,
 }
 
 /// Figures of scenario 10.
@@ -76,9 +81,10 @@ pub async fn steady_state(r: &mut Runtime, secs: u64) -> Result<Steady, Fail> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for n in 0..secs {
         let due = tick.tick().await;
-        let t = Instant::now();
-        let lateness = t.saturating_duration_since(due.into_std());
+        let lateness = Instant::now().saturating_duration_since(due.into_std());
         lat.entry(CONTROL_WAKE).or_default().push(lateness);
+        let before = Snapshot::take(daemon);
+        let t = Instant::now();
         let pods = timed(&mut lat, "ListPodSandbox", async {
             r.rt.list_pod_sandbox(ListPodSandboxRequest::default()).await
         })
@@ -89,6 +95,7 @@ pub async fn steady_state(r: &mut Runtime, secs: u64) -> Result<Steady, Fail> {
         })
         .await?;
         let relist = t.elapsed();
+        let waits = Snapshot::take(daemon).since(&before);
         let last = |k| lat[k].last().copied().unwrap_or_default();
         let (list_pods, list_containers) = (last("ListPodSandbox"), last("ListContainers"));
         lat.entry(RELIST).or_default().push(relist);
@@ -103,6 +110,7 @@ pub async fn steady_state(r: &mut Runtime, secs: u64) -> Result<Steady, Fail> {
                 list_containers,
                 version,
                 lateness,
+                waits,
             });
         }
         if n % 10 == 0 {

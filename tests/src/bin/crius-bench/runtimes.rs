@@ -81,12 +81,13 @@ impl Runtime {
             dir.join("net.d/10-bench.conflist"),
         )?;
         let config = format!(
-            "root = \"{d}/root\"\nstate = \"{s}\"\nlisten = \"{s}/crius.sock\"\nlog_level = \"warn\"\n\n\
+            "root = \"{d}/root\"\nstate = \"{s}\"\nlisten = \"{s}/crius.sock\"\nlog_level = \"{log_level}\"\n\n\
              [cni]\nconf_dir = \"{d}/net.d\"\nbin_dirs = [\"/usr/lib/cni\"]\n\n\
              [metrics]\naddress = \"{metrics}\"\n\n\
              [registry.\"{registry}\"]\nendpoints = [\"http://{registry}\"]\nfallback = false\n",
             d = dir.display(),
-            s = state.display()
+            s = state.display(),
+            log_level = std::env::var("CRIUS_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
         );
         std::fs::write(dir.join("config.toml"), config)?;
         let mut cmd = Command::new(util::bin("crius"));
