@@ -5,7 +5,9 @@
 //! makes once (thread pools, caches, the image's first use) do not count as growth; while those
 //! pods run the audit takes a snapshot too, to show that it sees what live pods hold. After the
 //! churn the audit waits up to `SETTLE` for the runtime to finish work it does after answering
-//! (shims exiting, containerd's garbage collection of snapshots) before it names what is left.
+//! (shims exiting, containerd's garbage collection of snapshots) before it names what is left,
+//! and up to `IDLE_THREADS` for the daemon's thread count to come back down: tokio ends a
+//! blocking-pool thread after 10 s idle, and until then its stack counts in the RSS growth.
 //!
 //! Invariant: every pod the scenario starts is removed before it returns, and the pod log dirs it
 //! made (kubelet's to remove on a node) are deleted.
@@ -22,6 +24,10 @@ use crate::scenarios::{Clients, Fail};
 
 /// Longest wait for the runtime's after-the-answer clean-up.
 const SETTLE: Duration = Duration::from_secs(30);
+
+/// Longest wait for the daemon's idle worker threads to end (tokio's keep-alive is 10 s; Go
+/// keeps its threads, so containerd waits this long for nothing).
+const IDLE_THREADS: Duration = Duration::from_secs(15);
 
 /// Longest the warm-up pods may take to start.
 const WARM_UP: Duration = Duration::from_secs(120);
@@ -70,7 +76,10 @@ async fn measure(r: &mut Runtime, pods: usize, in_flight: usize, image: &str) ->
     let wall = t.elapsed();
     let settle = Instant::now();
     let mut leaks = before.leaks(&Snapshot::take(r));
-    while !leaks.clean() && settle.elapsed() < SETTLE {
+    let unsettled = |l: &Leaks, waited: Duration| {
+        (!l.clean() && waited < SETTLE) || (l.threads > 0 && waited < IDLE_THREADS)
+    };
+    while unsettled(&leaks, settle.elapsed()) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         leaks = before.leaks(&Snapshot::take(r));
     }
