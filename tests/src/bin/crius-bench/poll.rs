@@ -27,7 +27,7 @@ use k8s_cri::v1::*;
 use crate::flood::cpu_seconds;
 use crate::runtimes::Runtime;
 use crate::scenarios::Fail;
-use crate::stalls::Snapshot;
+use crate::stalls::Stalls;
 
 /// Names of the latency series, as rows show them.
 pub const RELIST: &str = "PLEG relist (ListPodSandbox + ListContainers)";
@@ -49,7 +49,7 @@ pub struct SlowTick {
     pub version: Duration,
     pub lateness: Duration,
     /// What stalled the daemon and the bench during the relist (not during Version).
-    pub waits: crate::stalls::Waits,
+    pub waits: Stalls,
 }
 
 /// Figures of scenario 10.
@@ -83,7 +83,7 @@ pub async fn steady_state(r: &mut Runtime, secs: u64) -> Result<Steady, Fail> {
         let due = tick.tick().await;
         let lateness = Instant::now().saturating_duration_since(due.into_std());
         lat.entry(CONTROL_WAKE).or_default().push(lateness);
-        let before = Snapshot::take(daemon);
+        let before = Stalls::now(daemon);
         let t = Instant::now();
         let pods = timed(&mut lat, "ListPodSandbox", async {
             r.rt.list_pod_sandbox(ListPodSandboxRequest::default()).await
@@ -95,7 +95,7 @@ pub async fn steady_state(r: &mut Runtime, secs: u64) -> Result<Steady, Fail> {
         })
         .await?;
         let relist = t.elapsed();
-        let waits = Snapshot::take(daemon).since(&before);
+        let waits = Stalls::now(daemon).since(&before);
         let last = |k| lat[k].last().copied().unwrap_or_default();
         let (list_pods, list_containers) = (last("ListPodSandbox"), last("ListContainers"));
         lat.entry(RELIST).or_default().push(relist);

@@ -14,19 +14,9 @@
 
 use std::time::Duration;
 
-/// Counters at one moment.
+/// The counters so far, or over an interval (the difference of two readings, [`Stalls::since`]).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Snapshot {
-    steal: Duration,
-    daemon_queued: Duration,
-    bench_queued: Duration,
-    daemon_major_faults: u64,
-    bench_major_faults: u64,
-}
-
-/// What happened between two snapshots.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Waits {
+pub struct Stalls {
     pub steal: Duration,
     pub daemon_queued: Duration,
     pub bench_queued: Duration,
@@ -34,10 +24,10 @@ pub struct Waits {
     pub bench_major_faults: u64,
 }
 
-impl Snapshot {
-    /// Counters now; `daemon` is the runtime's daemon (0: none).
-    pub fn take(daemon: i32) -> Snapshot {
-        Snapshot {
+impl Stalls {
+    /// The counters now; `daemon` is the runtime's daemon (0: none).
+    pub fn now(daemon: i32) -> Stalls {
+        Stalls {
             steal: steal(),
             daemon_queued: if daemon > 0 {
                 queued(daemon)
@@ -50,9 +40,9 @@ impl Snapshot {
         }
     }
 
-    /// The waits since `earlier`.
-    pub fn since(&self, earlier: &Snapshot) -> Waits {
-        Waits {
+    /// What happened between `earlier` and this reading.
+    pub fn since(&self, earlier: &Stalls) -> Stalls {
+        Stalls {
             steal: self.steal.saturating_sub(earlier.steal),
             daemon_queued: self.daemon_queued.saturating_sub(earlier.daemon_queued),
             bench_queued: self.bench_queued.saturating_sub(earlier.bench_queued),
@@ -108,18 +98,19 @@ fn queued_of(schedstat: &str) -> Duration {
 
 /// Major page faults of `pid` so far (0 where it cannot be read).
 fn major_faults(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(0, |s| major_faults_of(&s))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(0, |s| stat_field(&s, 12))
 }
 
-/// Field 12 of a `/proc/<pid>/stat` line; fields are counted after the parenthesised name, which
-/// may itself hold spaces and parentheses.
-fn major_faults_of(stat: &str) -> u64 {
+/// Numeric field `field` (1-based, as proc(5) numbers them; 3 or later) of a `/proc/<pid>/stat`
+/// line, 0 where absent. Fields are counted after the parenthesised name, which may itself hold
+/// spaces and parentheses.
+pub fn stat_field(stat: &str, field: usize) -> u64 {
     let Some((_, rest)) = stat.rsplit_once(')') else {
         return 0;
     };
     // `rest` starts at field 3 (state).
     rest.split_whitespace()
-        .nth(12 - 3)
+        .nth(field.saturating_sub(3))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
@@ -144,16 +135,17 @@ mod tests {
     }
 
     #[test]
-    fn major_faults_are_field_twelve_even_after_an_odd_name() {
+    fn stat_fields_are_counted_after_an_odd_name() {
         let stat = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 1500 0 37 0 12 5 0 0 20 0 9 0";
-        assert_eq!(major_faults_of(stat), 37);
-        assert_eq!(major_faults_of("no name here"), 0);
+        assert_eq!(stat_field(stat, 12), 37);
+        assert_eq!(stat_field(stat, 14), 12);
+        assert_eq!(stat_field("no name here", 12), 0);
     }
 
     #[test]
     fn a_difference_never_goes_negative() {
-        let early = Snapshot::default();
-        let late = Snapshot {
+        let early = Stalls::default();
+        let late = Stalls {
             steal: Duration::from_millis(10),
             daemon_queued: Duration::from_millis(2),
             bench_queued: Duration::from_millis(3),
