@@ -124,10 +124,39 @@ pub fn pids_mentioning(needle: &str) -> Vec<i32> {
     pids
 }
 
-/// The parent of `pid`, from `/proc/<pid>/stat` (the field after the parenthesized name).
+/// Field `field` (1-based, as proc(5) numbers them; 3 or later) of a `/proc/<pid>/stat` line.
+/// Fields are counted after the parenthesised name, which may itself hold spaces and parentheses.
+pub fn stat_field(stat: &str, field: usize) -> Option<&str> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // `rest` starts at field 3 (state).
+    rest.split_whitespace().nth(field.checked_sub(3)?)
+}
+
+/// The `/proc/<pid>/stat` line of `pid`, None once the process is gone (reaped).
+pub fn proc_stat(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// The parent of `pid`, from `/proc/<pid>/stat` (field 4).
 pub fn parent_pid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat_field(&proc_stat(pid)?, 4)?.parse().ok()
+}
+
+/// The state letter of `pid` (field 3: `Z` for a zombie), None once it is gone.
+pub fn proc_state(pid: i32) -> Option<char> {
+    stat_field(&proc_stat(pid)?, 3)?.chars().next()
+}
+
+/// Whether `pid` still runs: it exists and is not a zombie waiting to be reaped.
+pub fn alive(pid: i32) -> bool {
+    proc_state(pid).is_some_and(|s| s != 'Z')
+}
+
+/// The CPU time `pid` has used so far, utime + stime (fields 14 and 15), in clock ticks.
+pub fn cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = proc_stat(pid)?;
+    let ticks = |field| stat_field(&stat, field)?.parse::<u64>().ok();
+    Some(ticks(14)? + ticks(15)?)
 }
 
 /// Ids of the pods and containers a daemon made: the entry names of `<state>/{pods,ns,containers}`.
@@ -227,5 +256,34 @@ fn remove_cgroup_tree(dir: &Path) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat_field;
+
+    #[test]
+    fn stat_fields_are_counted_after_a_name_with_spaces_and_parentheses() {
+        let stat = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 1500 0 37 0 12 5";
+        assert_eq!(stat_field(stat, 3), Some("S"));
+        assert_eq!(stat_field(stat, 4), Some("1"));
+        assert_eq!(stat_field(stat, 12), Some("37"));
+        assert_eq!(stat_field(stat, 14), Some("12"));
+        assert_eq!(stat_field(stat, 15), Some("5"));
+        assert_eq!(stat_field(stat, 16), None);
+        assert_eq!(stat_field(stat, 2), None);
+        assert_eq!(stat_field("no name here", 3), None);
+        assert_eq!(stat_field("no name here", 12), None);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_has_used_cpu_ticks() {
+        let me = std::process::id() as i32;
+        assert!(super::alive(me));
+        assert!(super::cpu_ticks(me).is_some());
+        assert!(!super::alive(i32::MAX));
+        assert_eq!(super::proc_state(i32::MAX), None);
+        assert_eq!(super::cpu_ticks(i32::MAX), None);
     }
 }

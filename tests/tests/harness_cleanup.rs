@@ -4,16 +4,11 @@
 use std::time::{Duration, Instant};
 
 use crius_tests::containers::World;
+use crius_tests::util;
 
+/// A killed process may linger as a zombie until its new parent reaps it: that counts as gone.
 fn gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // A killed process may linger as a zombie until its new parent reaps it.
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
+    !util::alive(pid)
 }
 
 #[tokio::test]

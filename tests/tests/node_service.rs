@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crius_tests::containers::read_log;
 use crius_tests::daemon::lazy_channel;
-use crius_tests::{Registry, images, pods};
+use crius_tests::{Registry, images, pods, util};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
@@ -49,11 +49,6 @@ async fn serving(rt: &mut RuntimeServiceClient<Channel>) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
 }
 
 async fn running(rt: &mut RuntimeServiceClient<Channel>, ids: &[String]) -> Vec<i32> {
@@ -186,7 +181,7 @@ async fn containers_survive_restart_and_stop_of_the_service() {
             if step[0] == "stop" {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 assert!(
-                    pids.iter().all(|p| alive(*p)),
+                    pids.iter().all(|p| util::alive(*p)),
                     "a container died with `systemctl stop`"
                 );
             }
@@ -221,6 +216,6 @@ async fn containers_survive_restart_and_stop_of_the_service() {
         .await
         .unwrap();
     for p in pids {
-        assert!(!alive(p), "container process {p} outlived its pod");
+        assert!(!util::alive(p), "container process {p} outlived its pod");
     }
 }

@@ -11,18 +11,14 @@
 use std::time::Instant;
 
 use crius_tests::containers::World;
-use crius_tests::pods;
+use crius_tests::{pods, util};
 use k8s_cri::v1::*;
 
 const ROUNDS: u32 = 20;
 
 /// utime + stime of `pid`, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("daemon stat");
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    util::cpu_ticks(pid as i32).expect("the daemon's utime and stime")
 }
 
 #[tokio::test]

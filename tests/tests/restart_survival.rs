@@ -60,18 +60,10 @@ async fn wait_log_grows(w: &World, name: &str, than: usize) {
 
 async fn wait_gone(pid: i32) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+    while util::alive(pid) {
         assert!(Instant::now() < deadline, "pid {pid} did not exit");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|t| t.trim_start().starts_with('Z'))
-    })
 }
 
 #[tokio::test]
@@ -195,7 +187,10 @@ async fn sigterm_leaves_containers_running() {
     let pid = w.pid(&id).await;
     let status = w.d.stop().await.unwrap();
     assert!(status.success(), "graceful stop exits 0: {status}");
-    assert!(Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid));
+    assert!(
+        util::alive(pid),
+        "a graceful stop leaves the container {pid} running"
+    );
     let n = log_len(&w, "calm");
     wait_log_grows(&w, "calm", n).await;
     w.d.restart().await.unwrap();

@@ -37,19 +37,11 @@ fn write_record(db: &Path, id: &str, bytes: &[u8]) {
     txn.commit().unwrap();
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-    })
-}
-
 /// Everything that must survive a restart untouched, checked after each one.
 fn assert_untouched(w: &World, id: &str, init: i32, shims: &[i32]) {
-    assert!(alive(init), "the container's init {init} was killed");
+    assert!(util::alive(init), "the container's init {init} was killed");
     for pid in shims {
-        assert!(alive(*pid), "the container's shim {pid} was killed");
+        assert!(util::alive(*pid), "the container's shim {pid} was killed");
     }
     let upper = w.d.root.join("containers").join(id).join("upper");
     assert_eq!(

@@ -23,12 +23,6 @@ impl Drop for Resume {
     }
 }
 
-/// The process state letter of `pid` (`Z` for a zombie), None once it is gone.
-fn proc_state(pid: i32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(stat.rsplit_once(')')?.1.split_whitespace().next()?.to_string())
-}
-
 #[tokio::test]
 async fn stop_kills_through_the_cgroup_when_the_shim_does_not_answer() {
     let mut w = World::new().await.unwrap();
@@ -47,9 +41,9 @@ async fn stop_kills_through_the_cgroup_when_the_shim_does_not_answer() {
         took <= Duration::from_secs(GRACE + 2),
         "StopContainer took {took:?} (grace period {GRACE} s + 2 s)"
     );
-    let state = proc_state(init);
+    let state = util::proc_state(init);
     assert!(
-        matches!(state.as_deref(), None | Some("Z")),
+        matches!(state, None | Some('Z')),
         "the container's init {init} is still alive (state {state:?})"
     );
     let st = w.state(&id).await;

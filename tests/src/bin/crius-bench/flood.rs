@@ -34,11 +34,7 @@ pub struct StalledExec {
 
 /// utime + stime of `pid` in seconds (0 when it is gone).
 pub fn cpu_seconds(pid: i32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // utime is field 14, stime 15.
-    let ticks = crate::stalls::stat_field(&stat, 14) + crate::stalls::stat_field(&stat, 15);
+    let ticks = crius_tests::util::cpu_ticks(pid).unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 / hz

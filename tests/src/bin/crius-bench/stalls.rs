@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+use crius_tests::util;
+
 /// The counters so far, or over an interval (the difference of two readings, [`Stalls::since`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stalls {
@@ -98,19 +100,8 @@ fn queued_of(schedstat: &str) -> Duration {
 
 /// Major page faults of `pid` so far (0 where it cannot be read).
 fn major_faults(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(0, |s| stat_field(&s, 12))
-}
-
-/// Numeric field `field` (1-based, as proc(5) numbers them; 3 or later) of a `/proc/<pid>/stat`
-/// line, 0 where absent. Fields are counted after the parenthesised name, which may itself hold
-/// spaces and parentheses.
-pub fn stat_field(stat: &str, field: usize) -> u64 {
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    // `rest` starts at field 3 (state).
-    rest.split_whitespace()
-        .nth(field.saturating_sub(3))
+    let stat = util::proc_stat(pid).unwrap_or_default();
+    util::stat_field(&stat, 12)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
@@ -132,14 +123,6 @@ mod tests {
     fn queued_is_the_second_field_of_schedstat() {
         assert_eq!(queued_of("5163541 2750123 37\n"), Duration::from_nanos(2_750_123));
         assert_eq!(queued_of("garbage"), Duration::ZERO);
-    }
-
-    #[test]
-    fn stat_fields_are_counted_after_an_odd_name() {
-        let stat = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 1500 0 37 0 12 5 0 0 20 0 9 0";
-        assert_eq!(stat_field(stat, 12), 37);
-        assert_eq!(stat_field(stat, 14), 12);
-        assert_eq!(stat_field("no name here", 12), 0);
     }
 
     #[test]
