@@ -18,15 +18,23 @@ use std::time::{Duration, Instant};
 
 use crius_tests::containers::World;
 use crius_tests::images::{ImageSpec, Layer};
+use crius_tests::util;
 use k8s_cri::v1::*;
 use tonic::Code;
 
 /// The container's loop: deletes an image file (a whiteout), replaces an image dir (an opaque
 /// dir), writes a file into its writable layer, then counts into `/count` and its log every
-/// 100 ms.
+/// 100 ms. `/count` is only ever appended to, one line per count ([`last_count`] reads the
+/// last): an exec's `cat` or the dump's copy of the writable layer can land anywhere in the
+/// loop and must see a whole number, and the loop stays shell builtins plus one child (`sleep`).
 const COUNTER: &str = "rm /keep/gone.txt; rm -rf /data; mkdir /data; echo new > /data/new.txt; \
                        echo hello > /written.txt; i=0; \
-                       while true; do i=$((i+1)); echo $i > /count; echo $i; sleep 0.1; done";
+                       while true; do i=$((i+1)); echo $i >> /count; echo $i; sleep 0.1; done";
+
+/// The count in the text of `/count`: its last line.
+fn last_count(text: &[u8]) -> Option<u64> {
+    String::from_utf8_lossy(text).lines().last()?.trim().parse().ok()
+}
 
 fn image() -> ImageSpec {
     let mut spec = ImageSpec::busybox();
@@ -78,17 +86,15 @@ async fn checkpoint(w: &mut World, id: &str, location: &Path, timeout: i64) -> R
 
 async fn count(w: &mut World, id: &str) -> u64 {
     let out = w.exec(id, &["cat", "/count"], 10).await.expect("exec cat /count");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("count {:?}: {e}", String::from_utf8_lossy(&out.stdout)))
+    last_count(&out.stdout)
+        .unwrap_or_else(|| panic!("no count in {:?}", String::from_utf8_lossy(&out.stdout)))
 }
 
 async fn wait_count_above(w: &mut World, id: &str, above: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = w.exec(id, &["cat", "/count"], 10).await.expect("exec");
-        if let Ok(n) = String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()
+        if let Some(n) = last_count(&out.stdout)
             && n > above
         {
             return n;
@@ -263,11 +269,7 @@ async fn checkpointed(w: &mut World, id: &str, location: &Path, before: u64) {
         std::fs::read_to_string(diff_dir.join("written.txt")).unwrap(),
         "hello\n"
     );
-    let saved: u64 = std::fs::read_to_string(diff_dir.join("count"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let saved = last_count(&std::fs::read(diff_dir.join("count")).unwrap()).expect("a count");
     assert!(
         saved >= before && saved <= after,
         "{before} <= {saved} <= {after}"
@@ -302,15 +304,13 @@ async fn restored_runs(w: &mut World, id: &str, before: u64) {
             .join(id)
             .join("restore/checkpoint/restore.log");
     if let Err(e) = w.start(id).await {
-        let log = std::fs::read_to_string(&restore_log).unwrap_or_else(|e| format!("(no restore.log: {e})"));
-        let tail: Vec<&str> = log.lines().rev().take(80).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
         panic!(
             "start of the restored container: {e:?}\nrestore.log:\n{}",
-            tail.join("\n")
+            tail(&restore_log, 80)
         );
     }
     assert_eq!(w.state(id).await.state, ContainerState::ContainerRunning as i32);
+    let init = w.pid(id).await;
     let log_path = w.log_dir.join("restored.log");
     let deadline = Instant::now() + Duration::from_secs(30);
     let numbers = loop {
@@ -320,7 +320,12 @@ async fn restored_runs(w: &mut World, id: &str, before: u64) {
         if numbers.len() >= 5 {
             break numbers;
         }
-        assert!(Instant::now() < deadline, "the restored counter logs: {lines:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the restored counter logs: {lines:?}\nits processes:\n{}restore.log:\n{}",
+            processes_of(init),
+            tail(&restore_log, 40)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     println!("restored counter logged {numbers:?} (count before the checkpoint: {before})");
@@ -342,6 +347,35 @@ async fn restored_runs(w: &mut World, id: &str, before: u64) {
     // The teardown finishes after RemoveContainer answered; it removes the layer (and with it
     // the extracted archive).
     w.wait_torn_down(id).await.unwrap();
+}
+
+/// The last `n` lines of the text file at `path`, or why there are none.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no {}: {e})", path.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What the processes in `init`'s cgroup (v2; on v1 just `init`) are doing, one line each
+/// (`stat` and `wchan`), for the message of a test that finds the container silent.
+fn processes_of(init: i32) -> String {
+    let cgroup = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap_or_default();
+    let procs = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .and_then(|path| std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cgroup.procs")).ok())
+        .unwrap_or_else(|| init.to_string());
+    procs
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .map(|pid| {
+            let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+            format!(
+                "{} wchan={wchan}\n",
+                util::proc_stat(pid).unwrap_or_default().trim_end()
+            )
+        })
+        .collect()
 }
 
 fn is_whiteout(p: &Path) -> bool {
