@@ -345,16 +345,11 @@ impl Drop for Daemon {
             eprintln!(
                 "--- crius log ({}) ---\n{}",
                 self.log_path.display(),
-                tail(&self.log(), 200)
+                crate::util::last_lines(&self.log(), 200)
             );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn tail(s: &str, lines: usize) -> String {
-    let all: Vec<&str> = s.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// A channel that connects to the unix socket on first use.

@@ -159,6 +159,20 @@ pub fn cpu_ticks(pid: i32) -> Option<u64> {
     Some(ticks(14)? + ticks(15)?)
 }
 
+/// The last `n` lines of `text`, for a failure message.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The cgroup v2 directory of `pid`: its `0::` line joined to /sys/fs/cgroup, so only meaningful
+/// where /sys/fs/cgroup is the unified mount. None on a v1-only host or once the process is gone.
+pub fn cgroup_v2_dir(pid: i32) -> Option<PathBuf> {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/')))
+}
+
 /// Ids of the pods and containers a daemon made: the entry names of `<state>/{pods,ns,containers}`.
 pub fn object_ids_under(state: &Path) -> Vec<String> {
     let mut ids = Vec::new();
@@ -275,6 +289,13 @@ mod tests {
         assert_eq!(stat_field(stat, 2), None);
         assert_eq!(stat_field("no name here", 3), None);
         assert_eq!(stat_field("no name here", 12), None);
+    }
+
+    #[test]
+    fn last_lines_keeps_the_end() {
+        assert_eq!(super::last_lines("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(super::last_lines("a\nb", 5), "a\nb");
+        assert_eq!(super::last_lines("", 3), "");
     }
 
     #[test]

@@ -351,19 +351,17 @@ async fn restored_runs(w: &mut World, id: &str, before: u64) {
 
 /// The last `n` lines of the text file at `path`, or why there are none.
 fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no {}: {e})", path.display()));
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    match std::fs::read_to_string(path) {
+        Ok(text) => util::last_lines(&text, n),
+        Err(e) => format!("(no {}: {e})", path.display()),
+    }
 }
 
 /// What the processes in `init`'s cgroup (v2; on v1 just `init`) are doing, one line each
 /// (`stat` and `wchan`), for the message of a test that finds the container silent.
 fn processes_of(init: i32) -> String {
-    let cgroup = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap_or_default();
-    let procs = cgroup
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .and_then(|path| std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cgroup.procs")).ok())
+    let procs = util::cgroup_v2_dir(init)
+        .and_then(|dir| std::fs::read_to_string(dir.join("cgroup.procs")).ok())
         .unwrap_or_else(|| init.to_string());
     procs
         .split_whitespace()

@@ -360,15 +360,9 @@ async fn a_userns_container_owns_its_cgroup_on_cgroup_v2() {
     let id = create_in(&mut w, &pod, &pod_cfg, c).await.unwrap();
     w.start(&id).await.unwrap();
     let pid = w.pid(&id).await;
-    let host_view = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     if v2 {
-        let rel = host_view
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .unwrap()
-            .trim_start_matches('/');
-        let dir = std::path::Path::new("/sys/fs/cgroup").join(rel);
+        let dir = crius_tests::util::cgroup_v2_dir(pid).expect("the container's cgroup v2 dir");
         for f in ["", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"] {
             let m = std::fs::metadata(dir.join(f)).unwrap();
             assert_eq!((m.uid(), m.gid()), (uid, gid), "{}/{f}", dir.display());
@@ -400,6 +394,7 @@ async fn a_userns_container_owns_its_cgroup_on_cgroup_v2() {
         assert!(!dir.exists(), "{} is left behind", dir.display());
     } else {
         // cgroup v1: the memory hierarchy's dir of the container stays the host root's.
+        let host_view = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         let rel = host_view
             .lines()
             .find_map(|l| l.split_once(":memory:").map(|(_, p)| p))
